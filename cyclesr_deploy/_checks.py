@@ -35,7 +35,9 @@ def image2d(x: object, name: str, *, allow_nonfinite: bool = False) -> np.ndarra
 
 def same_shape(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> None:
     if a.shape != b.shape:
-        raise InputError(f"{name_a} has shape {a.shape} but {name_b} has shape {b.shape}; they must match")
+        raise InputError(
+            f"{name_a} has shape {a.shape} but {name_b} has shape {b.shape}; they must match"
+        )
 
 
 def min_size(a: np.ndarray, name: str, minimum: int) -> None:

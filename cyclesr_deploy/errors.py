@@ -25,5 +25,5 @@ def require(module: str, extra: str, purpose: str):
 
     try:
         return importlib.import_module(module)
-    except ImportError as exc:  # pragma: no cover - exercised via monkeypatch in tests
+    except ImportError as exc:
         raise MissingExtraError(module, extra, purpose) from exc

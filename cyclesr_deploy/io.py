@@ -58,7 +58,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     part = target.with_name(target.name + ".part")
     try:
         yield part
-        os.replace(part, target)
+        part.replace(target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             part.unlink()
@@ -178,12 +178,9 @@ def read_tiff(path: str | os.PathLike[str]) -> Image:
             if tif.is_ome and tif.ome_metadata:
                 m = re.search(r"<Description>(.*?)</Description>", tif.ome_metadata, re.S)
                 if m:
-                    desc = dict(
-                        kv.split("=", 1) for kv in m.group(1).split("; ") if "=" in kv
-                    )
+                    desc = dict(kv.split("=", 1) for kv in m.group(1).split("; ") if "=" in kv)
     except (tifffile.TiffFileError, ValueError, OSError) as exc:
         raise InputError(f"{path}: not a readable TIFF ({exc})") from exc
-    # tifffile labels unknown leading axes 'Q'/'I'; treat a lone 'S' of size 1 etc. as the caller's job
     return Image(data=data, axes=axes, pixel_size_um=px, metadata=desc, path=path)
 
 

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import tifffile
+
+from cyclesr_deploy import io
+from cyclesr_deploy.errors import InputError
+
+
+def _sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_roundtrip_keeps_data_axes_pixel_size_and_description(tmp_path, rng):
+    data = rng.integers(0, 65535, size=(3, 32, 40), dtype=np.uint16)
+    path = io.write_tiff(tmp_path / "s.tif", data, pixel_size_um=0.045, description={"seed": 7})
+    img = io.read_tiff(path)
+    np.testing.assert_array_equal(img.data, data)
+    assert img.axes == "TYX"
+    assert img.pixel_size_um == pytest.approx(0.045)
+    assert img.metadata == {"seed": "7"}
+    assert not list(tmp_path.glob("*.part"))
+
+
+def test_fixed_uuid_makes_files_byte_identical(tmp_path):
+    data = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    uid = io.deterministic_uuid(3, "a")
+    a = io.write_tiff(tmp_path / "a.tif", data, uid=uid)
+    b = io.write_tiff(tmp_path / "b.tif", data, uid=uid)
+    c = io.write_tiff(tmp_path / "c.tif", data, uid=io.deterministic_uuid(4, "a"))
+    assert _sha(a) == _sha(b) != _sha(c)
+
+
+def test_failed_write_leaves_previous_file_and_no_part(tmp_path, monkeypatch):
+    target = tmp_path / "x.tif"
+    io.write_tiff(target, np.zeros((4, 4), np.uint16))
+    before = _sha(target)
+
+    def boom(path, *a, **k):
+        path.write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tifffile, "imwrite", boom)
+    with pytest.raises(OSError, match="disk full"):
+        io.write_tiff(target, np.ones((4, 4), np.uint16))
+    assert _sha(target) == before
+    assert not list(tmp_path.glob("*.part"))
+
+
+def test_refuses_overwrite_when_asked(tmp_path):
+    target = io.write_tiff(tmp_path / "x.tif", np.zeros((4, 4), np.uint8))
+    with pytest.raises(FileExistsError):
+        io.write_tiff(target, np.zeros((4, 4), np.uint8), overwrite=False)
+
+
+def test_unsupported_dtype_and_bad_axes_are_input_errors(tmp_path):
+    with pytest.raises(InputError, match="dtype"):
+        io.write_tiff(tmp_path / "x.tif", np.zeros((4, 4), np.int64))
+    with pytest.raises(InputError, match="axes"):
+        io.write_tiff(tmp_path / "x.tif", np.zeros((4, 4), np.uint8), axes="TYX")
+    assert not (tmp_path / "x.tif").exists()
+
+
+def test_imagej_resolution_is_read(tmp_path):
+    path = tmp_path / "ij.tif"
+    tifffile.imwrite(
+        path,
+        np.zeros((8, 8), np.uint16),
+        imagej=True,
+        resolution=(1 / 0.1, 1 / 0.1),
+        metadata={"unit": "um"},
+    )
+    assert io.read_tiff(path).pixel_size_um == pytest.approx(0.1)
+
+
+def test_read_image2d_drops_singletons_and_rejects_stacks(tmp_path):
+    one = io.write_tiff(tmp_path / "one.tif", np.zeros((1, 8, 8), np.uint16))
+    assert io.read_image2d(one).data.shape == (8, 8)
+    stack = io.write_tiff(tmp_path / "st.tif", np.zeros((2, 8, 8), np.uint16))
+    with pytest.raises(InputError, match="2-D"):
+        io.read_image2d(stack, name="GT")
+
+
+def test_missing_and_garbage_files_are_input_errors(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        io.read_tiff(tmp_path / "nope.tif")
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"not a tiff at all")
+    with pytest.raises(InputError, match="not a readable TIFF"):
+        io.read_tiff(bad)
