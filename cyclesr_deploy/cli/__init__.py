@@ -1,0 +1,44 @@
+"""The ``cyclesr`` command line. Thin: parse, build a config, call one library function.
+
+Each command lives in its own module and imports the library lazily, so ``cyclesr --help`` works
+with only the core dependencies installed.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from cyclesr_deploy import __version__
+from cyclesr_deploy.cli import demo, metrics, synth
+
+app = typer.Typer(
+    name="cyclesr",
+    help="Deep-learning super-resolution for confocal microscopes (unpaired CycleGAN).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cyclesr-deploy {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Deep-learning super-resolution for confocal microscopes (unpaired CycleGAN)."""
+
+
+app.command("synth")(synth.synth)
+app.command("metrics")(metrics.metrics)
+app.command("demo")(demo.demo)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,30 @@
+"""Helpers shared by the CLI commands: a stderr console and uniform error reporting."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import typer
+from rich.console import Console
+
+#: Logs and progress go to stderr; results go to stdout or files.
+err = Console(stderr=True)
+out = Console()
+
+EXIT_INPUT = 2  # bad input (same code typer/click use for usage errors)
+EXIT_PARTIAL = 1  # some items failed, the others were processed
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn library input errors into one red line on stderr and exit code 2 (no traceback)."""
+    from pydantic import ValidationError
+
+    from cyclesr_deploy.errors import InputError, MissingExtraError
+
+    try:
+        yield
+    except (InputError, MissingExtraError, FileExistsError, ValidationError) as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(EXIT_INPUT) from exc

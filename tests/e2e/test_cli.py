@@ -1,0 +1,129 @@
+"""The CLI end to end through typer's CliRunner: synth -> metrics, errors, exit codes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cyclesr_deploy import io
+from cyclesr_deploy.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth") / "ds"
+    res = runner.invoke(app, ["synth", str(out), "--n-train", "2", "--n-test", "3", "--size", "96"])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_help_lists_commands():
+    res = runner.invoke(app, ["--help"])
+    assert res.exit_code == 0
+    for cmd in ("synth", "metrics", "demo"):
+        assert cmd in res.output
+
+
+def test_synth_writes_layout_and_reports_psf(dataset):
+    for split, n in {"trainA": 2, "trainB": 2, "testA": 3, "testB": 3, "testGT": 3}.items():
+        assert len(list((dataset / split).glob("*.tif"))) == n
+    manifest = json.loads((dataset / "dataset.json").read_text())
+    assert manifest["config"]["size"] == 96
+    img = io.read_tiff(dataset / "testA" / "0000.tif")
+    assert img.data.shape == (96, 96) and img.data.dtype == np.uint16
+    assert img.pixel_size_um == pytest.approx(manifest["config"]["hr_pixel_nm"] / 1000)
+
+
+def test_synth_refuses_non_empty_folder(dataset):
+    before = sorted(p.name for p in dataset.rglob("*"))
+    res = runner.invoke(app, ["synth", str(dataset), "--n-train", "1", "--n-test", "1"])
+    assert res.exit_code == 2
+    assert "empty" in res.output.lower() or "overwrite" in res.output.lower()
+    assert sorted(p.name for p in dataset.rglob("*")) == before
+
+
+def test_synth_bad_config_value_is_a_clear_error(tmp_path):
+    res = runner.invoke(app, ["synth", str(tmp_path / "x"), "--bit-depth", "12"])
+    assert res.exit_code == 2
+    assert "bit_depth" in res.output
+    assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
+
+
+def test_metrics_folder_mean_and_json(dataset, tmp_path):
+    out = tmp_path / "m.json"
+    res = runner.invoke(
+        app,
+        ["metrics", str(dataset / "testA"), str(dataset / "testB"), "--json", str(out)],
+    )
+    assert res.exit_code == 0, res.output
+    assert "3 image(s)" in res.output and "PSNR" in res.output
+    data = json.loads(out.read_text())
+    assert [it["name"] for it in data["items"]] == ["0000.tif", "0001.tif", "0002.tif"]
+    psnrs = [it["report"]["psnr"] for it in data["items"]]
+    assert data["mean"]["psnr"] == pytest.approx(np.mean(psnrs))
+    assert data["items"][0]["report"]["pixel_size"] == pytest.approx(0.04)
+
+
+def test_metrics_single_file_identical_gives_infinite_psnr(dataset, tmp_path):
+    f = dataset / "testB" / "0000.tif"
+    out = tmp_path / "same.json"
+    res = runner.invoke(app, ["metrics", str(f), str(f), "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "inf" in res.output
+    assert json.loads(out.read_text())["items"][0]["report"]["psnr"] == "Infinity"
+
+
+def test_metrics_mismatched_shapes_fail_and_write_nothing(dataset, tmp_path):
+    small = io.write_tiff(tmp_path / "small.tif", np.zeros((64, 64), np.uint16))
+    out = tmp_path / "m.json"
+    res = runner.invoke(
+        app, ["metrics", str(small), str(dataset / "testB" / "0000.tif"), "--json", str(out)]
+    )
+    assert res.exit_code == 2
+    assert "shape" in res.output
+    assert not out.exists()
+
+
+def test_metrics_keeps_going_past_a_bad_pair(dataset, tmp_path):
+    pred = tmp_path / "pred"
+    for i in range(3):
+        src = io.read_tiff(dataset / "testA" / f"{i:04d}.tif")
+        io.write_tiff(pred / f"{i:04d}.tif", src.data, pixel_size_um=src.pixel_size_um)
+    (pred / "0001.tif").write_bytes(b"truncated by the microscope")
+    out = tmp_path / "m.json"
+    res = runner.invoke(app, ["metrics", str(pred), str(dataset / "testB"), "--json", str(out)])
+    assert res.exit_code == 1
+    data = json.loads(out.read_text())
+    errors = {it["name"]: it["error"] for it in data["items"] if it["error"]}
+    assert list(errors) == ["0001.tif"] and "TIFF" in errors["0001.tif"]
+    assert sum(it["report"] is not None for it in data["items"]) == 2
+
+
+def test_metrics_stack_is_evaluated_per_plane(tmp_path, rng):
+    gt = rng.random((2, 64, 64)).astype(np.float32)
+    pred = np.clip(gt + 0.05, 0, 1).astype(np.float32)
+    g = io.write_tiff(tmp_path / "gt.tif", gt)
+    p = io.write_tiff(tmp_path / "p.tif", pred)
+    out = tmp_path / "m.json"
+    res = runner.invoke(app, ["metrics", str(p), str(g), "--json", str(out), "--per-image"])
+    assert res.exit_code == 0, res.output
+    names = [it["name"] for it in json.loads(out.read_text())["items"]]
+    assert names == ["p.tif[T=0]", "p.tif[T=1]"]
+
+
+def test_demo_runs_small(tmp_path):
+    res = runner.invoke(
+        app, ["demo", "--out", str(tmp_path / "d"), "--n-images", "1", "--size", "128"]
+    )
+    assert res.exit_code == 0, res.output
+    assert "LR input" in res.output
+    payload = json.loads((tmp_path / "d" / "metrics.json").read_text())
+    lr = payload["lr_input_vs_hr"]["mean"]
+    hr = payload["hr_reference"]["mean"]
+    # the LR acquisition is blurrier than the HR one
+    assert lr["decorrelation_resolution_px"] > hr["decorrelation_resolution_px"]
