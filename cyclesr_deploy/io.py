@@ -24,7 +24,8 @@ from cyclesr_deploy.errors import InputError
 
 _UNIT_TO_UM = {
     "nm": 1e-3,
-    "µm": 1.0,
+    "µm": 1.0,  # MICRO SIGN U+00B5
+    "μm": 1.0,  # GREEK SMALL LETTER MU U+03BC
     "um": 1.0,
     "micron": 1.0,
     "\\u00B5m": 1.0,
@@ -184,19 +185,22 @@ def read_tiff(path: str | os.PathLike[str]) -> Image:
     return Image(data=data, axes=axes, pixel_size_um=px, metadata=desc, path=path)
 
 
+def squeeze_axes(data: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
+    """Drop singleton axes from ``data`` and their letters from ``axes`` (a 1x1 image stays 2-D)."""
+    keep = [i for i, n in enumerate(data.shape) if n != 1]
+    if len(keep) < 2:
+        keep = list(range(data.ndim - 2, data.ndim))
+    return data.reshape([data.shape[i] for i in keep]), "".join(axes[i] for i in keep)
+
+
 def read_image2d(path: str | os.PathLike[str], name: str = "image") -> Image:
     """Read a TIFF that must hold exactly one 2-D plane (singleton axes are dropped)."""
     img = read_tiff(path)
-    data = img.data
-    if data.ndim > 2:
-        keep = [i for i, n in enumerate(data.shape) if n != 1]
-        if len(keep) == 2:
-            data = data.reshape([data.shape[i] for i in keep])
-            img.axes = "".join(img.axes[i] for i in keep)
+    data, axes = squeeze_axes(img.data, img.axes)
     if data.ndim != 2:
         raise InputError(
             f"{name} ({path}): expected one 2-D image, found shape {img.data.shape} "
             f"(axes {img.axes}); pass a single plane"
         )
-    img.data = data
+    img.data, img.axes = data, axes
     return img

@@ -28,3 +28,6 @@ def user_errors() -> Iterator[None]:
     except (InputError, MissingExtraError, FileExistsError, ValidationError) as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         raise typer.Exit(EXIT_INPUT) from exc
+    except OSError as exc:  # e.g. the target is open in another program (Windows), disk full
+        err.print(f"[bold red]I/O error:[/] {exc}", highlight=False)
+        raise typer.Exit(EXIT_PARTIAL) from exc

@@ -31,7 +31,7 @@ def demo(
         title=f"mean over {res.lr_vs_hr.n_ok} synthetic {size}x{size} images (reference: HR)",
         title_justify="left",
     )
-    cols = ("image", "PSF FWHM nm", "PSNR dB", "SSIM", "PSNR CARE", "BGSTD", "CUF", "res. nm")
+    cols = ("image", "FWHM nm", "PSNR dB", "SSIM", "PSNR CARE", "BGSTD", "CUF", "res. nm")
     for col in cols:
         table.add_column(col, justify="right" if col != "image" else "left")
     table.add_row(
@@ -45,7 +45,7 @@ def demo(
         f"{lr['decorrelation_resolution_px'] * px_nm:.0f}",
     )
     table.add_row(
-        "HR acquisition",
+        "HR",
         f"{psf['hr']['fwhm_nm']:.0f}",
         "(ref)",
         "(ref)",

@@ -102,23 +102,12 @@ def metrics(
         per = Table("image", "PSNR dB", "SSIM", "BGSTD", "CUF", "decorr. res. px")
         for it in good:
             r = it.report
-            per.add_row(
-                it.name,
-                *(
-                    _fmt(r[k])
-                    for k in (
-                        "psnr",
-                        "ssim",
-                        "bgstd",
-                        "cuf_ring_index",
-                        "decorrelation_resolution_px",
-                    )
-                ),
-            )
+            per.add_row(it.name, *(_fmt(r[k]) for k in _PER_IMAGE_KEYS))
         out.print(per)
     if json_out is not None:
         with atomic_path(json_out) as part:
-            part.write_text(json.dumps(json.loads(result.model_dump_json()), indent=2) + "\n")
+            text = json.dumps(json.loads(result.model_dump_json()), indent=2) + "\n"
+            part.write_text(text, encoding="utf-8")
         err.print(f"wrote {json_out}")
     if result.n_failed:
         err.print(f"[yellow]{result.n_failed} item(s) failed[/]")

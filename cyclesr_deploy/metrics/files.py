@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from cyclesr_deploy.errors import InputError
-from cyclesr_deploy.io import read_tiff
+from cyclesr_deploy.io import read_tiff, squeeze_axes
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 
@@ -74,18 +74,23 @@ def pair_paths(prediction: Path, ground_truth: Path) -> list[tuple[str, Path | N
 
 
 def _planes(data: np.ndarray, axes: str, name: str) -> list[tuple[str, np.ndarray]]:
-    """Split a stack into 2-D planes named ``name[T=3]``; singleton axes are dropped first."""
-    keep = [i for i, n in enumerate(data.shape) if n != 1]
-    data = data.reshape([data.shape[i] for i in keep]) if keep else data.reshape(1, 1)
-    axes = "".join(axes[i] for i in keep)
+    """Split a stack into 2-D planes named ``name[T=3]`` (``name[C=1]`` per channel).
+
+    Singleton axes are dropped first; channel/sample axes (``C``, ``S``, e.g. RGB ``YXS``) are
+    moved in front of Y and X so that each channel is evaluated as its own plane.
+    """
+    data, axes = squeeze_axes(data, axes)
     if data.ndim == 2:
         return [(name, data)]
-    lead = data.shape[:-2]
-    planes = []
-    for idx in np.ndindex(*lead):
-        label = ",".join(f"{axes[k]}={i}" for k, i in enumerate(idx))
-        planes.append((f"{name}[{label}]", data[idx]))
-    return planes
+    spatial = [i for i, a in enumerate(axes) if a in "YX"]
+    if len(spatial) == 2 and spatial != [data.ndim - 2, data.ndim - 1]:
+        lead = [i for i in range(data.ndim) if i not in spatial]
+        data = np.transpose(data, [*lead, *spatial])
+        axes = "".join(axes[i] for i in [*lead, *spatial])
+    return [
+        (f"{name}[{','.join(f'{axes[k]}={i}' for k, i in enumerate(idx))}]", data[idx])
+        for idx in np.ndindex(*data.shape[:-2])
+    ]
 
 
 def evaluate_files(
@@ -125,6 +130,10 @@ def evaluate_files(
             if pred.data.shape != gt.data.shape:
                 raise InputError(
                     f"PRED {p_path.name} has shape {pred.data.shape} but GT has {gt.data.shape}"
+                )
+            if rep is not None and rep.data.shape != pred.data.shape:
+                raise InputError(
+                    f"--repeat has shape {rep.data.shape} but PRED has {pred.data.shape}"
                 )
             px = pixel_size if pixel_size is not None else gt.pixel_size_um
             p_planes = _planes(pred.data, pred.axes, name)

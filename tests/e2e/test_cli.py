@@ -127,3 +127,50 @@ def test_demo_runs_small(tmp_path):
     hr = payload["hr_reference"]["mean"]
     # the LR acquisition is blurrier than the HR one
     assert lr["decorrelation_resolution_px"] > hr["decorrelation_resolution_px"]
+
+
+def test_metrics_rgb_file_is_evaluated_per_channel(tmp_path, rng):
+    gt = (rng.random((64, 64, 3)) * 200).astype(np.uint8)
+    pred = np.clip(gt.astype(int) + 5, 0, 255).astype(np.uint8)
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "gt.tif", gt, photometric="rgb")
+    tifffile.imwrite(tmp_path / "p.tif", pred, photometric="rgb")
+    out = tmp_path / "m.json"
+    res = runner.invoke(
+        app, ["metrics", str(tmp_path / "p.tif"), str(tmp_path / "gt.tif"), "--json", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    names = [it["name"] for it in json.loads(out.read_text())["items"]]
+    assert names == ["p.tif[S=0]", "p.tif[S=1]", "p.tif[S=2]"]
+
+
+def test_metrics_repeat_adds_frc_and_rejects_mismatch(dataset, tmp_path):
+    a, b = dataset / "testB" / "0000.tif", dataset / "testB" / "0001.tif"
+    out = tmp_path / "m.json"
+    res = runner.invoke(app, ["metrics", str(a), str(a), "--repeat", str(b), "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    report = json.loads(out.read_text())["items"][0]["report"]
+    assert report["frc_cutoff"] is not None and report["frc_resolution"] is not None
+    stack = io.write_tiff(tmp_path / "st.tif", np.zeros((2, 96, 96), np.uint16))
+    res = runner.invoke(app, ["metrics", str(a), str(a), "--repeat", str(stack)])
+    assert res.exit_code == 2
+    assert "--repeat has shape" in res.output
+
+
+def test_metrics_reports_unmatched_names_and_pixel_size_override(dataset, tmp_path):
+    pred = tmp_path / "pred"
+    src = io.read_tiff(dataset / "testA" / "0000.tif")
+    io.write_tiff(pred / "0000.tif", src.data)
+    io.write_tiff(pred / "extra.tif", src.data)
+    out = tmp_path / "m.json"
+    args = ["metrics", str(pred), str(dataset / "testB"), "--json", str(out), "--pixel-size", "0.1"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 1
+    items = {it["name"]: it for it in json.loads(out.read_text())["items"]}
+    assert items["extra.tif"]["error"] == "no matching file in GT"
+    assert items["0001.tif"]["error"] == "no matching file in PRED"
+    assert items["0000.tif"]["report"]["pixel_size"] == pytest.approx(0.1)
+    # decorrelation resolution converted with the overriding pixel size
+    r = items["0000.tif"]["report"]
+    assert r["decorrelation_resolution"] == pytest.approx(0.1 * r["decorrelation_resolution_px"])

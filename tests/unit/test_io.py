@@ -91,3 +91,11 @@ def test_missing_and_garbage_files_are_input_errors(tmp_path):
     bad.write_bytes(b"not a tiff at all")
     with pytest.raises(InputError, match="not a readable TIFF"):
         io.read_tiff(bad)
+
+
+@pytest.mark.parametrize(("unit", "value", "expected_um"), [("nm", 45.0, 0.045), ("μm", 0.2, 0.2)])
+def test_ome_pixel_size_units_are_converted(tmp_path, unit, value, expected_um):
+    path = tmp_path / "u.ome.tif"
+    meta = {"axes": "YX", "PhysicalSizeX": value, "PhysicalSizeXUnit": unit}
+    tifffile.imwrite(path, np.zeros((8, 8), np.uint16), ome=True, metadata=meta)
+    assert io.read_tiff(path).pixel_size_um == pytest.approx(expected_um)
