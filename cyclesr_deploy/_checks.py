@@ -10,20 +10,24 @@ import numpy as np
 from cyclesr_deploy.errors import InputError
 
 
-def image2d(x: object, name: str, *, allow_nonfinite: bool = False) -> np.ndarray:
-    """Return ``x`` as a 2-D numeric array (no copy when possible).
+def image2d(
+    x: object, name: str, *, allow_nonfinite: bool = False, ndim: int | None = 2
+) -> np.ndarray:
+    """Return ``x`` as a numeric array of ``ndim`` dimensions (no copy when possible).
 
-    Raises InputError naming ``name`` for: non-numeric data, ndim != 2 (a singleton leading or
-    trailing axis is *not* squeezed silently: the caller must choose the plane), empty arrays, and
-    NaN/inf values unless ``allow_nonfinite``.
+    Raises InputError naming ``name`` for: non-numeric data (bool included: a mask is not an
+    image), a dimensionality other than ``ndim`` (a singleton leading or trailing axis is *not*
+    squeezed silently: the caller must choose the plane; ``ndim=None`` accepts any), empty arrays,
+    and NaN/inf values unless ``allow_nonfinite``.
     """
     a = np.asarray(x)
-    if a.dtype.kind not in "biuf":
+    if a.dtype.kind not in "iuf":
         raise InputError(f"{name}: expected a numeric image, got dtype {a.dtype}")
-    if a.ndim != 2:
+    if ndim is not None and a.ndim != ndim:
         raise InputError(
-            f"{name}: expected a 2-D image (Y, X), got shape {a.shape} ({a.ndim}-D); "
-            "select one plane/channel first"
+            f"{name}: expected a {ndim}-D image"
+            + (" (Y, X)" if ndim == 2 else "")
+            + f", got shape {a.shape} ({a.ndim}-D); select one plane/channel first"
         )
     if a.size == 0:
         raise InputError(f"{name}: image is empty (shape {a.shape})")

@@ -7,27 +7,16 @@ with CARE-style evaluations.
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import numpy as np
 
-from cyclesr_deploy._checks import same_shape
+from cyclesr_deploy._checks import image2d, same_shape
 from cyclesr_deploy.errors import InputError
 
 ScalingMode = Literal["dtype", "gt", "care"]
 SCALING_MODES: tuple[str, ...] = ("dtype", "gt", "care")
-
-
-def _numeric(x: object, name: str) -> np.ndarray:
-    """N-D counterpart of ``_checks.image2d``: numeric, non-empty, finite."""
-    a = np.asarray(x)
-    if a.dtype.kind not in "biuf":
-        raise InputError(f"{name}: expected a numeric array, got dtype {a.dtype}")
-    if a.size == 0:
-        raise InputError(f"{name}: array is empty (shape {a.shape})")
-    if a.dtype.kind == "f" and not np.isfinite(a).all():
-        raise InputError(f"{name}: contains {int((~np.isfinite(a)).sum())} non-finite value(s)")
-    return a
 
 
 def percentile_normalize(
@@ -38,12 +27,18 @@ def percentile_normalize(
     ``(x - P[pmin]) / (P[pmax] - P[pmin] + eps)`` over all elements, computed and returned as
     float32; values outside [0, 1] are kept unless ``clip``. Percentiles are in percent (0-100).
     """
-    a = _numeric(x, "x")
+    a = image2d(x, "x", ndim=None)
     if not 0 <= pmin < pmax <= 100:
         raise InputError(f"pmin, pmax: need 0 <= pmin < pmax <= 100, got {pmin}, {pmax}")
-    lo, hi = (np.float32(v) for v in np.percentile(a, [pmin, pmax]))
-    out = (a.astype(np.float32) - lo) / (hi - lo + np.float32(eps))
+    lo, hi = np.percentile(a, [pmin, pmax])
+    out = _to01(a, lo, hi, eps)
     return np.clip(out, 0, 1) if clip else out
+
+
+def _to01(a: np.ndarray, lo: float, hi: float, eps: float = 1e-20) -> np.ndarray:
+    """CSBDeep's float32 ``(a - lo) / (hi - lo + eps)``."""
+    lo32, hi32 = np.float32(lo), np.float32(hi)
+    return (a.astype(np.float32) - lo32) / (hi32 - lo32 + np.float32(eps))
 
 
 def normalize_to(x: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -53,7 +48,7 @@ def normalize_to(x: np.ndarray, target: np.ndarray) -> np.ndarray:
     ``alpha = cov(x, t) / (var(x) + 1e-10)`` (sample covariance, ddof 1, as ``np.cov``),
     ``beta = mean(t) - alpha * mean(x)``. Returns float32 in the units of ``target``.
     """
-    a, t = _numeric(x, "x"), _numeric(target, "target")
+    a, t = image2d(x, "x", ndim=None), image2d(target, "target", ndim=None)
     same_shape(a, t, "x", "target")
     a64, t64 = a.astype(np.float64).ravel(), t.astype(np.float64).ravel()
     cov = np.cov(a64, t64) if a64.size > 1 else np.zeros((2, 2))
@@ -62,12 +57,45 @@ def normalize_to(x: np.ndarray, target: np.ndarray) -> np.ndarray:
     return (alpha * a.astype(np.float64) + beta).astype(np.float32)
 
 
-def _dtype_unit(a: np.ndarray) -> np.ndarray:
-    if a.dtype.kind == "b":
+# scaling="dtype" plausibility limits (see scale_to_unit)
+DTYPE_FLOAT_MARGIN = 0.5  # float data must lie in [-0.5, 1.5]
+DTYPE_MIN_USE = 1 / 16  # integer data peaking below 1/16 of the dtype maximum gets a warning
+# scaling="care": below this fraction of the GT's min-max range the 0.1/99.9 % percentile range
+# is degenerate (sparse GT: mostly one value) and min/max are used instead
+CARE_MIN_PERCENTILE_RANGE = 1e-3
+CARE_PERCENTILES = (0.1, 99.9)
+
+
+def _dtype_unit(a: np.ndarray, name: str) -> np.ndarray:
+    """``a`` on the [0, 1] scale implied by its dtype, after checking that this is plausible."""
+    if a.dtype.kind == "f":
+        lo, hi = float(a.min()), float(a.max())
+        if lo < -DTYPE_FLOAT_MARGIN or hi > 1 + DTYPE_FLOAT_MARGIN:
+            raise InputError(
+                f"{name}: scaling='dtype' takes float images to be in [0, 1] already, but this "
+                f"one spans [{lo:.4g}, {hi:.4g}] (PSNR/SSIM/BGSTD would be meaningless); use "
+                "scaling='gt' (by the ground truth's range) or rescale the data to [0, 1]"
+            )
         return a.astype(np.float64)
-    if a.dtype.kind in "iu":
-        return a.astype(np.float64) / np.iinfo(a.dtype).max
-    return a.astype(np.float64)
+    top = float(np.iinfo(a.dtype).max)
+    peak = max(float(a.max()), -float(a.min()))
+    if peak < DTYPE_MIN_USE * top:
+        warnings.warn(
+            f"{name}: scaling='dtype' divides by the {a.dtype} maximum {top:.0f}, but the data "
+            f"peak at {peak:.0f} (< 1/16 of it, e.g. 12-bit data stored as uint16): the unused "
+            "dtype range inflates PSNR/SSIM; scaling='gt' is likely what you want",
+            UserWarning,
+            stacklevel=4,
+        )
+    return a.astype(np.float64) / top
+
+
+def _care_normalize_gt(g: np.ndarray) -> np.ndarray:
+    lo, hi = np.percentile(g, CARE_PERCENTILES)
+    g_min, g_max = float(g.min()), float(g.max())
+    if hi - lo < CARE_MIN_PERCENTILE_RANGE * (g_max - g_min):
+        return _to01(g, g_min, g_max)
+    return _to01(g, lo, hi)
 
 
 def scale_to_unit(
@@ -77,19 +105,27 @@ def scale_to_unit(
 
     Modes:
       * ``"dtype"``: each integer array divided by its dtype maximum (uint8 -> /255, the paper's
-        convention), floats unchanged (assumed to be in [0, 1] already).
+        convention), floats unchanged (they must already be on a [0, 1] scale). Guards: a float
+        array outside [-0.5, 1.5] (e.g. 0..255 or 0..65535 floats) raises InputError naming it;
+        an integer array whose peak ``max(|x|)`` is below 1/16 of its dtype maximum (e.g. 12-bit
+        data in uint16, peak <= 4095 of 65535) gets a UserWarning, because the unused range
+        shrinks every error and inflates PSNR/SSIM. ``"gt"`` is the usual remedy for both.
       * ``"gt"``: both mapped by the ground truth's range,
         ``(x - gt.min()) / (gt.max() - gt.min())``, so GT spans exactly [0, 1]; the prediction
         may fall outside.
       * ``"care"``: GT percentile-normalised (0.1 / 99.9 %, unclipped), the prediction affinely
         least-squares fitted to it (:func:`normalize_to`) as CARE/ZeroCostDL4Mic quality control
-        does (without their extra zero-meaning).
-    Validation of NaN/ndim is the caller's job; this checks ``mode`` and matching shapes only.
+        does (without their extra zero-meaning). Sparse ground truths (e.g. a few puncta on a
+        flat background, fewer than 0.1 % of the pixels bright) have nearly coinciding
+        percentiles, which would blow the GT up to values in the thousands (or 1e20 when they are
+        equal); when ``P99.9 - P0.1 < 1e-3 * (max - min)`` the GT's min/max are used instead.
+    Validation of NaN/ndim is the caller's job; this checks ``mode``, matching shapes and, for
+    ``"dtype"``, the value ranges above.
     """
     p, g = np.asarray(pred), np.asarray(gt)
     same_shape(p, g, "prediction", "ground_truth")
     if mode == "dtype":
-        return _dtype_unit(p), _dtype_unit(g)
+        return _dtype_unit(p, "prediction"), _dtype_unit(g, "ground_truth")
     if mode == "gt":
         g64 = g.astype(np.float64)
         lo, hi = float(g64.min()), float(g64.max())
@@ -100,6 +136,6 @@ def scale_to_unit(
             )
         return (p.astype(np.float64) - lo) / (hi - lo), (g64 - lo) / (hi - lo)
     if mode == "care":
-        g_n = percentile_normalize(g, 0.1, 99.9)
+        g_n = _care_normalize_gt(g)
         return normalize_to(p, g_n).astype(np.float64), g_n.astype(np.float64)
     raise InputError(f"mode: must be one of {SCALING_MODES}, got {mode!r}")

@@ -1,8 +1,8 @@
 """Image-quality metrics for super-resolution output and :func:`evaluate`, which runs them all.
 
 Every function takes ``(prediction, ground_truth)`` in that order, 2-D arrays, and raises
-:class:`~cyclesr_deploy.errors.InputError` naming the argument for mismatched shapes, NaN/inf and
-non-2-D input. numpy/scipy/scikit-image only.
+:class:`~cyclesr_deploy.errors.InputError` naming the argument for mismatched shapes, NaN/inf,
+non-numeric (bool included) and non-2-D input. numpy/scipy/scikit-image only.
 """
 
 from __future__ import annotations
@@ -12,7 +12,15 @@ from pydantic import BaseModel, ConfigDict
 
 from cyclesr_deploy._checks import image2d, min_size, positive, same_shape
 from cyclesr_deploy.errors import InputError
-from cyclesr_deploy.metrics.bgstd import _bgstd_values, _mask8, background_mask, bgstd, to_grey8
+from cyclesr_deploy.metrics.bgstd import (
+    _background_std,
+    _mask8,
+    _zero_filled_std,
+    background_mask,
+    bgstd,
+    to_grey8,
+    to_grey_float,
+)
 from cyclesr_deploy.metrics.cuf import CufResult, _cuf, cuf
 from cyclesr_deploy.metrics.decorrelation import (
     DecorrelationResult,
@@ -84,22 +92,34 @@ class QualityReport(BaseModel):
         """(metric, value, unit, convention) for a table, unique names, in a fixed order; None =
         not computed (print as blank). Physical resolutions are in pixel_size's unit."""
         s = f"scaling={self.scaling}"
+        care = "GT pct 0.1/99.9 (min/max if sparse)"
+        bg = "uint8 as paper" if self.scaling == "dtype" else f"unclipped float, {s}"
         return [
             ("PSNR", self.psnr, "dB", f"data range 1, {s}"),
             ("SSIM", self.ssim, "", f"paper/TF: Gaussian 11x11 s=1.5, population cov, {s}"),
             ("SSIM (skimage)", self.ssim_skimage, "", f"skimage defaults: 7x7 uniform, {s}"),
             ("MSE", self.mse, "(scaled intensity)^2", s),
             ("NRMSE", self.nrmse, "", f"euclidean: rmse / rms(gt), {s}"),
-            ("PSNR (CARE)", self.psnr_care, "dB", "GT pct 0.1/99.9, prediction affinely fitted"),
-            ("SSIM (CARE)", self.ssim_care, "", "GT pct 0.1/99.9, paper SSIM"),
-            ("BGSTD", self.bgstd, "8-bit grey levels", "std over GT background pixels only"),
-            ("BGSTD (paper)", self.bgstd_zero_filled, "8-bit grey levels", "foreground as 0"),
+            ("PSNR (CARE)", self.psnr_care, "dB", f"{care}, prediction affinely fitted"),
+            ("SSIM (CARE)", self.ssim_care, "", f"{care}, paper SSIM"),
+            ("BGSTD", self.bgstd, "8-bit grey levels", f"std over GT background only, {bg}"),
+            (
+                "BGSTD (paper)",
+                self.bgstd_zero_filled,
+                "8-bit grey levels",
+                "foreground as 0, clipped+truncated uint8",
+            ),
             ("background fraction", self.background_fraction, "", "GT mask: blur+Otsu+closing"),
             ("CUF", self.cuf_ring_index, "ring index", "paper: 95% magnitude, 5-px rings"),
             ("CUF radius", self.cuf_cycles_per_pixel, "cycles/px", "(1 + 5 (index + 1)) / N"),
             ("CUF (GT)", self.cuf_ring_index_gt, "ring index", "same, on the ground truth"),
             ("decorrelation kc", self.decorrelation_kc_max, "1 = Nyquist", "Descloux 2019"),
-            ("decorrelation A0", self.decorrelation_a0, "", "SNR estimate"),
+            (
+                "decorrelation A0",
+                self.decorrelation_a0,
+                "",
+                "SNR estimate, DC removed as the ImageJ plugin (MATLAB differs for large means)",
+            ),
             ("decorrelation resolution", self.decorrelation_resolution_px, "px", "2 / kc"),
             (
                 "decorrelation resolution (physical)",
@@ -131,10 +151,21 @@ def evaluate(
 
     ``scaling`` (:func:`~cyclesr_deploy.normalization.scale_to_unit`) brings both images to ~[0, 1]
     first: ``"gt"`` (default: GT min/max -> 0/1), ``"dtype"`` (uint8 / 255 etc.: the paper's
-    convention), ``"care"``. PSNR/MSE/NRMSE/SSIM use data range 1 on the scaled pair;
-    ``psnr_care``/``ssim_care`` always use the "care" scaling. BGSTD is in 8-bit grey levels of the
-    scaled images (with ``"dtype"`` the raw integers are used, so uint8 input is taken as is).
-    CUF and decorrelation describe the scaled prediction alone (``*_gt``: the scaled GT).
+    convention; float data must already be in [0, 1], else InputError, and integer data using
+    less than 1/16 of its dtype's range warn), ``"care"`` (GT percentiles 0.1/99.9, or min/max for
+    a sparse GT). PSNR/MSE/NRMSE/SSIM use data range 1 on the scaled pair;
+    ``psnr_care``/``ssim_care`` always use the "care" scaling.
+    BGSTD is in 8-bit grey levels (255 x the scaled unit); the background mask is always computed
+    from the scaled GT as 8 bit, as in the paper. ``bgstd`` (background only): with ``"gt"`` and
+    ``"care"`` the std of the *unclipped float* scaled prediction (``255 * ps``), because clipping
+    at 0 and truncating to 8 bit would cut off the noise below the GT's minimum, which is usually
+    its background level (~40 % too low for Gaussian noise); with ``"dtype"`` the paper's exact
+    8-bit pipeline on the raw data (uint8 taken as is, others scaled, clipped and truncated).
+    ``bgstd_zero_filled`` (the paper's number) always uses the clipped and truncated 8-bit
+    prediction. See :func:`~cyclesr_deploy.metrics.bgstd.bgstd` (``quantize``).
+    CUF and decorrelation describe the scaled prediction alone (``*_gt``: the scaled GT);
+    ``decorrelation_a0`` follows the ImageJ plugin (DC removed), which differs from MATLAB's A0 for
+    images with a large mean.
     FRC needs ``prediction_repeat``, the output for a second, independent acquisition of the same
     field; FRC is invariant to each image's affine scaling, so raw values are used.
     ``pixel_size`` (any unit) turns px resolutions into physical ones.
@@ -153,12 +184,14 @@ def evaluate(
 
     ps, gs = scale_to_unit(p, g, scaling)
     pc, gc = scale_to_unit(p, g, "care")
-    if scaling == "dtype":
+    if scaling == "dtype":  # paper-exact: the raw data as 8 bit (uint8 as is)
         p8, g8 = to_grey8(p), to_grey8(g)
-    else:
+        p_grey = p8
+    else:  # 8-bit mask and paper value; unclipped float grey levels for the noise
         p8, g8 = to_grey8(ps, 1.0), to_grey8(gs, 1.0)
+        p_grey = to_grey_float(ps, 1.0)
     bg = _mask8(g8)
-    bg_only, zero_filled = _bgstd_values(p8, bg)
+    bg_only, zero_filled = _background_std(p_grey, bg), _zero_filled_std(p8, bg)
     c_pred, c_gt = _cuf(ps), _cuf(gs)
     dec = _decorrelation_result(ps, pixel_size, 50, 10, 20)
     dec_gt = _decorrelation_result(gs, None, 50, 10, 20)

@@ -1,7 +1,8 @@
 """BGSTD: standard deviation of the prediction over the ground truth's background (paper metric).
 
 Port of ``bgstd_batch`` in ``catrujilla/cycleGAN-SR_confocal:metrics.py`` (OpenCV) to scipy and
-scikit-image. The mask comes from the *ground truth*; the value is in 8-bit grey levels.
+scikit-image. The mask comes from the *ground truth*; the value is in 8-bit grey levels (of the
+prediction, optionally without the paper's clipping and truncation: see :func:`bgstd`).
 """
 
 from __future__ import annotations
@@ -21,18 +22,29 @@ _SMALL_KERNEL = np.array([1, 4, 6, 4, 1], dtype=np.float64) / 16
 _CLOSING_1D = (np.ones((1, 25), dtype=bool), np.ones((25, 1), dtype=bool))
 
 
+def _default_range(x: np.ndarray, data_range: float | None) -> float:
+    if data_range is not None:
+        return data_range
+    return float(np.iinfo(x.dtype).max) if x.dtype.kind in "iu" else 1.0
+
+
 def to_grey8(x: np.ndarray, data_range: float | None = None) -> np.ndarray:
     """Image as 8-bit grey levels the way the paper does it: scale, then truncate (no rounding).
 
     uint8 with ``data_range=None`` is returned unchanged. Otherwise ``x * 255 / data_range``,
-    clipped to [0, 255] and truncated; ``data_range=None`` means 1.0 for float/bool input and the
+    clipped to [0, 255] and truncated; ``data_range=None`` means 1.0 for float input and the
     dtype maximum for other integer types (uint16 -> 65535). No validation (internal helper).
     """
     if x.dtype == np.uint8 and data_range is None:
         return x
-    if data_range is None:
-        data_range = float(np.iinfo(x.dtype).max) if x.dtype.kind in "iu" else 1.0
-    return np.clip(x.astype(np.float64) * (255.0 / data_range), 0, 255).astype(np.uint8)
+    scale = 255.0 / _default_range(x, data_range)
+    return np.clip(x.astype(np.float64) * scale, 0, 255).astype(np.uint8)
+
+
+def to_grey_float(x: np.ndarray, data_range: float | None = None) -> np.ndarray:
+    """``x * 255 / data_range`` as float64, neither clipped nor truncated (same ``data_range``
+    default as :func:`to_grey8`; uint8 keeps its values). No validation (internal helper)."""
+    return x.astype(np.float64) * (255.0 / _default_range(x, data_range))
 
 
 def _blur8(g8: np.ndarray, wide: bool) -> np.ndarray:
@@ -86,10 +98,14 @@ def background_mask(gt: np.ndarray, *, data_range: float | None = None) -> np.nd
     return _mask8(to_grey8(g, data_range))
 
 
-def _bgstd_values(p8: np.ndarray, bg: np.ndarray) -> tuple[float, float]:
-    """(background-only std, paper zero-filled std) of 8-bit ``p8`` over mask ``bg``."""
-    bg_only = float(p8[bg].std()) if bg.any() else float("nan")
-    return bg_only, float(np.where(bg, p8, 0).astype(np.float64).std())
+def _background_std(p_grey: np.ndarray, bg: np.ndarray) -> float:
+    """Std (ddof 0) of ``p_grey`` over the background mask ``bg``; NaN if the mask is empty."""
+    return float(p_grey[bg].std()) if bg.any() else float("nan")
+
+
+def _zero_filled_std(p_grey: np.ndarray, bg: np.ndarray) -> float:
+    """The paper's number: foreground set to 0, std over all pixels."""
+    return float(np.where(bg, p_grey, 0).astype(np.float64).std())
 
 
 def bgstd(
@@ -98,18 +114,29 @@ def bgstd(
     *,
     data_range: float | None = None,
     zero_filled: bool = False,
+    quantize: bool = True,
 ) -> float:
     """Standard deviation (ddof 0) of the prediction over the GT background, in 8-bit grey levels.
 
-    Both images go through :func:`to_grey8` with the same ``data_range`` (uint8 used as is; floats
-    in [0, data_range] -> 0..255 truncated). Default: std of the background pixels only (NaN if the
-    mask is empty): the background *noise*. ``zero_filled=True`` is the paper's number: foreground
-    set to 0 and std over all pixels, ``~ sqrt(p*s**2 + p*(1-p)*m**2)`` for background fraction p,
-    background mean m and std s, so it mixes background level and noise.
+    The background mask is :func:`background_mask` of the GT (as 8-bit, :func:`to_grey8`, with
+    ``data_range``). The prediction is brought to the same grey levels, ``x * 255 / data_range``:
+    with ``quantize=True`` (default, the paper's pipeline) clipped to [0, 255] and truncated to
+    uint8 (:func:`to_grey8`; uint8 is used as is); with ``quantize=False`` kept as float, neither
+    clipped nor truncated. Clipping matters whenever the background sits at the bottom of the
+    range: a background at 0 (uint8 files, or a GT-range scaling where the GT's background is its
+    minimum) loses the noise below it, and for Gaussian noise of std s the result is
+    ``std(max(X, 0)) = 0.58 s`` (plus the truncation's bias), ~40 % too low.
+    :func:`~cyclesr_deploy.metrics.evaluate` therefore uses ``quantize=False`` for the
+    background-only value except under ``scaling="dtype"``.
+
+    Default: std of the background pixels only (NaN if the mask is empty): the background
+    *noise*. ``zero_filled=True`` is the paper's number: foreground set to 0 and std over all
+    pixels, ``~ sqrt(p*s**2 + p*(1-p)*m**2)`` for background fraction p, background mean m and
+    std s, so it mixes background level and noise.
     """
     p, g = image2d(pred, "prediction"), image2d(gt, "ground_truth")
     same_shape(p, g, "prediction", "ground_truth")
     positive(data_range, "data_range")
     bg = _mask8(to_grey8(g, data_range))
-    bg_only, filled = _bgstd_values(to_grey8(p, data_range), bg)
-    return filled if zero_filled else bg_only
+    p_grey = to_grey8(p, data_range) if quantize else to_grey_float(p, data_range)
+    return _zero_filled_std(p_grey, bg) if zero_filled else _background_std(p_grey, bg)

@@ -21,9 +21,18 @@ FIRST_EDGE = 1  # px; rings are [1, 6), [6, 11), ... from the (N/2 + 1, N/2 + 1)
 @dataclass(frozen=True, slots=True)
 class CufResult:
     """``ring_index``: paper units (fractional index of 5-px rings, higher = more high frequencies).
-    ``cycles_per_pixel``: ``(FIRST_EDGE + RING_WIDTH * (ring_index + 1)) / N`` = outer radius of the
-    cumulative ring at that index over the (smaller) image side N. 0.5 is Nyquist along an axis;
-    the rings reach into the spectrum's corners, so values up to ~0.7 occur (noise)."""
+    ``cycles_per_pixel``: ``(1 + 5 * (ring_index + 1)) / N`` = outer edge (in px) of the
+    cumulative ring at that index over the (smaller) image side N: ring k covers radii
+    [1 + 5 k, 1 + 5 (k + 1)) px, and the cumulative energy at index k includes all of it. (The
+    research notes approximate the radius as ``1 + 5 * CUF``, the ring's *inner* edge, 5 px less.)
+    0.5 is Nyquist along an axis; the rings reach into the spectrum's corners, so values up to
+    ~0.7 occur (noise).
+
+    Degenerate images: all spectral magnitude at DC (a constant image, the all-zero image
+    included) or so little beyond it that the fit passes 95 % before the first evaluated sample
+    give ``ring_index = 1.0``, the lower end of the paper's evaluation grid ``arange(1, 300, 0.1)``
+    ("nothing beyond the lowest frequencies"); a fit that never reaches 95 % gives the upper end,
+    299.9. ``cycles_per_pixel`` always follows the formula above."""
 
     ring_index: float
     cycles_per_pixel: float
@@ -58,10 +67,12 @@ def _cuf(a: np.ndarray) -> CufResult:
     energy = np.cumsum(profile)
     target = 0.95 * energy[-1]
     n = min(a.shape)
-    if energy[-1] <= 0:  # all-zero image: no spectrum at all
-        return CufResult(0.0, 0.0)
-    x = np.arange(energy.size)
     v = np.arange(1, 300, 0.1)
+    if energy[-1] <= 0:
+        # all-zero image: no spectrum, i.e. a constant image with DC 0; report it as a constant
+        # image (everything at DC: the lower clamp below) rather than as a special value
+        return _cuf_result(float(v[0]), n)
+    x = np.arange(energy.size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # FITPACK "s too small"; checked below
         spline = UnivariateSpline(x, energy, s=0.01, k=3)
@@ -78,6 +89,10 @@ def _cuf(a: np.ndarray) -> CufResult:
         i = above[0]
         frac = (target - fit[i - 1]) / (fit[i] - fit[i - 1])
         ring_index = float(v[i - 1] + frac * (v[i] - v[i - 1]))
+    return _cuf_result(ring_index, n)
+
+
+def _cuf_result(ring_index: float, n: int) -> CufResult:
     return CufResult(ring_index, (FIRST_EDGE + RING_WIDTH * (ring_index + 1)) / n)
 
 
@@ -96,6 +111,11 @@ def cuf(image: np.ndarray) -> CufResult:
     the interpolating spline (s=0) is used instead. Otherwise the two agree closely. See
     :class:`CufResult` for the units and :func:`cuf_ring_energy` for the ring geometry
     (incl. non-square images).
+
+    Units: ``ring_index`` in the paper's ring-index units and
+    ``cycles_per_pixel = (1 + 5 * (ring_index + 1)) / N`` (N = smaller side), the outer edge of
+    the cumulative ring; the research notes approximate the ring radius as ``1 + 5 * CUF`` px.
+    A constant image (including all zeros) gives ``ring_index = 1.0``: see :class:`CufResult`.
 
     Caveat: the magnitude sum is dominated by DC and the noise floor. For noise-free filaments CUF
     falls with blur (about 21.8/15.7/11.3/9.7 for sigma 0.7/1/1.5/2 px at 256^2), but Poisson

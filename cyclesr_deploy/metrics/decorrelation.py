@@ -33,7 +33,9 @@ _G_MIN = 0.15  # smallest high-pass width of the first search
 @dataclass(frozen=True, slots=True)
 class DecorrelationResult:
     """``kc_max``: cut-off in normalised frequency (1 = Nyquist = 0.5 cycles/px; 0 = none found).
-    ``a0``: amplitude of the unfiltered curve's peak (SNR estimate, 0-1).
+    ``a0``: amplitude of the unfiltered curve's peak (SNR estimate, 0-1). It follows the ImageJ
+    plugin, which removes the DC term first; MATLAB's ``getDcorr.m`` v1.1.8 keeps it, so its A0
+    differs for images with a large mean (same kc_max; see the module docstring).
     ``resolution_px = 2 / kc_max`` in px (inf when ``kc_max == 0``).
     ``resolution = 2 * pixel_size / kc_max`` in pixel_size's unit (None without pixel_size)."""
 
@@ -115,6 +117,22 @@ class _Spectrum:
         return np.nan_to_num(cc, nan=0.0, posinf=0.0, neginf=0.0)
 
 
+def _refined_g_range(first: np.ndarray, g: np.ndarray, rows: int) -> tuple[int, float, float]:
+    """Pass-2 high-pass range from pass 1 (getDcorr.m v1.1.8).
+
+    ``first`` = [k0, kc of the ``g.size`` pass-1 curves]; ``i1`` = slot of its *last* maximum.
+    Slot 0 (the unfiltered d0 is best): ``[rows, g[0]]``; one of the two last slots (the smallest
+    ``g``, i.e. the strongest high-pass filters): ``[g[i1 - 2], g[i1 - 1]]``; otherwise
+    ``[g[i1 - 1], g[i1]]``, the widths around the best curve's. Returns ``(i1, g1, g2)``.
+    """
+    i1 = int(np.flatnonzero(first == first.max())[-1])
+    if i1 == 0:
+        return i1, float(rows), float(g[0])
+    if i1 >= g.size - 1:
+        return i1, float(g[i1 - 2]), float(g[i1 - 1])
+    return i1, float(g[i1 - 1]), float(g[i1])
+
+
 def _decorrelation(im: np.ndarray, n_r: int, n_g: int) -> tuple[float, float]:
     """Core of getDcorr.m on a float64 image (already apodised). Returns (kc_max, a0)."""
     n_r, n_g = max(n_r, 30), max(n_g, 5)  # reference input checks
@@ -141,14 +159,7 @@ def _decorrelation(im: np.ndarray, n_r: int, n_g: int) -> tuple[float, float]:
             slot = h + n_g * refinement + 1
             kc[slot], snr[slot] = r[ind], d[ind]
         if refinement == 0:
-            first = kc[: n_g + 2]
-            i1 = int(np.flatnonzero(first == first.max())[-1])  # 0-based slot of the last maximum
-            if i1 == 0:
-                g1, g2 = rows, g[0]
-            elif i1 >= g.size - 1:
-                g1, g2 = g[i1 - 2], g[i1 - 1]
-            else:
-                g1, g2 = g[i1 - 1], g[i1]
+            i1, g1, g2 = _refined_g_range(kc[: n_g + 2], g, rows)
             g = np.exp(np.linspace(np.log(g1), np.log(g2), n_g))
             best = kc[i1]
             lo = max(best - (r[1] - r[0]), 0.0)
@@ -175,7 +186,8 @@ def decorrelation(
     1 = Nyquist); DC zeroed; unfiltered curve d0 over ``n_r`` radii in [0, 1]; ``n_g + 1`` Fourier
     high-pass filters ``1 - exp(-2 g^2 R^2)`` (g = rows/4, then geometric from 2/k0 to 0.15),
     refined once around the highest peak; peaks with amplitude < 0.05 discarded; ``kc_max`` = the
-    highest remaining peak position, ``a0`` = the unfiltered peak's amplitude. Resolution follows
+    highest remaining peak position, ``a0`` = the unfiltered peak's amplitude (DC removed as in
+    the ImageJ plugin: differs from MATLAB's A0 for images with a large mean). Resolution follows
     the ImageJ plugin: ``2 * pixel_size / kc_max`` (about the FWHM for Gaussian blur).
     ``n_r < 30`` and ``n_g < 5`` are raised to those minimums as in the reference.
     """

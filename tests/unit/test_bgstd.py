@@ -9,7 +9,7 @@ from skimage.draw import disk
 
 from cyclesr_deploy.errors import InputError
 from cyclesr_deploy.metrics import background_mask, bgstd
-from cyclesr_deploy.metrics.bgstd import _close, to_grey8
+from cyclesr_deploy.metrics.bgstd import _close, to_grey8, to_grey_float
 
 
 @pytest.fixture
@@ -48,6 +48,27 @@ def test_clipping_at_zero_halves_the_noise(rng):
     assert bgstd(pred, gt) == pytest.approx(2.75, abs=0.1)
 
 
+def test_quantize_false_keeps_the_noise_below_zero(rng):
+    """The same background noise N(0, 5^2) at level 0, as float grey levels: the paper's pipeline
+    clips and truncates it (2.75, as above), quantize=False measures it (5.0)."""
+    gt = np.zeros((256, 256), np.uint8)
+    gt[disk((128, 128), 40)] = 200
+    pred = gt + rng.normal(0, 5, gt.shape)
+    bg = background_mask(gt)
+    assert bgstd(pred, gt, data_range=255) == pytest.approx(2.75, abs=0.1)
+    assert bgstd(pred, gt, data_range=255, quantize=False) == pytest.approx(5.0, abs=0.1)
+    assert bgstd(pred, gt, data_range=255, quantize=False) == pytest.approx(pred[bg].std())
+    # float in [0, 1] with the default data_range 1: same grey levels
+    assert bgstd(pred / 255, gt / 255, quantize=False) == pytest.approx(pred[bg].std())
+    filled = bgstd(pred, gt, data_range=255, quantize=False, zero_filled=True)
+    assert filled == pytest.approx(np.where(bg, pred, 0).std())
+    # uint8 input is unchanged by either choice
+    p8 = np.clip(pred + 30, 0, 255).astype(np.uint8)
+    assert bgstd(p8, gt, quantize=False) == bgstd(p8, gt)
+    assert to_grey_float(np.array([[65535, 257]], np.uint16)).tolist() == [[255.0, 1.0]]
+    np.testing.assert_allclose(to_grey_float(np.array([[-0.2, 1.7]])), [[-51.0, 433.5]])
+
+
 def test_float_input_is_scaled_and_truncated(disk_pair):
     pred, gt = disk_pair
     # (k + 0.5) / 255 truncates back to k after * 255: same grey levels as the uint8 input
@@ -81,6 +102,8 @@ def test_validation(rng):
         bgstd(bad, g)
     with pytest.raises(InputError, match="data_range"):
         bgstd(g, g, data_range=-1)
+    with pytest.raises(InputError, match="ground_truth: expected a numeric image, got dtype bool"):
+        background_mask(g > 0.5)
 
 
 def test_separable_closing_equals_25x25_square(rng):

@@ -96,10 +96,16 @@ def test_non_square_generalisation():
     assert 5 < cuf(img).ring_index < 30
 
 
-def test_degenerate_images():
-    assert cuf(np.zeros((64, 64))).ring_index == 0.0
-    r = cuf(np.full((64, 64), 0.5))  # everything in ring 0 (DC): clamped to the first sample
-    assert r.ring_index == pytest.approx(1.0)
+@pytest.mark.parametrize("value", [0.0, 0.5, -3.0, 1e-12])
+@pytest.mark.parametrize("shape", [(64, 64), (48, 80)])
+def test_constant_images_including_zero_are_consistent(value, shape):
+    """DC only (any constant, 0 included): the lower end of the paper's grid, ring index 1.0,
+    with cycles_per_pixel from the same formula as every other image (zero used to give 0/0)."""
+    r = cuf(np.full(shape, value))
+    n = min(shape)
+    assert r.ring_index == 1.0
+    assert r.cycles_per_pixel == pytest.approx((1 + 5 * (1.0 + 1)) / n)
+    assert r == cuf(np.full(shape, 0.25))
 
 
 def test_validation():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import itertools
 import math
 
 import numpy as np
@@ -10,7 +12,12 @@ from scipy import ndimage as ndi
 
 from cyclesr_deploy.errors import InputError
 from cyclesr_deploy.metrics import decorrelation
-from cyclesr_deploy.metrics.decorrelation import _local_max, _Spectrum, apodize_edges
+from cyclesr_deploy.metrics.decorrelation import (
+    _local_max,
+    _refined_g_range,
+    _Spectrum,
+    apodize_edges,
+)
 
 
 def _noise(seed: int = 0) -> np.ndarray:
@@ -53,6 +60,99 @@ def test_invariant_to_offset_and_scale_and_reports_physical_resolution():
     assert r2.kc_max == pytest.approx(r.kc_max) and r2.a0 == pytest.approx(r.a0, abs=2e-3)
     assert r.resolution == pytest.approx(2 * 0.04 / r.kc_max)
     assert 0 < r.a0 <= 1
+
+
+BLURS = (1, 1.5, 2, 3, 4, 6)
+
+
+def test_kc_falls_monotonically_with_blur():
+    """Independent of the reference numbers: more blur, lower cut-off, with and without edge
+    apodisation; a periodic image needs none and then gives kc ~ 0.82 / sigma as above."""
+    n = _noise(4)
+    periodic = [decorrelation(ndi.gaussian_filter(n, s, mode="wrap"), apodize=0) for s in BLURS]
+    tapered = [decorrelation(ndi.gaussian_filter(n, s)) for s in BLURS]
+    for series in (periodic, tapered):
+        kcs = [r.kc_max for r in series]
+        assert all(a > b for a, b in itertools.pairwise(kcs)), kcs
+    for s, r in zip(BLURS, periodic, strict=True):
+        assert r.kc_max == pytest.approx(0.82 / s, rel=0.06)
+
+
+def test_apodize_zero_skips_the_taper():
+    """apodize=0 is honoured: on a periodic image it agrees with the tapered result, on a
+    non-periodic one the edge discontinuity (a cross through the spectrum) yields a spurious
+    cut-off near Nyquist, which the default 20-px taper removes."""
+    n = _noise(0)
+    periodic = ndi.gaussian_filter(n, 4, mode="wrap")
+    assert decorrelation(periodic, apodize=0).kc_max == pytest.approx(
+        decorrelation(periodic).kc_max, abs=0.02
+    )
+    edged = ndi.gaussian_filter(n, 4)
+    assert decorrelation(edged, apodize=0).kc_max > 0.9
+    assert decorrelation(edged).kc_max == pytest.approx(0.205, rel=0.05)
+    # offset and scale invariance hold without the taper too
+    a, b = decorrelation(periodic, apodize=0), decorrelation(7 * periodic - 300, apodize=0)
+    assert b.kc_max == a.kc_max and b.a0 == pytest.approx(a.a0, abs=2e-3)
+
+
+def test_refined_g_range_branches():
+    g = np.array([64.0, 20.0, 10.0, 5.0, 1.0, 0.15])  # [rows / 4, geometric ...]
+    # slot 0 (k0, the unfiltered curve) strictly best: from rows down to g[0]
+    assert _refined_g_range(np.array([0.5, 0.1, 0.2, 0.3, 0.2, 0.1, 0.0]), g, 256) == (
+        0,
+        256.0,
+        64.0,
+    )
+    # a middle slot: around the best curve's width; ties resolve to the *last* maximum
+    assert _refined_g_range(np.array([0.1, 0.2, 0.4, 0.4, 0.2, 0.1, 0.0]), g, 256) == (3, 10, 5)
+    # the last two slots (smallest g: strongest high-pass) use the last pair but one / last
+    assert _refined_g_range(np.array([0.1, 0.2, 0.3, 0.3, 0.3, 0.5, 0.0]), g, 256) == (5, 5, 1)
+    assert _refined_g_range(np.array([0.1, 0.2, 0.3, 0.3, 0.3, 0.5, 0.5]), g, 256) == (6, 1, 0.15)
+    assert _refined_g_range(np.zeros(7), g, 256) == (6, 1, 0.15)  # nothing found: all 0
+
+
+def _signal_plus_noise(sigma: float, snr_db: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    signal = ndi.gaussian_filter(rng.standard_normal((256, 256)), sigma, mode="wrap")
+    return signal + 10 ** (-snr_db / 20) * rng.standard_normal(signal.shape)
+
+
+@pytest.mark.parametrize(
+    ("image", "apodize", "branch"),
+    [
+        # pass 1's best peak is the unfiltered d0's (low SNR): refine between rows and g[0]
+        (lambda: _signal_plus_noise(8, 15, 2), 20, "first"),
+        (lambda: _signal_plus_noise(12, 15, 0), 0, "first"),
+        # noise-free: every high-pass curve peaks at the same radius, the last maximum wins
+        (lambda: ndi.gaussian_filter(_noise(), 2), 20, "last"),
+        (lambda: _signal_plus_noise(4, 20, 0), 20, "middle"),
+    ],
+    ids=["first-apodized", "first-apodize0", "last", "middle"],
+)
+def test_refinement_branches_on_images(monkeypatch, image, apodize, branch):
+    """Each branch of the pass-2 refinement is reached by a real image and still gives the
+    expected cut-off: kc / 2 near the frequency where signal PSD = noise PSD, or 0.82 / sigma."""
+    seen: list[int] = []
+
+    def spy(first: np.ndarray, g: np.ndarray, rows: int) -> tuple[int, float, float]:
+        out = _refined_g_range(first, g, rows)
+        seen.append(out[0])
+        return out
+
+    # the package's ``decorrelation`` attribute is the function: fetch the module itself
+    module = importlib.import_module("cyclesr_deploy.metrics.decorrelation")
+    monkeypatch.setattr(module, "_refined_g_range", spy)
+    im = image()
+    r = decorrelation(im, apodize=apodize)
+    assert len(seen) == 1
+    kind = "first" if seen[0] == 0 else "last" if seen[0] >= 10 else "middle"
+    assert kind == branch, seen
+    if branch == "last":
+        assert r.kc_max == pytest.approx(0.408, rel=0.05)
+    else:
+        sigma, snr_db = {"first": (8, 15) if apodize else (12, 15), "middle": (4, 20)}[branch]
+        theory = math.sqrt(math.log(10 ** (snr_db / 10))) / (2 * math.pi * sigma)
+        assert r.kc_max / 2 == pytest.approx(theory, rel=0.2)
 
 
 def test_fast_curve_equals_direct_fourier_formula():

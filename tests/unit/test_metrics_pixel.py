@@ -102,6 +102,8 @@ def test_validation_names_the_argument(fn, rng):
         fn(g, bad)
     with pytest.raises(InputError, match="ground_truth: expected a 2-D image"):
         fn(g, np.stack([g, g]))
+    with pytest.raises(InputError, match="prediction: expected a numeric image, got dtype bool"):
+        fn(g > 0.5, g)
 
 
 def test_ssim_and_psnr_argument_checks(rng):

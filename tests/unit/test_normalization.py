@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -49,7 +51,7 @@ def test_scale_to_unit_modes(rng):
     p, g = scale_to_unit(p16, g8, "dtype")
     np.testing.assert_allclose(g, g8 / 255)
     np.testing.assert_allclose(p, p16 / 65535)
-    f = rng.random((16, 16)) * 3
+    f = rng.random((16, 16))
     assert scale_to_unit(f, f, "dtype")[0] is not f  # a copy, values unchanged
     np.testing.assert_array_equal(scale_to_unit(f, f, "dtype")[0], f)
 
@@ -61,6 +63,48 @@ def test_scale_to_unit_modes(rng):
     np.testing.assert_allclose(p, g, atol=1e-5)  # affine fit undoes 5x + 7
     assert np.percentile(g, 0.1) == pytest.approx(0, abs=1e-6)
     assert np.percentile(g, 99.9) == pytest.approx(1, abs=1e-6)
+
+
+def test_dtype_mode_guards(rng):
+    f = rng.random((16, 16))
+    with pytest.raises(InputError, match=r"prediction: scaling='dtype'.*spans \[0, 255\].*'gt'"):
+        scale_to_unit(np.linspace(0, 255, 256).reshape(16, 16), f, "dtype")
+    with pytest.raises(InputError, match="ground_truth: scaling='dtype'"):
+        scale_to_unit(f, f - 0.6, "dtype")
+    scale_to_unit(f * 1.5, f - 0.5, "dtype")  # the margin: [-0.5, 1.5] accepted
+    u16 = (f * 4095).astype(np.uint16)
+    with pytest.warns(UserWarning, match="ground_truth: .*uint16 maximum 65535.*peak at 40"):
+        scale_to_unit(u16 * 16, u16, "dtype")
+    i16 = (f * 8000 - 4000).astype(np.int16)  # signed: peak = max |x| ~ 4000 > 32767 / 16
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scale_to_unit(i16, u16 * 16, "dtype")
+        scale_to_unit(np.full((4, 4), 16, np.uint8), np.full((4, 4), 16, np.uint8), "dtype")
+    with pytest.warns(UserWarning, match="prediction: .*int16"):
+        scale_to_unit(i16 // 4, u16 * 16, "dtype")
+
+
+def test_care_mode_falls_back_to_min_max_for_a_sparse_gt(rng):
+    g = np.zeros((100, 100))
+    g[10, 10:15] = 7.0  # 5 of 10000 px: P0.1 = P99.9 = 0
+    p, gn = scale_to_unit(g + rng.normal(0, 1e-3, g.shape), g, "care")
+    np.testing.assert_allclose(gn, g / 7, atol=1e-6)
+    np.testing.assert_allclose(p, gn, atol=1e-2)
+    # a faint background spread: P99.9 - P0.1 = 6e-3 < 1e-3 * 7 still counts as sparse
+    g2 = g + rng.uniform(0, 6e-3, g.shape)
+    assert scale_to_unit(g2, g2, "care")[1].max() == pytest.approx(1.0, abs=1e-5)
+    # a dense GT keeps the CSBDeep percentiles
+    g3 = rng.random((100, 100))
+    _, gn3 = scale_to_unit(g3, g3, "care")
+    np.testing.assert_allclose(gn3, percentile_normalize(g3, 0.1, 99.9), atol=1e-7)
+
+
+def test_bool_arrays_are_rejected():
+    m = np.zeros((8, 8), bool)
+    with pytest.raises(InputError, match="x: expected a numeric image, got dtype bool"):
+        percentile_normalize(m)
+    with pytest.raises(InputError, match="target: expected a numeric image"):
+        normalize_to(np.ones((8, 8)), m)
 
 
 def test_scale_to_unit_errors():

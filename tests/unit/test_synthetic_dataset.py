@@ -1,10 +1,9 @@
-"""generate_dataset: layout, metadata, determinism, disjointness, refusal to clobber, speed."""
+"""generate_dataset: layout, metadata, determinism, disjointness, refusal to clobber."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -150,11 +149,8 @@ def test_bad_counts(tmp_path, n_train, n_test):
         generate_dataset(tmp_path / "ds", SMALL, n_train, n_test)
 
 
-def test_default_size_dataset_is_fast(tmp_path):
-    """64 + 8 images of 256² (136 simulated acquisitions, 153 files): target < 15 s on 2 cores,
-    typically ~2 s."""
-    t0 = time.perf_counter()
+def test_default_size_dataset(tmp_path):
+    """64 + 8 images of 256^2: 136 simulated acquisitions, 153 files (speed is a benchmark
+    matter, not asserted here)."""
     summary = generate_dataset(tmp_path / "ds", SynthConfig(), 64, 8)
-    elapsed = time.perf_counter() - t0
     assert len(summary.files) == 64 * 2 + 8 * 3 + 1
-    assert elapsed < 15.0

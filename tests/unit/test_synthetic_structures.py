@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -98,12 +97,13 @@ def test_puncta_integrate_to_their_brightness():
     assert total == pytest.approx(n, abs=0.5)
 
 
-def test_rendering_is_fast():
+def test_full_mix_renders():
+    """Every structure kind at once (membrane and nucleus always on), odd canvas size."""
     s = Structures(membrane_probability=1.0, nucleus_probability=1.0)
     rng = np.random.default_rng(0)
-    times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        render_structures(s, 280, 40.0, rng)
-        times.append(time.perf_counter() - t0)
-    assert sorted(times)[2] < 0.1
+    for _ in range(3):
+        gt = render_structures(s, 280, 40.0, rng)
+        assert gt.dtype == np.float32 and gt.shape == (280, 280)
+        assert np.isfinite(gt).all() and (gt >= 0).all() and (gt > 0).mean() > 0.05
+    membrane_only = Structures(**{**NOTHING, "membrane_probability": 1.0})
+    assert render_structures(membrane_only, 280, 40.0, np.random.default_rng(0)).any()
