@@ -23,7 +23,8 @@ $(VENV)/.installed-demo: pyproject.toml | $(PY)
 	@touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(PY)
-	$(PIP) install --quiet -e ".[cpu,dev]"
+	$(PIP) install --quiet "$(TORCH_PIN)"
+	$(PIP) install --quiet -e ".[cpu,dev,train]"
 	@touch $@
 
 venv: $(VENV)/.installed-test

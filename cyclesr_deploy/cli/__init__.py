@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from cyclesr_deploy import __version__
-from cyclesr_deploy.cli import demo, metrics, synth
+from cyclesr_deploy.cli import demo, metrics, synth, train
 
 app = typer.Typer(
     name="cyclesr",
@@ -38,6 +38,7 @@ def _root(
 app.command("synth")(synth.synth)
 app.command("metrics")(metrics.metrics)
 app.command("demo")(demo.demo)
+app.command("train")(train.train)
 
 
 def main() -> None:

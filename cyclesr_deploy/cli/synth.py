@@ -15,12 +15,15 @@ def synth(
     out_dir: Path = typer.Argument(..., help="Output folder (must be empty or new)."),
     n_train: int = typer.Option(64, min=0, help="Unpaired training images per domain."),
     n_test: int = typer.Option(8, min=0, help="Paired test samples (LR, HR, ground truth)."),
-    size: int | None = typer.Option(None, help="Image side on the HR grid, px [256]."),
-    seed: int | None = typer.Option(None, help="Random seed; same seed, same bytes [0]."),
-    bit_depth: int | None = typer.Option(None, help="8 or 16 [16]."),
-    binning: int | None = typer.Option(None, help="LR detector pixel = binning x HR pixel [1]."),
+    size: int | None = typer.Option(None, help="Image side on the HR grid, px (default: 256)."),
+    seed: int | None = typer.Option(None, help="Random seed; same seed, same bytes (default: 0)."),
+    bit_depth: int | None = typer.Option(None, help="8 or 16 (default: 16)."),
+    binning: int | None = typer.Option(
+        None, help="LR detector pixel = binning x HR pixel (default: 1)."
+    ),
     lr_grid: str | None = typer.Option(
-        None, help="'hr': LR interpolated onto the HR grid (scale-1 models) or 'native' [hr]."
+        None,
+        help="'hr': LR interpolated onto the HR grid (scale-1 models) or 'native' (default: hr).",
     ),
     config: Path | None = typer.Option(
         None, help="JSON file with any SynthConfig fields; the options above override it."

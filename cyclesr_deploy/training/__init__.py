@@ -1,0 +1,1 @@
+"""Training of CycleGAN (unpaired) and supervised generators. Needs the ``train`` extra (torch)."""
