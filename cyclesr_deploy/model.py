@@ -207,6 +207,8 @@ class Provenance(_Strict):
     train_b: str = ""
     n_images_a: int = 0
     n_images_b: int = 0
+    n_skipped_a: int = Field(default=0, description="unreadable files skipped in train_a")
+    n_skipped_b: int = Field(default=0, description="unreadable files skipped in train_b")
     pixel_size_um_a: float | None = None
     pixel_size_um_b: float | None = None
     dtype: str = ""

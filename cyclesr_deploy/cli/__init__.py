@@ -33,6 +33,22 @@ def _root(
     ),
 ) -> None:
     """Deep-learning super-resolution for confocal microscopes (unpaired CycleGAN)."""
+    _setup_logging()
+
+
+def _setup_logging() -> None:
+    """Library warnings (logger ``cyclesr_deploy``) go to stderr through rich, once."""
+    import logging
+
+    from rich.logging import RichHandler
+
+    from cyclesr_deploy.cli._common import err
+
+    logger = logging.getLogger("cyclesr_deploy")
+    if not any(isinstance(h, RichHandler) for h in logger.handlers):
+        handler = RichHandler(console=err, show_path=False, show_time=False, markup=False)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 app.command("synth")(synth.synth)

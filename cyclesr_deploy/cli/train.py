@@ -151,7 +151,9 @@ class _Display:
             )
         elif event.kind == "start":
             self.progress.update(self.task, completed=event.step)
-            err.print(f"training on {event.message}, starting at step {event.step}")
+            err.print(
+                f"training on {event.message}; starting at step {event.step}", highlight=False
+            )
             if event.metrics:
                 err.print(
                     "LR input vs HR (validation): "

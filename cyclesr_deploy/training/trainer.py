@@ -301,6 +301,8 @@ class _Run:
                 train_b=str(c.data.train_b),
                 n_images_a=self.source_a.n_images,
                 n_images_b=self.source_b.n_images,
+                n_skipped_a=len(self.source_a.skipped),
+                n_skipped_b=len(self.source_b.skipped),
                 pixel_size_um_a=self.source_a.pixel_size_um,
                 pixel_size_um_b=self.source_b.pixel_size_um,
                 dtype=f"{self.source_a.dtype}/{self.source_b.dtype}",
@@ -455,7 +457,11 @@ def train(
     csv_log = _CsvLog(out / LOG_FILE, resume)
     total = cfg.optim.steps
     baseline = run.validate(baseline=True) if run.val_pairs and run.step == 0 else {}
-    emit(TrainEvent("start", run.step, total, metrics=baseline, message=str(run.device)))
+    skipped = len(run.source_a.skipped) + len(run.source_b.skipped)
+    message = f"{run.device}; {run.source_a.n_images} LR and {run.source_b.n_images} HR images"
+    if skipped:
+        message += f"; {skipped} unreadable file(s) skipped (see warnings)"
+    emit(TrainEvent("start", run.step, total, metrics=baseline, message=message))
     t0 = time.perf_counter()
     start_step = run.step
     losses: dict[str, float] = {}
