@@ -12,6 +12,7 @@ The library never prints: progress goes to the ``on_event`` callback (the CLI re
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -40,8 +41,10 @@ from cyclesr_deploy.nets import build_discriminator, build_generator, init_weigh
 from cyclesr_deploy.training import data as tdata
 from cyclesr_deploy.training.config import TrainConfig
 from cyclesr_deploy.training.losses import (
+    GeneratorLosses,
     ImagePool,
     LossWeights,
+    SupervisedLosses,
     discriminator_loss,
     generator_losses,
     set_requires_grad,
@@ -397,18 +400,13 @@ def _write_config(cfg: TrainConfig) -> None:
         part.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), "utf-8")
 
 
-LOSS_COLUMNS = (
-    "total",
-    "adversarial_ab",
-    "adversarial_ba",
-    "cycle_forward",
-    "cycle_backward",
-    "identity_a",
-    "identity_b",
-    "d_a",
-    "d_b",
-    "l1",
-    "perceptual",
+def _loss_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls) if not f.name.startswith("fake_"))
+
+
+#: scalar loss terms logged to the CSV: generator terms, discriminators, supervised terms
+LOSS_COLUMNS = tuple(
+    dict.fromkeys((*_loss_names(GeneratorLosses), "d_a", "d_b", *_loss_names(SupervisedLosses)))
 )
 CSV_COLUMNS = ("step", "seconds", *LOSS_COLUMNS, *(f"val_{k}" for k in VAL_METRICS))
 
