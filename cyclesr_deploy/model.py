@@ -10,6 +10,10 @@ A model is a folder::
       train_state.pt      full training state for --resume (optimizers, pool, RNG, step)
       train_config.yaml   the TrainConfig that produced the weights
       train_log.csv       losses and validation metrics
+      generator.onnx      FP32 ONNX of generator_ab (model.json in metadata_props), from export
+      generator.fp16.onnx FP16 ONNX derived from it (InstanceNorm FP32, FP32 I/O)
+      generator_ba.onnx   FP32 ONNX of generator_ba (on request)
+      export.json         what export produced: sizes, sha256, parity figures, versions
 
 Naming follows the CycleGAN paper: ``generator_ab`` = G (A = LR -> B = HR), ``generator_ba`` = F,
 ``discriminator_b`` = D_Y (judges HR), ``discriminator_a`` = D_X (judges LR).
@@ -30,6 +34,8 @@ SCHEMA_VERSION: Literal["1"] = "1"
 MODEL_JSON = "model.json"
 WEIGHTS = {"ab": "generator_ab.pt", "ba": "generator_ba.pt"}
 TRAIN_STATE = "train_state.pt"
+ONNX_FILES = {"ab": "generator.onnx", "ba": "generator_ba.onnx"}
+EXPORT_JSON = "export.json"
 
 
 class _Strict(BaseModel):

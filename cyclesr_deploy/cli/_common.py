@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 #: Logs and progress go to stderr; results go to stdout or files.
 err = Console(stderr=True)
@@ -26,8 +27,8 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except (InputError, MissingExtraError, FileExistsError, ValidationError) as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(EXIT_INPUT) from exc
     except OSError as exc:  # e.g. the target is open in another program (Windows), disk full
-        err.print(f"[bold red]I/O error:[/] {exc}", highlight=False)
+        err.print(f"[bold red]I/O error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(EXIT_PARTIAL) from exc

@@ -8,6 +8,7 @@ from enum import Enum
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from cyclesr_deploy.cli._common import EXIT_INPUT, EXIT_PARTIAL, err, out, user_errors
 
@@ -60,7 +61,7 @@ def metrics(
 
     def report_failure(item) -> None:
         if item.error is not None:
-            err.print(f"[red]skipped[/] {item.name}: {item.error}", highlight=False)
+            err.print(f"[red]skipped[/] {escape(item.name)}: {escape(item.error)}", highlight=False)
 
     with user_errors(), err.status("evaluating ...", spinner="dots"):
         result = evaluate_files(

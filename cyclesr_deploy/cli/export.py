@@ -1,0 +1,165 @@
+"""``cyclesr export onnx|fp16|tensorrt|all MODEL_DIR``: deployable artifacts in the model folder."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+from collections.abc import Iterator
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+
+from cyclesr_deploy.cli._common import EXIT_PARTIAL, err, out, user_errors
+
+app = typer.Typer(
+    help="Export a trained model folder to ONNX (FP32, FP16) and TensorRT engines.",
+    no_args_is_help=True,
+)
+
+_MODEL = typer.Argument(..., help="Model folder written by `cyclesr train`.")
+_OVERWRITE = typer.Option(False, help="Replace existing artifacts.")
+
+
+@contextlib.contextmanager
+def _export_errors() -> Iterator[None]:
+    """Input problems exit 2 (user_errors); a failed parity gate or engine build exits 1,
+    with one red line and nothing half-written (the library guarantees the latter)."""
+    from cyclesr_deploy.export.parity import ExportError
+    from cyclesr_deploy.export.trt_config import EngineBuildError, TensorRTVersionError
+
+    with user_errors():
+        try:
+            yield
+        except (ExportError, EngineBuildError, TensorRTVersionError) as exc:
+            err.print(f"[bold red]export failed:[/] {escape(str(exc))}", highlight=False)
+            raise typer.Exit(EXIT_PARTIAL) from exc
+
+
+def _row(table, artifact: str, path: Path, precision: str, error: str, seconds: float) -> None:
+    size = f"{path.stat().st_size / 1e6:.2f} MB" if path.is_file() else "-"
+    table.add_row(artifact, str(path.name), size, precision, error, f"{seconds:.1f}")
+
+
+def _table():
+    from rich.table import Table
+
+    table = Table(title="export", title_justify="left")
+    for col in ("artifact", "file", "size", "precision", "parity error", "time s"):
+        table.add_column(col, justify="right" if col in ("size", "time s") else "left")
+    return table
+
+
+def _onnx(model_dir: Path, direction: str, exporter: str, overwrite: bool, table) -> Path:
+    from cyclesr_deploy.export import onnx_from_checkpoint
+
+    with err.status(f"exporting {direction} to ONNX ({exporter}) and checking parity ..."):
+        res = onnx_from_checkpoint(
+            model_dir, direction=direction, dynamo=exporter == "dynamo", overwrite=overwrite
+        )
+    _row(table, "ONNX", res.path, "fp32", f"max abs {res.max_abs_error:.1e} vs torch", res.seconds)
+    return res.path
+
+
+def _fp16(onnx_path: Path, overwrite: bool, table) -> Path:
+    from cyclesr_deploy.export import fp16_onnx_from_onnx
+
+    with err.status("deriving the FP16 ONNX (InstanceNorm kept FP32) ..."):
+        res = fp16_onnx_from_onnx(onnx_path, overwrite=overwrite)
+    error = f"rel L2 {res.rel_l2_error:.1e} vs fp32"
+    _row(table, "ONNX FP16", res.path, "fp16 (IN fp32)", error, res.seconds)
+    return res.path
+
+
+def _tensorrt(model_dir: Path, cfg, overwrite: bool, table) -> None:
+    from cyclesr_deploy.export import engine_from_onnx
+
+    with err.status("building the TensorRT engine (minutes on first build) ..."):
+        res = engine_from_onnx(model_dir, cfg, overwrite=overwrite)
+    note = "up to date, build skipped" if res.skipped else "built"
+    _row(table, "TensorRT", res.engine_path, cfg.precision, note, res.seconds)
+
+
+def _trt_config(tile, batch, precision, dynamic, min_tile, max_tile, opt_level, workspace_gib):
+    from cyclesr_deploy.export.trt_config import TensorRTBuildConfig
+
+    fields = {
+        "tile": tile,
+        "batch": batch,
+        "precision": precision,
+        "dynamic": dynamic,
+        "min_tile": min_tile,
+        "max_tile": max_tile,
+        "opt_level": opt_level,
+        "workspace_gib": workspace_gib,
+    }
+    return TensorRTBuildConfig(**{k: v for k, v in fields.items() if v is not None})
+
+
+@app.command("onnx")
+def onnx_cmd(
+    model_dir: Path = _MODEL,
+    direction: str = typer.Option("ab", help="ab = LR -> HR (deployed), ba = HR -> LR."),
+    exporter: str = typer.Option("dynamo", help="dynamo (opset 20) or torchscript (opset 17)."),
+    fp16: bool = typer.Option(True, help="Also derive the FP16 ONNX (direction ab)."),
+    overwrite: bool = _OVERWRITE,
+) -> None:
+    """FP32 ONNX with dynamic batch/height/width, parity-checked against PyTorch."""
+    table = _table()
+    with _export_errors():
+        path = _onnx(model_dir, direction, exporter, overwrite, table)
+        if fp16 and direction == "ab":
+            _fp16(path, overwrite, table)
+    out.print(table)
+
+
+_TILE = typer.Option(None, help="Tile edge, px (default 512).")
+_BATCH = typer.Option(None, help="Tiles per call (default 4).")
+_PRECISION = typer.Option(None, help="fp16 (default) or fp32.")
+_DYNAMIC = typer.Option(None, "--dynamic/--static", help="Dynamic profile (default static).")
+
+
+@app.command("tensorrt")
+def tensorrt_cmd(
+    model_dir: Path = _MODEL,
+    tile: int | None = _TILE,
+    batch: int | None = _BATCH,
+    precision: str | None = _PRECISION,
+    dynamic: bool | None = _DYNAMIC,
+    min_tile: int | None = typer.Option(None, help="Dynamic profile minimum tile."),
+    max_tile: int | None = typer.Option(None, help="Dynamic profile maximum tile."),
+    opt_level: int | None = typer.Option(None, help="Builder optimization level 0-5 (3)."),
+    workspace_gib: float | None = typer.Option(None, help="Workspace limit, GiB (4)."),
+    overwrite: bool = _OVERWRITE,
+) -> None:
+    """TensorRT engine (+ JSON sidecar) for this GPU; skipped when an identical one exists."""
+    table = _table()
+    with _export_errors():
+        cfg = _trt_config(
+            tile, batch, precision, dynamic, min_tile, max_tile, opt_level, workspace_gib
+        )
+        _tensorrt(model_dir, cfg, overwrite, table)
+    out.print(table)
+
+
+@app.command("all")
+def all_cmd(
+    model_dir: Path = _MODEL,
+    tile: int | None = _TILE,
+    batch: int | None = _BATCH,
+    precision: str | None = _PRECISION,
+    dynamic: bool | None = _DYNAMIC,
+    overwrite: bool = _OVERWRITE,
+) -> None:
+    """ONNX, FP16 ONNX and, where TensorRT is installed, the engine; writes export.json."""
+    table = _table()
+    with _export_errors():
+        cfg = _trt_config(tile, batch, precision, dynamic, None, None, None, None)
+        path = _onnx(model_dir, "ab", "dynamo", overwrite, table)
+        _fp16(path, overwrite, table)
+        if importlib.util.find_spec("tensorrt") is not None:
+            _tensorrt(model_dir, cfg, overwrite, table)
+        else:
+            table.add_row("TensorRT", "-", "-", "-", "skipped: tensorrt not installed", "-")
+    out.print(table)
+    out.print(f"report: {Path(model_dir) / 'export.json'}")

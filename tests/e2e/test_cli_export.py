@@ -1,0 +1,79 @@
+"""``cyclesr export`` through the CLI on a tiny trained model folder."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+pytest.importorskip("torch")
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from cyclesr_deploy.cli import app
+from cyclesr_deploy.synthetic import SynthConfig, generate_dataset
+from cyclesr_deploy.training.config import load_train_config
+from cyclesr_deploy.training.trainer import train
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli-export")
+    generate_dataset(root / "d", SynthConfig(size=64, seed=4), n_train=4, n_test=0)
+    cfg = load_train_config(
+        None,
+        {
+            "out": str(root / "m"),
+            "data.train_a": str(root / "d" / "trainA"),
+            "data.train_b": str(root / "d" / "trainB"),
+            "data.crop": 32,
+            "data.batch_size": 2,
+            "optim.steps": 2,
+            "generator.ngf": 4,
+            "generator.n_blocks": 1,
+            "discriminator.ndf": 4,
+        },
+    )
+    return train(cfg).model_dir
+
+
+def test_export_all_writes_onnx_fp16_and_report(model_dir):
+    res = runner.invoke(app, ["export", "all", str(model_dir)])
+    assert res.exit_code == 0, res.output
+    assert (model_dir / "generator.onnx").is_file()
+    assert (model_dir / "generator.fp16.onnx").is_file()
+    report = json.loads((model_dir / "export.json").read_text())
+    assert {"generator.onnx", "generator.fp16.onnx"} <= set(report["artifacts"])
+    if importlib.util.find_spec("tensorrt") is None:
+        assert "skipped" in res.output
+
+    # a second export without --overwrite refuses and keeps the file
+    before = (model_dir / "generator.onnx").read_bytes()
+    again = runner.invoke(app, ["export", "onnx", str(model_dir)])
+    assert again.exit_code == 2
+    assert "overwrite" in again.output
+    assert (model_dir / "generator.onnx").read_bytes() == before
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT present")
+def test_export_tensorrt_without_tensorrt_names_the_extra(model_dir):
+    res = runner.invoke(app, ["export", "tensorrt", str(model_dir), "--tile", "64"])
+    assert res.exit_code == 2
+    assert "cyclesr-deploy[tensorrt]" in res.output
+
+
+def test_export_tensorrt_rejects_a_tile_breaking_the_size_multiple(model_dir):
+    res = runner.invoke(app, ["export", "tensorrt", str(model_dir), "--tile", "66"])
+    assert res.exit_code == 2
+    assert "66" in res.output
+
+
+def test_export_folder_without_weights(tmp_path):
+    (tmp_path / "m").mkdir()
+    res = runner.invoke(app, ["export", "onnx", str(tmp_path / "m")])
+    assert res.exit_code == 2
+    assert "model.json" in res.output
