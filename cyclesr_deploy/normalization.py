@@ -139,3 +139,106 @@ def scale_to_unit(
         g_n = _care_normalize_gt(g)
         return normalize_to(p, g_n).astype(np.float64), g_n.astype(np.float64)
     raise InputError(f"mode: must be one of {SCALING_MODES}, got {mode!r}")
+
+
+# --- runtime intensity mapping (enhance) ---------------------------------------------------------
+
+
+def frame_percentiles(x: np.ndarray, pmin: float, pmax: float) -> tuple[float, float]:
+    """``np.percentile(x, [pmin, pmax])`` (linear interpolation) over the whole frame.
+
+    uint8/uint16 frames use an exact histogram (``np.bincount``), several times faster than
+    sorting; other dtypes ``np.percentile``. NaN must have been rejected before.
+    """
+    a = np.asarray(x)
+    if a.size == 0:
+        raise InputError("frame_percentiles: empty frame")
+    if not 0 <= pmin < pmax <= 100:
+        raise InputError(f"pmin, pmax: need 0 <= pmin < pmax <= 100, got {pmin}, {pmax}")
+    if a.dtype not in (np.uint8, np.uint16):
+        lo, hi = np.percentile(a, [pmin, pmax])
+        return float(lo), float(hi)
+    cdf = np.cumsum(np.bincount(a.ravel(), minlength=256))
+    n = a.size
+    out = []
+    for p in (pmin, pmax):
+        rank = p / 100 * (n - 1)
+        k = int(np.floor(rank))
+        lo_v, hi_v = np.searchsorted(cdf, [k, min(k + 1, n - 1)], side="right")
+        t = rank - k
+        # numpy's _lerp: a + (b - a) t, computed from the nearer end for t >= 0.5
+        v = hi_v - (hi_v - lo_v) * (1 - t) if t >= 0.5 else lo_v + (hi_v - lo_v) * t
+        out.append(float(v))
+    return out[0], out[1]
+
+
+class IntensityMapping:
+    """Raw intensities <-> the generator's [-1, 1], as ``NormalizationConfig.to_model`` /
+    ``from_model`` (bit-identical float32 arithmetic), with in-place variants for buffers.
+
+    ``low_in``/``high_in`` map to -1/1 before the generator; -1/1 of its output map back to
+    ``low_out``/``high_out``. :meth:`after` clips and rounds to an integer dtype's range.
+    """
+
+    __slots__ = (
+        "_in_offset",
+        "_in_scale",
+        "_out_offset",
+        "_out_scale",
+        "high_in",
+        "high_out",
+        "low_in",
+        "low_out",
+    )
+
+    def __init__(self, low_in: float, high_in: float, low_out: float, high_out: float) -> None:
+        if not (high_in > low_in and high_out > low_out):
+            raise InputError(
+                f"intensity mapping: need high > low, got in {low_in}..{high_in}, "
+                f"out {low_out}..{high_out}"
+            )
+        self.low_in, self.high_in = float(low_in), float(high_in)
+        self.low_out, self.high_out = float(low_out), float(high_out)
+        self._in_scale = np.float32(2.0 / (high_in - low_in))
+        self._in_offset = np.float32(2.0 * low_in / (high_in - low_in) + 1)
+        self._out_scale = np.float32((high_out - low_out) / 2)
+        self._out_offset = np.float32(low_out)
+
+    @classmethod
+    def from_config(cls, norm) -> IntensityMapping:
+        """From a model's ``NormalizationConfig``: domain A in, domain B out."""
+        return cls(norm.low_a, norm.high_a, norm.low_b, norm.high_b)
+
+    @classmethod
+    def from_frame(cls, frame: np.ndarray, pmin: float, pmax: float) -> IntensityMapping:
+        """Per-frame percentiles of the *whole* frame, in and out (the output is referred to
+        the input's range, as CSBDeep's ``PercentileNormalizer.after``). A flat frame
+        (percentiles equal) gets a range of 1 above its value."""
+        lo, hi = frame_percentiles(frame, pmin, pmax)
+        if not hi > lo:
+            hi = lo + 1.0
+        return cls(lo, hi, lo, hi)
+
+    def before(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Raw -> float32 model range; ``out`` (float32, may be ``x`` itself) is filled."""
+        if out is None:
+            out = np.empty(np.shape(x), np.float32)
+        np.multiply(x, self._in_scale, out=out, casting="unsafe")
+        np.subtract(out, self._in_offset, out=out)
+        return out
+
+    def after(self, y: np.ndarray, dtype: np.dtype, *, inplace: bool = False) -> np.ndarray:
+        """Model output -> raw intensities as ``dtype``: float32 unclipped, integer dtypes
+        clipped to their range and rounded to nearest. ``inplace`` reuses ``y`` (float32)."""
+        y = np.asarray(y, dtype=np.float32)
+        out = y if inplace else np.empty_like(y)
+        np.add(y, np.float32(1), out=out)
+        np.multiply(out, self._out_scale, out=out)
+        np.add(out, self._out_offset, out=out)
+        dtype = np.dtype(dtype)
+        if dtype.kind == "f":
+            return out if dtype == np.float32 else out.astype(dtype)
+        info = np.iinfo(dtype)
+        np.clip(out, info.min, info.max, out=out)
+        np.rint(out, out=out)
+        return out.astype(dtype)

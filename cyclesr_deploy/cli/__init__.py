@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from cyclesr_deploy import __version__
-from cyclesr_deploy.cli import demo, export, metrics, synth, train
+from cyclesr_deploy.cli import demo, enhance, export, metrics, synth, train
 
 app = typer.Typer(
     name="cyclesr",
@@ -56,6 +56,7 @@ app.command("metrics")(metrics.metrics)
 app.command("demo")(demo.demo)
 app.command("train")(train.train)
 app.add_typer(export.app, name="export")
+app.command("enhance")(enhance.enhance)
 
 
 def main() -> None:

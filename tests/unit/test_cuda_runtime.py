@@ -1,7 +1,7 @@
 """cuda_runtime against a FAKE cuda-python runtime module (no GPU, no cuda-python needed).
 
-The fake keeps "device memory" in Python bytearrays and real host allocations for
-``cudaMallocHost``, so copies round-trip and leaks show up as unfreed pointers.
+The fake (``tests/fakes.py``) keeps "device memory" in Python bytearrays and real host
+allocations for ``cudaMallocHost``, so copies round-trip and leaks show up as unfreed pointers.
 """
 
 from __future__ import annotations
@@ -17,141 +17,18 @@ import pytest
 
 from cyclesr_deploy import cuda_runtime as cr
 from cyclesr_deploy.errors import InputError, MissingExtraError
-
-
-class cudaError_t(enum.IntEnum):
-    cudaSuccess = 0
-    cudaErrorInvalidValue = 1
-    cudaErrorMemoryAllocation = 2
-    cudaErrorInsufficientDriver = 35
-    cudaErrorNoDevice = 100
-
-
-class cudaMemcpyKind(enum.IntEnum):
-    cudaMemcpyHostToHost = 0
-    cudaMemcpyHostToDevice = 1
-    cudaMemcpyDeviceToHost = 2
-
-
-class cudaStream_t:
-    def __init__(self, value: int) -> None:
-        self.value = value
-
-    def __int__(self) -> int:
-        return self.value
-
-
-OK = cudaError_t.cudaSuccess
-MESSAGES = {
-    cudaError_t.cudaErrorMemoryAllocation: b"out of memory",
-    cudaError_t.cudaErrorNoDevice: b"no CUDA-capable device is detected",
-}
-
-
-def make_fake_runtime(name: str = "cuda.bindings.runtime") -> types.ModuleType:
-    rt = types.ModuleType(name)
-    rt.cudaError_t = cudaError_t
-    rt.cudaMemcpyKind = cudaMemcpyKind
-    rt.cudaStream_t = cudaStream_t
-    rt.cudaStreamNonBlocking = 1
-    rt.device: dict[int, bytearray] = {}
-    rt.host: dict[int, ctypes.Array] = {}
-    rt.streams: dict[int, int] = {}  # handle -> flags
-    rt.log: list[tuple] = []
-    rt.fail: dict[str, cudaError_t] = {}
-    rt.next_ptr = 0x7000_0000
-    rt.device_count = 1
-
-    def call(fname, *results):
-        rt.log.append((fname,))
-        if fname in rt.fail:
-            return (rt.fail[fname], *([None] * len(results)))
-        return (OK, *results)
-
-    def cudaMalloc(n):
-        if "cudaMalloc" in rt.fail:
-            return call("cudaMalloc", None)
-        ptr = rt.next_ptr
-        rt.next_ptr += (n + 0xFFFF) & ~0xFFFF
-        rt.device[ptr] = bytearray(n)
-        return call("cudaMalloc", ptr)
-
-    def cudaFree(ptr):
-        del rt.device[ptr]
-        return call("cudaFree")
-
-    def cudaMallocHost(n):
-        buf = ctypes.create_string_buffer(n)
-        rt.host[ctypes.addressof(buf)] = buf
-        return call("cudaMallocHost", ctypes.addressof(buf))
-
-    def cudaFreeHost(ptr):
-        del rt.host[ptr]
-        return call("cudaFreeHost")
-
-    def cudaStreamCreateWithFlags(flags):
-        handle = rt.next_ptr
-        rt.next_ptr += 0x10
-        rt.streams[handle] = flags
-        return call("cudaStreamCreateWithFlags", cudaStream_t(handle))
-
-    def cudaStreamSynchronize(stream):
-        assert int(stream) in rt.streams
-        return call("cudaStreamSynchronize")
-
-    def cudaStreamDestroy(stream):
-        del rt.streams[int(stream)]
-        return call("cudaStreamDestroy")
-
-    def cudaMemcpyAsync(dst, src, count, kind, stream):
-        rt.log.append(("cudaMemcpyAsync", int(kind), int(stream)))
-        assert int(stream) == 0 or int(stream) in rt.streams
-        if kind == cudaMemcpyKind.cudaMemcpyHostToDevice:
-            rt.device[dst][:count] = ctypes.string_at(src, count)
-        else:
-            ctypes.memmove(dst, bytes(rt.device[src][:count]), count)
-        return (rt.fail.get("cudaMemcpyAsync", OK),)
-
-    def cudaGetErrorString(err):
-        return (OK, MESSAGES.get(err, b"unknown error"))
-
-    def cudaGetDeviceCount():
-        if rt.device_count == 0:
-            return (cudaError_t.cudaErrorNoDevice, None)
-        return call("cudaGetDeviceCount", rt.device_count)
-
-    def cudaSetDevice(index):
-        return call("cudaSetDevice")
-
-    def cudaGetDeviceProperties(index):
-        prop = types.SimpleNamespace(
-            name=b"NVIDIA RTX A4000\x00\x00junk", major=8, minor=6, totalGlobalMem=16 << 30
-        )
-        return call("cudaGetDeviceProperties", prop)
-
-    def cudaDriverGetVersion():
-        return call("cudaDriverGetVersion", 13000)
-
-    def cudaRuntimeGetVersion():
-        return call("cudaRuntimeGetVersion", 12090)
-
-    for fn in list(locals().values()):
-        if callable(fn) and getattr(fn, "__name__", "").startswith("cuda"):
-            setattr(rt, fn.__name__, fn)
-    return rt
+from tests.fakes import (
+    OK,
+    cudaError_t,
+    install_fake_cuda,
+    make_fake_runtime,
+)
 
 
 @pytest.fixture
 def rt(monkeypatch):
     """Install the fake under the cuda-python 12.6+/13.x layout (``cuda.bindings.runtime``)."""
-    runtime = make_fake_runtime()
-    cuda = types.ModuleType("cuda")
-    bindings = types.ModuleType("cuda.bindings")
-    cuda.bindings, bindings.runtime = bindings, runtime
-    monkeypatch.setitem(sys.modules, "cuda", cuda)
-    monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
-    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", runtime)
-    monkeypatch.setitem(sys.modules, "cuda.bindings.nvml", None)
+    runtime = install_fake_cuda(monkeypatch)
     yield runtime
     gc.collect()
     assert runtime.device == {} and runtime.host == {} and runtime.streams == {}, "leak"

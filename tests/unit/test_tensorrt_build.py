@@ -1,19 +1,18 @@
 """Engine building and loading against a FAKE ``tensorrt`` module (no TensorRT, no GPU).
 
-The fake mirrors the TensorRT 10/11 Python API names the builder uses (Builder, create_network,
-OnnxParser, IBuilderConfig, IOptimizationProfile, ITimingCache, IProgressMonitor, Runtime) and
-records every call, so the tests check what we ask TensorRT to do, not what TensorRT does.
+The fake (``tests/fakes.py``) mirrors the TensorRT 10/11 Python API names the builder uses
+(Builder, create_network, OnnxParser, IBuilderConfig, IOptimizationProfile, ITimingCache,
+IProgressMonitor, Runtime) and records every call, so the tests check what we ask TensorRT to do,
+not what TensorRT does.
 """
 
 from __future__ import annotations
 
-import enum
 import json
 import logging
 import sys
 import threading
 import time
-import types
 from pathlib import Path
 
 import pytest
@@ -31,296 +30,25 @@ from cyclesr_deploy.export.trt_config import (
     sha256_file,
 )
 from cyclesr_deploy.model import GeneratorConfig, ModelConfig, save_model_config
-
-# --- the fake tensorrt module ---------------------------------------------------------------
-
-
-class Severity(enum.IntEnum):
-    INTERNAL_ERROR = 0
-    ERROR = 1
-    WARNING = 2
-    INFO = 3
-    VERBOSE = 4
-
-
-class DataType(enum.IntEnum):
-    FLOAT = 0
-    HALF = 1
-    INT32 = 3
-
-
-class TensorIOMode(enum.IntEnum):
-    NONE = 0
-    INPUT = 1
-    OUTPUT = 2
-
-
-class MemoryPoolType(enum.IntEnum):
-    WORKSPACE = 0
-
-
-class HardwareCompatibilityLevel(enum.IntEnum):
-    NONE = 0
-    AMPERE_PLUS = 1
-    SAME_COMPUTE_CAPABILITY = 2
-
-
-def make_fake_trt(version: str) -> types.ModuleType:
-    """A ``tensorrt`` stand-in. Fake ONNX files are text: ``fp16``/``fp32`` picks the layer
-    types, ``BAD`` makes the parser fail, ``static`` fixes the input shape to 1x1x64x64,
-    ``name=x`` renames the input."""
-    trt = types.ModuleType("tensorrt")
-    trt.__version__ = version
-    major = int(version.split(".")[0])
-    st = types.SimpleNamespace(
-        calls=[], builders=0, build_fails=False, deserialized=[], loaded_caches=[], monitor=None
-    )
-    trt.state = st
-    trt.DataType = DataType
-    trt.TensorIOMode = TensorIOMode
-    trt.MemoryPoolType = MemoryPoolType
-    trt.HardwareCompatibilityLevel = HardwareCompatibilityLevel
-    if major >= 11:  # TRT 11: STRONGLY_TYPED deprecated/ignored, no FP16/BF16/INT8 flags
-        trt.NetworkDefinitionCreationFlag = enum.IntEnum(
-            "NetworkDefinitionCreationFlag",
-            {"STRONGLY_TYPED": 0, "PREFER_AOT_PYTHON_PLUGINS": 1, "PREFER_JIT_PYTHON_PLUGINS": 2},
-        )
-        trt.BuilderFlag = enum.IntEnum("BuilderFlag", {"DEBUG": 1, "TF32": 7, "REFIT": 8})
-    else:
-        trt.NetworkDefinitionCreationFlag = enum.IntEnum(
-            "NetworkDefinitionCreationFlag", {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1}
-        )
-        trt.BuilderFlag = enum.IntEnum(
-            "BuilderFlag", {"FP16": 0, "BF16": 1, "INT8": 2, "TF32": 7, "REFIT": 8}
-        )
-
-    class ILogger:
-        Severity = Severity
-
-        def __init__(self):
-            pass
-
-    class Logger(ILogger):
-        WARNING = Severity.WARNING
-
-        def __init__(self, min_severity=Severity.WARNING):
-            super().__init__()
-
-        def log(self, severity, msg):
-            pass
-
-    class IProgressMonitor:
-        def __init__(self):
-            pass
-
-    class Tensor:
-        def __init__(self, name, shape=(), dtype=DataType.FLOAT):
-            self.name, self.shape, self.dtype = name, shape, dtype
-
-    class Layer:
-        def __init__(self, dtype):
-            self.num_outputs = 1
-            self._out = Tensor("t", dtype=dtype)
-
-        def get_output(self, i):
-            return self._out
-
-    class Network:
-        def __init__(self, flags):
-            self.flags = flags
-            self.inputs, self.layers, self.outputs = [], [], []
-
-        num_inputs = property(lambda self: len(self.inputs))
-        num_layers = property(lambda self: len(self.layers))
-        num_outputs = property(lambda self: len(self.outputs))
-
-        def get_input(self, i):
-            return self.inputs[i]
-
-        def get_layer(self, i):
-            return self.layers[i]
-
-        def get_output(self, i):
-            return self.outputs[i]
-
-    class ParserError:
-        def __init__(self, desc, node, name, op):
-            self._d, self._n, self._name, self._op = desc, node, name, op
-
-        def desc(self):
-            return self._d
-
-        def node(self):
-            return self._n
-
-        def node_name(self):
-            return self._name
-
-        def node_operator(self):
-            return self._op
-
-    class OnnxParser:
-        def __init__(self, network, logger):
-            self.network, self.errors = network, []
-
-        num_errors = property(lambda self: len(self.errors))
-
-        def get_error(self, i):
-            return self.errors[i]
-
-        def parse_from_file(self, path):
-            st.calls.append(("parse_from_file", path))
-            text = Path(path).read_text(encoding="utf-8")
-            if "BAD" in text:
-                self.errors = [
-                    ParserError("No importer registered for op: FancyOp", 7, "fancy_7", "FancyOp")
-                ]
-                return False
-            name = text.split("name=")[1].split()[0] if "name=" in text else "input"
-            channels = int(text.split("c=")[1].split()[0]) if "c=" in text else 1
-            shape = (1, channels, 64, 64) if "static" in text else (-1, channels, -1, -1)
-            self.network.inputs = [Tensor(name, shape)]
-            dtypes = [DataType.FLOAT, DataType.HALF, DataType.FLOAT]
-            if "fp16" not in text:
-                dtypes = [DataType.FLOAT] * 3
-            self.network.layers = [Layer(d) for d in dtypes]
-            self.network.outputs = [Tensor("output", shape)]
-            return True
-
-    class TimingCache:
-        def __init__(self, data):
-            self.entries = [e for e in bytes(data).decode().split(";") if e]
-
-        def serialize(self):
-            return ";".join(self.entries).encode()
-
-        def combine(self, other, ignore_mismatch):
-            st.calls.append(("combine", tuple(other.entries), ignore_mismatch))
-            self.entries += [e for e in other.entries if e not in self.entries]
-            return True
-
-    class Profile:
-        def __init__(self):
-            self.shapes = {}
-
-        def set_shape(self, name, min, opt, max):
-            self.shapes[name] = (tuple(min), tuple(opt), tuple(max))
-
-    class BuilderConfig:
-        def __init__(self):
-            self.pools, self.flags, self.profiles = {}, [], []
-            self.builder_optimization_level = 3
-            self.hardware_compatibility_level = HardwareCompatibilityLevel.NONE
-            self.progress_monitor = None
-            self.cache = None
-
-        def set_memory_pool_limit(self, pool, size):
-            self.pools[pool] = size
-
-        def set_flag(self, flag):
-            self.flags.append(flag)
-
-        def add_optimization_profile(self, profile):
-            self.profiles.append(profile)
-            return len(self.profiles) - 1
-
-        def create_timing_cache(self, data):
-            if bytes(data) == b"CORRUPT":
-                raise RuntimeError("invalid timing cache")
-            return TimingCache(data)
-
-        def set_timing_cache(self, cache, ignore_mismatch):
-            st.calls.append(("set_timing_cache", tuple(cache.entries), ignore_mismatch))
-            if any(e.startswith("othergpu") for e in cache.entries):
-                return False
-            st.loaded_caches.append(tuple(cache.entries))
-            self.cache = cache
-            return True
-
-        def get_timing_cache(self):
-            return self.cache
-
-    class Builder:
-        def __init__(self, logger):
-            st.builders += 1
-            self.logger = logger
-
-        def create_network(self, flags=0):
-            st.calls.append(("create_network", flags))
-            st.network = Network(flags)
-            return st.network
-
-        def create_builder_config(self):
-            st.config = BuilderConfig()
-            return st.config
-
-        def create_optimization_profile(self):
-            return Profile()
-
-        def build_serialized_network(self, network, config):
-            st.calls.append(("build_serialized_network",))
-            monitor = config.progress_monitor
-            if monitor is not None:
-                monitor.phase_start("Building engine", None, 2)
-                for step in range(2):
-                    if not monitor.step_complete("Building engine", step):
-                        monitor.phase_finish("Building engine")
-                        return None
-                monitor.phase_finish("Building engine")
-            if st.build_fails:
-                self.logger.log(Severity.ERROR, "Insufficient workspace for tactic X")
-                return None
-            if config.cache is not None:
-                config.cache.entries.append(f"tactic{len(config.cache.entries)}")
-            summary = {
-                "flags": network.flags,
-                "profiles": [p.shapes for p in config.profiles],
-                "opt": config.builder_optimization_level,
-            }
-            return b"PLAN" + json.dumps(summary, sort_keys=True).encode()
-
-    class Engine:
-        def __init__(self, data):
-            self.data = data
-
-    class Runtime:
-        def __init__(self, logger):
-            self.logger = logger
-
-        def deserialize_cuda_engine(self, data):
-            st.deserialized.append(bytes(data))
-            if not bytes(data).startswith(b"PLAN"):
-                self.logger.log(Severity.ERROR, "Serialization assertion magicTag failed")
-                return None
-            return Engine(bytes(data))
-
-    trt.ILogger, trt.Logger, trt.IProgressMonitor = ILogger, Logger, IProgressMonitor
-    trt.Builder, trt.OnnxParser, trt.Runtime = Builder, OnnxParser, Runtime
-    return trt
-
+from tests.fakes import (
+    HardwareCompatibilityLevel,
+    MemoryPoolType,
+    Severity,
+    fake_machine,
+    install_fake_trt,
+)
 
 # --- fixtures ---------------------------------------------------------------------------------
-
-GPU = cuda_runtime.DeviceInfo(0, "NVIDIA RTX A4000", "8.6", 16 << 30)
 
 
 @pytest.fixture
 def machine(monkeypatch):
     """A fake CUDA device (cuda_runtime's device queries) whose answers tests may change."""
-    state = types.SimpleNamespace(gpu=GPU, driver="580.65.06", devices_set=[])
-    monkeypatch.setattr(cuda_runtime, "device_properties", lambda index=0: state.gpu)
-    monkeypatch.setattr(cuda_runtime, "nvidia_driver_version", lambda: state.driver)
-    monkeypatch.setattr(cuda_runtime, "driver_version", lambda: "13.0")
-    monkeypatch.setattr(cuda_runtime, "runtime_version", lambda: "12.9")
-    monkeypatch.setattr(cuda_runtime, "set_device", lambda index=0: state.devices_set.append(index))
-    return state
+    return fake_machine(monkeypatch)
 
 
-def install(monkeypatch, version: str) -> types.ModuleType:
-    trt = make_fake_trt(version)
-    monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    monkeypatch.setattr(tb, "_LOGGER", None)
-    return trt
+def install(monkeypatch, version: str):
+    return install_fake_trt(monkeypatch, version)
 
 
 @pytest.fixture(params=["10.13.0.35", "11.0.0"])

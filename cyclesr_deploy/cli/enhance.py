@@ -1,0 +1,209 @@
+"""``cyclesr enhance INPUT... -o OUTDIR``: super-resolve TIFF stacks with a model folder."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.progress import ProgressColumn, Task
+from rich.text import Text
+
+from cyclesr_deploy.cli._common import EXIT_PARTIAL, err, out, user_errors
+
+EXIT_INTERRUPTED = 130  # the shell's code for SIGINT
+
+
+class Backend(str, Enum):
+    auto = "auto"
+    onnxruntime = "onnxruntime"
+    torch = "torch"
+    tensorrt = "tensorrt"
+
+
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    fp16 = "fp16"
+
+
+class Normalize(str, Enum):
+    model = "model"
+    frame = "frame"
+
+
+class _RateColumn(ProgressColumn):
+    """Frames/s from rich's speed estimate, and Mpx/s from the megapixels done so far."""
+
+    def render(self, task: Task) -> Text:
+        fps = task.speed or 0.0
+        elapsed = task.elapsed or 0.0
+        mpx = task.fields.get("mpx", 0.0)
+        mpx_s = mpx / elapsed if elapsed > 0 else 0.0
+        return Text(f"{fps:6.2f} frames/s {mpx_s:7.2f} Mpx/s", style="progress.data.speed")
+
+
+def _fmt_s(seconds: float) -> str:
+    return f"{seconds:.2f}"
+
+
+def enhance(
+    inputs: list[str] = typer.Argument(
+        ..., help="TIFF files, folders (their .tif/.tiff files, not recursive) or glob patterns."
+    ),
+    out_dir: Path = typer.Option(
+        ..., "-o", "--out", help="Output folder (created; must not be an input's folder)."
+    ),
+    model: Path | None = typer.Option(
+        None, "--model", "-m", help="Model folder (model.json + exported weights)."
+    ),
+    backend: Backend = typer.Option(
+        Backend.auto, help="Inference backend; auto picks TensorRT > ONNX Runtime > torch."
+    ),
+    precision: Precision = typer.Option(
+        Precision.auto, help="Numeric precision of the engine (auto: the backend's default)."
+    ),
+    tile: int = typer.Option(
+        512, min=0, help="Tile side in input px (multiple of 4); 0 = whole frame as one tile."
+    ),
+    overlap: int | None = typer.Option(
+        None, min=0, help="Overlap between tiles in input px (default: from the receptive field)."
+    ),
+    batch: int = typer.Option(4, min=1, help="Tiles per engine call (across frames of a stack)."),
+    normalize: Normalize = typer.Option(
+        Normalize.model,
+        help="Intensity normalization: model = the training data's percentiles; frame = "
+        "percentiles of each whole frame.",
+    ),
+    overwrite: bool = typer.Option(
+        False, help="Re-process inputs whose output exists (default: skip them)."
+    ),
+) -> None:
+    """Enhance TIFF/OME-TIFF images and stacks (2-D, TYX, ZYX, TZYX), frame by frame.
+
+    Each INPUT is written to OUTDIR under the same name, with its axes and metadata and the
+    pixel size divided by the model's scale. Inputs whose output exists are skipped (see
+    OUTDIR/cyclesr-manifest.json). Exit code 0 when every input succeeded, 1 when some failed,
+    2 for bad arguments.
+    """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.table import Table
+
+    from cyclesr_deploy.errors import InputError
+    from cyclesr_deploy.model import load_model
+    from cyclesr_deploy.pipeline import (
+        EnhanceConfig,
+        ProgressEvent,
+        check_paths,
+        collect_inputs,
+        enhance_files,
+    )
+
+    with user_errors():
+        if model is None:
+            raise InputError(
+                "--model is required: no built-in model ships with this version; pass a model "
+                "folder from 'cyclesr train' (exported with 'cyclesr export onnx')"
+            )
+        paths = collect_inputs(inputs)
+        check_paths(paths, out_dir)
+        cfg = EnhanceConfig(
+            tile=tile,
+            overlap=overlap,
+            batch=batch,
+            normalize=normalize.value,
+            overwrite=overwrite,
+        )
+        model_cfg = load_model(model)
+        if cfg.tile:
+            cfg.tiling(model_cfg)  # bad --tile/--overlap: exit 2 before the engine loads
+
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _RateColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=not err.is_terminal,
+    )
+    task = progress.add_task("frames", total=0, mpx=0.0)
+
+    def on_progress(event: ProgressEvent) -> None:
+        if event.kind == "start":
+            total = (progress.tasks[0].total or 0) + event.n_frames
+            progress.update(task, total=total, description=escape(event.path.name))
+        elif event.kind == "frame":
+            mpx = progress.tasks[0].fields["mpx"] + event.megapixels
+            progress.update(task, advance=1, mpx=mpx)
+        elif event.result is not None and event.result.status == "failed":
+            err.print(
+                f"[red]failed[/] {escape(event.path.name)}: {escape(event.result.error or '')}",
+                highlight=False,
+            )
+
+    from cyclesr_deploy.engines import open_engine
+
+    try:
+        with user_errors():
+            engine_cm = open_engine(model, backend=backend.value, precision=precision.value)
+            with engine_cm as engine:
+                selection = getattr(engine, "selection", None)
+                reason = getattr(selection, "reason", selection)
+                err.print(
+                    f"engine: {escape(engine.name)}"
+                    + (f" ({escape(str(reason))})" if reason else ""),
+                    highlight=False,
+                )
+                with progress:
+                    summary = enhance_files(
+                        paths, out_dir, engine, model_cfg, cfg, on_progress=on_progress
+                    )
+    except KeyboardInterrupt:
+        err.print(
+            "[yellow]interrupted[/]: finished outputs are kept, the one in progress was "
+            "discarded; run again to continue"
+        )
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+    table = Table(
+        title=f"{summary.count('done')} done, {summary.count('skipped')} skipped, "
+        f"{summary.count('failed')} failed  ({summary.engine})",
+        title_justify="left",
+    )
+    table.add_column("file")
+    table.add_column("frames", justify="right")
+    table.add_column("status")
+    table.add_column("seconds", justify="right")
+    table.add_column("note")
+    style = {"done": "green", "skipped": "yellow", "failed": "red"}
+    for f in summary.files:
+        note = f.error or f.note or ""
+        note = note.removeprefix(f"{f.input}: ")  # the file column names it
+        table.add_row(
+            escape(Path(f.input).name),
+            str(f.frames),
+            f"[{style[f.status]}]{f.status}[/]",
+            _fmt_s(f.seconds),
+            escape(note),
+        )
+    out.print(table)
+    if summary.frames:
+        rate = summary.frames / summary.seconds if summary.seconds else float("inf")
+        mpx = summary.megapixels / summary.seconds if summary.seconds else float("inf")
+        err.print(
+            f"{summary.frames} frame(s) in {summary.seconds:.2f} s: {rate:.2f} frames/s, "
+            f"{mpx:.2f} Mpx/s -> {escape(str(out_dir))}",
+            highlight=False,
+        )
+    if not summary.ok:
+        raise typer.Exit(EXIT_PARTIAL)

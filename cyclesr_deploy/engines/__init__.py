@@ -1,0 +1,58 @@
+"""Inference engines: one module per backend, one entry point.
+
+    from cyclesr_deploy.engines import open_engine, check_batch_shape
+    with open_engine("my-model") as engine:          # backend="auto"
+        print(engine.name, engine.selection)         # what runs, and why
+        check_batch_shape(engine.input_spec, batch.shape)   # once per shape
+        out = engine.infer(batch)                    # may be reused by the next call
+
+Importing this package imports no backend (torch, onnxruntime, tensorrt, cuda-python): the
+engine classes and :func:`open_engine` are loaded on first use, and each engine imports its
+backend when created (MissingExtraError naming the extra when it is not installed).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from cyclesr_deploy.engines.base import Engine, TensorSpec, check_batch_shape
+
+if TYPE_CHECKING:
+    from cyclesr_deploy.engines.onnxruntime_engine import OnnxRuntimeEngine
+    from cyclesr_deploy.engines.select import Selection, find_engine, open_engine
+    from cyclesr_deploy.engines.tensorrt_engine import TensorRTEngine
+    from cyclesr_deploy.engines.torch_engine import TorchEngine
+
+_LAZY = {
+    "open_engine": "select",
+    "find_engine": "select",
+    "Selection": "select",
+    "OnnxRuntimeEngine": "onnxruntime_engine",
+    "TensorRTEngine": "tensorrt_engine",
+    "TorchEngine": "torch_engine",
+}
+
+__all__ = [
+    "Engine",
+    "OnnxRuntimeEngine",
+    "Selection",
+    "TensorRTEngine",
+    "TensorSpec",
+    "TorchEngine",
+    "check_batch_shape",
+    "find_engine",
+    "open_engine",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

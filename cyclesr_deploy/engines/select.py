@@ -1,0 +1,467 @@
+"""Choose and create the engine for a model folder: :func:`open_engine`.
+
+``backend="auto"`` tries, in this order (deploy notes §7), and takes the first that is usable:
+
+1. ``tensorrt``: a TensorRT engine in ``MODEL_DIR/engines`` whose sidecar fits this GPU,
+   TensorRT version and OS (built with ``cyclesr export tensorrt``);
+2. ``onnxruntime-gpu``: ONNX Runtime with the TensorRT or CUDA execution provider;
+3. ``torch-cuda``: PyTorch on the GPU with the folder's weights;
+4. ``onnxruntime-cpu``: ONNX Runtime on the CPU;
+5. ``torch-cpu``: PyTorch on the CPU.
+
+The engine carries a :class:`Selection` (``engine.selection``): the backend, why it was chosen
+and why each earlier candidate was not; it is also logged at INFO. Probing imports nothing
+heavy on a machine without a GPU: CUDA devices are counted through the driver library
+(``cuInit`` + ``cuDeviceGetCount`` via ctypes), so torch is only imported when a GPU exists
+or when the torch backend is chosen.
+
+The ONNX Runtime TensorRT EP (step 2) builds its own engine the first time it sees a new
+range of input shapes (minutes; cached in ``MODEL_DIR/engines/onnxruntime-trt``): build a
+cyclesr engine instead (step 1), or pass ``providers=["CUDAExecutionProvider"]``, or fixed
+profiles through ``options={"TensorrtExecutionProvider": {"trt_profile_min_shapes": ...}}``.
+Which provider a session really uses is only known once it is open: see ``engine.name``.
+
+``precision="auto"``: FP16 where the engine runs on a GPU (TensorRT: an fp16 engine before an
+fp32 one; ONNX Runtime: ``generator.fp16.onnx`` when exported; PyTorch: FP16 with FP32
+InstanceNorm), FP32 on the CPU.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib
+import importlib.util
+import inspect
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from cyclesr_deploy.engines.base import Engine
+from cyclesr_deploy.errors import InputError, MissingExtraError, require
+from cyclesr_deploy.export.trt_config import (
+    ENGINES_DIR,
+    EngineMismatchError,
+    EngineSidecar,
+    list_engines,
+    rebuild_command,
+    sha256_file,
+    sidecar_differences,
+)
+from cyclesr_deploy.model import WEIGHTS, load_model
+
+log = logging.getLogger("cyclesr_deploy.engines")
+
+Backend = Literal["auto", "tensorrt", "onnxruntime", "torch"]
+BACKENDS: tuple[str, ...] = ("auto", "tensorrt", "onnxruntime", "torch")
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+#: The auto order, as candidate labels (backend-device).
+AUTO_ORDER: tuple[str, ...] = (
+    "tensorrt",
+    "onnxruntime-gpu",
+    "torch-cuda",
+    "onnxruntime-cpu",
+    "torch-cpu",
+)
+ONNX_BY_PRECISION = {"fp32": "generator.onnx", "fp16": "generator.fp16.onnx"}
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Why this engine: ``backend`` (``tensorrt``/``onnxruntime``/``torch``), ``reason`` (one
+    line), ``rejected``: (candidate, why not) for each candidate tried before it."""
+
+    backend: str
+    reason: str
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+
+    def describe(self) -> str:
+        """Several lines: the choice, then one line per rejected candidate."""
+        lines = [f"{self.backend}: {self.reason}"]
+        lines += [f"  not {label}: {why}" for label, why in self.rejected]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.describe()
+
+
+# --- probes (module-level so tests can replace them) ------------------------------------------
+
+
+def module_available(name: str) -> bool:
+    """True when ``name`` can be imported (checked without importing it)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_device_count() -> int:
+    """CUDA devices the NVIDIA driver reports (honours CUDA_VISIBLE_DEVICES); 0 without a
+    driver or device. Uses the driver library directly (``cuInit``, ``cuDeviceGetCount``), so
+    no Python package is needed and nothing heavy is imported."""
+    names = ("nvcuda.dll",) if sys.platform == "win32" else ("libcuda.so.1", "libcuda.so")
+    for name in names:
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        try:
+            if lib.cuInit(0) != 0:
+                return 0
+            count = ctypes.c_int(0)
+            if lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
+                return 0
+            return int(count.value)
+        except (AttributeError, OSError):
+            return 0
+    return 0
+
+
+def ort_available_providers() -> list[str]:
+    """``onnxruntime.get_available_providers()`` (imports onnxruntime)."""
+    return list(importlib.import_module("onnxruntime").get_available_providers())
+
+
+def torch_cuda_available() -> bool:
+    """``torch.cuda.is_available()`` (imports torch)."""
+    return bool(importlib.import_module("torch").cuda.is_available())
+
+
+def machine_facts(device_id: int) -> Any:
+    """:func:`~cyclesr_deploy.export.tensorrt_build.gpu_facts` (imports tensorrt)."""
+    from cyclesr_deploy.export.tensorrt_build import gpu_facts
+
+    return gpu_facts(device_id)
+
+
+# --- TensorRT engine choice -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """An engine in ``MODEL_DIR/engines`` that fits this machine."""
+
+    engine_path: Path
+    sidecar: EngineSidecar
+
+
+def find_engine(
+    model_dir: str | Path, *, precision: str | None = None, device_id: int = 0
+) -> EngineChoice:
+    """The newest engine in ``model_dir/engines`` whose sidecar fits this machine (GPU model,
+    TensorRT version, OS) and the folder's current ONNX; fp16 before fp32 unless ``precision``
+    ("fp16"/"fp32") restricts it. InputError when there is none; EngineMismatchError, naming
+    each engine's differences and the rebuild command, when none fits."""
+    model_dir = Path(model_dir)
+    build_hint = f"cyclesr export tensorrt {model_dir}"
+    found = list_engines(model_dir)
+    if not found:
+        raise InputError(
+            f"no TensorRT engine in {model_dir / ENGINES_DIR}; build one with: {build_hint}"
+        )
+    wanted = [(p, s) for p, s in found if precision in (None, "auto", s.precision)]
+    if not wanted:
+        have = sorted({s.precision for _, s in found})
+        raise InputError(
+            f"no {precision} TensorRT engine in {model_dir / ENGINES_DIR} (found: "
+            f"{', '.join(have)}); build one with: {build_hint} --precision {precision}"
+        )
+    wanted.sort(key=lambda item: item[1].precision != "fp16")  # stable: newest first within
+    facts = machine_facts(device_id)
+    shas: dict[str, str | None] = {}
+    problems: list[str] = []
+    for path, sidecar in wanted:
+        if sidecar.onnx_file not in shas:
+            onnx = model_dir / sidecar.onnx_file
+            shas[sidecar.onnx_file] = sha256_file(onnx) if onnx.is_file() else None
+        diffs = sidecar_differences(sidecar, facts, shas[sidecar.onnx_file])
+        if not diffs:
+            return EngineChoice(path, sidecar)
+        problems.append(f"{path.name}: {'; '.join(diffs)}")
+    newest = wanted[0][1]
+    raise EngineMismatchError(
+        f"no TensorRT engine in {model_dir / ENGINES_DIR} fits this machine "
+        f"({facts.describe()}):\n  - " + "\n  - ".join(problems) + "\nRebuild one here with: "
+        f"{rebuild_command(model_dir, newest.build)}",
+        problems,
+    )
+
+
+# --- open_engine ------------------------------------------------------------------------------
+
+
+class _Probe:
+    """Answers about this machine, each computed once per :func:`open_engine` call."""
+
+    def __init__(self, model_dir: Path, device_id: int) -> None:
+        self.model_dir = model_dir
+        self.device_id = device_id
+
+    @functools.cached_property
+    def cuda_devices(self) -> int:
+        return cuda_device_count()
+
+    def no_cuda(self) -> str | None:
+        """Why the CUDA device is unusable, or None."""
+        if self.cuda_devices == 0:
+            return "no CUDA device"
+        if self.device_id >= self.cuda_devices:
+            return f"no CUDA device {self.device_id} (found {self.cuda_devices})"
+        return None
+
+    @functools.cached_property
+    def ort_providers(self) -> list[str] | None:
+        return ort_available_providers() if module_available("onnxruntime") else None
+
+    def onnx_missing(self, precision: str) -> str | None:
+        name = ONNX_BY_PRECISION[precision]
+        if not (self.model_dir / name).is_file():
+            return f"no {name} in the model folder (run: cyclesr export onnx {self.model_dir})"
+        return None
+
+    def ort_gpu_unusable(self) -> str | None:
+        """Why ONNX Runtime cannot use a GPU here, or None."""
+        providers = self.ort_providers
+        if providers is None:
+            return "onnxruntime not installed (pip install 'cyclesr-deploy[gpu]')"
+        if not any(p in providers for p in GPU_PROVIDERS):
+            return (
+                "onnxruntime-gpu not installed (this onnxruntime has "
+                f"{', '.join(providers)}; pip install 'cyclesr-deploy[gpu]' instead of [cpu])"
+            )
+        return self.no_cuda()
+
+    def weights_missing(self) -> str | None:
+        if not (self.model_dir / WEIGHTS["ab"]).is_file():
+            return f"no {WEIGHTS['ab']} in the model folder (an export-only folder)"
+        return None
+
+    def torch_cuda_unusable(self) -> str | None:
+        if not module_available("torch"):
+            return "torch not installed (pip install 'cyclesr-deploy[train]')"
+        why = self.no_cuda() or self.weights_missing()
+        if why:
+            return why
+        if not torch_cuda_available():
+            return "torch has no CUDA support here (CPU build of torch, or driver too old)"
+        return None
+
+
+def _ort_precision(precision: str, on_gpu: bool, probe: _Probe) -> str:
+    if precision != "auto":
+        return precision
+    if on_gpu and probe.onnx_missing("fp16") is None:
+        return "fp16"
+    return "fp32"
+
+
+def _accepted(cls: type) -> set[str]:
+    return set(inspect.signature(cls.__init__).parameters) - {"self"}
+
+
+def _engine_classes() -> dict[str, type]:
+    from cyclesr_deploy.engines.onnxruntime_engine import OnnxRuntimeEngine
+    from cyclesr_deploy.engines.tensorrt_engine import TensorRTEngine
+    from cyclesr_deploy.engines.torch_engine import TorchEngine
+
+    return {"tensorrt": TensorRTEngine, "onnxruntime": OnnxRuntimeEngine, "torch": TorchEngine}
+
+
+def open_engine(
+    model_dir: str | Path,
+    backend: Backend = "auto",
+    *,
+    precision: Literal["auto", "fp32", "fp16"] = "auto",
+    device: Literal["auto", "cpu", "cuda"] = "auto",
+    device_id: int = 0,
+    threads: int | None = None,
+    **options: Any,
+) -> Engine:
+    """The engine for ``model_dir``, not yet opened: use it as ``with open_engine(d) as e``.
+
+    Args:
+        model_dir: a model folder (``model.json`` plus exported artifacts and/or weights).
+        backend: ``"auto"`` (see the module docstring for the order), ``"tensorrt"``,
+            ``"onnxruntime"`` or ``"torch"``.
+        precision: ``"auto"`` (FP16 on a GPU, FP32 on the CPU), ``"fp32"`` or ``"fp16"``.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``: restricts the candidates.
+        device_id: CUDA device index.
+        threads: CPU threads (ONNX Runtime intra-op threads; ``torch.set_num_threads``).
+        options: backend-specific keyword arguments (``OnnxRuntimeEngine``: ``providers``,
+            ``io_binding``, ``options``; ``TorchEngine``: ``channels_last``, ``compile``;
+            ``TensorRTEngine``: ``check``). With ``"auto"``, those the chosen engine does not
+            take are ignored; a name no engine takes is a TypeError.
+
+    The returned engine has ``selection``: a :class:`Selection`. Errors: InputError (bad
+    folder, unknown backend, missing artifact: the message names the export command),
+    MissingExtraError (the backend's package is not installed: it names the extra),
+    EngineMismatchError (``"tensorrt"``: no engine fits this GPU).
+    """
+    if backend not in BACKENDS:
+        raise InputError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if device not in DEVICES:
+        raise InputError(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
+    model_dir = Path(model_dir)
+    load_model(model_dir)  # a clear error for a folder that is not a model
+    known = set().union(*(_accepted(c) for c in _engine_classes().values()))
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"open_engine() got unexpected option(s): {', '.join(unknown)}")
+    probe = _Probe(model_dir, device_id)
+    common = {"device_id": device_id, "threads": threads}
+    if backend == "auto":
+        engine, selection = _auto(probe, precision, device, common, options)
+    else:
+        engine = _explicit(backend, probe, precision, device, common, options)
+        selection = Selection(backend, f"requested (backend={backend!r}): {engine.name}")
+    engine.selection = selection
+    log.info("engine for %s: %s", model_dir, selection.describe())
+    return engine
+
+
+def _create(backend: str, args: dict[str, Any], options: dict[str, Any], strict: bool) -> Any:
+    """Instantiate the backend's engine class; ``strict=False`` drops options it does not
+    take (auto mode), ``strict=True`` lets its constructor refuse them."""
+    cls = _engine_classes()[backend]
+    accepted = _accepted(cls)
+    args = dict(args)
+    path = args.pop("path")
+    kwargs = {k: v for k, v in {**args, **options}.items() if k in accepted or strict}
+    return cls(path, **kwargs)
+
+
+def _explicit(
+    backend: str,
+    probe: _Probe,
+    precision: str,
+    device: str,
+    common: dict[str, Any],
+    options: dict[str, Any],
+) -> Any:
+    model_dir = probe.model_dir
+    if backend == "tensorrt":
+        if device == "cpu":
+            raise InputError("backend 'tensorrt' runs on a CUDA GPU; device='cpu' contradicts it")
+        require("tensorrt", "tensorrt", "The TensorRT backend")
+        args = {"path": model_dir, "device_id": common["device_id"]}
+        args["precision"] = None if precision == "auto" else precision
+        return _create("tensorrt", args, options, strict=True)
+    if backend == "onnxruntime":
+        extra = "gpu" if device == "cuda" else "cpu"
+        require("onnxruntime", extra, "The ONNX Runtime backend")
+        on_gpu = device == "cuda" or (device == "auto" and probe.ort_gpu_unusable() is None)
+        prec = _ort_precision(precision, on_gpu, probe)
+        if probe.onnx_missing(prec):
+            raise InputError(
+                f"{model_dir / ONNX_BY_PRECISION[prec]}: ONNX not found; export it first "
+                f"(cyclesr export onnx {model_dir})"
+            )
+        providers = options.pop("providers", device if device != "auto" else "auto")
+        args = {"path": model_dir, "precision": prec, "providers": providers, **common}
+        return _create("onnxruntime", args, options, strict=True)
+    require("torch", "train", "The PyTorch backend")
+    torch_device = device
+    if precision == "auto":
+        if device == "auto":
+            torch_device = "cuda" if probe.torch_cuda_unusable() is None else "cpu"
+        prec = "fp16" if torch_device == "cuda" else "fp32"
+    else:
+        prec = precision
+    args = {"path": model_dir, "device": torch_device, "precision": prec, **common}
+    return _create("torch", args, options, strict=True)
+
+
+def _auto(
+    probe: _Probe,
+    precision: str,
+    device: str,
+    common: dict[str, Any],
+    options: dict[str, Any],
+) -> tuple[Any, Selection]:
+    model_dir = probe.model_dir
+    rejected: list[tuple[str, str]] = []
+    gpu_ok = device in ("auto", "cuda")
+    cpu_ok = device in ("auto", "cpu")
+
+    # 1. a TensorRT engine built for this machine
+    why = None if gpu_ok else "device='cpu' requested"
+    if why is None and not module_available("tensorrt"):
+        why = "TensorRT not installed (pip install 'cyclesr-deploy[tensorrt]')"
+    why = why or probe.no_cuda()
+    if why is None and not list_engines(model_dir):
+        why = f"no engine built for this model (run: cyclesr export tensorrt {model_dir})"
+    if why is None:
+        try:
+            choice = find_engine(model_dir, precision=precision, device_id=common["device_id"])
+        except (InputError, MissingExtraError, RuntimeError) as exc:
+            why = _one_line(exc)
+        else:
+            args = {"path": choice.engine_path, "device_id": common["device_id"]}
+            engine = _create("tensorrt", args, options, strict=False)
+            reason = f"{choice.engine_path.name} fits this GPU ({choice.sidecar.describe()})"
+            return engine, Selection("tensorrt", reason, rejected)
+    rejected.append(("tensorrt", why))
+
+    # 2. ONNX Runtime on the GPU (TensorRT EP, CUDA EP)
+    why = (None if gpu_ok else "device='cpu' requested") or probe.ort_gpu_unusable()
+    prec = _ort_precision(precision, True, probe)
+    why = why or probe.onnx_missing(prec)
+    if why is None:
+        assert probe.ort_providers is not None
+        gpu = [p for p in GPU_PROVIDERS if p in probe.ort_providers]
+        args = {"path": model_dir, "precision": prec, "providers": "cuda", **common}
+        engine = _create("onnxruntime", args, options, strict=False)
+        reason = f"ONNX Runtime with {' > '.join(gpu)} ({prec})"
+        return engine, Selection("onnxruntime", reason, rejected)
+    rejected.append(("onnxruntime-gpu", why))
+
+    # 3. PyTorch on the GPU
+    why = (None if gpu_ok else "device='cpu' requested") or probe.torch_cuda_unusable()
+    if why is None:
+        prec = "fp16" if precision == "auto" else precision
+        args = {"path": model_dir, "device": "cuda", "precision": prec, **common}
+        engine = _create("torch", args, options, strict=False)
+        return engine, Selection("torch", f"PyTorch on CUDA ({prec})", rejected)
+    rejected.append(("torch-cuda", why))
+
+    # 4. ONNX Runtime on the CPU
+    why = None if cpu_ok else "device='cuda' requested"
+    if why is None and probe.ort_providers is None:
+        why = "onnxruntime not installed (pip install 'cyclesr-deploy[cpu]')"
+    prec = _ort_precision(precision, False, probe)
+    why = why or probe.onnx_missing(prec)
+    if why is None:
+        args = {"path": model_dir, "precision": prec, "providers": "cpu", **common}
+        engine = _create("onnxruntime", args, options, strict=False)
+        reason = f"ONNX Runtime on CPUExecutionProvider ({prec}): no GPU backend usable"
+        return engine, Selection("onnxruntime", reason, rejected)
+    rejected.append(("onnxruntime-cpu", why))
+
+    # 5. PyTorch on the CPU
+    why = None if cpu_ok else "device='cuda' requested"
+    if why is None and not module_available("torch"):
+        why = "torch not installed (pip install 'cyclesr-deploy[train]')"
+    why = why or probe.weights_missing()
+    if why is None and precision == "fp16":
+        why = "fp16 needs a CUDA device"
+    if why is None:
+        args = {"path": model_dir, "device": "cpu", "precision": "fp32", **common}
+        engine = _create("torch", args, options, strict=False)
+        reason = "PyTorch on the CPU (fp32): no GPU backend and no ONNX Runtime usable"
+        return engine, Selection("torch", reason, rejected)
+    rejected.append(("torch-cpu", why))
+
+    lines = "\n".join(f"  - {label}: {why}" for label, why in rejected)
+    raise InputError(f"no backend can run {model_dir}:\n{lines}")
+
+
+def _one_line(exc: BaseException) -> str:
+    return "; ".join(line.strip(" -") for line in str(exc).splitlines() if line.strip())

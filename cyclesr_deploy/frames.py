@@ -1,0 +1,526 @@
+"""Streaming TIFF/OME-TIFF I/O: read a stack one 2-D frame at a time, write one frame at a time.
+
+Reading (:class:`FrameReader`, :func:`open_frames`) never loads a whole stack: the first series is
+validated once (dtype, axes, size, completeness), then each frame is read from its own page (or
+from a read-only memory map for contiguous files whose pages do not map one-to-one to frames).
+Singleton axes are dropped (a ``CYX`` stack with C=1 reads as ``YX``); every axis other than
+Y and X is a frame axis (``TYX``, ``ZYX``, ``TZYX``, ...).
+
+Writing (:func:`write_frames`) takes an iterable of frames and writes them as they come, through
+tifffile's iterator interface with the shape known up front, into ``<name>.part``, renamed onto the
+target only once every frame is written. The format follows the input:
+
+* OME-TIFF input -> OME-TIFF, with the input's OME-XML kept (first image only): sizes and
+  ``PhysicalSizeX/Y`` updated for the scale factor, ``TiffData`` rewritten for the new file;
+* ImageJ hyperstack -> ImageJ hyperstack, with unit, spacing, frame interval, labels, info and
+  properties kept;
+* any other TIFF -> OME-TIFF with the axes and pixel size (a shaped TIFF when its axes have no
+  OME equivalent, e.g. the ``I`` of a plain multi-page file).
+
+TIFF resolution tags are multiplied by the scale factor (pixels per unit) in every format.
+BigTIFF is used when the output exceeds 2 GiB (ImageJ files excepted: tifffile writes those as
+ImageJ's own contiguous large-file layout).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io as _io
+import logging
+import math
+import threading
+import uuid
+import warnings
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import tifffile
+
+from cyclesr_deploy import __version__
+from cyclesr_deploy.errors import InputError
+from cyclesr_deploy.io import _ome_pixel_size, _tag_pixel_size, atomic_path
+
+__all__ = [
+    "SUPPORTED_DTYPES",
+    "Frame",
+    "FrameReader",
+    "StackInfo",
+    "open_frames",
+    "output_info",
+    "read_frames",
+    "write_frames",
+]
+
+SUPPORTED_DTYPES: tuple[np.dtype, ...] = (
+    np.dtype(np.uint8),
+    np.dtype(np.uint16),
+    np.dtype(np.float32),
+)
+TiffKind = Literal["ome", "imagej", "tiff"]
+
+# axes tifffile's OME writer accepts (TZCYX plus the modulo/extra dimensions it maps)
+_OME_AXES = set("TZCYXQRAPHEL")
+# ImageJ metadata kept from input to output (display ranges are dropped: intensities change)
+_IMAGEJ_KEYS = (
+    "unit",
+    "spacing",
+    "finterval",
+    "fps",
+    "loop",
+    "Info",
+    "Labels",
+    "Properties",
+    "LUTs",
+    "tunit",
+    "zunit",
+)
+_BIGTIFF_BYTES = 2**31 - 2**25  # as io.write_tiff: above ~2 GiB
+_MAX_NON_STREAMABLE = (
+    2**30
+)  # layouts that cannot be read frame by frame are loaded whole up to 1 GiB
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    """What is known about a file's first series before reading pixels.
+
+    ``axes``/``shape`` are tifffile's (singleton axes dropped), the last two being Y and X;
+    ``pixel_size_um`` is the XY pixel size in µm or None; ``resolution`` the raw TIFF
+    resolution tags ((num, den) pixels per unit, twice) and ``resolution_unit`` their unit;
+    ``ome_xml``/``imagej_metadata`` the input's metadata to carry over.
+    """
+
+    path: Path | None
+    axes: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    kind: TiffKind = "tiff"
+    pixel_size_um: float | None = None
+    resolution: tuple[tuple[int, int], tuple[int, int]] | None = None
+    resolution_unit: int | None = None
+    ome_xml: str | None = None
+    imagej_metadata: dict[str, Any] | None = field(default=None, repr=False)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        return (self.shape[-2], self.shape[-1])
+
+    @property
+    def frame_axes(self) -> str:
+        """Axes iterated over (all but Y and X), e.g. ``"TZ"``; empty for one 2-D image."""
+        return self.axes[:-2]
+
+    @property
+    def n_frames(self) -> int:
+        return math.prod(self.shape[:-2])
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    def frame_coords(self, index: int) -> dict[str, int]:
+        """Frame ``index`` as named coordinates, e.g. ``{"T": 1, "Z": 4}``."""
+        idx = np.unravel_index(index, self.shape[:-2]) if self.frame_axes else ()
+        return {a: int(i) for a, i in zip(self.frame_axes, idx, strict=True)}
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One 2-D plane of a stack: its position in C order over the frame axes, and the pixels."""
+
+    index: int
+    data: np.ndarray
+
+
+class _TiffLogCapture(logging.Handler):
+    """Collects tifffile's warnings/errors logged by the current thread (tifffile logs, rather
+    than raises, when it meets a damaged IFD or OME-XML and then falls back to a wrong layout)."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.thread = threading.get_ident()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread:
+            self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _capture_tifffile_log() -> Iterator[_TiffLogCapture]:
+    logger = logging.getLogger("tifffile")
+    handler = _TiffLogCapture()
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+
+
+def _err(path: Path, msg: str) -> InputError:
+    return InputError(f"{path}: {msg}")
+
+
+class FrameReader:
+    """Frames of a TIFF's first series, read lazily; a context manager (closes the file).
+
+    Validation happens once, on opening: supported dtype (uint8, uint16, float32), a single
+    channel (no RGB, no C > 1), a non-empty 2-D plane, a complete, undamaged file. Frames are
+    checked for NaN/inf when read (float inputs). Every problem is an :class:`InputError`
+    naming the file; an unreadable file (e.g. still being written and locked on Windows) is one
+    as well.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._tif: tifffile.TiffFile | None = None
+        self._pages: list[Any] | None = None
+        self._memmap: np.ndarray | None = None
+        self._whole: np.ndarray | None = None
+        self._file_size = 0
+        try:
+            self.info = self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self) -> StackInfo:
+        path = self.path
+        if not path.is_file():
+            raise _err(path, "no such file")
+        try:
+            self._file_size = path.stat().st_size
+            with _capture_tifffile_log() as log, warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self._tif = tif = tifffile.TiffFile(path)
+                if not tif.series:
+                    raise _err(path, "contains no image")
+                series = tif.series[0]
+                axes, shape, dtype = series.axes, tuple(series.shape), np.dtype(series.dtype)
+                pages = list(series.pages)
+                ome_xml = tif.ome_metadata if tif.is_ome else None
+                imagej = tif.imagej_metadata if tif.is_imagej else None
+                first = tif.pages.first if hasattr(tif.pages, "first") else tif.pages[0]
+            if log.messages:
+                raise _err(
+                    path,
+                    "damaged or incomplete TIFF (still being written?): " + log.messages[0],
+                )
+        except PermissionError as exc:
+            raise _err(path, f"cannot be opened ({exc}); is it still being written?") from exc
+        except (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError) as exc:
+            if isinstance(exc, InputError):
+                raise
+            raise _err(path, f"not a readable TIFF ({exc})") from exc
+
+        if dtype.kind == "c":
+            raise _err(path, f"complex data ({dtype}) is not supported")
+        if dtype not in SUPPORTED_DTYPES:
+            raise _err(path, f"dtype {dtype} is not supported; use uint8, uint16 or float32")
+        samples = getattr(series.keyframe, "samplesperpixel", 1)
+        if "S" in axes or samples > 1:
+            raise _err(
+                path,
+                f"RGB or multi-sample image (axes {axes}, shape {shape}); the model takes a "
+                "single grey channel: convert or split the channels first",
+            )
+        if "C" in axes:
+            n_c = shape[axes.index("C")]
+            raise _err(
+                path, f"{n_c} channels (axes {axes}); the model takes one: split the channels"
+            )
+        if len(shape) < 2 or 0 in shape or not axes.endswith("YX"):
+            raise _err(path, f"not a 2-D image or stack of them (axes {axes}, shape {shape})")
+
+        notes = []
+        if len(tif.series) > 1:
+            notes.append(f"only the first of {len(tif.series)} series is processed")
+        n_frames = math.prod(shape[:-2])
+        plane = shape[-2:]
+        if len(pages) == n_frames and all(
+            p is not None and tuple(s for s in p.shape if s != 1) == plane for p in pages
+        ):
+            self._pages = pages
+            for i, page in enumerate(pages):
+                self._check_page_extent(page, i)
+        elif n_frames > 1 and getattr(series, "dataoffset", None) is not None:
+            end = series.dataoffset + math.prod(shape) * dtype.itemsize
+            if end > self._file_size:
+                raise _err(
+                    path,
+                    f"incomplete file: its image data end at byte {end} but the file has "
+                    f"{self._file_size} (still being written?)",
+                )
+            self._memmap = np.memmap(
+                path,
+                dtype=dtype.newbyteorder(tif.byteorder),
+                mode="r",
+                offset=series.dataoffset,
+                shape=shape,
+            )
+        elif math.prod(shape) * dtype.itemsize <= _MAX_NON_STREAMABLE:
+            try:
+                self._whole = series.asarray().reshape(shape)
+            except (ValueError, OSError, tifffile.TiffFileError) as exc:
+                raise _err(path, f"cannot read the image data ({exc})") from exc
+            notes.append("page layout not streamable: the series was read whole")
+        else:
+            raise _err(
+                path,
+                f"cannot stream this TIFF layout ({len(pages)} pages for {n_frames} frames of "
+                f"{plane[0]}x{plane[1]}) and it is too large to load at once",
+            )
+
+        resolution = unit = None
+        x_tag, y_tag = first.tags.get("XResolution"), first.tags.get("YResolution")
+        unit_tag = first.tags.get("ResolutionUnit")
+        unit = int(unit_tag.value) if unit_tag is not None else 2  # TIFF default: inch
+        if x_tag is not None and y_tag is not None and (unit != 1 or imagej):
+            # unit 1 (none) is tifffile's placeholder (1, 1) unless ImageJ gives the unit
+            resolution = (tuple(x_tag.value), tuple(y_tag.value))
+        else:
+            unit = None
+        px = _ome_pixel_size(ome_xml) if ome_xml else None
+        if px is None:
+            px = _tag_pixel_size(first, imagej)
+        kind: TiffKind = "ome" if ome_xml else "imagej" if imagej else "tiff"
+        return StackInfo(
+            path=path,
+            axes=axes,
+            shape=shape,
+            dtype=dtype,
+            kind=kind,
+            pixel_size_um=px,
+            resolution=resolution,  # type: ignore[arg-type]
+            resolution_unit=unit,
+            ome_xml=ome_xml,
+            imagej_metadata=dict(imagej) if imagej else None,
+            notes=tuple(notes),
+        )
+
+    def _check_page_extent(self, page: Any, index: int) -> None:
+        offsets, counts = page.dataoffsets, page.databytecounts
+        if offsets and counts:
+            end = max(o + c for o, c in zip(offsets, counts, strict=False))
+            if end > self._file_size:
+                raise _err(
+                    self.path,
+                    f"incomplete file: frame {index} ends at byte {end} but the file has "
+                    f"{self._file_size} (still being written?)",
+                )
+
+    # --- reading -------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.info.n_frames
+
+    def read(self, index: int) -> np.ndarray:
+        """Frame ``index`` (C order over the frame axes) as a new (H, W) array of the file's
+        dtype, native byte order; float frames are checked for NaN/inf."""
+        info = self.info
+        if not 0 <= index < info.n_frames:
+            raise IndexError(f"frame {index} out of range (0..{info.n_frames - 1})")
+        try:
+            if self._pages is not None:
+                data = self._pages[index].asarray().reshape(info.frame_shape)
+            elif self._memmap is not None:
+                plane = self._memmap.reshape(-1, *info.frame_shape)[index]
+                data = plane.astype(info.dtype, copy=True)
+            else:
+                assert self._whole is not None
+                data = self._whole.reshape(-1, *info.frame_shape)[index].copy()
+        except (ValueError, OSError, tifffile.TiffFileError, RuntimeError) as exc:
+            raise _err(self.path, f"frame {index} cannot be read ({exc})") from exc
+        if not data.dtype.isnative:
+            data = data.astype(data.dtype.newbyteorder("="))
+        if data.dtype.kind == "f" and not np.isfinite(data).all():
+            bad = "NaN" if np.isnan(data).any() else "infinite"
+            raise _err(self.path, f"frame {index} contains {bad} values")
+        return data
+
+    def __iter__(self) -> Iterator[Frame]:
+        for i in range(self.info.n_frames):
+            yield Frame(i, self.read(i))
+
+    def close(self) -> None:
+        self._pages = None
+        self._memmap = None
+        self._whole = None
+        if self._tif is not None:
+            self._tif.close()
+            self._tif = None
+
+    def __enter__(self) -> FrameReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_frames(path: str | Path) -> FrameReader:
+    """Open ``path`` for frame-by-frame reading (validated once); use as a context manager."""
+    return FrameReader(path)
+
+
+def read_frames(path: str | Path) -> Iterator[Frame]:
+    """Yield the frames of ``path`` one at a time (the file is closed when the iterator ends)."""
+    with FrameReader(path) as reader:
+        yield from reader
+
+
+# --- writing -------------------------------------------------------------------------------------
+def output_info(info: StackInfo, scale: int = 1, dtype: np.dtype | None = None) -> StackInfo:
+    """The :class:`StackInfo` of the output for ``info``: Y and X times ``scale``, pixel size
+    divided by it, resolution tags (pixels per unit) multiplied by it; metadata carried over."""
+    if scale < 1:
+        raise InputError(f"scale must be a positive integer, got {scale}")
+    resolution = None
+    if info.resolution is not None:
+        resolution = tuple((int(num) * scale, int(den)) for num, den in info.resolution)
+    return StackInfo(
+        path=None,
+        axes=info.axes,
+        shape=(*info.shape[:-2], info.shape[-2] * scale, info.shape[-1] * scale),
+        dtype=np.dtype(dtype) if dtype is not None else info.dtype,
+        kind=info.kind,
+        pixel_size_um=info.pixel_size_um / scale if info.pixel_size_um else info.pixel_size_um,
+        resolution=resolution,  # type: ignore[arg-type]
+        resolution_unit=info.resolution_unit,
+        ome_xml=_rescale_ome(info.ome_xml, info, scale, dtype) if info.ome_xml else None,
+        imagej_metadata=info.imagej_metadata,
+    )
+
+
+_OME_TYPES = {"uint8": "uint8", "uint16": "uint16", "float32": "float"}
+
+
+def _register_namespaces(xml: str) -> str | None:
+    """Register the document's namespace prefixes with ElementTree (so it writes them back
+    unchanged); return the default (OME) namespace URI."""
+    default = None
+    for _event, (prefix, uri) in ET.iterparse(_io.StringIO(xml), events=("start-ns",)):
+        if not prefix:
+            default = uri
+        with contextlib.suppress(ValueError):
+            ET.register_namespace(prefix, uri)
+    return default
+
+
+def _rescale_ome(xml: str, info: StackInfo, scale: int, dtype: np.dtype | None) -> str:
+    """The input's OME-XML adapted to the output file: first Image only, SizeX/Y times
+    ``scale``, PhysicalSizeX/Y divided by it, Type, one TiffData for all planes, new UUID."""
+    try:
+        ns_uri = _register_namespaces(xml)
+        root = ET.fromstring(xml)
+    except ET.ParseError as exc:
+        raise InputError(f"OME-XML of the input cannot be parsed ({exc})") from exc
+    ns = f"{{{ns_uri}}}" if ns_uri else ""
+    images = root.findall(f"{ns}Image")
+    if not images:
+        raise InputError("OME-XML of the input has no Image element")
+    for extra in images[1:]:
+        root.remove(extra)
+    pixels = images[0].find(f"{ns}Pixels")
+    if pixels is None:
+        raise InputError("OME-XML of the input has no Pixels element")
+    for axis in ("X", "Y"):
+        size = pixels.get(f"Size{axis}")
+        if size is not None:
+            pixels.set(f"Size{axis}", str(int(size) * scale))
+        phys = pixels.get(f"PhysicalSize{axis}")
+        if phys is not None:
+            pixels.set(f"PhysicalSize{axis}", repr(float(phys) / scale))
+    if dtype is not None:
+        pixels.set("Type", _OME_TYPES[np.dtype(dtype).name])
+    if pixels.get("BigEndian") is not None:
+        pixels.set("BigEndian", "false")
+    position = None
+    for i, child in enumerate(list(pixels)):
+        tag = child.tag.rsplit("}", 1)[-1]
+        if tag in ("TiffData", "BinData", "MetadataOnly"):
+            position = i if position is None else position
+            pixels.remove(child)
+    if position is None:  # after the Channels, before the Planes (schema order)
+        tags = [c.tag.rsplit("}", 1)[-1] for c in pixels]
+        position = sum(t == "Channel" for t in tags)
+    tiffdata = ET.Element(f"{ns}TiffData", {"IFD": "0", "PlaneCount": str(info.n_frames)})
+    pixels.insert(position, tiffdata)
+    root.set("UUID", f"urn:uuid:{uuid.uuid4()}")
+    root.set("Creator", f"cyclesr-deploy {__version__} (tifffile {tifffile.__version__})")
+    text = ET.tostring(root, encoding="unicode")
+    return '<?xml version="1.0" encoding="UTF-8"?>' + text
+
+
+def _checked(frames: Iterable[np.ndarray], info: StackInfo) -> Iterator[np.ndarray]:
+    """Pass frames through, checking shape and dtype, and that there are exactly n_frames."""
+    n = 0
+    for frame in frames:
+        arr = np.asarray(frame)
+        if arr.shape != info.frame_shape or arr.dtype != info.dtype:
+            raise ValueError(
+                f"frame {n}: got {arr.dtype} {arr.shape}, expected {info.dtype} {info.frame_shape}"
+            )
+        n += 1
+        if n > info.n_frames:
+            raise ValueError(f"more frames than the {info.n_frames} announced")
+        yield arr
+    if n != info.n_frames:
+        raise ValueError(f"only {n} of {info.n_frames} frames were produced")
+
+
+def write_frames(
+    target: str | Path,
+    info: StackInfo,
+    frames: Iterable[np.ndarray],
+    *,
+    overwrite: bool = False,
+    bigtiff: bool | None = None,
+) -> Path:
+    """Write ``frames`` (2-D arrays, C order over ``info``'s frame axes) to ``target``.
+
+    ``info`` describes the *output* (see :func:`output_info`). Frames are consumed and written
+    one at a time; the file appears under ``target`` only when all ``info.n_frames`` frames are
+    written (``<target>.part`` until then, removed on any error, including one raised by the
+    ``frames`` iterator). ``bigtiff`` None: BigTIFF above 2 GiB.
+    """
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} exists; refusing to overwrite (use overwrite)")
+    if info.dtype not in SUPPORTED_DTYPES:
+        raise InputError(f"output dtype {info.dtype} is not supported")
+    if bigtiff is None:
+        bigtiff = info.nbytes > _BIGTIFF_BYTES
+    writer_args: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"photometric": "minisblack", "software": "cyclesr-deploy"}
+    if info.resolution is not None:
+        kwargs["resolution"] = info.resolution
+        if info.resolution_unit is not None:
+            kwargs["resolutionunit"] = info.resolution_unit
+    if info.kind == "ome" and info.ome_xml:
+        writer_args.update(bigtiff=bigtiff, ome=False, shaped=False)
+        kwargs.update(description=info.ome_xml.encode("utf-8"), metadata=None)
+    elif info.kind == "imagej":
+        writer_args.update(imagej=True)
+        meta = {k: v for k, v in (info.imagej_metadata or {}).items() if k in _IMAGEJ_KEYS}
+        kwargs["metadata"] = {**meta, "axes": info.axes}
+    elif set(info.axes) <= _OME_AXES:
+        writer_args.update(bigtiff=bigtiff, ome=True)
+        meta: dict[str, Any] = {"axes": info.axes}
+        if info.pixel_size_um:
+            px = float(info.pixel_size_um)
+            meta.update(
+                PhysicalSizeX=px, PhysicalSizeXUnit="µm", PhysicalSizeY=px, PhysicalSizeYUnit="µm"
+            )
+            if info.resolution is None:
+                kwargs.update(resolution=(1e4 / px, 1e4 / px), resolutionunit=3)
+        kwargs["metadata"] = meta
+    else:
+        writer_args.update(bigtiff=bigtiff, shaped=True)
+        kwargs["metadata"] = {"axes": info.axes}
+    with atomic_path(target) as part, tifffile.TiffWriter(part, **writer_args) as tw:
+        tw.write(_checked(frames, info), shape=info.shape, dtype=info.dtype, **kwargs)
+    return target

@@ -1,0 +1,195 @@
+"""``cyclesr enhance`` through the CLI: a fake engine (numpy only) and the real ONNX Runtime one."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import tifffile
+from typer.testing import CliRunner
+
+from cyclesr_deploy.cli import app
+from cyclesr_deploy.model import GeneratorConfig, ModelConfig, save_model_config
+from cyclesr_deploy.pipeline import MANIFEST_NAME
+from tests.conftest import FakeEngine
+
+runner = CliRunner()
+
+
+def _text(res) -> str:
+    """The output with rich's line wrapping undone."""
+    return " ".join(res.output.split())
+
+
+@pytest.fixture
+def fake_model(tmp_path, monkeypatch):
+    """A model folder (model.json only) whose engine is a FakeEngine (identity)."""
+    model_dir = tmp_path / "model"
+    save_model_config(model_dir, ModelConfig(generator=GeneratorConfig(ngf=4, n_blocks=0)))
+    opened = []
+
+    def fake_open_engine(path, backend="auto", **kwargs):
+        engine = FakeEngine("identity")
+        opened.append((path, backend, kwargs))
+        return engine
+
+    monkeypatch.setattr("cyclesr_deploy.engines.open_engine", fake_open_engine, raising=False)
+    return model_dir, opened
+
+
+def _stack(rng, shape, folder, name):
+    folder.mkdir(parents=True, exist_ok=True)
+    data = rng.integers(0, 60000, shape).astype(np.uint16)
+    tifffile.imwrite(folder / name, data, ome=True, metadata={"axes": "TYX"[-len(shape) :]})
+    return data
+
+
+def test_enhance_folder_then_rerun_skips(tmp_path, rng, fake_model):
+    model_dir, opened = fake_model
+    a = _stack(rng, (3, 24, 20), tmp_path / "in", "a.tif")
+    _stack(rng, (16, 16), tmp_path / "in", "b.tiff")
+    args = ["enhance", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model", str(model_dir)]
+    res = runner.invoke(app, [*args, "--tile", "16", "--overlap", "8", "--batch", "2"])
+    assert res.exit_code == 0, res.output
+    assert "fake engine (identity)" in _text(res)  # the selection reason
+    assert "a.tif" in res.output and "done" in res.output
+    assert opened[0][1] == "auto" and opened[0][2]["precision"] == "auto"
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "a.tif"), a)
+    manifest = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())
+    assert manifest["config"]["tile"] == 16 and manifest["engine"] == "fake[identity]"
+
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert again.output.count("skipped") >= 2
+
+
+def test_enhance_bad_files_exit_1_and_keep_going(tmp_path, rng, fake_model):
+    model_dir, _ = fake_model
+    _stack(rng, (2, 16, 16), tmp_path / "in", "good.tif")
+    tifffile.imwrite(tmp_path / "in" / "rgb.tif", np.zeros((8, 8, 3), np.uint8), photometric="rgb")
+    (tmp_path / "in" / "junk.tif").write_bytes(b"II*\x00garbage")
+    res = runner.invoke(
+        app,
+        ["enhance", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model", str(model_dir)],
+    )
+    assert res.exit_code == 1, res.output
+    assert "RGB" in _text(res) and "failed" in res.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [MANIFEST_NAME, "good.tif"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--tile", "30"], "multiple of"),
+        (["--batch", "0"], "batch"),
+        (["--normalize", "stack"], "normalize"),
+    ],
+)
+def test_enhance_bad_arguments_exit_2(tmp_path, rng, fake_model, extra, message):
+    model_dir, opened = fake_model
+    _stack(rng, (16, 16), tmp_path / "in", "a.tif")
+    res = runner.invoke(
+        app,
+        ["enhance", str(tmp_path / "in"), "-o", str(tmp_path / "o"), "-m", str(model_dir), *extra],
+    )
+    assert res.exit_code == 2, res.output
+    assert message in _text(res)
+    assert not opened  # refused before the engine was loaded
+
+
+def test_enhance_refuses_input_folder_missing_model_and_missing_input(tmp_path, rng, fake_model):
+    model_dir, opened = fake_model
+    _stack(rng, (16, 16), tmp_path / "in", "a.tif")
+    res = runner.invoke(
+        app, ["enhance", str(tmp_path / "in"), "-o", str(tmp_path / "in"), "-m", str(model_dir)]
+    )
+    assert res.exit_code == 2 and "folder of input" in _text(res)
+    res = runner.invoke(app, ["enhance", str(tmp_path / "in"), "-o", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "--model is required" in _text(res)
+    res = runner.invoke(
+        app,
+        ["enhance", str(tmp_path / "nope.tif"), "-o", str(tmp_path / "o"), "-m", str(model_dir)],
+    )
+    assert res.exit_code == 2 and "no such file" in _text(res)
+    assert not opened
+    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == ["a.tif"]
+
+
+# --- the real ONNX Runtime engine on a tiny trained model -----------------------------------------
+@pytest.fixture(scope="module")
+def onnx_model_dir(tmp_path_factory):
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from cyclesr_deploy.export.onnx_export import onnx_from_checkpoint
+    from cyclesr_deploy.synthetic import SynthConfig, generate_dataset
+    from cyclesr_deploy.training.config import load_train_config
+    from cyclesr_deploy.training.trainer import train
+
+    root = tmp_path_factory.mktemp("cli-enhance")
+    generate_dataset(root / "d", SynthConfig(size=64, seed=4), n_train=4, n_test=0)
+    cfg = load_train_config(
+        None,
+        {
+            "out": str(root / "m"),
+            "data.train_a": str(root / "d" / "trainA"),
+            "data.train_b": str(root / "d" / "trainB"),
+            "data.crop": 32,
+            "data.batch_size": 2,
+            "optim.steps": 2,
+            "generator.ngf": 4,
+            "generator.n_blocks": 1,
+            "discriminator.ndf": 4,
+        },
+    )
+    model_dir = train(cfg).model_dir
+    onnx_from_checkpoint(model_dir, parity_sizes=[(1, 64, 64)], synthetic_sizes=[])
+    return model_dir
+
+
+def _psnr(a: np.ndarray, b: np.ndarray, data_range: float) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(data_range**2 / mse)
+
+
+def test_enhance_with_onnxruntime_and_tiling_effect(tmp_path, rng, onnx_model_dir):
+    from cyclesr_deploy.synthetic import SynthConfig, generate_dataset
+
+    generate_dataset(tmp_path / "syn", SynthConfig(size=128, seed=7), n_train=1, n_test=0)
+    frame = tifffile.imread(next((tmp_path / "syn" / "trainA").glob("*.tif")))
+    stack = np.stack([frame, frame[::-1]])
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "s.tif", stack, ome=True, metadata={"axes": "TYX"})
+    common = ["enhance", str(tmp_path / "in"), "-m", str(onnx_model_dir), "--backend"]
+    res = runner.invoke(app, [*common, "onnxruntime", "-o", str(tmp_path / "whole"), "--tile", "0"])
+    assert res.exit_code == 0, res.output
+    assert "onnxruntime" in res.output
+    whole = tifffile.imread(tmp_path / "whole" / "s.tif")
+    assert whole.shape == stack.shape and whole.dtype == stack.dtype
+    assert whole.std() > 0
+    res = runner.invoke(
+        app, [*common, "onnxruntime", "-o", str(tmp_path / "tiled"), "--tile", "96"]
+    )
+    assert res.exit_code == 0, res.output
+    tiled = tifffile.imread(tmp_path / "tiled" / "s.tif")
+    # InstanceNorm normalizes per tile: tiled != whole frame; only its size is measured
+    psnr = _psnr(tiled, whole, float(whole.max()) - float(whole.min()))
+    assert math.isfinite(psnr)
+
+
+def test_enhance_interrupted_exits_130_without_partial_files(tmp_path, rng, monkeypatch):
+    model_dir = tmp_path / "model"
+    save_model_config(model_dir, ModelConfig(generator=GeneratorConfig(ngf=4, n_blocks=0)))
+
+    def interrupting(path, backend="auto", **kwargs):
+        return FakeEngine(raise_at=2, exc=KeyboardInterrupt())
+
+    monkeypatch.setattr("cyclesr_deploy.engines.open_engine", interrupting, raising=False)
+    _stack(rng, (4, 16, 16), tmp_path / "in", "a.tif")
+    args = ["enhance", str(tmp_path / "in"), "-o", str(tmp_path / "o"), "-m", str(model_dir)]
+    res = runner.invoke(app, [*args, "--batch", "1"], catch_exceptions=False)
+    assert res.exit_code == 130, res.output
+    assert "interrupted" in res.output
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [MANIFEST_NAME]
