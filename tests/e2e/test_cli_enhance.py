@@ -123,30 +123,9 @@ def onnx_model_dir(tmp_path_factory):
     pytest.importorskip("torch")
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from cyclesr_deploy.export.onnx_export import onnx_from_checkpoint
-    from cyclesr_deploy.synthetic import SynthConfig, generate_dataset
-    from cyclesr_deploy.training.config import load_train_config
-    from cyclesr_deploy.training.trainer import train
+    from tests.tiny_models import train_tiny_model
 
-    root = tmp_path_factory.mktemp("cli-enhance")
-    generate_dataset(root / "d", SynthConfig(size=64, seed=4), n_train=4, n_test=0)
-    cfg = load_train_config(
-        None,
-        {
-            "out": str(root / "m"),
-            "data.train_a": str(root / "d" / "trainA"),
-            "data.train_b": str(root / "d" / "trainB"),
-            "data.crop": 32,
-            "data.batch_size": 2,
-            "optim.steps": 2,
-            "generator.ngf": 4,
-            "generator.n_blocks": 1,
-            "discriminator.ndf": 4,
-        },
-    )
-    model_dir = train(cfg).model_dir
-    onnx_from_checkpoint(model_dir, parity_sizes=[(1, 64, 64)], synthetic_sizes=[])
-    return model_dir
+    return train_tiny_model(tmp_path_factory.mktemp("cli-enhance"), onnx=True)
 
 
 def _psnr(a: np.ndarray, b: np.ndarray, data_range: float) -> float:

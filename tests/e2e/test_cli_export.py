@@ -13,32 +13,14 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from cyclesr_deploy.cli import app
-from cyclesr_deploy.synthetic import SynthConfig, generate_dataset
-from cyclesr_deploy.training.config import load_train_config
-from cyclesr_deploy.training.trainer import train
+from tests.tiny_models import train_tiny_model
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli-export")
-    generate_dataset(root / "d", SynthConfig(size=64, seed=4), n_train=4, n_test=0)
-    cfg = load_train_config(
-        None,
-        {
-            "out": str(root / "m"),
-            "data.train_a": str(root / "d" / "trainA"),
-            "data.train_b": str(root / "d" / "trainB"),
-            "data.crop": 32,
-            "data.batch_size": 2,
-            "optim.steps": 2,
-            "generator.ngf": 4,
-            "generator.n_blocks": 1,
-            "discriminator.ndf": 4,
-        },
-    )
-    return train(cfg).model_dir
+    return train_tiny_model(tmp_path_factory.mktemp("cli-export"))
 
 
 def test_export_all_writes_onnx_fp16_and_report(model_dir):

@@ -6,7 +6,6 @@ ONNX, and a random-weight scale-2 generator exported with the TorchScript export
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 
 import numpy as np
@@ -39,34 +38,9 @@ SHAPES = [(1, 1, 64, 64), (2, 1, 64, 96), (3, 1, 32, 128), (4, 1, 8, 8)]
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from cyclesr_deploy.export import fp16_onnx_from_onnx, onnx_from_checkpoint
-    from cyclesr_deploy.synthetic import SynthConfig, generate_dataset
-    from cyclesr_deploy.training.config import load_train_config
-    from cyclesr_deploy.training.trainer import train
+    from tests.tiny_models import train_tiny_model
 
-    root = tmp_path_factory.mktemp("engines")
-    generate_dataset(root / "d", SynthConfig(size=64, seed=4), n_train=4, n_test=0)
-    cfg = load_train_config(
-        None,
-        {
-            "out": str(root / "model"),
-            "data.train_a": str(root / "d" / "trainA"),
-            "data.train_b": str(root / "d" / "trainB"),
-            "data.crop": 32,
-            "data.batch_size": 2,
-            "optim.steps": 2,
-            "checkpoint_every": 100,
-            "generator.ngf": 4,
-            "generator.n_blocks": 1,
-            "discriminator.ndf": 4,
-        },
-    )
-    folder = train(cfg).model_dir
-    dynamo = importlib.util.find_spec("onnxscript") is not None
-    quick = {"parity_sizes": [(1, 64, 64)], "synthetic_sizes": []}
-    onnx_from_checkpoint(folder, dynamo=dynamo, **quick)
-    fp16_onnx_from_onnx(folder / "generator.onnx")
-    return folder
+    return train_tiny_model(tmp_path_factory.mktemp("engines"), onnx=True, fp16=True)
 
 
 @pytest.fixture(scope="module")
