@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from cyclesr_deploy import __version__
-from cyclesr_deploy.cli import demo, enhance, export, metrics, synth, train
+from cyclesr_deploy.cli import bench, demo, enhance, export, metrics, synth, train, watch
 
 app = typer.Typer(
     name="cyclesr",
@@ -57,6 +57,8 @@ app.command("demo")(demo.demo)
 app.command("train")(train.train)
 app.add_typer(export.app, name="export")
 app.command("enhance")(enhance.enhance)
+app.command("watch")(watch.watch)
+app.add_typer(bench.app, name="bench")
 
 
 def main() -> None:

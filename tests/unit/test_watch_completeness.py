@@ -1,0 +1,176 @@
+"""Watch mode: the completeness check and the ``latest`` policy's bookkeeping."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+import cyclesr_deploy.watch as watch_mod
+from cyclesr_deploy.model import GeneratorConfig, ModelConfig, NormalizationConfig
+from cyclesr_deploy.pipeline import MANIFEST_NAME, EnhanceConfig, enhance_files
+from cyclesr_deploy.watch import WatchConfig, probe_pages, watch_folder
+from tests.conftest import FakeEngine
+
+
+def _model():
+    return ModelConfig(
+        generator=GeneratorConfig(ngf=4, n_blocks=0, scale=1),
+        normalization=NormalizationConfig(low_a=0, high_a=2, low_b=0, high_b=2),
+    )
+
+
+def _frame_bytes(value: int = 5) -> bytes:
+    b = io.BytesIO()
+    tifffile.imwrite(b, np.full((32, 32), value, np.uint16), photometric="minisblack")
+    return b.getvalue()
+
+
+def _stack_bytes(n: int) -> tuple[bytes, list[int]]:
+    b, ends = io.BytesIO(), []
+    with tifffile.TiffWriter(b) as tw:
+        for i in range(n):
+            tw.write(np.full((32, 32), i, np.uint16), photometric="minisblack", metadata=None)
+            ends.append(b.tell())
+    return b.getvalue(), ends
+
+
+def test_frame_file_is_complete_only_when_all_bytes_are_there(tmp_path):
+    data = _frame_bytes()
+    path = tmp_path / "f.tif"
+    for cut in (0, 8, 200, len(data) // 2, len(data) - 1):
+        path.write_bytes(data[:cut])
+        probe = probe_pages(path)
+        assert probe.complete == 0, cut
+        assert probe.size == cut
+    path.write_bytes(data)
+    probe = probe_pages(path)
+    assert (probe.complete, probe.expected, probe.more, probe.shape) == (1, 1, False, (32, 32))
+
+
+def test_growing_stack_pages_complete_one_by_one(tmp_path):
+    data, ends = _stack_bytes(3)
+    path = tmp_path / "s.tif"
+    path.write_bytes(data[: ends[0] - 10])
+    assert probe_pages(path).complete == 0
+    path.write_bytes(data[: ends[0]])
+    p = probe_pages(path)
+    assert p.complete == 1 and p.expected is None
+    path.write_bytes(data[: ends[0] + 300])  # page 1's IFD is there, its data are not
+    p = probe_pages(path)
+    assert p.complete == 1 and p.more  # so page 0 is final without waiting
+    path.write_bytes(data)
+    assert probe_pages(path).complete == 3
+
+
+def test_unreadable_file_is_not_ready_never_an_error(tmp_path, monkeypatch):
+    path = tmp_path / "f.tif"
+    path.write_bytes(_frame_bytes())
+
+    def locked(*a, **k):
+        raise PermissionError(13, "being written by another process")  # as on Windows
+
+    monkeypatch.setattr(watch_mod.tifffile, "TiffFile", locked)
+    p = probe_pages(path)
+    assert p.complete == 0 and "PermissionError" in p.error
+    monkeypatch.undo()
+    (tmp_path / "junk.tif").write_bytes(b"not a tiff at all")
+    assert probe_pages(tmp_path / "junk.tif").error is not None
+    assert probe_pages(tmp_path / "missing.tif").size == -1
+
+
+def test_size_must_be_stable_before_the_last_page_counts(tmp_path):
+    (tmp_path / "in").mkdir()
+    path = tmp_path / "in" / "f.tif"
+    path.write_bytes(_frame_bytes(9))  # complete, but just written
+    written: list[float] = []
+    stop = threading.Event()
+    t0 = time.perf_counter()
+
+    def on_frame(_p, _page, _lat):
+        written.append(time.perf_counter() - t0)
+        stop.set()
+
+    threading.Timer(5, stop.set).start()
+    watch_folder(
+        tmp_path / "in",
+        tmp_path / "out",
+        FakeEngine("identity"),
+        _model(),
+        WatchConfig(poll=0.02, stable=0.4, use_events=False),
+        EnhanceConfig(tile=0),
+        stop=stop,
+        on_frame=on_frame,
+    )
+    assert written and written[0] >= 0.4
+
+
+def _files(folder: Path, n: int) -> list[Path]:
+    folder.mkdir(parents=True)
+    base = time.time() - 100
+    paths = []
+    for i in range(n):
+        p = folder / f"a{i:02d}.tif"
+        tifffile.imwrite(p, np.full((32, 32), 10 + i, np.uint16), photometric="minisblack")
+        os.utime(p, (base + i, base + i))  # arrival order = mtime order
+        paths.append(p)
+    return paths
+
+
+def _run(tmp_path: Path, policy: str, seen: list[str]) -> watch_mod.WatchStatus:
+    return watch_folder(
+        tmp_path / "in",
+        tmp_path / "out",
+        FakeEngine("plus1", delay=0.05),
+        _model(),
+        WatchConfig(poll=0.02, stable=0.05, when_behind=policy, use_events=False, exit_idle=0.3),
+        EnhanceConfig(tile=0),
+        on_frame=lambda p, _page, _lat: seen.append(p.name),
+    )
+
+
+def test_latest_takes_the_newest_and_marks_the_others_skipped(tmp_path):
+    paths = _files(tmp_path / "in", 6)
+    seen: list[str] = []
+    final = _run(tmp_path, "latest", seen)
+    assert seen == ["a05.tif"]  # all six arrived together: only the newest is processed
+    assert (final.done, final.skipped, final.seen) == (1, 5, 6)
+    files = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())["files"]
+    status = {Path(k).name: v for k, v in files.items()}
+    assert status["a05.tif"]["status"] == "done"
+    for i in range(5):
+        entry = status[f"a{i:02d}.tif"]
+        assert entry["status"] == "skipped" and "cyclesr enhance" in entry["note"]
+        assert not (tmp_path / "out" / f"a{i:02d}.tif").exists()
+    # a restart neither re-processes nor forgets them
+    again: list[str] = []
+    final = _run(tmp_path, "latest", again)
+    assert again == [] and final.done == 0
+    files = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())["files"]
+    skipped = [Path(k) for k, v in files.items() if v["status"] == "skipped"]
+    assert len(skipped) == 5
+    # the later enhance pass picks them up: their outputs do not exist yet
+    summary = enhance_files(
+        skipped, tmp_path / "out", FakeEngine("plus1"), _model(), EnhanceConfig(tile=0)
+    )
+    assert summary.count("done") == 5
+    for p in paths:
+        assert int(tifffile.imread(tmp_path / "out" / p.name).max()) == int(
+            tifffile.imread(p).max() + 1
+        )
+
+
+@pytest.mark.parametrize("policy", ["queue"])
+def test_queue_processes_everything_in_arrival_order(tmp_path, policy):
+    _files(tmp_path / "in", 6)
+    seen: list[str] = []
+    final = _run(tmp_path, policy, seen)
+    assert seen == [f"a{i:02d}.tif" for i in range(6)]
+    assert (final.done, final.skipped) == (6, 0)
