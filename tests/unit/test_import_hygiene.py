@@ -6,7 +6,18 @@ import subprocess
 import sys
 import textwrap
 
-HEAVY = ("torch", "onnx", "onnxruntime", "tensorrt", "cuda", "torchvision", "cv2")
+HEAVY = (
+    "torch",
+    "onnx",
+    "onnxruntime",
+    "tensorrt",
+    "cuda",
+    "torchvision",
+    "cv2",
+    "matplotlib",
+    "watchdog",
+    "yaml",
+)
 
 # Block the heavy modules as if they were not installed, then run the given code.
 _BLOCKER = textwrap.dedent(
@@ -38,6 +49,10 @@ def test_import_package_and_cli_pull_no_heavy_dependency():
         import sys
         import cyclesr_deploy, cyclesr_deploy.cli, cyclesr_deploy.metrics, cyclesr_deploy.synthetic
         import cyclesr_deploy.io, cyclesr_deploy.normalization
+        import cyclesr_deploy.engines, cyclesr_deploy.pipeline, cyclesr_deploy.frames
+        import cyclesr_deploy.tiling, cyclesr_deploy.enhancer, cyclesr_deploy.watch
+        import cyclesr_deploy.bench, cyclesr_deploy.export, cyclesr_deploy.model
+        import cyclesr_deploy.onnx_metadata
         loaded = sorted(m for m in sys.modules if m.split('.')[0] in HEAVY)
         print('LOADED', loaded)
         """
