@@ -39,6 +39,7 @@ import tifffile
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _machine import machine
+from _models import train_small_model
 
 from cyclesr_deploy.engines import open_engine
 from cyclesr_deploy.model import ModelConfig, load_model
@@ -48,30 +49,7 @@ from cyclesr_deploy.tiling import TiledPredictor, plan_tiles
 
 
 def train_tiny(root: Path, ngf: int, blocks: int, steps: int) -> Path:
-    """Train a small CycleGAN for ``steps`` steps and export its generator to ONNX."""
-    from cyclesr_deploy.export.onnx_export import onnx_from_checkpoint
-    from cyclesr_deploy.synthetic import SynthConfig, generate_dataset
-    from cyclesr_deploy.training.config import load_train_config
-    from cyclesr_deploy.training.trainer import train
-
-    generate_dataset(root / "d", SynthConfig(size=128, seed=4), n_train=8, n_test=0)
-    cfg = load_train_config(
-        None,
-        {
-            "out": str(root / "m"),
-            "data.train_a": str(root / "d" / "trainA"),
-            "data.train_b": str(root / "d" / "trainB"),
-            "data.crop": 64,
-            "data.batch_size": 2,
-            "optim.steps": steps,
-            "generator.ngf": ngf,
-            "generator.n_blocks": blocks,
-            "discriminator.ndf": 8,
-        },
-    )
-    model_dir = train(cfg).model_dir
-    onnx_from_checkpoint(model_dir, parity_sizes=[(1, 64, 64)], synthetic_sizes=[])
-    return model_dir
+    return train_small_model(root, ngf, blocks, steps, fp16=False)
 
 
 def synthetic_stack(root: Path, frames: int, size: int) -> np.ndarray:

@@ -16,10 +16,12 @@ def train_tiny_model(
     fp16: bool = False,
     size: int = 64,
     n_images: int = 4,
+    n_test: int = 0,
     seed: int = 4,
     **overrides: Any,
 ) -> Path:
-    """Train a ngf-4, 1-block CycleGAN for 2 steps under ``root``; return its model folder.
+    """Train a ngf-4, 1-block CycleGAN for 2 steps under ``root``; return its model folder
+    (``root/model``; the synthetic data, with ``n_test`` paired test images, is ``root/d``).
 
     ``overrides`` are dotted TrainConfig keys (``{"optim.steps": 3}``) passed as keywords with
     ``__`` for dots, e.g. ``optim__steps=3``.
@@ -29,7 +31,8 @@ def train_tiny_model(
     from cyclesr_deploy.training.trainer import train
 
     root = Path(root)
-    generate_dataset(root / "d", SynthConfig(size=size, seed=seed), n_train=n_images, n_test=0)
+    data = SynthConfig(size=size, seed=seed)
+    generate_dataset(root / "d", data, n_train=n_images, n_test=n_test)
     settings = {
         "out": str(root / "model"),
         "data.train_a": str(root / "d" / "trainA"),

@@ -3,11 +3,12 @@ compare and quality results with their documented fields, and valid PNGs."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
 import pytest
+
+from tests.tiny_models import train_tiny_model
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
@@ -25,32 +26,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def tiny_model(root):
-    from cyclesr_deploy.export import fp16_onnx_from_onnx, onnx_from_checkpoint
-    from cyclesr_deploy.synthetic import SynthConfig, generate_dataset
-    from cyclesr_deploy.training.config import load_train_config
-    from cyclesr_deploy.training.trainer import train
-
-    generate_dataset(root / "d", SynthConfig(size=64, seed=4), n_train=4, n_test=2)
-    cfg = load_train_config(
-        None,
-        {
-            "out": str(root / "model"),
-            "data.train_a": str(root / "d" / "trainA"),
-            "data.train_b": str(root / "d" / "trainB"),
-            "data.crop": 32,
-            "data.batch_size": 2,
-            "optim.steps": 2,
-            "checkpoint_every": 100,
-            "generator.ngf": 4,
-            "generator.n_blocks": 1,
-            "discriminator.ndf": 4,
-        },
-    )
-    folder = train(cfg).model_dir
-    dynamo = importlib.util.find_spec("onnxscript") is not None
-    onnx_from_checkpoint(folder, dynamo=dynamo, parity_sizes=[(1, 64, 64)], synthetic_sizes=[])
-    fp16_onnx_from_onnx(folder / "generator.onnx")
-    return folder
+    """Tiny trained model exported to FP32 and FP16 ONNX; paired test data in root/d."""
+    return train_tiny_model(root, n_test=2, onnx=True, fp16=True)
 
 
 @pytest.fixture(scope="module")
