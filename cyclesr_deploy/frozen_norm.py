@@ -1,0 +1,442 @@
+"""Frame-level InstanceNorm statistics for tiled inference (torch; torch-side code only).
+
+A CycleGAN generator's ``InstanceNorm2d(affine=False)`` normalises every feature map with the
+mean and variance of the input it sees, so a tile is normalised with the tile's statistics and
+tiled output differs from whole-frame output (brightness offsets between tiles, blended by the
+tiler but not removed; research notes ``tiling_io.md`` §2.1). The fix here is two-pass inference,
+as URST's thumbnail instance norm (``czczup/URST``) but with the estimate selectable:
+
+1. **statistics pass**: every InstanceNorm layer records the per-channel mean and (biased)
+   variance it sees on the frame: exactly (``record_statistics``, the whole frame in one pass),
+   from a batch of large crops (``statistics_from_crops``), or from a downsampled frame
+   (``statistics_from_thumbnail``);
+2. **tile pass**: all tiles are normalised with those statistics (mode ``"frozen"``, which is
+   BatchNorm in eval mode: ``F.batch_norm`` with the stored statistics). The generator then has
+   no global operation left, so with a halo >= the receptive-field half-width the tiled output
+   equals whole-frame inference (up to float rounding) when the statistics are exact.
+
+The per-layer statistics travel as one flat vector ``[mean_0, var_0, mean_1, var_1, ...]``
+(:func:`packed_statistics`, :func:`load_packed`): the interface of a later ONNX statistics graph
+(frame or thumbnail -> vector) and tile graph (tile, vector -> output).
+
+Swapping layers (:func:`freeze_instance_norms`) keeps the trained weights and the state-dict keys
+(the statistics buffers are not persistent), so checkpoints load before and after.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cyclesr_deploy.errors import InputError
+from cyclesr_deploy.tiling import TilingConfig, predict_tiled
+
+__all__ = [
+    "MODES",
+    "STATS",
+    "FrozenInstanceNorm",
+    "crop_origins",
+    "freeze_instance_norms",
+    "load_packed",
+    "packed_statistics",
+    "predict_tiled_frozen",
+    "record_statistics",
+    "set_mode",
+    "statistics_from_crops",
+    "statistics_from_thumbnail",
+]
+
+Mode = Literal["instance", "record", "pool", "frozen"]
+MODES: tuple[str, ...] = ("instance", "record", "pool", "frozen")
+Stats = Literal["whole", "crops", "thumbnail", "tile"]
+STATS: tuple[str, ...] = ("whole", "crops", "thumbnail", "tile")
+
+
+class FrozenInstanceNorm(nn.Module):
+    """Drop-in for ``InstanceNorm2d(C, affine=False, track_running_stats=False)`` with modes:
+
+    * ``"instance"``: plain instance norm (``F.instance_norm``; the default, bit-identical);
+    * ``"record"``: instance norm (per-sample statistics, biased variance, the layer's eps) that
+      also stores the statistics: ``sample_mean``/``sample_var`` (N, C) per sample, and the
+      ``mean``/``var`` buffers (C,) pooled over the batch (law of total variance; for N = 1 the
+      sample's own statistics);
+    * ``"pool"``: computes the per-sample statistics, stores them as ``record`` does, but
+      normalises every sample with the pooled statistics: a batch of crops of one frame is then
+      normalised as one image, so deeper layers see features as the frozen tile pass will;
+    * ``"frozen"``: normalises with the stored ``mean``/``var`` broadcast over the batch
+      (BatchNorm in eval mode: no global operation).
+
+    Statistics are float32 whatever the input dtype. ``mean``/``var`` are non-persistent buffers
+    (no state-dict keys, so checkpoints of the unmodified generator load unchanged); they follow
+    ``.to(device)``.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.num_features = int(num_features)
+        self.eps = float(eps)
+        self.mode: Mode = "instance"
+        self.register_buffer("mean", torch.zeros(self.num_features), persistent=False)
+        self.register_buffer("var", torch.ones(self.num_features), persistent=False)
+        self.sample_mean: torch.Tensor | None = None
+        self.sample_var: torch.Tensor | None = None
+        self.recorded = False
+
+    @classmethod
+    def from_instance_norm(cls, layer: nn.InstanceNorm2d) -> FrozenInstanceNorm:
+        if layer.affine or layer.track_running_stats:
+            raise InputError(
+                "frozen_norm: only InstanceNorm2d(affine=False, track_running_stats=False) "
+                f"(the canonical CycleGAN norm) can be replaced, got {layer!r}"
+            )
+        return cls(layer.num_features, layer.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, mode={self.mode!r}"
+
+    def _record(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        var, mean = torch.var_mean(x.float(), dim=(2, 3), correction=0)  # (N, C) each
+        pooled_mean = mean.mean(0)
+        pooled_var = var.mean(0) + ((mean - pooled_mean) ** 2).mean(0)
+        self.sample_mean, self.sample_var = mean.detach(), var.detach()
+        self.mean.copy_(pooled_mean.detach())
+        self.var.copy_(pooled_var.detach())
+        self.recorded = True
+        return mean, var
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mode = self.mode
+        if mode == "instance":
+            return F.instance_norm(x, eps=self.eps)
+        if mode == "record":
+            self._record(x)
+            return F.instance_norm(x, eps=self.eps)
+        if mode == "pool":
+            self._record(x)
+        elif mode != "frozen":
+            raise InputError(f"frozen_norm: mode must be one of {', '.join(MODES)}, got {mode!r}")
+        elif not self.recorded:
+            raise InputError(
+                "frozen_norm: mode 'frozen' before any statistics were recorded or loaded"
+            )
+        mean, var = self.mean.to(x.dtype), self.var.to(x.dtype)
+        return F.batch_norm(x, mean, var, training=False, eps=self.eps)
+
+
+def freeze_instance_norms(generator: nn.Module) -> list[FrozenInstanceNorm]:
+    """Replace every ``nn.InstanceNorm2d`` of ``generator`` in place by a
+    :class:`FrozenInstanceNorm` (mode ``"instance"``: behaviour unchanged) and return all of them
+    in module order (= forward order for the Sequential CycleGAN generators). Idempotent: layers
+    already replaced are kept. Weights and state-dict keys are unchanged."""
+    for parent in list(generator.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.InstanceNorm2d):
+                new = FrozenInstanceNorm.from_instance_norm(child)
+                ref = next(generator.buffers(), None)
+                if ref is None:
+                    ref = next(generator.parameters(), None)
+                if ref is not None:
+                    new = new.to(ref.device)
+                setattr(parent, name, new)
+    return [m for m in generator.modules() if isinstance(m, FrozenInstanceNorm)]
+
+
+def _layers(generator_or_layers: nn.Module | Sequence[FrozenInstanceNorm]):
+    if isinstance(generator_or_layers, nn.Module):
+        return [m for m in generator_or_layers.modules() if isinstance(m, FrozenInstanceNorm)]
+    return list(generator_or_layers)
+
+
+def set_mode(layers: nn.Module | Sequence[FrozenInstanceNorm], mode: Mode) -> None:
+    """Set the mode of ``layers`` (or of every FrozenInstanceNorm of a module)."""
+    if mode not in MODES:
+        raise InputError(f"frozen_norm: mode must be one of {', '.join(MODES)}, got {mode!r}")
+    for layer in _layers(layers):
+        layer.mode = mode
+
+
+def packed_statistics(layers: nn.Module | Sequence[FrozenInstanceNorm]) -> torch.Tensor:
+    """The stored statistics as one float32 vector ``[mean_0, var_0, mean_1, var_1, ...]``
+    (each of its layer's channel count): what a statistics graph hands to a tile graph."""
+    layers = _layers(layers)
+    if not layers:
+        return torch.zeros(0)
+    return torch.cat([t for layer in layers for t in (layer.mean, layer.var)]).float()
+
+
+def packed_length(layers: nn.Module | Sequence[FrozenInstanceNorm]) -> int:
+    return sum(2 * layer.num_features for layer in _layers(layers))
+
+
+def load_packed(
+    layers: nn.Module | Sequence[FrozenInstanceNorm], vector: torch.Tensor | np.ndarray
+) -> None:
+    """Load a vector from :func:`packed_statistics` into ``layers`` (then mode ``"frozen"``
+    uses it)."""
+    layers = _layers(layers)
+    vec = torch.as_tensor(np.asarray(vector) if not torch.is_tensor(vector) else vector)
+    vec = vec.reshape(-1).float()
+    need = packed_length(layers)
+    if vec.numel() != need:
+        raise InputError(
+            f"frozen_norm: packed statistics have {vec.numel()} values, the generator's "
+            f"{len(layers)} InstanceNorm layers need {need}"
+        )
+    if (vec[_var_index(layers)] < 0).any():
+        raise InputError("frozen_norm: packed statistics contain a negative variance")
+    pos = 0
+    with torch.no_grad():
+        for layer in layers:
+            c = layer.num_features
+            layer.mean.copy_(vec[pos : pos + c])
+            layer.var.copy_(vec[pos + c : pos + 2 * c])
+            layer.sample_mean = layer.sample_var = None
+            layer.recorded = True
+            pos += 2 * c
+
+
+def _var_index(layers: Sequence[FrozenInstanceNorm]) -> torch.Tensor:
+    idx, pos = [], 0
+    for layer in layers:
+        c = layer.num_features
+        idx.extend(range(pos + c, pos + 2 * c))
+        pos += 2 * c
+    return torch.tensor(idx, dtype=torch.long)
+
+
+# ---- statistics passes ---------------------------------------------------------------------
+
+
+def _size_multiple(generator: nn.Module, size_multiple: int | None) -> int:
+    if size_multiple is not None:
+        return int(size_multiple)
+    cfg = getattr(generator, "cfg", None)
+    return int(getattr(cfg, "size_multiple", 4))
+
+
+def _device(generator: nn.Module) -> torch.device:
+    p = next(generator.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _as_nchw(frame: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """(H, W), (C, H, W) or (1, C, H, W) -> float32 (1, C, H, W) tensor (no copy for tensors)."""
+    t = frame if torch.is_tensor(frame) else torch.from_numpy(np.ascontiguousarray(frame))
+    if t.ndim == 2:
+        t = t[None, None]
+    elif t.ndim == 3:
+        t = t[None]
+    if t.ndim != 4 or t.shape[0] != 1:
+        raise InputError(
+            f"frozen_norm: frame must be (H, W), (C, H, W) or (1, C, H, W), got {tuple(t.shape)}"
+        )
+    return t.float()
+
+
+def _pad_to_multiple(x: torch.Tensor, m: int) -> torch.Tensor:
+    """Reflect-pad the end of H and W to multiples of ``m``, as the tiler pads a frame."""
+    h, w = x.shape[-2:]
+    ph, pw = -h % m, -w % m
+    if ph == 0 and pw == 0:
+        return x
+    if ph < h and pw < w:
+        return F.pad(x, (0, pw, 0, ph), mode="reflect")
+    # np.pad's reflect repeats for tiny frames; mirror that (tiling._reflect_index)
+    iy = torch.from_numpy(np.pad(np.arange(h), (0, ph), mode="reflect"))
+    ix = torch.from_numpy(np.pad(np.arange(w), (0, pw), mode="reflect"))
+    return x[..., iy[:, None], ix]
+
+
+@torch.no_grad()
+def _run(generator: nn.Module, layers, mode: Mode, x: torch.Tensor) -> list[FrozenInstanceNorm]:
+    was_training = generator.training
+    generator.eval()
+    try:
+        set_mode(layers, mode)
+        generator(x.to(_device(generator)))
+    finally:
+        set_mode(layers, "instance")
+        generator.train(was_training)
+    return layers
+
+
+def record_statistics(
+    generator: nn.Module,
+    frame: np.ndarray | torch.Tensor,
+    *,
+    size_multiple: int | None = None,
+) -> list[FrozenInstanceNorm]:
+    """Exact frame statistics: run the whole ``frame`` ((H, W) or (C, H, W), model units) once in
+    mode ``"record"`` (reflect-padded at its end to ``size_multiple``, as the tiler does); returns
+    the layers with their statistics stored (read them with :func:`packed_statistics`)."""
+    layers = freeze_instance_norms(generator)
+    x = _pad_to_multiple(_as_nchw(frame), _size_multiple(generator, size_multiple))
+    return _run(generator, layers, "record", x)
+
+
+def crop_origins(
+    shape: tuple[int, int], crop: tuple[int, int], n: int, size_multiple: int
+) -> list[tuple[int, int]]:
+    """``n`` crop origins spread evenly over a frame of ``shape``: a near-square grid
+    (ny x nx >= n, row-major, the first ``n``), first and last crops at the frame edges, origins
+    rounded down to ``size_multiple`` (the generator's sampling lattice)."""
+    h, w = shape
+    ch, cw = crop
+    aspect = w / h
+    ny = max(1, round(math.sqrt(n / aspect)))
+    nx = max(1, math.ceil(n / ny))
+    ys = np.linspace(0, h - ch, ny) if ny > 1 else np.array([(h - ch) / 2])
+    xs = np.linspace(0, w - cw, nx) if nx > 1 else np.array([(w - cw) / 2])
+    m = size_multiple
+    grid = [(int(y) // m * m, int(x) // m * m) for y in ys for x in xs]
+    return grid[:n]
+
+
+def statistics_from_crops(
+    generator: nn.Module,
+    frame: np.ndarray | torch.Tensor,
+    crop: int | tuple[int, int] = 512,
+    n: int = 4,
+    *,
+    size_multiple: int | None = None,
+) -> list[FrozenInstanceNorm]:
+    """Estimated frame statistics from ``n`` crops (``crop`` px, a multiple of the size multiple)
+    spread over the frame (:func:`crop_origins`), run as one batch in mode ``"pool"``: at every
+    layer, mean = mean of the per-crop means, variance = mean of the per-crop variances plus the
+    variance of the per-crop means (law of total variance; exact for the crops' union counted with
+    multiplicity), and all crops are normalised with those pooled statistics, so the next layer
+    sees features as in the frozen tile pass. Error sources: pixels outside the crops, and crop
+    borders (reflect padding, missing context) in each crop's statistics: use large crops. Memory
+    is that of one forward pass over n x crop^2 px."""
+    m = _size_multiple(generator, size_multiple)
+    x = _pad_to_multiple(_as_nchw(frame), m)
+    h, w = x.shape[-2:]
+    ch, cw = (crop, crop) if isinstance(crop, int | np.integer) else crop
+    ch, cw = min(int(ch), h), min(int(cw), w)
+    if ch < m or cw < m or ch % m or cw % m:
+        raise InputError(
+            f"frozen_norm: crop {ch}x{cw} px must be a positive multiple of {m} (the size multiple)"
+        )
+    if n < 1:
+        raise InputError(f"frozen_norm: need n >= 1 crops, got {n}")
+    origins = crop_origins((h, w), (ch, cw), n, m)
+    batch = torch.cat([x[..., y : y + ch, x0 : x0 + cw] for y, x0 in origins])
+    layers = freeze_instance_norms(generator)
+    return _run(generator, layers, "pool", batch)
+
+
+def statistics_from_thumbnail(
+    generator: nn.Module,
+    frame: np.ndarray | torch.Tensor,
+    factor: int = 4,
+    *,
+    size_multiple: int | None = None,
+) -> list[FrozenInstanceNorm]:
+    """URST-style estimate (Thumbnail Instance Normalization, ``czczup/URST``): record the
+    statistics of the frame area-downsampled by ``factor`` (reflect-padded to a multiple of
+    ``factor * size_multiple`` first). Cheap (1 / factor^2 of the pixels) but **biased**: the
+    generator's filters see structures ``factor`` times smaller and lose the fine texture, so the
+    feature maps' spatial variances (and, through the ReLUs, their means) differ from those at
+    full resolution; the bias grows with ``factor`` and with the image's high-frequency content.
+    Prefer :func:`statistics_from_crops` when a few large crops fit in memory."""
+    if factor < 1:
+        raise InputError(f"frozen_norm: thumbnail factor must be >= 1, got {factor}")
+    m = _size_multiple(generator, size_multiple)
+    x = _pad_to_multiple(_as_nchw(frame), m * factor)
+    if factor > 1:
+        x = F.avg_pool2d(x, factor)
+    layers = freeze_instance_norms(generator)
+    return _run(generator, layers, "record", x)
+
+
+# ---- two-pass tiled inference --------------------------------------------------------------
+
+
+def compute_statistics(
+    generator: nn.Module,
+    frame: np.ndarray | torch.Tensor,
+    stats: Stats = "whole",
+    *,
+    crop: int | tuple[int, int] = 512,
+    n_crops: int = 4,
+    factor: int = 4,
+    size_multiple: int | None = None,
+) -> torch.Tensor:
+    """Pass 1 of :func:`predict_tiled_frozen`: the packed statistics vector of ``frame``."""
+    if stats == "whole":
+        layers = record_statistics(generator, frame, size_multiple=size_multiple)
+    elif stats == "crops":
+        layers = statistics_from_crops(generator, frame, crop, n_crops, size_multiple=size_multiple)
+    elif stats == "thumbnail":
+        layers = statistics_from_thumbnail(generator, frame, factor, size_multiple=size_multiple)
+    else:
+        raise InputError(
+            f"frozen_norm: stats must be 'whole', 'crops' or 'thumbnail', got {stats!r}"
+        )
+    return packed_statistics(layers)
+
+
+def predict_tiled_frozen(
+    generator: nn.Module,
+    frame: np.ndarray,
+    tiling_cfg: TilingConfig,
+    *,
+    stats: Stats = "whole",
+    crop: int | tuple[int, int] = 512,
+    n_crops: int = 4,
+    factor: int = 4,
+    packed: torch.Tensor | np.ndarray | None = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Two-pass tiled inference of one frame ((H, W) or (C, H, W) float32, model units) with
+    frame-level InstanceNorm statistics.
+
+    Pass 1 computes the statistics (``stats``: ``"whole"`` exact, ``"crops"`` from ``n_crops``
+    crops of ``crop`` px, ``"thumbnail"`` from the frame downsampled by ``factor``; or a given
+    ``packed`` vector); pass 2 runs :func:`cyclesr_deploy.tiling.predict_tiled` with the
+    generator in mode ``"frozen"`` on tile batches. ``stats="tile"`` is naive tiling (per-tile
+    instance norm) for comparison. The generator's norms are swapped in place
+    (:func:`freeze_instance_norms`) and left in mode ``"instance"``. Returns the tiled output
+    as :func:`predict_tiled` does.
+    """
+    if stats not in STATS:
+        raise InputError(f"frozen_norm: stats must be one of {', '.join(STATS)}, got {stats!r}")
+    layers = freeze_instance_norms(generator)
+    m = tiling_cfg.size_multiple
+    if packed is not None:
+        load_packed(layers, packed)
+    elif stats != "tile":
+        load_packed(
+            layers,
+            compute_statistics(
+                generator,
+                frame,
+                stats,
+                crop=crop,
+                n_crops=n_crops,
+                factor=factor,
+                size_multiple=m,
+            ),
+        )
+    mode: Mode = "instance" if stats == "tile" and packed is None else "frozen"
+    device = _device(generator)
+    was_training = generator.training
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            y = generator(torch.from_numpy(batch).to(device))
+        return y.float().cpu().numpy()
+
+    generator.eval()
+    set_mode(layers, mode)
+    try:
+        return predict_tiled(frame, predict, tiling_cfg, out=out)
+    finally:
+        set_mode(layers, "instance")
+        generator.train(was_training)
