@@ -32,13 +32,18 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from cyclesr_deploy import __version__
-from cyclesr_deploy.engines.base import Engine, TensorSpec, check_batch_shape
+from cyclesr_deploy.engines.base import (
+    Engine,
+    FrozenStatsEngine,
+    TensorSpec,
+    check_batch_shape,
+)
 from cyclesr_deploy.errors import InputError
 from cyclesr_deploy.frames import StackInfo, open_frames, output_info, write_frames
 from cyclesr_deploy.io import atomic_path
@@ -76,6 +81,14 @@ class EnhanceConfig(BaseModel):
     across the frames of a stack; ``normalize``: ``model`` = the model's dataset percentiles,
     ``frame`` = percentiles of each whole frame (mapped back to the same range);
     ``queue_size``: items between stages (bounds memory); ``bigtiff``: None = above 2 GiB.
+
+    ``tiling_mode`` (InstanceNorm generators cut into several tiles): ``frozen`` = every tile
+    normalised with the whole frame's statistics (seam-free, exact up to float rounding; needs an
+    engine with the :class:`~cyclesr_deploy.engines.base.FrozenStatsEngine` capability, and
+    batches then hold the tiles of one frame only); ``naive`` = each tile normalised with its
+    own statistics (brightness differences between tiles); ``auto`` = a frame that fits one tile
+    runs whole as before, else ``frozen`` when the engine supports it, else ``naive`` with a
+    one-time warning.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -88,6 +101,7 @@ class EnhanceConfig(BaseModel):
     overwrite: bool = False
     queue_size: int = Field(default=2, ge=1, le=64)
     bigtiff: bool | None = None
+    tiling_mode: Literal["auto", "frozen", "naive"] = "auto"
 
     def tiling(self, model: ModelConfig, frame_shape: Sequence[int] | None = None) -> TilingConfig:
         """The tiling for ``model``: ``tile > 0`` from its receptive field (``overlap``
@@ -301,6 +315,8 @@ class _Job:
     out_info: StackInfo | None = None
     plan: TilePlan | None = None
     batch_size: int = 1
+    frozen: bool = False  # tiles normalised with frame statistics (engine.infer_with_stats)
+    whole: TilePlan | None = None  # frozen: the whole-frame plan the statistics are taken on
     failed: BaseException | None = None
     abort: threading.Event = field(default_factory=threading.Event)
 
@@ -342,6 +358,8 @@ class _Batch:
     job: _Job
     data: np.ndarray  # (N, C, th, tw) in, (N, C, th*s, tw*s) after the engine
     slots: list[tuple[_FrameState, int]]
+    frozen: bool = False  # run with the statistics of the slots' (single) frame
+    frame: np.ndarray | None = None  # frozen, first batch of a frame: (1, C, H, W) for the stats
 
 
 @dataclass(eq=False)
@@ -377,6 +395,9 @@ class _Run:
         self.manifest, self.on_progress, self.results = manifest, on_progress, results
         self.spec = engine.input_spec
         self.tiling = cfg.tiling(model) if cfg.tile else None
+        self.frozen_capable = isinstance(engine, FrozenStatsEngine)
+        self._warned_naive = False
+        self._frame_stats: np.ndarray | None = None  # engine stage: the current frame's stats
         self.model_mapping = IntensityMapping.from_config(model.normalization)
         self.stop = threading.Event()
         self.stop_up = threading.Event()
@@ -486,13 +507,38 @@ class _Run:
         assert info is not None
         tiling = self.tiling or self.cfg.tiling(self.model, info.frame_shape)
         plan = plan_tiles(info.frame_shape, tiling)
+        job.frozen = self._frozen(plan)
         fixed = self.spec.shape[0]
-        batch = fixed or min(self.cfg.batch, len(plan.tiles) * info.n_frames)
+        per_frame = len(plan.tiles) if job.frozen else len(plan.tiles) * info.n_frames
+        batch = fixed or min(self.cfg.batch, per_frame)
+        if job.frozen:
+            whole = self.cfg.model_copy(update={"tile": 0}).tiling(self.model, info.frame_shape)
+            job.whole = plan_tiles(info.frame_shape, whole)
         check_batch_shape(
             self.spec, (batch, self.spec.channels, *plan.tile_shape), name=job.path.name
         )
         job.plan, job.batch_size = plan, batch
         job.out_info = output_info(info, self.model.scale)
+
+    def _frozen(self, plan: TilePlan) -> bool:
+        """Whether a file with ``plan`` runs with frozen frame statistics (see
+        ``EnhanceConfig.tiling_mode``)."""
+        mode = self.cfg.tiling_mode
+        if mode != "auto":
+            return mode == "frozen"
+        if len(plan.tiles) == 1 or self.model.generator.norm != "instance":
+            return False
+        if self.frozen_capable:
+            return True
+        if not self._warned_naive:
+            self._warned_naive = True
+            log.warning(
+                "engine %s has no frozen InstanceNorm statistics: tiles are normalised "
+                "independently (seams possible); use tile 0, or an engine with frozen "
+                "statistics (onnxruntime with generator.tile.onnx, or torch)",
+                self.engine.name,
+            )
+        return False
 
     def _prep(self) -> None:
         channels = self.spec.channels
@@ -525,6 +571,12 @@ class _Run:
                         mapping = self.model_mapping
                     state = _FrameState(msg.index, mapping)
                     frame = msg.data[None]
+                    whole: np.ndarray | None = None
+                    if job.frozen:  # statistics of the whole normalized, padded frame
+                        assert job.whole is not None
+                        whole = np.empty((1, channels, *job.whole.tile_shape), np.float32)
+                        job.whole.read_tile(frame, 0, whole[0])
+                        mapping.before(whole, out=whole)
                     for t in range(len(plan.tiles)):
                         if buf is None:
                             buf = np.empty((job.batch_size, channels, *plan.tile_shape), np.float32)
@@ -532,9 +584,13 @@ class _Run:
                         plan.read_tile(frame, t, slot)
                         mapping.before(slot, out=slot)
                         slots.append((state, t))
-                        if len(slots) == job.batch_size:
-                            self._put(self.q_prep, _Batch(job, buf, slots), up=True)
-                            buf, slots = None, []
+                        last = t == len(plan.tiles) - 1
+                        if len(slots) == job.batch_size or (job.frozen and last):
+                            if job.frozen:
+                                buf[len(slots) :] = 0
+                            batch = _Batch(job, buf, slots, job.frozen, whole)
+                            self._put(self.q_prep, batch, up=True)
+                            buf, slots, whole = None, [], None
                 except Exception as exc:
                     job.fail(exc)
                     buf, slots = None, []
@@ -566,7 +622,15 @@ class _Run:
                 x = msg.data  # full size; a partial last batch keeps stale tiles past n
                 if self.spec.shape[0] is None:
                     x = x[:n]
-                y = engine.infer(x)
+                if msg.frozen:
+                    frozen_engine = cast(FrozenStatsEngine, engine)
+                    if msg.frame is not None:  # the first batch of a frame
+                        self._frame_stats = frozen_engine.frame_statistics(msg.frame)
+                        msg.frame = None
+                    assert self._frame_stats is not None
+                    y = frozen_engine.infer_with_stats(x, self._frame_stats)
+                else:
+                    y = engine.infer(x)
                 plan = job.plan
                 assert plan is not None
                 if checked is not job:  # once per file: the engine's output shape
@@ -767,6 +831,12 @@ def enhance_files(
         )
     if spec.channels != 1:
         raise InputError(f"the model takes {spec.channels} channels; only 1 is supported")
+    if cfg.tiling_mode == "frozen" and not isinstance(engine, FrozenStatsEngine):
+        raise InputError(
+            f"tiling mode 'frozen': engine {engine.name} cannot run with frozen InstanceNorm "
+            "statistics (use cyclesr_deploy.engines.frozen.open_frozen_engine, or tiling "
+            "'naive'/'auto')"
+        )
     if cfg.tile:
         tiling = cfg.tiling(model)
         batch = spec.shape[0] or cfg.batch

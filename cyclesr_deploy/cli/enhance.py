@@ -33,6 +33,12 @@ class Normalize(str, Enum):
     frame = "frame"
 
 
+class Tiling(str, Enum):
+    auto = "auto"
+    frozen = "frozen"
+    naive = "naive"
+
+
 class _RateColumn(ProgressColumn):
     """Frames/s from rich's speed estimate, and Mpx/s from the megapixels done so far."""
 
@@ -46,6 +52,29 @@ class _RateColumn(ProgressColumn):
 
 def _fmt_s(seconds: float) -> str:
     return f"{seconds:.2f}"
+
+
+def _frozen_engine(model_dir: Path, model_cfg, cfg, backend: str, precision: str):
+    """The frozen-statistics engine for a tiled run of an InstanceNorm generator, or None for
+    the ordinary engine (``--tiling naive``, tile 0, no InstanceNorm, or ``auto`` where none
+    is available: the pipeline then warns that tiles are normalised independently)."""
+    from cyclesr_deploy.engines.frozen import frozen_graphs_missing, open_frozen_engine
+
+    if cfg.tiling_mode == "naive" or model_cfg.generator.norm != "instance":
+        return None
+    if cfg.tiling_mode == "frozen":
+        return open_frozen_engine(model_dir, backend, precision=precision)
+    if not cfg.tile:  # auto: whole frames need no frozen statistics
+        return None
+    missing = frozen_graphs_missing(model_dir)
+    if backend == "torch":
+        return open_frozen_engine(model_dir, "torch", precision=precision)
+    if backend in ("auto", "onnxruntime") and precision in ("auto", "fp32"):
+        if missing is None:
+            return open_frozen_engine(model_dir, "onnxruntime")
+        if backend == "onnxruntime":
+            err.print(f"[yellow]warning[/]: {escape(missing)}", highlight=False)
+    return None
 
 
 def enhance(
@@ -78,6 +107,12 @@ def enhance(
     ),
     overwrite: bool = typer.Option(
         False, help="Re-process inputs whose output exists (default: skip them)."
+    ),
+    tiling: Tiling = typer.Option(
+        Tiling.auto,
+        help="InstanceNorm generators cut into tiles: frozen = whole-frame statistics for "
+        "every tile (seam-free; onnxruntime with generator.stats/tile.onnx, or torch); naive = "
+        "per-tile statistics; auto = frozen when available, else naive with a warning.",
     ),
 ) -> None:
     """Enhance TIFF/OME-TIFF images and stacks (2-D, TYX, ZYX, TZYX), frame by frame.
@@ -121,6 +156,7 @@ def enhance(
             batch=batch,
             normalize=normalize.value,
             overwrite=overwrite,
+            tiling_mode=tiling.value,
         )
         model_cfg = load_model(model)
         if cfg.tile:
@@ -155,7 +191,9 @@ def enhance(
 
     try:
         with user_errors():
-            engine_cm = open_engine(model, backend=backend.value, precision=precision.value)
+            engine_cm = _frozen_engine(model, model_cfg, cfg, backend.value, precision.value)
+            if engine_cm is None:
+                engine_cm = open_engine(model, backend=backend.value, precision=precision.value)
             with engine_cm as engine:
                 selection = getattr(engine, "selection", None)
                 reason = getattr(selection, "reason", selection)

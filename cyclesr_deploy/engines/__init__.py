@@ -16,9 +16,19 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from cyclesr_deploy.engines.base import Engine, TensorSpec, check_batch_shape
+from cyclesr_deploy.engines.base import (
+    Engine,
+    FrozenStatsEngine,
+    TensorSpec,
+    check_batch_shape,
+)
 
 if TYPE_CHECKING:
+    from cyclesr_deploy.engines.frozen import (
+        OnnxFrozenEngine,
+        TorchFrozenEngine,
+        open_frozen_engine,
+    )
     from cyclesr_deploy.engines.onnxruntime_engine import OnnxRuntimeEngine
     from cyclesr_deploy.engines.select import Selection, find_engine, open_engine
     from cyclesr_deploy.engines.tensorrt_engine import TensorRTEngine
@@ -31,18 +41,25 @@ _LAZY = {
     "OnnxRuntimeEngine": "onnxruntime_engine",
     "TensorRTEngine": "tensorrt_engine",
     "TorchEngine": "torch_engine",
+    "OnnxFrozenEngine": "frozen",
+    "TorchFrozenEngine": "frozen",
+    "open_frozen_engine": "frozen",
 }
 
 __all__ = [
     "Engine",
+    "FrozenStatsEngine",
+    "OnnxFrozenEngine",
     "OnnxRuntimeEngine",
     "Selection",
     "TensorRTEngine",
     "TensorSpec",
     "TorchEngine",
+    "TorchFrozenEngine",
     "check_batch_shape",
     "find_engine",
     "open_engine",
+    "open_frozen_engine",
 ]
 
 

@@ -104,3 +104,22 @@ class Engine(Protocol):
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """(N, C, H, W) float32 in the model range -> (N, C, H*s, W*s) float32 (may be reused)."""
         ...
+
+
+@runtime_checkable
+class FrozenStatsEngine(Engine, Protocol):
+    """Optional capability: an engine that runs an InstanceNorm generator with frame-level
+    statistics, so that tiles of one frame are normalised alike (seam-free tiling; see
+    :mod:`cyclesr_deploy.frozen_norm`). Implemented by
+    :mod:`cyclesr_deploy.engines.frozen`; the pipeline checks ``isinstance(engine,
+    FrozenStatsEngine)``. Its ``infer`` is plain per-sample InstanceNorm inference."""
+
+    def frame_statistics(self, frame_nchw: np.ndarray) -> np.ndarray:
+        """(1, C, H, W) float32 whole frame in the model range (H, W padded to the size
+        multiple) -> packed statistics (L,) float32 ``[mean_0, var_0, mean_1, var_1, ...]``."""
+        ...
+
+    def infer_with_stats(self, batch: np.ndarray, stats: np.ndarray) -> np.ndarray:
+        """``infer`` with every InstanceNorm using ``stats`` (from :meth:`frame_statistics`)
+        for all tiles of ``batch`` (same buffer contract as ``infer``)."""
+        ...
