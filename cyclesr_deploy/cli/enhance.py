@@ -54,6 +54,20 @@ def _fmt_s(seconds: float) -> str:
     return f"{seconds:.2f}"
 
 
+def _gpu_backend_usable(model_dir: Path, precision: str) -> bool:
+    """Whether ``--backend auto`` would pick a GPU engine (the frozen-statistics engines are
+    CPU-only so far): auto selection reaches PyTorch CUDA's rejection only on the way to CPU."""
+    from cyclesr_deploy.engines import open_engine
+
+    selection = getattr(
+        open_engine(model_dir, backend="auto", precision=precision), "selection", None
+    )
+    rejected = getattr(selection, "rejected", None)
+    if rejected is None:  # an engine without a Selection (e.g. a test double): assume CPU
+        return False
+    return not any(label == "torch-cuda" for label, _ in rejected)
+
+
 def _frozen_engine(model_dir: Path, model_cfg, cfg, backend: str, precision: str):
     """The frozen-statistics engine for a tiled run of an InstanceNorm generator, or None for
     the ordinary engine (``--tiling naive``, tile 0, no InstanceNorm, or ``auto`` where none
@@ -70,6 +84,8 @@ def _frozen_engine(model_dir: Path, model_cfg, cfg, backend: str, precision: str
     if backend == "torch":
         return open_frozen_engine(model_dir, "torch", precision=precision)
     if backend in ("auto", "onnxruntime") and precision in ("auto", "fp32"):
+        if backend == "auto" and _gpu_backend_usable(model_dir, precision):
+            return None  # a GPU engine beats CPU frozen statistics; tiles get a warning
         if missing is None:
             return open_frozen_engine(model_dir, "onnxruntime")
         if backend == "onnxruntime":
