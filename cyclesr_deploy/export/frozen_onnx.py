@@ -396,6 +396,70 @@ def _torch_stats(model_dir: Path, model, direction: Direction, x: torch.Tensor) 
     return compute_statistics(net, x[0], "whole").numpy()
 
 
+def _export_and_write(
+    wrapper: torch.nn.Module,
+    example: tuple[torch.Tensor, ...],
+    shapes: tuple[dict | None, ...],
+    *,
+    graph: Graph,
+    inputs: list[str],
+    outputs: list[str],
+    model,
+    cfg,
+    direction: Direction,
+    opset: int,
+    target: Path,
+    feeds: dict[str, np.ndarray],
+    expected: np.ndarray,
+    relative: bool,
+    tolerance: float,
+    start: float,
+    details: bool,
+) -> Path | FrozenOnnxExport:
+    """Shared tail of both exports: export, structural checks, metadata, atomic write gated by
+    an ONNX Runtime vs PyTorch comparison (``relative``: error over the largest magnitude)."""
+    info = wrapper.info
+    try:
+        proto = _export(wrapper, example, inputs, outputs, shapes, opset=opset)
+    except (ExportError, MissingExtraError):
+        raise
+    except Exception as exc:  # torch.export / onnxscript raise many types
+        raise ExportError(f"{graph} graph export failed on {architecture(cfg)}: {exc}") from exc
+    op_types = check_frozen_graph(proto, graph)
+    if graph == "tile":
+        _name_output_dims(proto, cfg)
+    metadata = _finish(
+        proto,
+        model=model,
+        cfg=cfg,
+        graph=graph,
+        direction=direction,
+        opset=opset,
+        info=info,
+        inputs=inputs,
+        outputs=outputs,
+    )
+    with atomic_path(target) as part:
+        _save_checked(proto, part, graph)
+        got = ort_session(part).run(None, feeds)[0]
+        if got.shape != expected.shape:
+            raise ExportError(f"{graph} graph output shape {got.shape}, expected {expected.shape}")
+        err = float(np.abs(got - expected).max())
+        if relative:
+            err /= max(1.0, float(np.abs(expected).max()))
+        if not err <= tolerance:
+            kind = "relative, " if relative else ""
+            raise ParityError(
+                f"{graph} graph: ONNX Runtime differs from PyTorch by {err:.3g} ({kind}"
+                f"tolerance {tolerance:g}); nothing written"
+            )
+    seconds = time.perf_counter() - start
+    _log.info("wrote %s (L=%d), max abs error %.3g", target, info["length"], err)
+    if not details:
+        return target
+    return FrozenOnnxExport(target, graph, direction, opset, op_types, info, err, seconds, metadata)
+
+
 def stats_onnx_from_checkpoint(
     model_dir: str | Path,
     *,
@@ -422,49 +486,28 @@ def stats_onnx_from_checkpoint(
         model_dir, direction, STATS_FILES, overwrite, dynamo, tolerance
     )
     wrapper = StatsGraph(load_generator(model_dir, model, direction)).eval()
-    info = wrapper.info
     m = cfg.size_multiple
-    example = _frame_example(cfg, 1, 16, 24, seed)
     from torch.export import Dim
 
-    shapes = ({2: m * Dim("h"), 3: m * Dim("w")},)
-    try:
-        proto = _export(wrapper, (example,), [INPUT_NAME], [STATS_NAME], shapes, opset=opset)
-    except (ExportError, MissingExtraError):
-        raise
-    except Exception as exc:  # torch.export / onnxscript raise many types
-        raise ExportError(f"stats graph export failed on {architecture(cfg)}: {exc}") from exc
-    op_types = check_frozen_graph(proto, "stats")
-    metadata = _finish(
-        proto,
-        model=model,
-        cfg=cfg,
+    check = _frame_example(cfg, 1, 12, 20, seed + 1)
+    return _export_and_write(
+        wrapper,
+        (_frame_example(cfg, 1, 16, 24, seed),),
+        ({2: m * Dim("h"), 3: m * Dim("w")},),
         graph="stats",
-        direction=direction,
-        opset=opset,
-        info=info,
         inputs=[INPUT_NAME],
         outputs=[STATS_NAME],
-    )
-    check = _frame_example(cfg, 1, 12, 20, seed + 1)
-    expected = _torch_stats(model_dir, model, direction, check)
-    with atomic_path(target) as part:
-        _save_checked(proto, part, "stats")
-        got = ort_session(part).run(None, {INPUT_NAME: check.numpy()})[0]
-        if got.shape != (info["length"],):
-            raise ExportError(f"stats graph output shape {got.shape}, expected ({info['length']},)")
-        err = float(np.abs(got - expected).max() / max(1.0, float(np.abs(expected).max())))
-        if not err <= tolerance:
-            raise ParityError(
-                f"stats graph: ONNX Runtime differs from PyTorch by {err:.3g} (relative, "
-                f"tolerance {tolerance:g}); nothing written"
-            )
-    seconds = time.perf_counter() - start
-    _log.info("wrote %s (L=%d), relative max abs error %.3g", target, info["length"], err)
-    if not details:
-        return target
-    return FrozenOnnxExport(
-        target, "stats", direction, opset, op_types, info, err, seconds, metadata
+        model=model,
+        cfg=cfg,
+        direction=direction,
+        opset=opset,
+        target=target,
+        feeds={INPUT_NAME: check.numpy()},
+        expected=_torch_stats(model_dir, model, direction, check),
+        relative=True,
+        tolerance=tolerance,
+        start=start,
+        details=details,
     )
 
 
@@ -509,33 +552,6 @@ def tile_onnx_from_checkpoint(
     )
     from torch.export import Dim
 
-    shapes = ({0: Dim("batch"), 2: m * Dim("h"), 3: m * Dim("w")}, None)
-    try:
-        proto = _export(
-            wrapper,
-            (example, example_stats),
-            [INPUT_NAME, STATS_NAME],
-            [OUTPUT_NAME],
-            shapes,
-            opset=opset,
-        )
-    except (ExportError, MissingExtraError):
-        raise
-    except Exception as exc:  # torch.export / onnxscript raise many types
-        raise ExportError(f"tile graph export failed on {architecture(cfg)}: {exc}") from exc
-    op_types = check_frozen_graph(proto, "tile")
-    _name_output_dims(proto, cfg)
-    metadata = _finish(
-        proto,
-        model=model,
-        cfg=cfg,
-        graph="tile",
-        direction=direction,
-        opset=opset,
-        info=info,
-        inputs=[INPUT_NAME, STATS_NAME],
-        outputs=[OUTPUT_NAME],
-    )
     # parity: stats of one frame, applied to tiles of another
     ref_net = load_generator(model_dir, model, direction)
     packed = compute_statistics(ref_net, _frame_example(cfg, 1, 20, 16, seed + 2)[0], "whole")
@@ -545,23 +561,22 @@ def tile_onnx_from_checkpoint(
     set_mode(layers, "frozen")
     with torch.inference_mode():
         expected = ref_net(tiles).numpy()
-    with atomic_path(target) as part:
-        _save_checked(proto, part, "tile")
-        got = ort_session(part).run(None, {INPUT_NAME: tiles.numpy(), STATS_NAME: packed.numpy()})[
-            0
-        ]
-        if got.shape != expected.shape:
-            raise ExportError(f"tile graph output shape {got.shape}, expected {expected.shape}")
-        err = float(np.abs(got - expected).max())
-        if not err <= tolerance:
-            raise ParityError(
-                f"tile graph: ONNX Runtime differs from PyTorch by {err:.3g} (tolerance "
-                f"{tolerance:g}); nothing written"
-            )
-    seconds = time.perf_counter() - start
-    _log.info("wrote %s (L=%d), max abs error %.3g", target, info["length"], err)
-    if not details:
-        return target
-    return FrozenOnnxExport(
-        target, "tile", direction, opset, op_types, info, err, seconds, metadata
+    return _export_and_write(
+        wrapper,
+        (example, example_stats),
+        ({0: Dim("batch"), 2: m * Dim("h"), 3: m * Dim("w")}, None),
+        graph="tile",
+        inputs=[INPUT_NAME, STATS_NAME],
+        outputs=[OUTPUT_NAME],
+        model=model,
+        cfg=cfg,
+        direction=direction,
+        opset=opset,
+        target=target,
+        feeds={INPUT_NAME: tiles.numpy(), STATS_NAME: packed.numpy()},
+        expected=expected,
+        relative=False,
+        tolerance=tolerance,
+        start=start,
+        details=details,
     )
