@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine
 from _models import train_small_model
 
+from cyclesr_deploy.bench.latency import tile_batches
 from cyclesr_deploy.engines import open_engine
 from cyclesr_deploy.model import ModelConfig, load_model
 from cyclesr_deploy.normalization import IntensityMapping
@@ -66,19 +67,7 @@ def pipeline_batches(stack: np.ndarray, model: ModelConfig, cfg: EnhanceConfig) 
     tiling = cfg.tiling(model) if cfg.tile else cfg.tiling(model, stack.shape[-2:])
     plan = plan_tiles(stack.shape[-2:], tiling)
     mapping = IntensityMapping.from_config(model.normalization)
-    size = min(cfg.batch, len(plan.tiles) * len(stack))
-    batches, buf, n = [], np.empty((size, 1, *plan.tile_shape), np.float32), 0
-    for frame in stack:
-        for t in range(len(plan.tiles)):
-            plan.read_tile(frame[None], t, buf[n])
-            mapping.before(buf[n], out=buf[n])
-            n += 1
-            if n == size:
-                batches.append(buf)
-                buf, n = np.empty_like(buf), 0
-    if n:
-        batches.append(buf[:n])
-    return batches
+    return tile_batches(stack, plan, mapping, cfg.batch)
 
 
 class Recorder:

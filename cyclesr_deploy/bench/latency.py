@@ -141,7 +141,7 @@ def _stats(samples_s: Sequence[float], frames: int, px: int, flops: float) -> di
     }
 
 
-def _batches(frames: np.ndarray, plan: Any, mapping: Any, batch: int) -> list[np.ndarray]:
+def tile_batches(frames: np.ndarray, plan: Any, mapping: Any, batch: int) -> list[np.ndarray]:
     """The tile batches ``enhance_files`` hands the engine for the frames (model normalization)."""
     n_tiles = len(plan.tiles) * len(frames)
     size = min(batch, n_tiles)
@@ -212,7 +212,7 @@ def _measure(
     group = max(1, cfg.batch // per_frame)
     frames = np.repeat(frame[None], group, axis=0)
     mapping = IntensityMapping.from_config(model.normalization)
-    batches = _batches(frames, plan, mapping, cfg.batch)
+    batches = tile_batches(frames, plan, mapping, cfg.batch)
     th, tw = plan.tile_shape
     flops = per_frame * generator_flops(model.generator, th, tw)
     px = int(frame.shape[0] * frame.shape[1])
