@@ -37,7 +37,7 @@ from cyclesr_deploy.model import (
     Provenance,
     save_model_config,
 )
-from cyclesr_deploy.nets import build_discriminator, build_generator, init_weights
+from cyclesr_deploy.nets import build_discriminator, build_generator
 from cyclesr_deploy.training import data as tdata
 from cyclesr_deploy.training.config import TrainConfig
 from cyclesr_deploy.training.losses import (
@@ -125,17 +125,16 @@ class _Run:
         )
         self.weights = LossWeights.preset(cfg.preset, **cfg.loss_overrides)
         self.features = self._perceptual()
-        self.g_ab = build_generator(cfg.generator).to(self.device)
-        init_weights(self.g_ab, generator=init_gen)
+        # initialised on the CPU (a CPU torch.Generator cannot draw on CUDA), then moved
+        self.g_ab = build_generator(cfg.generator, generator=init_gen).to(self.device)
         params_g = list(self.g_ab.parameters())
         self.g_ba = self.d_a = self.d_b = None
         if cfg.mode == "cyclegan":
             # F: HR -> LR; for scale 2 it gains a stride-2 input stage (GeneratorConfig.inverse)
-            self.g_ba = build_generator(cfg.generator.inverse()).to(self.device)
-            self.d_a = build_discriminator(cfg.discriminator).to(self.device)
-            self.d_b = build_discriminator(cfg.discriminator).to(self.device)
-            for net in (self.g_ba, self.d_a, self.d_b):
-                init_weights(net, generator=init_gen)
+            g_ba = build_generator(cfg.generator.inverse(), generator=init_gen)
+            d_a = build_discriminator(cfg.discriminator, generator=init_gen)
+            d_b = build_discriminator(cfg.discriminator, generator=init_gen)
+            self.g_ba, self.d_a, self.d_b = (n.to(self.device) for n in (g_ba, d_a, d_b))
             params_g += list(self.g_ba.parameters())
         o = cfg.optim
         betas = (o.beta1, o.beta2)
@@ -371,8 +370,9 @@ class _Run:
         self.scaler.load_state_dict(state["scaler"])
         self.pool_a.load_state_dict(state["pool_a"])
         self.pool_b.load_state_dict(state["pool_b"])
-        self.pool_gen.set_state(state["pool_gen"])
-        torch.set_rng_state(state["torch_rng"])
+        # RNG states are CPU ByteTensors; map_location moved them to the training device
+        self.pool_gen.set_state(state["pool_gen"].cpu())
+        torch.set_rng_state(state["torch_rng"].cpu())
         self.rng.bit_generator.state = json.loads(state["rng"])
         self.norm = NormalizationConfig.model_validate_json(state["normalization"])
         self._samplers()
