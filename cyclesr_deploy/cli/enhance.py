@@ -101,7 +101,11 @@ def enhance(
         ..., "-o", "--out", help="Output folder (created; must not be an input's folder)."
     ),
     model: Path | None = typer.Option(
-        None, "--model", "-m", help="Model folder (model.json + exported weights)."
+        None,
+        "--model",
+        "-m",
+        help="Model folder (model.json + exported weights) or a built-in model name "
+        "(reference-cyclegan, reference-supervised); default: reference-cyclegan.",
     ),
     backend: Backend = typer.Option(
         Backend.auto, help="Inference backend; auto picks TensorRT > ONNX Runtime > torch."
@@ -148,7 +152,7 @@ def enhance(
     )
     from rich.table import Table
 
-    from cyclesr_deploy.errors import InputError
+    from cyclesr_deploy.builtin import resolve_model
     from cyclesr_deploy.model import load_model
     from cyclesr_deploy.pipeline import (
         EnhanceConfig,
@@ -159,11 +163,7 @@ def enhance(
     )
 
     with user_errors():
-        if model is None:
-            raise InputError(
-                "--model is required: no built-in model ships with this version; pass a model "
-                "folder from 'cyclesr train' (exported with 'cyclesr export onnx')"
-            )
+        model = resolve_model(model)
         paths = collect_inputs(inputs)
         check_paths(paths, out_dir)
         cfg = EnhanceConfig(

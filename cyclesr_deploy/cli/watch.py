@@ -1,4 +1,4 @@
-"""``cyclesr watch IN_DIR -o OUT_DIR --model DIR``: enhance frames as acquisition writes them."""
+"""``cyclesr watch IN_DIR -o OUT_DIR [--model DIR]``: enhance frames as acquisition writes them."""
 
 from __future__ import annotations
 
@@ -47,7 +47,9 @@ def _panel(status):  # a rich renderable for the live display
 def watch(
     in_dir: Path = typer.Argument(..., help="Folder the acquisition software writes into."),
     out_dir: Path = typer.Option(..., "-o", "--out", help="Output folder (created)."),
-    model: Path = typer.Option(..., "--model", "-m", help="Model folder."),
+    model: Path | None = typer.Option(
+        None, "--model", "-m", help="Model folder or built-in name (default: reference-cyclegan)."
+    ),
     backend: Backend = typer.Option(Backend.auto, help="Inference backend."),
     precision: Precision = typer.Option(Precision.auto, help="Engine precision."),
     tile: int = typer.Option(512, min=0, help="Tile side in input px; 0 = whole frame."),
@@ -85,6 +87,7 @@ def watch(
     the manifest is written and the exit code is 0; running it again resumes without
     repeating work.
     """
+    from cyclesr_deploy.builtin import resolve_model
     from cyclesr_deploy.engines import open_engine
     from cyclesr_deploy.model import load_model
     from cyclesr_deploy.pipeline import EnhanceConfig
@@ -101,6 +104,7 @@ def watch(
             use_events=not polling,
             exit_idle=exit_idle,
         )
+        model = resolve_model(model)
         model_cfg = load_model(model)
         if ecfg.tile:
             ecfg.tiling(model_cfg)
