@@ -45,6 +45,7 @@ __all__ = [
     "mse",
     "nrmse",
     "psnr",
+    "reference_bgstd",
     "ssim",
 ]
 
@@ -137,6 +138,19 @@ class QualityReport(BaseModel):
                 "px_size / cut-off",
             ),
         ]
+
+
+def reference_bgstd(reference: np.ndarray, scaling: ScalingMode = "gt") -> float:
+    """BGSTD of a reference image over its own background, exactly as :func:`evaluate` reports
+    ``bgstd`` for a prediction equal to it (for the reference row of a comparison table)."""
+    g = image2d(reference, "reference")
+    if scaling not in SCALING_MODES:
+        raise InputError(f"scaling: must be one of {SCALING_MODES}, got {scaling!r}")
+    if scaling == "dtype":
+        g8 = to_grey8(g)
+        return _background_std(g8, _mask8(g8))
+    _, gs = scale_to_unit(g, g, scaling)
+    return _background_std(to_grey_float(gs, 1.0), _mask8(to_grey8(gs, 1.0)))
 
 
 def evaluate(

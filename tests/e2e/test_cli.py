@@ -116,19 +116,6 @@ def test_metrics_stack_is_evaluated_per_plane(tmp_path, rng):
     assert names == ["p.tif[T=0]", "p.tif[T=1]"]
 
 
-def test_demo_runs_small(tmp_path):
-    res = runner.invoke(
-        app, ["demo", "--out", str(tmp_path / "d"), "--n-images", "1", "--size", "128"]
-    )
-    assert res.exit_code == 0, res.output
-    assert "LR input" in res.output
-    payload = json.loads((tmp_path / "d" / "metrics.json").read_text())
-    lr = payload["lr_input_vs_hr"]["mean"]
-    hr = payload["hr_reference"]["mean"]
-    # the LR acquisition is blurrier than the HR one
-    assert lr["decorrelation_resolution_px"] > hr["decorrelation_resolution_px"]
-
-
 def test_metrics_rgb_file_is_evaluated_per_channel(tmp_path, rng):
     gt = (rng.random((64, 64, 3)) * 200).astype(np.uint8)
     pred = np.clip(gt.astype(int) + 5, 0, 255).astype(np.uint8)
