@@ -35,6 +35,8 @@ MODEL_JSON = "model.json"
 WEIGHTS = {"ab": "generator_ab.pt", "ba": "generator_ba.pt"}
 TRAIN_STATE = "train_state.pt"
 ONNX_FILES = {"ab": "generator.onnx", "ba": "generator_ba.onnx"}
+# the two graphs of seam-free tiling (frozen InstanceNorm statistics; export/frozen_onnx.py)
+FROZEN_ONNX = {"stats": "generator.stats.onnx", "tile": "generator.tile.onnx"}
 EXPORT_JSON = "export.json"
 
 

@@ -188,7 +188,9 @@ class HardwareCompatibilityLevel(enum.IntEnum):
 def make_fake_trt(version: str) -> types.ModuleType:
     """A ``tensorrt`` stand-in. Fake ONNX files are text: ``fp16``/``fp32`` picks the layer
     types, ``BAD`` makes the parser fail, ``static`` fixes the input shape to 1x1x64x64,
-    ``name=x`` renames the input."""
+    ``name=x`` renames the input. ``frozen-stats L=n``: the statistics graph (one frame ->
+    ``stats`` (n,): mean and variance of the frame alternating); ``frozen-tile L=n``: the tile
+    graph (``input`` + static ``stats`` (n,) -> ``input * 2 + 1 + sum(stats)``)."""
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
     major = int(version.split(".")[0])
@@ -308,11 +310,21 @@ def make_fake_trt(version: str) -> types.ModuleType:
             shape = (1, channels, 64, 64) if "static" in text else (-1, channels, -1, -1)
             self.network.scale = int(text.split("scale=")[1].split()[0]) if "scale=" in text else 1
             self.network.inputs = [Tensor(name, shape)]
+            self.network.kind, self.network.length = "generator", 0
+            if "frozen-" in text:
+                n = int(text.split("L=")[1].split()[0])
+                self.network.kind, self.network.length = text.split("frozen-")[1].split()[0], n
+                if self.network.kind == "stats":
+                    self.network.inputs = [Tensor(name, (1, channels, -1, -1))]
+                else:
+                    self.network.inputs.append(Tensor("stats", (n,)))
             dtypes = [DataType.FLOAT, DataType.HALF, DataType.FLOAT]
             if "fp16" not in text:
                 dtypes = [DataType.FLOAT] * 3
             self.network.layers = [Layer(d) for d in dtypes]
             self.network.outputs = [Tensor("output", shape)]
+            if self.network.kind == "stats":
+                self.network.outputs = [Tensor("stats", (self.network.length,))]
             return True
 
     class TimingCache:
@@ -405,6 +417,8 @@ def make_fake_trt(version: str) -> types.ModuleType:
                 "profiles": [p.shapes for p in config.profiles],
                 "opt": config.builder_optimization_level,
                 "scale": getattr(network, "scale", 1),
+                "kind": getattr(network, "kind", "generator"),
+                "length": getattr(network, "length", 0),
             }
             return b"PLAN" + json.dumps(summary, sort_keys=True).encode()
 
@@ -434,6 +448,8 @@ def make_fake_trt(version: str) -> types.ModuleType:
             n, c, h, w = self.shapes.get(self.engine.input_name, (-1, 1, -1, -1))
             if name == self.engine.input_name:
                 return (n, c, h, w)
+            if name == "stats":
+                return (self.engine.length,)
             s = self.engine.scale
             return (n, c, h * s, w * s) if n > 0 else (-1, c, -1, -1)
 
@@ -453,6 +469,13 @@ def make_fake_trt(version: str) -> types.ModuleType:
             x = np.frombuffer(bytes(src[: 4 * count]), dtype=np.float32).reshape(shape)
             s = self.engine.scale
             y = (x.repeat(s, axis=2).repeat(s, axis=3) * 2 + 1).astype(np.float32)
+            if self.engine.kind == "stats":
+                y = np.full(self.engine.length, x.mean(), dtype=np.float32)
+                y[1::2] = x.var()
+            elif self.engine.kind == "tile":
+                raw = rt.device[self.addresses["stats"]]
+                stats = np.frombuffer(bytes(raw[: 4 * self.engine.length]), dtype=np.float32)
+                y = (y + stats.sum()).astype(np.float32)
             dst = rt.device[self.addresses[self.engine.output_name]]
             dst[: y.nbytes] = y.tobytes()
             return True
@@ -474,15 +497,26 @@ def make_fake_trt(version: str) -> types.ModuleType:
             ]
             self.scale = int(summary.get("scale", 1))
             self.io_dtype = DataType.FLOAT
+            self.kind, self.length = summary.get("kind", "generator"), summary.get("length", 0)
+            self.names = [self.input_name, self.output_name]
+            if self.kind == "stats":
+                self.output_name = self.names[1] = "stats"
+            elif self.kind == "tile":
+                self.names.insert(1, "stats")
 
-        num_io_tensors = 2
+        num_io_tensors = property(lambda self: len(self.names))
         num_optimization_profiles = property(lambda self: len(self.profiles))
 
         def get_tensor_name(self, index):
-            return (self.input_name, self.output_name)[index]
+            return self.names[index]
 
         def get_tensor_mode(self, name):
-            return TensorIOMode.INPUT if name == self.input_name else TensorIOMode.OUTPUT
+            out = name == self.output_name
+            return TensorIOMode.OUTPUT if out else TensorIOMode.INPUT
+
+        def get_tensor_shape(self, name):
+            assert name == "stats" and self.kind == "tile", name  # static inputs only
+            return (self.length,)
 
         def get_tensor_dtype(self, name):
             return self.io_dtype

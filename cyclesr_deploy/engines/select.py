@@ -50,7 +50,7 @@ from cyclesr_deploy.export.trt_config import (
     sha256_file,
     sidecar_differences,
 )
-from cyclesr_deploy.model import WEIGHTS, load_model
+from cyclesr_deploy.model import FROZEN_ONNX, WEIGHTS, load_model
 
 log = logging.getLogger("cyclesr_deploy.engines")
 
@@ -151,16 +151,34 @@ class EngineChoice:
     sidecar: EngineSidecar
 
 
+def generator_engines(
+    model_dir: str | Path, graph: str | None = None
+) -> list[tuple[Path, EngineSidecar]]:
+    """:func:`list_engines` of ``model_dir`` built from ONNX file ``graph``; by default the
+    generator's own engines (not those of the frozen-statistics graphs, which take two inputs)."""
+    frozen = set(FROZEN_ONNX.values())
+    return [
+        (p, s)
+        for p, s in list_engines(model_dir)
+        if (s.onnx_file == graph if graph is not None else s.onnx_file not in frozen)
+    ]
+
+
 def find_engine(
-    model_dir: str | Path, *, precision: str | None = None, device_id: int = 0
+    model_dir: str | Path,
+    *,
+    precision: str | None = None,
+    device_id: int = 0,
+    graph: str | None = None,
 ) -> EngineChoice:
     """The newest engine in ``model_dir/engines`` whose sidecar fits this machine (GPU model,
     TensorRT version, OS) and the folder's current ONNX; fp16 before fp32 unless ``precision``
-    ("fp16"/"fp32") restricts it. InputError when there is none; EngineMismatchError, naming
-    each engine's differences and the rebuild command, when none fits."""
+    ("fp16"/"fp32") restricts it; ``graph``: built from that ONNX file (default: the generator's
+    own, see :func:`generator_engines`). InputError when there is none; EngineMismatchError,
+    naming each engine's differences and the rebuild command, when none fits."""
     model_dir = Path(model_dir)
     build_hint = f"cyclesr export tensorrt {model_dir}"
-    found = list_engines(model_dir)
+    found = generator_engines(model_dir, graph)
     if not found:
         raise InputError(
             f"no TensorRT engine in {model_dir / ENGINES_DIR}; build one with: {build_hint}"
@@ -396,7 +414,7 @@ def _auto(
     if why is None and not module_available("tensorrt"):
         why = "TensorRT not installed (pip install 'cyclesr-deploy[tensorrt]')"
     why = why or probe.no_cuda()
-    if why is None and not list_engines(model_dir):
+    if why is None and not generator_engines(model_dir):
         why = f"no engine built for this model (run: cyclesr export tensorrt {model_dir})"
     if why is None:
         try:

@@ -77,6 +77,11 @@ class TensorRTEngine:
 
     Buffer contract: ``infer`` returns a view of a pinned host buffer that the next call
     overwrites.
+
+    Engines of the frozen-statistics graphs (:mod:`cyclesr_deploy.engines.tensorrt_frozen`)
+    have, besides the image input named in the sidecar, inputs of static shape (the packed
+    statistics vector): they get device buffers once, filled by :meth:`set_static_input`; and
+    an output without a batch axis (the statistics graph's vector) is returned whole.
     """
 
     #: Set by :func:`~cyclesr_deploy.engines.open_engine`: why this engine was chosen.
@@ -117,6 +122,7 @@ class TensorRTEngine:
         self._stream: Any = None
         self._buffers: list[Any] = []
         self._shape: tuple[int, ...] | None = None
+        self._static: dict[str, tuple[Any, Any]] = {}  # name -> (pinned host, device) buffers
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -149,11 +155,16 @@ class TensorRTEngine:
 
     def _setup(self, engine: Any, trt: Any, cr: Any) -> None:
         inputs, outputs = cr.io_tensor_names(engine, trt)
-        if len(inputs) != 1 or len(outputs) != 1:
+        main = self.sidecar.input_name if self.sidecar.input_name in inputs else inputs[0]
+        static = {n: tuple(int(d) for d in engine.get_tensor_shape(n)) for n in inputs if n != main}
+        dynamic = [n for n, shape in static.items() if any(d < 0 for d in shape)]
+        if len(outputs) != 1 or dynamic:
             raise InputError(
-                f"{self.engine_path}: expected one input and one output, got {inputs}/{outputs}"
+                f"{self.engine_path}: expected one image input (plus inputs of static shape) "
+                f"and one output, got inputs {inputs} (dynamic: {[main, *dynamic]}), outputs "
+                f"{outputs}"
             )
-        self._in, self._out = inputs[0], outputs[0]
+        self._in, self._out = main, outputs[0]
         self._in_dtype = cr._np_dtype(trt, engine.get_tensor_dtype(self._in))
         self._out_dtype = cr._np_dtype(trt, engine.get_tensor_dtype(self._out))
         if engine.num_optimization_profiles != 1:
@@ -182,7 +193,14 @@ class TensorRTEngine:
         self._d_in = cr.DeviceBuffer(self._h_in.nbytes)
         self._d_out = cr.DeviceBuffer(self._h_out.nbytes)
         self._buffers = [self._h_in, self._h_out, self._d_in, self._d_out]
-        for name, buf in ((self._in, self._d_in), (self._out, self._d_out)):
+        addresses = [(self._in, self._d_in), (self._out, self._d_out)]
+        for name, shape in static.items():
+            host = cr.PinnedBuffer(shape, cr._np_dtype(trt, engine.get_tensor_dtype(name)))
+            device = cr.DeviceBuffer(host.nbytes)
+            self._buffers += [host, device]
+            self._static[name] = (host, device)
+            addresses.append((name, device))
+        for name, buf in addresses:
             if not context.set_tensor_address(name, buf.ptr):
                 raise RuntimeError(f"set_tensor_address({name!r}) failed")
         self._shape = None
@@ -204,6 +222,7 @@ class TensorRTEngine:
         for buf in self._buffers:
             buf.close()
         self._buffers = []
+        self._static = {}
         if self._stream is not None:
             self._stream.close()
         self._stream = None
@@ -228,8 +247,31 @@ class TensorRTEngine:
         in_view = self._h_in.array[: int(np.prod(run))].reshape(run)
         in_view[n:] = 0  # padding rows, written once per shape
         out_view = self._h_out.array[: int(np.prod(out))].reshape(out)
-        self._views = (in_view, out_view, out_view[:n])
+        batched = len(out) == len(run)  # the statistics graph's output has no batch axis
+        self._views = (in_view, out_view, out_view[:n] if batched else out_view)
         self._shape = tuple(shape)
+
+    def static_inputs(self) -> dict[str, tuple[int, ...]]:
+        """Names and shapes of the inputs of static shape (empty for a generator engine)."""
+        return {name: host.array.shape for name, (host, _dev) in self._static.items()}
+
+    def set_static_input(self, name: str, value: np.ndarray) -> None:
+        """Copy ``value`` into the device buffer of static input ``name``; it stays there for
+        every later :meth:`infer` until set again (stream-ordered before them)."""
+        if self._context is None:
+            raise RuntimeError(f"{self.name} is closed; use it inside a with block")
+        if name not in self._static:
+            raise InputError(f"{self.engine_path.name} has no static input {name!r}")
+        host, device = self._static[name]
+        value = np.asarray(value)
+        if value.size != host.array.size:
+            raise InputError(
+                f"{name}: {value.size} values for an input of {host.array.size} "
+                f"({self.engine_path.name})"
+            )
+        self._stream.synchronize()  # the previous infer may still read the buffer
+        host.array[...] = value.reshape(host.array.shape)
+        self._cr.memcpy_htod_async(device, host.array, self._stream)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """(N, C, H, W) float32 -> view of the pinned output (N, C', H*s, W*s) float32."""

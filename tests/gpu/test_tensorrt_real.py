@@ -154,3 +154,30 @@ def test_cuda_runtime_round_trip_on_device():
         np.testing.assert_array_equal(pinned.array, data)
     info = cuda_runtime.device_properties(0)
     assert info.name and info.total_memory > 0
+
+
+def test_frozen_statistics_engines_make_tiling_match_the_whole_frame(trt, model_dir, tmp_path):
+    """Seam-free tiling on TensorRT: statistics engine on the whole frame, tile engine with
+    those statistics; the tiled frame matches ONNX Runtime's whole-frame output."""
+    pytest.importorskip("torch")
+    from cyclesr_deploy.engines.tensorrt_frozen import TensorRTFrozenEngine
+    from cyclesr_deploy.export.frozen_onnx import (
+        stats_onnx_from_checkpoint,
+        tile_onnx_from_checkpoint,
+    )
+    from cyclesr_deploy.export.tensorrt_frozen import frozen_engines_from_onnx
+    from cyclesr_deploy.model import load_model
+    from cyclesr_deploy.tiling import TilingConfig, predict_tiled
+
+    stats_onnx_from_checkpoint(model_dir, overwrite=True)
+    tile_onnx_from_checkpoint(model_dir, overwrite=True)
+    cfg = build_cfg(tmp_path, precision="fp32", tile=128, batch=2)
+    frozen_engines_from_onnx(model_dir, (256, 256), cfg)
+    frame = tiles((256, 256), seed=3)
+    whole = ort_reference(model_dir / "generator.onnx", frame[None, None])[0, 0]
+    model = load_model(model_dir)
+    tcfg = TilingConfig.for_model(model.receptive_field, tile=128, batch_size=2, ramp=8)
+    with TensorRTFrozenEngine(model_dir, frame=(256, 256)) as engine:
+        stats = engine.frame_statistics(frame[None, None])
+        tiled = predict_tiled(frame, lambda b: engine.infer_with_stats(b, stats).copy(), tcfg)
+    assert float(np.abs(tiled - whole).max()) < FP32_TOL
