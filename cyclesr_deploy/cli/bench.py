@@ -123,6 +123,8 @@ def latency(
 
 
 def _models(specs: list[str]) -> dict[str, Path]:
+    """``NAME=DIR``, ``DIR`` (named after the folder) or a built-in model's name."""
+    from cyclesr_deploy.builtin import resolve_model
     from cyclesr_deploy.errors import InputError
 
     models: dict[str, Path] = {}
@@ -134,7 +136,7 @@ def _models(specs: list[str]) -> dict[str, Path]:
             raise InputError(f"--model {spec!r}: expected NAME=DIR")
         if name in models:
             raise InputError(f"--model: the name {name!r} is given twice")
-        models[name] = Path(folder)
+        models[name] = resolve_model(folder)
     return models
 
 
@@ -143,7 +145,9 @@ def quality(
     lr: Path = typer.Option(..., "--lr", help="Folder of LR (input) TIFFs."),
     hr: Path = typer.Option(..., "--hr", help="Folder of HR TIFFs, paired by file name."),
     out_dir: Path = _OUT,
-    model: list[str] = typer.Option([], "--model", help="NAME=DIR of a model; repeatable."),
+    model: list[str] = typer.Option(
+        [], "--model", help="NAME=DIR, DIR or a built-in model name; repeatable."
+    ),
     hr_repeat: Path | None = typer.Option(
         None, "--hr-repeat", help="Second HR acquisition (same names): FRC of the HR row."
     ),

@@ -118,3 +118,17 @@ def test_bench_errors_exit_2(model_dir, tmp_path):
               "--frame-size", "64", "--repeats", "1", "-o", str(tmp_path)]
     )  # fmt: skip
     assert res.exit_code == 2
+
+
+def test_bench_quality_takes_builtin_model_names(model_dir, tmp_path):
+    data = model_dir.parent / "d"
+    out = tmp_path / "q"
+    args = ["bench", "quality", "--lr", str(data / "testA"), "--hr", str(data / "testB")]
+    args += ["--model", "reference-cyclegan", "--no-figure", "-o", str(out)]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    result = json.loads((out / "quality.json").read_text())
+    assert result["methods"] == ["input", "reference-cyclegan", "HR"]
+    assert result["settings"]["models"]["reference-cyclegan"].endswith("reference-cyclegan")
+    res = runner.invoke(app, [*args[:-5], "--model", "nope", "-o", str(out)])
+    assert res.exit_code == 2 and "built-in model" in " ".join(res.output.split())
