@@ -148,28 +148,19 @@ def package(root: Path) -> None:
         print(f"{dst}: {size / 1e6:.1f} MB", file=sys.stderr)
 
 
+def bench_quality(lr: Path, hr: Path, out: Path, *extra: str) -> dict:
+    """``cyclesr bench quality`` of both reference models on ``lr`` vs ``hr``; the targets."""
+    models = [f"{k}={PACKAGE_MODELS / name}" for k, name in NAMES.items()]
+    args = ["bench", "quality", "--lr", str(lr), "--hr", str(hr), "--out", str(out)]
+    for spec in models:
+        args += ["--model", spec]
+    run(cli(*args, "--backend", "onnxruntime", *extra))
+    return check_targets(out / "quality.json")
+
+
 def quality(root: Path) -> dict:
     test = root / "data" / "test"
-    out = RESULTS / "reference_quality"
-    run(
-        cli(
-            "bench",
-            "quality",
-            "--lr",
-            str(test / "testA"),
-            "--hr",
-            str(test / "testB"),
-            "--model",
-            f"cyclegan={PACKAGE_MODELS / NAMES['cyclegan']}",
-            "--model",
-            f"supervised={PACKAGE_MODELS / NAMES['supervised']}",
-            "--out",
-            str(out),
-            "--backend",
-            "onnxruntime",
-        )
-    )
-    return check_targets(out / "quality.json")
+    return bench_quality(test / "testA", test / "testB", RESULTS / "reference_quality")
 
 
 def clean_reference(root: Path) -> dict:
@@ -198,26 +189,7 @@ def clean_reference(root: Path) -> dict:
             clean / path.name, expected.astype(np.float32), pixel_size_um=cfg.hr_pixel_nm / 1e3
         )
     out = RESULTS / "reference_quality_clean"
-    run(
-        cli(
-            "bench",
-            "quality",
-            "--lr",
-            str(test / "testA"),
-            "--hr",
-            str(clean),
-            "--model",
-            f"cyclegan={PACKAGE_MODELS / NAMES['cyclegan']}",
-            "--model",
-            f"supervised={PACKAGE_MODELS / NAMES['supervised']}",
-            "--out",
-            str(out),
-            "--backend",
-            "onnxruntime",
-            "--no-figure",
-        )
-    )
-    return check_targets(out / "quality.json")
+    return bench_quality(test / "testA", clean, out, "--no-figure")
 
 
 def _mean(report: dict, method: str, metric: str) -> float:
