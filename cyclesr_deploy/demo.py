@@ -185,7 +185,9 @@ def run_demo(
 
     t = time.perf_counter()
     frozen = frozen_graphs_missing(model_dir) is None and model_cfg.generator.norm == "instance"
-    ecfg = EnhanceConfig(tile=tile, overwrite=True, tiling_mode="frozen" if frozen else "naive")
+    ecfg = EnhanceConfig(
+        tile=tile, overwrite=True, tiling_mode="frozen" if frozen else "naive", stats="whole"
+    )
     engine_cm = (
         open_frozen_engine(model_dir, "onnxruntime")
         if frozen

@@ -34,15 +34,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cyclesr_deploy.engines.frozen import CROP_AREA, Layout, crop_origins, crops_for
 from cyclesr_deploy.errors import InputError
 from cyclesr_deploy.tiling import TilingConfig, predict_tiled
 
 __all__ = [
+    "CROP_AREA",
     "MODES",
     "STATS",
     "FrozenInstanceNorm",
     "crop_origins",
+    "crop_windows",
+    "crops_for",
     "freeze_instance_norms",
+    "layer_geometry",
     "load_packed",
     "packed_statistics",
     "predict_tiled_frozen",
@@ -87,6 +92,11 @@ class FrozenInstanceNorm(nn.Module):
         self.sample_mean: torch.Tensor | None = None
         self.sample_var: torch.Tensor | None = None
         self.recorded = False
+        # masked pooling (statistics_from_crops): receptive-field half-width of the network up to
+        # this layer (input px), input px per feature px here, and the crops' interior sides
+        self.margin: float = 0.0
+        self.jump: float = 1.0
+        self.sides: torch.Tensor | None = None  # (N, 4) top, bottom, left, right: 1 = masked
 
     @classmethod
     def from_instance_norm(cls, layer: nn.InstanceNorm2d) -> FrozenInstanceNorm:
@@ -101,6 +111,8 @@ class FrozenInstanceNorm(nn.Module):
         return f"{self.num_features}, eps={self.eps}, mode={self.mode!r}"
 
     def _record(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.sides is not None:
+            return self._record_masked(x)
         var, mean = torch.var_mean(x.float(), dim=(2, 3), correction=0)  # (N, C) each
         pooled_mean = mean.mean(0)
         pooled_var = var.mean(0) + ((mean - pooled_mean) ** 2).mean(0)
@@ -109,6 +121,29 @@ class FrozenInstanceNorm(nn.Module):
         self.var.copy_(pooled_var.detach())
         self.recorded = True
         return mean, var
+
+    def _record_masked(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled statistics over the crops' interiors: a feature pixel closer than
+        ``margin`` input px to a crop side inside the frame (``sides``) sees that side's
+        padding instead of the frame, so it is left out (sides at the frame edge are exact)."""
+        assert self.sides is not None
+        windows = crop_windows(self.sides, x.shape[-2:], self.margin, self.jump)
+        means, variances, counts = [], [], []
+        for i, (y0, y1, x0, x1) in enumerate(windows):
+            var, mean = torch.var_mean(x[i, :, y0:y1, x0:x1].float(), dim=(1, 2), correction=0)
+            means.append(mean)
+            variances.append(var)
+            counts.append((y1 - y0) * (x1 - x0))
+        weight = torch.tensor(counts, dtype=torch.float32, device=x.device)[:, None]
+        weight = weight / weight.sum()
+        mean, var = torch.stack(means), torch.stack(variances)  # (N, C)
+        pooled_mean = (weight * mean).sum(0)
+        pooled_var = (weight * (var + (mean - pooled_mean) ** 2)).sum(0)
+        self.sample_mean = self.sample_var = None
+        self.mean.copy_(pooled_mean.detach())
+        self.var.copy_(pooled_var.detach())
+        self.recorded = True
+        return pooled_mean, pooled_var
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mode = self.mode
@@ -127,6 +162,55 @@ class FrozenInstanceNorm(nn.Module):
             )
         mean, var = self.mean.to(x.dtype), self.var.to(x.dtype)
         return F.batch_norm(x, mean, var, training=False, eps=self.eps)
+
+
+def crop_windows(
+    sides: torch.Tensor, shape: Sequence[int], margin: float, jump: float
+) -> list[tuple[int, int, int, int]]:
+    """Per crop, the feature-map window ``(y0, y1, x0, x1)`` (of a ``shape`` (h, w) map whose
+    pixels are ``jump`` input px) left when the sides flagged in ``sides`` (N, 4: top, bottom,
+    left, right) lose ``margin`` input px. Never empty: at least the central pixel remains."""
+    h, w = int(shape[0]), int(shape[1])
+    cut = math.ceil(margin / jump) if margin > 0 else 0
+    out = []
+    for top, bottom, left, right in sides.tolist():
+        y0, y1 = cut * int(top), h - cut * int(bottom)
+        x0, x1 = cut * int(left), w - cut * int(right)
+        if y1 <= y0:
+            y0, y1 = (h - 1) // 2, (h - 1) // 2 + 1
+        if x1 <= x0:
+            x0, x1 = (w - 1) // 2, (w - 1) // 2 + 1
+        out.append((y0, y1, x0, x1))
+    return out
+
+
+def layer_geometry(generator: nn.Module) -> list[tuple[float, float]]:
+    """``(margin, jump)`` of every InstanceNorm / FrozenInstanceNorm of ``generator`` in module
+    order: the half-width (input px) of the receptive field of the layers before it, and the
+    input px per feature px of the map it normalises. Traced over the leaf modules in
+    definition order (= forward order for the Sequential CycleGAN generators): Conv2d adds
+    ``dilation * (k - 1) / 2`` feature px and multiplies the jump by its stride,
+    ConvTranspose2d divides the jump by its stride and adds ``ceil((k - 1) / 2 / s)`` input
+    feature px, PixelShuffle / Upsample divide the jump (conservative bounds)."""
+    half, jump = 0.0, 1.0
+    out = []
+    for m in generator.modules():
+        if isinstance(m, nn.Conv2d):
+            k, d, st = m.kernel_size[0], m.dilation[0], m.stride[0]
+            half += d * (k - 1) / 2 * jump
+            jump *= st
+        elif isinstance(m, nn.ConvTranspose2d):
+            k, st = m.kernel_size[0], m.stride[0]
+            half += math.ceil((k - 1) / 2 / st) * jump
+            jump /= st
+        elif isinstance(m, nn.PixelShuffle):
+            jump /= m.upscale_factor
+        elif isinstance(m, nn.Upsample) and m.scale_factor is not None:
+            sf = m.scale_factor
+            jump /= float(sf[0] if isinstance(sf, tuple) else sf)
+        elif isinstance(m, nn.InstanceNorm2d | FrozenInstanceNorm):
+            out.append((half, jump))
+    return out
 
 
 def freeze_instance_norms(generator: nn.Module) -> list[FrozenInstanceNorm]:
@@ -280,40 +364,29 @@ def record_statistics(
     return _run(generator, layers, "record", x)
 
 
-def crop_origins(
-    shape: tuple[int, int], crop: tuple[int, int], n: int, size_multiple: int
-) -> list[tuple[int, int]]:
-    """``n`` crop origins spread evenly over a frame of ``shape``: a near-square grid
-    (ny x nx >= n, row-major, the first ``n``), first and last crops at the frame edges, origins
-    rounded down to ``size_multiple`` (the generator's sampling lattice)."""
-    h, w = shape
-    ch, cw = crop
-    aspect = w / h
-    ny = max(1, round(math.sqrt(n / aspect)))
-    nx = max(1, math.ceil(n / ny))
-    ys = np.linspace(0, h - ch, ny) if ny > 1 else np.array([(h - ch) / 2])
-    xs = np.linspace(0, w - cw, nx) if nx > 1 else np.array([(w - cw) / 2])
-    m = size_multiple
-    grid = [(int(y) // m * m, int(x) // m * m) for y in ys for x in xs]
-    return grid[:n]
-
-
 def statistics_from_crops(
     generator: nn.Module,
     frame: np.ndarray | torch.Tensor,
     crop: int | tuple[int, int] = 512,
     n: int = 4,
     *,
+    margin: float = 0.0,
+    layout: Layout = "spread",
     size_multiple: int | None = None,
 ) -> list[FrozenInstanceNorm]:
     """Estimated frame statistics from ``n`` crops (``crop`` px, a multiple of the size multiple)
-    spread over the frame (:func:`crop_origins`), run as one batch in mode ``"pool"``: at every
-    layer, mean = mean of the per-crop means, variance = mean of the per-crop variances plus the
-    variance of the per-crop means (law of total variance; exact for the crops' union counted with
-    multiplicity), and all crops are normalised with those pooled statistics, so the next layer
-    sees features as in the frozen tile pass. Error sources: pixels outside the crops, and crop
-    borders (reflect padding, missing context) in each crop's statistics: use large crops. Memory
-    is that of one forward pass over n x crop^2 px."""
+    placed over the frame (:func:`crop_origins`, ``layout``), run as one batch in mode
+    ``"pool"``: at every layer the statistics are pooled over the crops (mean and biased
+    variance of the union of their pixels, counted with multiplicity) and all crops are
+    normalised with them, so the next layer sees features as in the frozen tile pass.
+
+    Masked pooling (``margin`` > 0): at each layer, the feature pixels within ``margin`` x the
+    receptive-field half-width of the layers before it (:func:`layer_geometry`) of a crop side
+    that lies inside the frame see that side's reflect padding, not the frame: they are left out
+    of the pooled statistics (sides on the frame edge are kept: there the whole frame sees the
+    same padding). The pixels kept then see exactly what the frozen whole-frame pass sees, so the
+    only error left is sampling (pixels outside the crops' interiors). ``margin=0``: plain pooling
+    over whole crops. Memory is that of one forward pass over n x crop^2 px."""
     m = _size_multiple(generator, size_multiple)
     x = _pad_to_multiple(_as_nchw(frame), m)
     h, w = x.shape[-2:]
@@ -325,10 +398,22 @@ def statistics_from_crops(
         )
     if n < 1:
         raise InputError(f"frozen_norm: need n >= 1 crops, got {n}")
-    origins = crop_origins((h, w), (ch, cw), n, m)
+    if margin < 0:
+        raise InputError(f"frozen_norm: crop margin must be >= 0, got {margin}")
+    origins = crop_origins((h, w), (ch, cw), n, m, layout)
     batch = torch.cat([x[..., y : y + ch, x0 : x0 + cw] for y, x0 in origins])
     layers = freeze_instance_norms(generator)
-    return _run(generator, layers, "pool", batch)
+    if margin > 0:
+        sides = torch.tensor(
+            [[y > 0, y + ch < h, x0 > 0, x0 + cw < w] for y, x0 in origins], dtype=torch.int64
+        )
+        for layer, (half, jump) in zip(layers, layer_geometry(generator), strict=True):
+            layer.margin, layer.jump, layer.sides = margin * half, jump, sides
+    try:
+        return _run(generator, layers, "pool", batch)
+    finally:
+        for layer in layers:
+            layer.sides = None
 
 
 def statistics_from_thumbnail(
@@ -363,16 +448,29 @@ def compute_statistics(
     frame: np.ndarray | torch.Tensor,
     stats: Stats = "whole",
     *,
-    crop: int | tuple[int, int] = 512,
-    n_crops: int = 4,
+    crop: int | tuple[int, int] | None = None,
+    n_crops: int | None = None,
+    margin: float = 0.0,
     factor: int = 4,
     size_multiple: int | None = None,
 ) -> torch.Tensor:
-    """Pass 1 of :func:`predict_tiled_frozen`: the packed statistics vector of ``frame``."""
+    """Pass 1 of :func:`predict_tiled_frozen`: the packed statistics vector of ``frame``.
+    ``"crops"`` without ``crop`` / ``n_crops``: :func:`crops_for` the frame's shape;
+    ``margin``: masked pooling (:func:`statistics_from_crops`; 0 = off, the default: on the
+    measured frames it did not help, sampling error dominates)."""
     if stats == "whole":
         layers = record_statistics(generator, frame, size_multiple=size_multiple)
     elif stats == "crops":
-        layers = statistics_from_crops(generator, frame, crop, n_crops, size_multiple=size_multiple)
+        shape = tuple(frame.shape)
+        auto_crop, auto_n = crops_for(shape, _size_multiple(generator, size_multiple))
+        layers = statistics_from_crops(
+            generator,
+            frame,
+            auto_crop if crop is None else crop,
+            auto_n if n_crops is None else n_crops,
+            margin=margin,
+            size_multiple=size_multiple,
+        )
     elif stats == "thumbnail":
         layers = statistics_from_thumbnail(generator, frame, factor, size_multiple=size_multiple)
     else:
@@ -388,8 +486,9 @@ def predict_tiled_frozen(
     tiling_cfg: TilingConfig,
     *,
     stats: Stats = "whole",
-    crop: int | tuple[int, int] = 512,
-    n_crops: int = 4,
+    crop: int | tuple[int, int] | None = None,
+    n_crops: int | None = None,
+    margin: float = 0.0,
     factor: int = 4,
     packed: torch.Tensor | np.ndarray | None = None,
     out: np.ndarray | None = None,
@@ -420,6 +519,7 @@ def predict_tiled_frozen(
                 stats,
                 crop=crop,
                 n_crops=n_crops,
+                margin=margin,
                 factor=factor,
                 size_multiple=m,
             ),

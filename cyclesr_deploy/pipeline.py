@@ -72,6 +72,9 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 _POLL_S = 0.05  # queue wait granularity: how fast stages notice a stop
 
 
+WHOLE_MAX_PX = 2048 * 2048  # EnhanceConfig.whole_max_px: auto whole-frame budget, px per frame
+
+
 class EnhanceConfig(BaseModel):
     """Settings of one ``enhance`` run; validated once, saved into the manifest.
 
@@ -86,9 +89,20 @@ class EnhanceConfig(BaseModel):
     normalised with the whole frame's statistics (seam-free, exact up to float rounding; needs an
     engine with the :class:`~cyclesr_deploy.engines.base.FrozenStatsEngine` capability, and
     batches then hold the tiles of one frame only); ``naive`` = each tile normalised with its
-    own statistics (brightness differences between tiles); ``auto`` = a frame that fits one tile
-    runs whole as before, else ``frozen`` when the engine supports it, else ``naive`` with a
-    one-time warning.
+    own statistics (brightness differences between tiles); ``auto`` = for InstanceNorm
+    generators a frame of at most ``whole_max_px`` pixels (padded; engines with dynamic H, W)
+    runs whole, one frame per call (exact: no tiling at all); a larger frame is tiled, ``frozen``
+    when the engine supports it, else ``naive`` with a one-time warning. A frame that fits one
+    tile runs whole in every mode.
+
+    ``whole_max_px``: the ``auto`` memory budget of whole-frame inference, in pixels per frame
+    (default 2048 x 2048 = 4.2 MP: fp32 activations of the canonical ngf-64 generator take
+    ~1 KB per pixel, ~4 GiB; 0 = always tile). ``stats``: how frozen tiling estimates a frame's
+    statistics: ``crops`` (default) = a statistics pass over a few large crops (~25 % of the
+    frame, pooled; ~10-15 % of the tile pass's time, memory bounded by the crops; PSNR against
+    whole-frame inference ~50 dB on the reference model, see benchmarks/results/frozen_norm.md),
+    ``whole`` = over the whole frame (exact: tiled == whole frame up to float rounding, but the
+    time and memory of a whole-frame pass).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -102,6 +116,8 @@ class EnhanceConfig(BaseModel):
     queue_size: int = Field(default=2, ge=1, le=64)
     bigtiff: bool | None = None
     tiling_mode: Literal["auto", "frozen", "naive"] = "auto"
+    whole_max_px: int = Field(default=WHOLE_MAX_PX, ge=0)
+    stats: Literal["crops", "whole"] = "crops"
 
     def tiling(self, model: ModelConfig, frame_shape: Sequence[int] | None = None) -> TilingConfig:
         """The tiling for ``model``: ``tile > 0`` from its receptive field (``overlap``
@@ -396,6 +412,8 @@ class _Run:
         self.spec = engine.input_spec
         self.tiling = cfg.tiling(model) if cfg.tile else None
         self.frozen_capable = isinstance(engine, FrozenStatsEngine)
+        if self.frozen_capable and hasattr(engine, "stats"):
+            engine.stats = cfg.stats  # type: ignore[attr-defined]  # frozen engines' estimate
         self._warned_naive = False
         self._frame_stats: np.ndarray | None = None  # engine stage: the current frame's stats
         self.model_mapping = IntensityMapping.from_config(model.normalization)
@@ -506,11 +524,16 @@ class _Run:
         info = job.info
         assert info is not None
         tiling = self.tiling or self.cfg.tiling(self.model, info.frame_shape)
+        whole = self._whole_fits(info.frame_shape)
+        if whole:  # auto: whole-frame inference within the memory budget, a frame per call
+            tiling = self.cfg.model_copy(update={"tile": 0, "batch": 1}).tiling(
+                self.model, info.frame_shape
+            )
         plan = plan_tiles(info.frame_shape, tiling)
         job.frozen = self._frozen(plan)
         fixed = self.spec.shape[0]
         per_frame = len(plan.tiles) if job.frozen else len(plan.tiles) * info.n_frames
-        batch = fixed or min(self.cfg.batch, per_frame)
+        batch = fixed or (1 if whole else min(self.cfg.batch, per_frame))
         if job.frozen:
             whole = self.cfg.model_copy(update={"tile": 0}).tiling(self.model, info.frame_shape)
             job.whole = plan_tiles(info.frame_shape, whole)
@@ -519,6 +542,22 @@ class _Run:
         )
         job.plan, job.batch_size = plan, batch
         job.out_info = output_info(info, self.model.scale)
+
+    def _whole_fits(self, frame_shape: Sequence[int]) -> bool:
+        """``auto``: whether a frame runs whole instead of tiled (see
+        ``EnhanceConfig.whole_max_px``): InstanceNorm generator, tiles smaller than the frame,
+        padded frame within the budget, an engine with dynamic H and W that accepts it."""
+        cfg, spec = self.cfg, self.spec
+        if cfg.tiling_mode != "auto" or not cfg.tile or self.model.generator.norm != "instance":
+            return False
+        m = self.model.size_multiple
+        h, w = (-(-int(n) // m) * m for n in frame_shape[-2:])
+        if h <= cfg.tile and w <= cfg.tile:
+            return False  # one tile already covers it
+        if h * w > cfg.whole_max_px or spec.shape[2] is not None or spec.shape[3] is not None:
+            return False
+        top = spec.max_tile
+        return top is None or (h <= top[0] and w <= top[1])
 
     def _frozen(self, plan: TilePlan) -> bool:
         """Whether a file with ``plan`` runs with frozen frame statistics (see

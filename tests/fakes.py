@@ -191,7 +191,10 @@ def make_fake_trt(version: str) -> types.ModuleType:
     ``name=x`` renames the input. ``frozen-stats L=n``: the statistics graph (one frame ->
     ``stats`` (n,): mean and variance of the frame alternating); ``frozen-tile L=n``: the tile
     graph (``input`` + static ``stats`` (n,) -> ``input * 2 + 1 + sum(stats)``)."""
+    import importlib.machinery
+
     trt = types.ModuleType("tensorrt")
+    trt.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)  # for importlib.util.find_spec
     trt.__version__ = version
     major = int(version.split(".")[0])
     st = types.SimpleNamespace(

@@ -68,6 +68,23 @@ def _gpu_backend_usable(model_dir: Path, precision: str) -> bool:
     return not any(label == "torch-cuda" for label, _ in rejected)
 
 
+def _tensorrt_frozen(model_dir: Path, *, required: bool):
+    """The TensorRT frozen-statistics engine when TensorRT and its two engines for this GPU are
+    there; else None (``required``: a warning saying how to build them)."""
+    import importlib.util
+
+    from cyclesr_deploy.engines.frozen import open_frozen_engine
+
+    if importlib.util.find_spec("tensorrt") is None:
+        return None
+    try:
+        return open_frozen_engine(model_dir, "tensorrt")
+    except Exception as exc:  # no engines, other GPU, no CUDA device: the other engines run
+        if required:
+            err.print(f"[yellow]warning[/]: {escape(str(exc))}", highlight=False)
+        return None
+
+
 def _frozen_engine(model_dir: Path, model_cfg, cfg, backend: str, precision: str):
     """The frozen-statistics engine for a tiled run of an InstanceNorm generator, or None for
     the ordinary engine (``--tiling naive``, tile 0, no InstanceNorm, or ``auto`` where none
@@ -77,17 +94,21 @@ def _frozen_engine(model_dir: Path, model_cfg, cfg, backend: str, precision: str
     if cfg.tiling_mode == "naive" or model_cfg.generator.norm != "instance":
         return None
     if cfg.tiling_mode == "frozen":
-        return open_frozen_engine(model_dir, backend, precision=precision)
+        return open_frozen_engine(model_dir, backend, precision=precision, stats=cfg.stats)
     if not cfg.tile:  # auto: whole frames need no frozen statistics
         return None
+    if backend in ("auto", "tensorrt") and precision in ("auto", "fp32"):
+        engine = _tensorrt_frozen(model_dir, required=backend == "tensorrt")
+        if engine is not None:
+            return engine
     missing = frozen_graphs_missing(model_dir)
     if backend == "torch":
-        return open_frozen_engine(model_dir, "torch", precision=precision)
+        return open_frozen_engine(model_dir, "torch", precision=precision, stats=cfg.stats)
     if backend in ("auto", "onnxruntime") and precision in ("auto", "fp32"):
         if backend == "auto" and _gpu_backend_usable(model_dir, precision):
             return None  # a GPU engine beats CPU frozen statistics; tiles get a warning
         if missing is None:
-            return open_frozen_engine(model_dir, "onnxruntime")
+            return open_frozen_engine(model_dir, "onnxruntime", stats=cfg.stats)
         if backend == "onnxruntime":
             err.print(f"[yellow]warning[/]: {escape(missing)}", highlight=False)
     return None
@@ -132,7 +153,20 @@ def enhance(
         Tiling.auto,
         help="InstanceNorm generators cut into tiles: frozen = whole-frame statistics for "
         "every tile (seam-free; onnxruntime with generator.stats/tile.onnx, or torch); naive = "
-        "per-tile statistics; auto = frozen when available, else naive with a warning.",
+        "per-tile statistics; auto = whole-frame inference for frames within --whole-max-px, "
+        "else frozen when available, else naive with a warning.",
+    ),
+    stats: str = typer.Option(
+        "crops",
+        help="Frozen tiling's statistics estimate: crops = a pass over a few large crops "
+        "(~10-15 % of the tile pass; ~50 dB vs whole frame), whole = over the whole frame "
+        "(exact, costs a whole-frame pass).",
+    ),
+    whole_max_px: int = typer.Option(
+        2048 * 2048,  # pipeline.WHOLE_MAX_PX (not imported: the CLI loads lazily)
+        min=0,
+        help="--tiling auto: frames up to this many pixels (padded) run whole, untiled "
+        "(0 = always tile).",
     ),
 ) -> None:
     """Enhance TIFF/OME-TIFF images and stacks (2-D, TYX, ZYX, TZYX), frame by frame.
@@ -173,6 +207,8 @@ def enhance(
             normalize=normalize.value,
             overwrite=overwrite,
             tiling_mode=tiling.value,
+            stats=stats,
+            whole_max_px=whole_max_px,
         )
         model_cfg = load_model(model)
         if cfg.tile:

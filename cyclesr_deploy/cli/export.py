@@ -19,6 +19,12 @@ app = typer.Typer(
 
 _MODEL = typer.Argument(..., help="Model folder written by `cyclesr train`.")
 _OVERWRITE = typer.Option(False, help="Replace existing artifacts.")
+_FROZEN = typer.Option(
+    None,
+    "--frozen/--no-frozen",
+    help="Also export generator.stats.onnx + generator.tile.onnx (frozen InstanceNorm "
+    "statistics, seam-free tiling; default: on for InstanceNorm generators).",
+)
 
 
 @contextlib.contextmanager
@@ -71,6 +77,34 @@ def _fp16(onnx_path: Path, overwrite: bool, table) -> Path:
     return res.path
 
 
+def _wants_frozen(model_dir: Path, direction: str, frozen: bool | None) -> bool:
+    """``--frozen/--no-frozen``; by default on for InstanceNorm generators."""
+    if frozen is not None:
+        return frozen
+    from cyclesr_deploy.model import load_model
+
+    cfg = load_model(model_dir).generator
+    return (cfg if direction == "ab" else cfg.inverse()).norm == "instance"
+
+
+def _frozen(model_dir: Path, direction: str, overwrite: bool, table) -> None:
+    """The two frozen-InstanceNorm graphs (seam-free tiling): ``generator.stats.onnx`` and
+    ``generator.tile.onnx``, each parity-checked and entered in export.json."""
+    from cyclesr_deploy.export.frozen_onnx import (
+        stats_onnx_from_checkpoint,
+        tile_onnx_from_checkpoint,
+    )
+
+    steps = (
+        ("ONNX stats", stats_onnx_from_checkpoint, "rel max abs {:.1e} vs torch"),
+        ("ONNX tile", tile_onnx_from_checkpoint, "max abs {:.1e} vs torch"),
+    )
+    for artifact, export, fmt in steps:
+        with err.status(f"exporting the frozen-InstanceNorm {artifact} graph ({direction}) ..."):
+            res = export(model_dir, direction=direction, overwrite=overwrite, details=True)
+        _row(table, artifact, res.path, "fp32", fmt.format(res.max_abs_error), res.seconds)
+
+
 def _tensorrt(model_dir: Path, cfg, overwrite: bool, table) -> None:
     from cyclesr_deploy.export import engine_from_onnx
 
@@ -78,6 +112,16 @@ def _tensorrt(model_dir: Path, cfg, overwrite: bool, table) -> None:
         res = engine_from_onnx(model_dir, cfg, overwrite=overwrite)
     note = "up to date, build skipped" if res.skipped else "built"
     _row(table, "TensorRT", res.engine_path, cfg.precision, note, res.seconds)
+
+
+def _tensorrt_frozen(model_dir: Path, cfg, frame: tuple[int, int], overwrite: bool, table) -> None:
+    from cyclesr_deploy.export.tensorrt_frozen import frozen_engines_from_onnx
+
+    with err.status("building the TensorRT frozen-statistics engines (minutes) ..."):
+        builds = frozen_engines_from_onnx(model_dir, frame, cfg, overwrite=overwrite)
+    for label, res in zip(("TensorRT stats", "TensorRT tile"), builds, strict=True):
+        note = "up to date, build skipped" if res.skipped else "built"
+        _row(table, label, res.engine_path, cfg.precision, note, res.seconds)
 
 
 def _trt_config(tile, batch, precision, dynamic, min_tile, max_tile, opt_level, workspace_gib):
@@ -102,14 +146,18 @@ def onnx_cmd(
     direction: str = typer.Option("ab", help="ab = LR -> HR (deployed), ba = HR -> LR."),
     exporter: str = typer.Option("dynamo", help="dynamo (opset 20) or torchscript (opset 17)."),
     fp16: bool = typer.Option(True, help="Also derive the FP16 ONNX (direction ab)."),
+    frozen: bool | None = _FROZEN,
     overwrite: bool = _OVERWRITE,
 ) -> None:
-    """FP32 ONNX with dynamic batch/height/width, parity-checked against PyTorch."""
+    """FP32 ONNX with dynamic batch/height/width, parity-checked against PyTorch; for
+    InstanceNorm generators also the frozen-statistics stats/tile graphs (seam-free tiling)."""
     table = _table()
     with _export_errors():
         path = _onnx(model_dir, direction, exporter, overwrite, table)
         if fp16 and direction == "ab":
             _fp16(path, overwrite, table)
+        if _wants_frozen(model_dir, direction, frozen):
+            _frozen(model_dir, direction, overwrite, table)
     out.print(table)
 
 
@@ -131,14 +179,28 @@ def tensorrt_cmd(
     opt_level: int | None = typer.Option(None, help="Builder optimization level 0-5 (3)."),
     workspace_gib: float | None = typer.Option(None, help="Workspace limit, GiB (4)."),
     overwrite: bool = _OVERWRITE,
+    frozen: bool = typer.Option(
+        False,
+        "--frozen/--no-frozen",
+        help="Instead: the two FP32 engines of seam-free tiling (statistics engine for --frame, "
+        "tile engine for --tile/--batch) from generator.stats/tile.onnx.",
+    ),
+    frame: tuple[int, int] = typer.Option(
+        (2048, 2048), "--frame", help="--frozen: the acquisition's frame height and width, px."
+    ),
 ) -> None:
     """TensorRT engine (+ JSON sidecar) for this GPU; skipped when an identical one exists."""
     table = _table()
     with _export_errors():
+        if frozen and precision is None:
+            precision = "fp32"
         cfg = _trt_config(
             tile, batch, precision, dynamic, min_tile, max_tile, opt_level, workspace_gib
         )
-        _tensorrt(model_dir, cfg, overwrite, table)
+        if frozen:
+            _tensorrt_frozen(model_dir, cfg, frame, overwrite, table)
+        else:
+            _tensorrt(model_dir, cfg, overwrite, table)
     out.print(table)
 
 
@@ -149,14 +211,18 @@ def all_cmd(
     batch: int | None = _BATCH,
     precision: str | None = _PRECISION,
     dynamic: bool | None = _DYNAMIC,
+    frozen: bool | None = _FROZEN,
     overwrite: bool = _OVERWRITE,
 ) -> None:
-    """ONNX, FP16 ONNX and, where TensorRT is installed, the engine; writes export.json."""
+    """ONNX, FP16 ONNX, the frozen-statistics stats/tile graphs (InstanceNorm generators) and,
+    where TensorRT is installed, the engine; writes export.json."""
     table = _table()
     with _export_errors():
         cfg = _trt_config(tile, batch, precision, dynamic, None, None, None, None)
         path = _onnx(model_dir, "ab", "dynamo", overwrite, table)
         _fp16(path, overwrite, table)
+        if _wants_frozen(model_dir, "ab", frozen):
+            _frozen(model_dir, "ab", overwrite, table)
         if importlib.util.find_spec("tensorrt") is not None:
             _tensorrt(model_dir, cfg, overwrite, table)
         else:

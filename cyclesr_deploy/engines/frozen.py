@@ -15,14 +15,20 @@ float rounding (:mod:`cyclesr_deploy.frozen_norm`).
 ``infer`` (no statistics given) is plain InstanceNorm inference, sample by sample, so both are
 complete engines for whole-frame runs too. :func:`open_frozen_engine` picks one for a backend.
 
-Memory: the statistics pass runs the generator on the whole frame once (no output kept for ONNX
-Runtime beyond the stats vector; PyTorch computes the full forward pass).
+Statistics estimate (``engine.stats``, set by the pipeline from ``EnhanceConfig.stats``):
+``"crops"`` (default) runs the statistics pass on a few large crops of the frame
+(:func:`cyclesr_deploy.frozen_norm.crops_for`: ~25 % of its pixels, ~10-15 % of the tile pass's
+time, memory bounded by the crops), pooled over the crops; ``"whole"`` runs it on the whole frame
+(exact statistics, tiled == whole-frame output up to float rounding; memory and time of one
+whole-frame pass). ONNX Runtime pools crops with a stats graph exported with pooling (metadata
+``pooled``); an older stats graph gets the whole frame (logged once).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -33,13 +39,21 @@ from cyclesr_deploy.engines.base import TensorSpec
 from cyclesr_deploy.engines.onnxruntime_engine import CPU_EP, resolve_providers
 from cyclesr_deploy.engines.torch_engine import TorchEngine
 from cyclesr_deploy.errors import InputError, require
-from cyclesr_deploy.model import WEIGHTS, load_model
+from cyclesr_deploy.model import ONNX_FILES, WEIGHTS, load_model
+
+StatsEstimate = Literal["whole", "crops"]
+STATS_ESTIMATES: tuple[str, ...] = ("whole", "crops")
 
 __all__ = [
+    "CROP_AREA",
+    "STATS_ESTIMATES",
     "STATS_FILE",
     "TILE_FILE",
     "OnnxFrozenEngine",
     "TorchFrozenEngine",
+    "crop_batch",
+    "crop_origins",
+    "crops_for",
     "frozen_graphs_missing",
     "open_frozen_engine",
 ]
@@ -66,6 +80,77 @@ def frozen_graphs_missing(model_dir: str | Path) -> str | None:
     return (
         f"{model_dir} has no {' / '.join(missing)} (the frozen InstanceNorm graphs); export them "
         f"with: {EXPORT_HINT.format(d=model_dir)}"
+    )
+
+
+# ---- crop geometry of the "crops" estimate (torch-free; cyclesr_deploy.frozen_norm uses it) ----
+
+Layout = Literal["spread", "cells"]
+
+
+def crop_origins(
+    shape: tuple[int, int],
+    crop: tuple[int, int],
+    n: int,
+    size_multiple: int,
+    layout: Layout = "spread",
+) -> list[tuple[int, int]]:
+    """``n`` crop origins over a frame of ``shape`` on a near-square grid (ny x nx >= n,
+    row-major, the first ``n``), rounded down to ``size_multiple`` (the generator's sampling
+    lattice). ``layout="spread"``: first and last crops at the frame edges (evenly spaced);
+    ``"cells"``: each crop centred in its cell of an ny x nx partition of the frame
+    (stratified sampling: no crop on the frame edge unless the crops fill the frame)."""
+    h, w = shape
+    ch, cw = crop
+    aspect = w / h
+    ny = max(1, round(math.sqrt(n / aspect)))
+    nx = max(1, math.ceil(n / ny))
+    if layout == "cells":
+        ys = np.clip((np.arange(ny) + 0.5) * h / ny - ch / 2, 0, h - ch)
+        xs = np.clip((np.arange(nx) + 0.5) * w / nx - cw / 2, 0, w - cw)
+    elif layout == "spread":
+        ys = np.linspace(0, h - ch, ny) if ny > 1 else np.array([(h - ch) / 2])
+        xs = np.linspace(0, w - cw, nx) if nx > 1 else np.array([(w - cw) / 2])
+    else:
+        raise InputError(f"frozen_norm: crop layout must be 'spread' or 'cells', got {layout!r}")
+    m = size_multiple
+    grid = [(int(y) // m * m, int(x) // m * m) for y in ys for x in xs]
+    return grid[:n]
+
+
+CROP_AREA = 0.25  # default crops: about this fraction of the frame (measured, see crops_for)
+
+
+def crops_for(shape: Sequence[int], size_multiple: int = 4) -> tuple[int, int]:
+    """The default crop estimate ``(crop, n)`` for a frame of ``shape`` (..., H, W): crops of
+    384 px (frames up to 1536 px a side) or 512 px, as many as cover about
+    :data:`CROP_AREA` of the frame (at least 1), on the ``"spread"`` grid. With the default
+    512-px tiles (overlap ~2 x the receptive-field half-width) the tile pass reads ~2.2x the
+    frame's pixels, so this statistics pass costs ~10-15 % of it
+    (``benchmarks/results/frozen_norm.md``)."""
+    h, w = int(shape[-2]), int(shape[-1])
+    crop = 384 if max(h, w) <= 1536 else 512
+    crop = min(crop, -(-min(h, w) // size_multiple) * size_multiple)
+    n = max(1, round(CROP_AREA * h * w / crop**2))
+    return crop, n
+
+
+def _check_estimate(stats: str) -> str:
+    if stats not in STATS_ESTIMATES:
+        raise InputError(f"frozen stats: estimate must be 'whole' or 'crops', got {stats!r}")
+    return stats
+
+
+def crop_batch(frame_nchw: np.ndarray, size_multiple: int) -> np.ndarray:
+    """The default crops (:func:`~cyclesr_deploy.frozen_norm.crops_for`, ``"spread"`` grid) of
+    a padded (1, C, H, W) frame as one (n, C, crop, crop) batch (numpy, torch-free)."""
+    h, w = frame_nchw.shape[-2:]
+    crop, n = crops_for((h, w), size_multiple)
+    ch, cw = min(crop, h), min(crop, w)
+    origins = crop_origins((h, w), (ch, cw), n, size_multiple)
+    return np.ascontiguousarray(
+        np.concatenate([frame_nchw[:, :, y : y + ch, x : x + cw] for y, x in origins]),
+        dtype=np.float32,
     )
 
 
@@ -115,8 +200,12 @@ class OnnxFrozenEngine:
         )
         self.name = f"onnxruntime[{self.requested[0]},frozen-stats]"
         self.length: int | None = None
+        self.stats: StatsEstimate = "crops"
+        self.pooled = False
+        self._warned = False
         self._stats: Any = None
         self._tile: Any = None
+        self._plain: Any = None
 
     def __enter__(self) -> OnnxFrozenEngine:
         self.open()
@@ -156,6 +245,7 @@ class OnnxFrozenEngine:
                 f"length ({infos[0].get('length')} vs {infos[1].get('length')}); re-export both"
             )
         self.length = int(infos[0]["length"])
+        self.pooled = bool(infos[0].get("pooled", False))
         self._stats_in = stats.get_inputs()[0].name
         names = [i.name for i in tile.get_inputs()]
         self._tile_in = next(n for n in names if n != "stats")
@@ -164,15 +254,28 @@ class OnnxFrozenEngine:
         log.info("ONNX Runtime frozen-stats sessions for %s", self.model_dir)
 
     def close(self) -> None:
-        self._stats = self._tile = None
+        self._stats = self._tile = self._plain = None
 
     def _require_open(self) -> None:
         if self._tile is None:
             raise RuntimeError(f"{self.name} is closed; use it inside a with block")
 
-    def frame_statistics(self, frame_nchw: np.ndarray) -> np.ndarray:
+    def frame_statistics(self, frame_nchw: np.ndarray, stats: str | None = None) -> np.ndarray:
+        """Statistics of a padded (1, C, H, W) frame, estimated as ``stats`` (default
+        ``self.stats``) says."""
         self._require_open()
         x = np.ascontiguousarray(frame_nchw, dtype=np.float32)
+        if _check_estimate(stats or self.stats) == "crops":
+            if self.pooled:
+                x = crop_batch(x, self.model.size_multiple)
+            elif not self._warned:
+                self._warned = True
+                log.warning(
+                    "%s predates pooled statistics: frozen statistics from the whole frame "
+                    "(re-export it with `cyclesr export onnx --overwrite` for the cheaper crops "
+                    "estimate)",
+                    self.model_dir / STATS_FILE,
+                )
         return self._stats.run(None, {self._stats_in: x})[0]
 
     def infer_with_stats(self, batch: np.ndarray, stats: np.ndarray) -> np.ndarray:
@@ -182,10 +285,21 @@ class OnnxFrozenEngine:
         return self._tile.run(None, feeds)[0]
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Per-sample InstanceNorm inference (each tile normalised with its own statistics)."""
+        """Plain InstanceNorm inference (each sample normalised with its own statistics), e.g.
+        for frames that run whole: one pass of ``generator.onnx`` when the folder has it (the
+        same network; no statistics pass), else the two graphs per sample."""
+        self._require_open()
+        plain = self.model_dir / ONNX_FILES["ab"]
+        if self._plain is None and plain.is_file():
+            self._plain = self._session(plain)
+            self._plain_in = self._plain.get_inputs()[0].name
+        if self._plain is not None:
+            return self._plain.run(None, {self._plain_in: np.ascontiguousarray(batch)})[0]
         return np.concatenate(
             [
-                self.infer_with_stats(batch[i : i + 1], self.frame_statistics(batch[i : i + 1]))
+                self.infer_with_stats(
+                    batch[i : i + 1], self.frame_statistics(batch[i : i + 1], "whole")
+                )
                 for i in range(batch.shape[0])
             ]
         )
@@ -203,6 +317,7 @@ class TorchFrozenEngine(TorchEngine):
     def __init__(self, model_dir: str | Path, **kwargs: Any) -> None:
         super().__init__(model_dir, **kwargs)
         self.name = self.name[:-1] + ",frozen-stats]"
+        self.stats: StatsEstimate = "crops"
         self._layers: list[Any] = []
 
     def _load_network(self) -> Any:
@@ -223,8 +338,9 @@ class TorchFrozenEngine(TorchEngine):
         if self._module is None:
             raise RuntimeError(f"{self.name} is closed; use it inside a with block")
         x = self._t.from_numpy(np.ascontiguousarray(frame_nchw, dtype=np.float32))
-        # the frame is already padded; compute_statistics pads nothing more
-        packed = compute_statistics(self._net, x, "whole", size_multiple=1)
+        # the frame is already padded to the size multiple: nothing more is padded
+        m = self.model.size_multiple
+        packed = compute_statistics(self._net, x, _check_estimate(self.stats), size_multiple=m)
         return packed.cpu().numpy()
 
     def infer_with_stats(self, batch: np.ndarray, stats: np.ndarray) -> np.ndarray:
@@ -240,22 +356,33 @@ class TorchFrozenEngine(TorchEngine):
 
 def open_frozen_engine(
     model_dir: str | Path,
-    backend: Literal["auto", "onnxruntime", "torch"] | str = "auto",
+    backend: Literal["auto", "onnxruntime", "torch", "tensorrt"] | str = "auto",
     *,
     precision: str = "auto",
     threads: int | None = None,
-) -> OnnxFrozenEngine | TorchFrozenEngine:
-    """A frozen-statistics engine for ``model_dir`` (not entered): ``onnxruntime`` needs the two
-    graphs (:func:`frozen_graphs_missing`), ``torch`` the weights; ``auto`` prefers ONNX Runtime
-    on the CPU when the graphs exist, else torch. InputError when neither can run (the message
-    says how to export the graphs); ONNX Runtime runs FP32 only."""
+    stats: StatsEstimate = "crops",
+) -> Any:
+    """A frozen-statistics engine for ``model_dir`` (not entered): ``tensorrt`` needs the two
+    TensorRT engines (:mod:`cyclesr_deploy.engines.tensorrt_frozen`; statistics always from the
+    whole frame), ``onnxruntime`` the two graphs (:func:`frozen_graphs_missing`), ``torch`` the
+    weights; ``auto`` prefers ONNX Runtime on the CPU when the graphs exist, else torch.
+    InputError when neither can run (the message says how to export the graphs); ONNX Runtime
+    and TensorRT run FP32 only."""
     model_dir = Path(model_dir)
     missing = frozen_graphs_missing(model_dir)
     has_weights = (model_dir / WEIGHTS["ab"]).is_file()
+    if backend == "tensorrt":
+        from cyclesr_deploy.engines.tensorrt_frozen import TensorRTFrozenEngine
+
+        if precision not in ("auto", "fp32"):
+            raise InputError("frozen statistics with TensorRT run fp32 only")
+        trt_engine = TensorRTFrozenEngine(model_dir)
+        trt_engine.selection = "frozen InstanceNorm statistics: TensorRT stats + tile engines"
+        return trt_engine
     if backend not in ("auto", "onnxruntime", "torch"):
         raise InputError(
             f"--tiling frozen: backend {backend!r} has no frozen-statistics engine; use "
-            "onnxruntime or torch (or --tiling naive)"
+            "tensorrt, onnxruntime or torch (or --tiling naive)"
         )
     if backend == "auto":
         if missing is None and precision in ("auto", "fp32"):
@@ -271,10 +398,12 @@ def open_frozen_engine(
             model_dir, providers=[CPU_EP], threads=threads
         )
         engine.selection = "frozen InstanceNorm statistics: generator.stats/tile.onnx"
+        engine.stats = _check_estimate(stats)  # type: ignore[assignment]
         return engine
     kwargs: dict[str, Any] = {"threads": threads}
     if precision != "auto":
         kwargs["precision"] = precision
     engine = TorchFrozenEngine(model_dir, **kwargs)
     engine.selection = "frozen InstanceNorm statistics: PyTorch generator"
+    engine.stats = _check_estimate(stats)  # type: ignore[assignment]
     return engine

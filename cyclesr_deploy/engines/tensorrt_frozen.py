@@ -142,8 +142,11 @@ class TensorRTFrozenEngine:
         self._stats.close()
         self._uploaded = None
 
+    selection: Any = None
+
     def frame_statistics(self, frame_nchw: np.ndarray) -> np.ndarray:
-        """(1, C, H, W) padded frame -> packed statistics (L,) float32 (a copy)."""
+        """(1, C, H, W) padded frame -> packed statistics (L,) float32 (a copy), always from
+        the whole frame (the statistics engine is built for the acquisition's frame size)."""
         stats = np.array(self._stats.infer(np.ascontiguousarray(frame_nchw, np.float32)))
         return stats.reshape(-1)
 

@@ -3,11 +3,14 @@
 :mod:`cyclesr_deploy.frozen_norm` runs two passes in PyTorch; this module exports them:
 
 * ``generator.stats.onnx`` (:func:`stats_onnx_from_checkpoint`): input ``input``
-  (1 x C x H x W float32 in [-1, 1], H and W dynamic multiples of the size multiple), output
-  ``stats`` (L,) float32: the packed vector ``[mean_0, var_0, mean_1, var_1, ...]`` that the
+  (N x C x H x W float32 in [-1, 1], N, H and W dynamic; H, W multiples of the size multiple),
+  output ``stats`` (L,) float32: the packed vector ``[mean_0, var_0, mean_1, var_1, ...]`` that the
   generator's InstanceNorm layers see on the whole frame (biased variance, as
   :func:`cyclesr_deploy.frozen_norm.record_statistics` / ``compute_statistics(..., "whole")``).
-  Feed it a whole frame (exact statistics) or a thumbnail / large crop (estimates).
+  Feed it a whole frame (exact statistics), or a batch of N equal crops of one frame: the
+  statistics are then pooled over the batch at every layer and all crops normalised with them
+  (``statistics_from_crops`` with ``margin=0``; metadata ``pooled: true``). Graphs exported
+  before pooling (no ``pooled`` key) take one frame only.
 * ``generator.tile.onnx`` (:func:`tile_onnx_from_checkpoint`): inputs ``input``
   (N x C x h x w, N, h, w dynamic) and ``stats`` (L,), output ``output``: the generator with every
   InstanceNorm replaced by ``(x - mean) / sqrt(var + eps)`` with its slice of ``stats`` (mode
@@ -49,7 +52,14 @@ from cyclesr_deploy.export.onnx_export import (
     load_generator,
     versions,
 )
-from cyclesr_deploy.export.parity import ExportError, ParityError, ort_session
+from cyclesr_deploy.export.parity import (
+    ExportError,
+    ParityError,
+    ParityInput,
+    compare_outputs,
+    ort_session,
+)
+from cyclesr_deploy.export.report import ExportReport, artifact_entry, write_export_report
 from cyclesr_deploy.io import atomic_path
 from cyclesr_deploy.model import ONNX_FILES, GeneratorConfig, load_model
 from cyclesr_deploy.onnx_metadata import OnnxMetadata
@@ -109,7 +119,9 @@ class _Shared:
 
 
 class _RecordingNorm(nn.Module):
-    """Instance norm that appends its (mean, var) (C,) to the shared list."""
+    """Norm with the statistics pooled over the batch and the spatial axes (a batch of equal
+    crops of one frame is normalised as one image: mode ``"pool"`` of FrozenInstanceNorm; for
+    one frame plain instance norm); appends its (mean, var) (C,) to the shared list."""
 
     def __init__(self, index: int, channels: int, eps: float, shared: _Shared) -> None:
         super().__init__()
@@ -117,7 +129,7 @@ class _RecordingNorm(nn.Module):
         self._shared = shared
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        var, mean = torch.var_mean(x, dim=(2, 3), correction=0, keepdim=True)  # (1, C, 1, 1)
+        var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0, keepdim=True)  # (1, C, 1, 1)
         self._shared.recorded.append((self.index, mean.reshape(-1), var.reshape(-1)))
         return (x - mean) / torch.sqrt(var + self.eps)
 
@@ -149,6 +161,7 @@ def _layer_info(layers: Sequence[nn.InstanceNorm2d]) -> dict[str, Any]:
         "channels": channels,
         "eps": eps[0] if len(eps) == 1 else eps,
         "layout": "mean_0, var_0, mean_1, var_1, ... (per-channel, biased variance, float32)",
+        "pooled": True,  # stats graph: statistics pooled over the input batch (equal crops)
     }
 
 
@@ -371,7 +384,8 @@ def _finish(
     proto.doc_string = (
         f"cyclesr generator {direction} frozen-InstanceNorm {graph} graph, {architecture(cfg)}; "
         + (
-            f"input 1 x C x H x W float32 in [-1, 1] (H, W multiples of {m}) -> stats ({n},) "
+            f"input N x C x H x W float32 in [-1, 1] (N equal crops of one frame, pooled; H, W "
+            f"multiples of {m}) -> stats ({n},) "
             "[mean_0, var_0, mean_1, var_1, ...]"
             if graph == "stats"
             else f"input N x C x h x w float32 in [-1, 1] (h, w multiples of {m}), stats ({n},) "
@@ -390,10 +404,11 @@ def _save_checked(proto: onnx.ModelProto, part: Path, graph: Graph) -> None:
 
 
 def _torch_stats(model_dir: Path, model, direction: Direction, x: torch.Tensor) -> np.ndarray:
-    from cyclesr_deploy.frozen_norm import compute_statistics
+    """frozen_norm's pooled statistics of the batch ``x`` (mode ``"pool"``; N = 1: exact)."""
+    from cyclesr_deploy.frozen_norm import _run, freeze_instance_norms, packed_statistics
 
     net = load_generator(model_dir, model, direction)
-    return compute_statistics(net, x[0], "whole").numpy()
+    return packed_statistics(_run(net, freeze_instance_norms(net), "pool", x)).numpy()
 
 
 def _export_and_write(
@@ -415,9 +430,11 @@ def _export_and_write(
     tolerance: float,
     start: float,
     details: bool,
+    record: bool = True,
 ) -> Path | FrozenOnnxExport:
     """Shared tail of both exports: export, structural checks, metadata, atomic write gated by
-    an ONNX Runtime vs PyTorch comparison (``relative``: error over the largest magnitude)."""
+    an ONNX Runtime vs PyTorch comparison (``relative``: error over the largest magnitude);
+    ``record``: merge the file's entry into the model folder's ``export.json``."""
     info = wrapper.info
     try:
         proto = _export(wrapper, example, inputs, outputs, shapes, opset=opset)
@@ -454,6 +471,29 @@ def _export_and_write(
                 f"tolerance {tolerance:g}); nothing written"
             )
     seconds = time.perf_counter() - start
+    if record:
+        case = compare_outputs(
+            ParityInput(
+                f"random {'x'.join(map(str, feeds[INPUT_NAME].shape))}", "random", feeds[INPUT_NAME]
+            ),
+            expected,
+            got,
+        )
+        settings = {k: v for k, v in metadata.export.items() if k != "versions"}
+        settings["frozen_stats"] = info
+        entry = artifact_entry(
+            target.parent,
+            target,
+            kind="onnx",
+            precision="fp32",
+            seconds=seconds,
+            direction=direction,
+            reference="torch (frozen_norm)",
+            tolerance={"max_abs_relative" if relative else "max_abs": tolerance},
+            parity=[case],
+            settings=settings,
+        )
+        write_export_report(target.parent, ExportReport.of(entry, versions=versions()))
     _log.info("wrote %s (L=%d), max abs error %.3g", target, info["length"], err)
     if not details:
         return target
@@ -470,16 +510,19 @@ def stats_onnx_from_checkpoint(
     tolerance: float = 1e-5,
     seed: int = 0,
     details: bool = False,
+    record: bool = True,
 ) -> Path | FrozenOnnxExport:
     """Export the statistics graph ``generator.stats.onnx`` (``generator_ba.stats.onnx`` for
     ``direction="ba"``) into the model folder; return its path (or a :class:`FrozenOnnxExport`
     with ``details=True``).
 
-    Input ``input`` (1, C, H, W), H and W dynamic multiples of the size multiple; output
+    Input ``input`` (N, C, H, W: one frame, or N equal crops of one frame pooled as
+    ``statistics_from_crops(..., margin=0)``), N, H and W dynamic; output
     ``stats`` (L,) float32 equal to ``frozen_norm.compute_statistics(gen, frame, "whole")``.
     Checked with ``onnx.checker`` and against PyTorch in ONNX Runtime (max abs error relative to
     the vector's largest magnitude <= ``tolerance``, else ParityError, nothing written). An
-    existing file is replaced only with ``overwrite=True`` (else InputError).
+    existing file is replaced only with ``overwrite=True`` (else InputError). ``record``: merge
+    the file's entry (size, sha256, parity) into the folder's ``export.json``.
     """
     start = time.perf_counter()
     model_dir, model, cfg, target = _prepare(
@@ -489,11 +532,11 @@ def stats_onnx_from_checkpoint(
     m = cfg.size_multiple
     from torch.export import Dim
 
-    check = _frame_example(cfg, 1, 12, 20, seed + 1)
+    check = _frame_example(cfg, 2, 12, 20, seed + 1)  # 2 crops: pooled statistics
     return _export_and_write(
         wrapper,
-        (_frame_example(cfg, 1, 16, 24, seed),),
-        ({2: m * Dim("h"), 3: m * Dim("w")},),
+        (_frame_example(cfg, 2, 16, 24, seed),),
+        ({0: Dim("batch"), 2: m * Dim("h"), 3: m * Dim("w")},),
         graph="stats",
         inputs=[INPUT_NAME],
         outputs=[STATS_NAME],
@@ -508,6 +551,7 @@ def stats_onnx_from_checkpoint(
         tolerance=tolerance,
         start=start,
         details=details,
+        record=record,
     )
 
 
@@ -521,6 +565,7 @@ def tile_onnx_from_checkpoint(
     tolerance: float = 1e-4,
     seed: int = 0,
     details: bool = False,
+    record: bool = True,
 ) -> Path | FrozenOnnxExport:
     """Export the tile graph ``generator.tile.onnx`` (``generator_ba.tile.onnx``) into the model
     folder; return its path (or a :class:`FrozenOnnxExport` with ``details=True``).
@@ -579,4 +624,5 @@ def tile_onnx_from_checkpoint(
         tolerance=tolerance,
         start=start,
         details=details,
+        record=record,
     )

@@ -150,9 +150,9 @@ def test_enhance_with_onnxruntime_and_tiling_effect(tmp_path, rng, onnx_model_di
     whole = tifffile.imread(tmp_path / "whole" / "s.tif")
     assert whole.shape == stack.shape and whole.dtype == stack.dtype
     assert whole.std() > 0
-    res = runner.invoke(
-        app, [*common, "onnxruntime", "-o", str(tmp_path / "tiled"), "--tile", "96"]
-    )
+    # --whole-max-px 0: tiled although the frame fits the auto whole-frame budget
+    tiled_out = ["-o", str(tmp_path / "tiled"), "--tile", "96", "--whole-max-px", "0"]
+    res = runner.invoke(app, [*common, "onnxruntime", *tiled_out])
     assert res.exit_code == 0, res.output
     tiled = tifffile.imread(tmp_path / "tiled" / "s.tif")
     # InstanceNorm normalizes per tile: tiled != whole frame; only its size is measured
@@ -204,3 +204,17 @@ def test_enhance_without_model_uses_the_builtin_cyclegan(tmp_path):
         unit(pair.lr), unit(pair.hr), data_range=1
     )
     assert gain > 3, gain
+
+
+def test_enhance_auto_runs_a_frame_within_the_budget_whole(tmp_path, onnx_model_dir):
+    frame = (np.arange(128 * 128, dtype=np.uint16).reshape(128, 128) * 3) % 60000
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "f.tif", frame)
+    common = ["enhance", str(tmp_path / "in"), "-m", str(onnx_model_dir), "--backend"]
+    res = runner.invoke(app, [*common, "onnxruntime", "-o", str(tmp_path / "w"), "--tile", "0"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, [*common, "onnxruntime", "-o", str(tmp_path / "a"), "--tile", "96"])
+    assert res.exit_code == 0, res.output
+    whole = tifffile.imread(tmp_path / "w" / "f.tif").astype(np.int64)
+    auto = tifffile.imread(tmp_path / "a" / "f.tif").astype(np.int64)
+    assert np.abs(auto - whole).max() <= 1  # --tiling auto: whole-frame inference

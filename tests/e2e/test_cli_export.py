@@ -30,6 +30,15 @@ def test_export_all_writes_onnx_fp16_and_report(model_dir):
     assert (model_dir / "generator.fp16.onnx").is_file()
     report = json.loads((model_dir / "export.json").read_text())
     assert {"generator.onnx", "generator.fp16.onnx"} <= set(report["artifacts"])
+    # InstanceNorm generator: the frozen-statistics graphs are a default step, with entries
+    for name in ("generator.stats.onnx", "generator.tile.onnx"):
+        assert (model_dir / name).is_file()
+        entry = report["artifacts"][name]
+        assert entry["bytes"] == (model_dir / name).stat().st_size
+        assert entry["parity"] and entry["parity"][0]["max_abs"] < 1e-3
+        assert entry["settings"]["graph"] in name
+        assert entry["settings"]["frozen_stats"]["length"] > 0
+    assert "ONNX stats" in res.output and "ONNX tile" in res.output
     if importlib.util.find_spec("tensorrt") is None:
         assert "skipped" in res.output
 
@@ -59,3 +68,20 @@ def test_export_folder_without_weights(tmp_path):
     res = runner.invoke(app, ["export", "onnx", str(tmp_path / "m")])
     assert res.exit_code == 2
     assert "model.json" in res.output
+
+
+def test_export_onnx_frozen_switch(model_dir):
+    stats = model_dir / "generator.stats.onnx"
+    if not stats.is_file():
+        pytest.skip("needs the export all test first")
+    before = stats.stat().st_mtime_ns
+    res = runner.invoke(
+        app, ["export", "onnx", str(model_dir), "--overwrite", "--no-fp16", "--no-frozen"]
+    )
+    assert res.exit_code == 0, res.output
+    assert "ONNX stats" not in res.output
+    assert stats.stat().st_mtime_ns == before
+    res = runner.invoke(app, ["export", "onnx", str(model_dir), "--overwrite", "--no-fp16"])
+    assert res.exit_code == 0, res.output
+    assert "ONNX stats" in res.output and "ONNX tile" in res.output
+    assert stats.stat().st_mtime_ns > before

@@ -96,13 +96,38 @@ def test_naive_tiling_differs_and_whole_frame_backends_agree(setup, reference):
 
 
 def test_auto_picks_frozen_when_available(setup, reference, caplog):
-    auto = _run(setup, OnnxFrozenEngine(setup["folder"]), "auto", tile=96, batch=4)
+    # whole_max_px=0: frames over the whole-frame budget are tiled
+    tiled = {"tile": 96, "batch": 4, "whole_max_px": 0}
+    auto = _run(setup, OnnxFrozenEngine(setup["folder"]), "auto", **tiled)
     assert _err(auto, reference) < EXACT
     with caplog.at_level(logging.WARNING, logger="cyclesr_deploy.pipeline"):
         plain = OnnxRuntimeEngine(setup["folder"], providers="cpu")
-        naive = _run(setup, plain, "auto-naive", tile=96, batch=4)
+        naive = _run(setup, plain, "auto-naive", **tiled)
     assert _err(naive, reference) > 1e-2
     assert "normalised independently" in caplog.text
+
+
+def test_auto_runs_frames_within_the_budget_whole(setup, reference, caplog):
+    # a 256 x 256 frame within the default budget: whole-frame inference even with a plain
+    # engine and 96-px tiles (exact, no per-tile warning); over a 128 x 128 budget it is tiled
+    with caplog.at_level(logging.WARNING, logger="cyclesr_deploy.pipeline"):
+        plain = OnnxRuntimeEngine(setup["folder"], providers="cpu")
+        auto = _run(setup, plain, "auto-whole", tile=96, batch=4)
+    assert _err(auto, reference) < EXACT
+    assert "normalised independently" not in caplog.text
+    plain = OnnxRuntimeEngine(setup["folder"], providers="cpu")
+    over = _run(setup, plain, "auto-over", tile=96, batch=4, whole_max_px=128 * 128)
+    assert _err(over, reference) > 1e-2
+
+
+def test_pipeline_default_estimate_is_crops(setup):
+    assert EnhanceConfig().stats == "crops"
+    engine = open_frozen_engine(setup["folder"], "torch")
+    _run(setup, engine, "crops-default", tile=96, batch=4, tiling_mode="frozen")
+    assert engine.stats == "crops"
+    whole = open_frozen_engine(setup["folder"], "torch")
+    _run(setup, whole, "whole-stats", tile=96, tiling_mode="frozen", stats="whole")
+    assert whole.stats == "whole"
 
 
 def test_frozen_mode_needs_a_capable_engine(setup):

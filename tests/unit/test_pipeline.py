@@ -23,7 +23,7 @@ from cyclesr_deploy.pipeline import (
 )
 from tests.conftest import FakeEngine
 
-TILED = EnhanceConfig(tile=16, overlap=8, batch=3)
+TILED = EnhanceConfig(tile=16, overlap=8, batch=3, whole_max_px=0)  # tiles even where whole fits
 
 
 def _model(scale=1, low=0.0, high=1.0):

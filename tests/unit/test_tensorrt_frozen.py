@@ -146,3 +146,37 @@ def test_generator_engine_choice_ignores_the_frozen_engines(trt, tmp_path):
     assert find_engine(folder).engine_path == own.engine_path
     tile = find_engine(folder, graph="generator.tile.onnx").engine_path
     assert tile != own.engine_path
+
+
+def test_export_cli_builds_the_frozen_engines(trt, tmp_path):
+    from typer.testing import CliRunner
+
+    from cyclesr_deploy.cli import app
+
+    folder = model_folder(tmp_path)
+    args = ["export", "tensorrt", str(folder), "--frozen", "--frame", "96", "128"]
+    res = CliRunner().invoke(app, [*args, "--tile", "64", "--batch", "2"])
+    assert res.exit_code == 0, res.output
+    assert "TensorRT stats" in res.output and "TensorRT tile" in res.output
+    with TensorRTFrozenEngine(folder, frame=(96, 128)) as engine:  # dynamic: 96..128 px
+        assert engine.precision == "fp32" and engine.input_spec.max_batch == 2
+    res = CliRunner().invoke(app, [*args, "--precision", "fp16"])
+    assert res.exit_code == 2 and "FP32" in res.output
+
+
+def test_enhance_auto_prefers_the_tensorrt_frozen_engines(trt, tmp_path):
+    from cyclesr_deploy.cli.enhance import _frozen_engine
+    from cyclesr_deploy.engines.frozen import open_frozen_engine
+    from cyclesr_deploy.model import load_model
+    from cyclesr_deploy.pipeline import EnhanceConfig
+
+    folder = model_folder(tmp_path)
+    model = load_model(folder)
+    cfg = EnhanceConfig(tile=64, whole_max_px=0)
+    assert _frozen_engine(folder, model, cfg, "tensorrt", "auto") is None  # none built yet
+    frozen_engines_from_onnx(folder, (128, 128), CFG)
+    engine = _frozen_engine(folder, model, cfg, "auto", "auto")
+    assert isinstance(engine, TensorRTFrozenEngine)
+    assert isinstance(open_frozen_engine(folder, "tensorrt"), TensorRTFrozenEngine)
+    with pytest.raises(InputError, match="fp32 only"):
+        open_frozen_engine(folder, "tensorrt", precision="fp16")
