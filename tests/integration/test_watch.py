@@ -213,16 +213,24 @@ def test_cli_sigint_finishes_and_exits_0(tmp_path, monkeypatch):
     for p in (tmp_path / "in").iterdir():
         os.utime(p, (past, past))
 
+    finished = threading.Event()  # never SIGINT the test process once watch has returned
+
     def interrupt() -> None:
         end = time.monotonic() + 10
         while time.monotonic() < end and not (tmp_path / "out" / "x2.tif").exists():
-            time.sleep(0.02)
-        os.kill(os.getpid(), signal.SIGINT)
+            if finished.wait(0.02):
+                return
+        if not finished.is_set():
+            os.kill(os.getpid(), signal.SIGINT)
 
     threading.Thread(target=interrupt, daemon=True).start()
-    args = ["watch", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model", "m"]
-    args += ["--tile", "0", "--poll", "0.05", "--stable", "0.1", "--polling"]
-    result = CliRunner().invoke(app, args)
+    (tmp_path / "m").mkdir()  # a model folder (its model.json is faked by load_model above)
+    args = ["watch", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model"]
+    args += [str(tmp_path / "m"), "--tile", "0", "--poll", "0.05", "--stable", "0.1", "--polling"]
+    try:
+        result = CliRunner().invoke(app, args)
+    finally:
+        finished.set()
     assert result.exit_code == 0, result.output
     assert _values(tmp_path / "out" / "x2.tif") == [13]
     assert (tmp_path / "out" / MANIFEST_NAME).is_file()
