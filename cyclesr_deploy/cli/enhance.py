@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
 
@@ -68,24 +69,46 @@ def _gpu_backend_usable(model_dir: Path, precision: str) -> bool:
     return not any(label == "torch-cuda" for label, _ in rejected)
 
 
-def _tensorrt_frozen(model_dir: Path, *, required: bool):
-    """The TensorRT frozen-statistics engine when TensorRT and its two engines for this GPU are
-    there; else None (``required``: a warning saying how to build them)."""
+def _frame_shapes(paths: list[Path]) -> list[tuple[int, int]]:
+    """(H, W) of every readable input (headers only; unreadable files fail later, per file)."""
+    from cyclesr_deploy.frames import open_frames
+
+    shapes = set()
+    for path in paths:
+        try:
+            with open_frames(path) as reader:
+                shapes.add(tuple(int(d) for d in reader.info.frame_shape))
+        except Exception:  # reported per file by the pipeline
+            continue
+    return sorted(shapes)
+
+
+def _tensorrt_frozen(model_dir: Path, paths: list[Path], *, required: bool):
+    """The TensorRT frozen-statistics engine, opened, when TensorRT and two engines for this GPU
+    and for every input's frame size are there; else None (``required``: with a warning that
+    says how to build them)."""
     import importlib.util
 
     from cyclesr_deploy.engines.frozen import open_frozen_engine
 
     if importlib.util.find_spec("tensorrt") is None:
         return None
+    engine = None
     try:
-        return open_frozen_engine(model_dir, "tensorrt")
-    except Exception as exc:  # no engines, other GPU, no CUDA device: the other engines run
+        engine = open_frozen_engine(model_dir, "tensorrt", frames=_frame_shapes(paths))
+        engine.open()
+        return engine
+    except Exception as exc:  # no engines, other sizes, other GPU, no CUDA device, no memory
+        if engine is not None:
+            engine.close()
         if required:
             err.print(f"[yellow]warning[/]: {escape(str(exc))}", highlight=False)
         return None
 
 
-def _frozen_engine(model_dir: Path, model_cfg, cfg, backend: str, precision: str):
+def _frozen_engine(
+    model_dir: Path, model_cfg, cfg, backend: str, precision: str, paths: Sequence[Path] = ()
+):
     """The frozen-statistics engine for a tiled run of an InstanceNorm generator, or None for
     the ordinary engine (``--tiling naive``, tile 0, no InstanceNorm, or ``auto`` where none
     is available: the pipeline then warns that tiles are normalised independently)."""
@@ -94,11 +117,14 @@ def _frozen_engine(model_dir: Path, model_cfg, cfg, backend: str, precision: str
     if cfg.tiling_mode == "naive" or model_cfg.generator.norm != "instance":
         return None
     if cfg.tiling_mode == "frozen":
-        return open_frozen_engine(model_dir, backend, precision=precision, stats=cfg.stats)
+        frames = _frame_shapes(list(paths)) if backend == "tensorrt" else ()
+        return open_frozen_engine(
+            model_dir, backend, precision=precision, stats=cfg.stats, frames=frames
+        )
     if not cfg.tile:  # auto: whole frames need no frozen statistics
         return None
     if backend in ("auto", "tensorrt") and precision in ("auto", "fp32"):
-        engine = _tensorrt_frozen(model_dir, required=backend == "tensorrt")
+        engine = _tensorrt_frozen(model_dir, list(paths), required=backend == "tensorrt")
         if engine is not None:
             return engine
     missing = frozen_graphs_missing(model_dir)
@@ -243,7 +269,7 @@ def enhance(
 
     try:
         with user_errors():
-            engine_cm = _frozen_engine(model, model_cfg, cfg, backend.value, precision.value)
+            engine_cm = _frozen_engine(model, model_cfg, cfg, backend.value, precision.value, paths)
             if engine_cm is None:
                 engine_cm = open_engine(model, backend=backend.value, precision=precision.value)
             with engine_cm as engine:

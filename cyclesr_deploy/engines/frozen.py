@@ -361,11 +361,13 @@ def open_frozen_engine(
     precision: str = "auto",
     threads: int | None = None,
     stats: StatsEstimate = "crops",
+    frames: Sequence[tuple[int, int]] = (),
 ) -> Any:
     """A frozen-statistics engine for ``model_dir`` (not entered): ``tensorrt`` needs the two
     TensorRT engines (:mod:`cyclesr_deploy.engines.tensorrt_frozen`; statistics always from the
     whole frame), ``onnxruntime`` the two graphs (:func:`frozen_graphs_missing`), ``torch`` the
     weights; ``auto`` prefers ONNX Runtime on the CPU when the graphs exist, else torch.
+    ``frames``: the (H, W) sizes to come, which the TensorRT statistics engine must hold.
     InputError when neither can run (the message says how to export the graphs); ONNX Runtime
     and TensorRT run FP32 only."""
     model_dir = Path(model_dir)
@@ -376,7 +378,7 @@ def open_frozen_engine(
 
         if precision not in ("auto", "fp32"):
             raise InputError("frozen statistics with TensorRT run fp32 only")
-        trt_engine = TensorRTFrozenEngine(model_dir)
+        trt_engine = TensorRTFrozenEngine(model_dir, frames=frames)
         trt_engine.selection = "frozen InstanceNorm statistics: TensorRT stats + tile engines"
         return trt_engine
     if backend not in ("auto", "onnxruntime", "torch"):

@@ -35,6 +35,7 @@ import importlib.util
 import inspect
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -170,15 +171,17 @@ def find_engine(
     precision: str | None = None,
     device_id: int = 0,
     graph: str | None = None,
+    accept: Callable[[EngineSidecar], bool] | None = None,
 ) -> EngineChoice:
     """The newest engine in ``model_dir/engines`` whose sidecar fits this machine (GPU model,
     TensorRT version, OS) and the folder's current ONNX; fp16 before fp32 unless ``precision``
     ("fp16"/"fp32") restricts it; ``graph``: built from that ONNX file (default: the generator's
-    own, see :func:`generator_engines`). InputError when there is none; EngineMismatchError,
-    naming each engine's differences and the rebuild command, when none fits."""
+    own, see :func:`generator_engines`); ``accept``: only sidecars it accepts (e.g. a profile
+    that holds a frame size). InputError when there is none; EngineMismatchError, naming each
+    engine's differences and the rebuild command, when none fits."""
     model_dir = Path(model_dir)
     build_hint = f"cyclesr export tensorrt {model_dir}"
-    found = generator_engines(model_dir, graph)
+    found = [(p, s) for p, s in generator_engines(model_dir, graph) if accept is None or accept(s)]
     if not found:
         raise InputError(
             f"no TensorRT engine in {model_dir / ENGINES_DIR}; build one with: {build_hint}"

@@ -251,6 +251,13 @@ class TensorRTEngine:
         self._views = (in_view, out_view, out_view[:n] if batched else out_view)
         self._shape = tuple(shape)
 
+    def _this_thread_on_device(self) -> None:
+        """cudaSetDevice in a thread that has not used this engine yet: the current device is
+        per thread, and the context and buffers belong to ``device_id`` (TRT#322)."""
+        if self._thread != threading.get_ident():
+            self._cr.set_device(self.device_id)
+            self._thread = threading.get_ident()
+
     def static_inputs(self) -> dict[str, tuple[int, ...]]:
         """Names and shapes of the inputs of static shape (empty for a generator engine)."""
         return {name: host.array.shape for name, (host, _dev) in self._static.items()}
@@ -262,6 +269,7 @@ class TensorRTEngine:
             raise RuntimeError(f"{self.name} is closed; use it inside a with block")
         if name not in self._static:
             raise InputError(f"{self.engine_path.name} has no static input {name!r}")
+        self._this_thread_on_device()
         host, device = self._static[name]
         value = np.asarray(value)
         if value.size != host.array.size:
@@ -277,9 +285,7 @@ class TensorRTEngine:
         """(N, C, H, W) float32 -> view of the pinned output (N, C', H*s, W*s) float32."""
         if self._context is None:
             raise RuntimeError(f"{self.name} is closed; use it inside a with block")
-        if self._thread != threading.get_ident():  # contexts belong to a device (TRT#322)
-            self._cr.set_device(self.device_id)
-            self._thread = threading.get_ident()
+        self._this_thread_on_device()
         if batch.shape != self._shape:
             self._set_shape(batch.shape)
         in_view, out_view, result = self._views

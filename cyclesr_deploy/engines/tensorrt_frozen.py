@@ -11,6 +11,7 @@ cuda-python buffers allocated once).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,62 +24,39 @@ from cyclesr_deploy.model import FROZEN_ONNX, load_model
 STATS_INPUT = "stats"  # the tile graph's statistics input (export/frozen_onnx.py)
 
 
-def _fits(sidecar: Any, frame: tuple[int, int]) -> bool:
+def _fits(sidecar: Any, frames: Sequence[tuple[int, int]]) -> bool:
     lo, hi = sidecar.profiles[0].min, sidecar.profiles[0].max
-    return all(a <= d <= b for a, d, b in zip(lo[2:], frame, hi[2:], strict=True))
+    return all(lo[2] <= h <= hi[2] and lo[3] <= w <= hi[3] for h, w in frames)
 
 
 def find_frozen_engines(
-    model_dir: str | Path, frame: tuple[int, int] | None = None, *, device_id: int = 0
+    model_dir: str | Path, frames: Sequence[tuple[int, int]] = (), *, device_id: int = 0
 ) -> tuple[Path, Path]:
     """(statistics engine, tile engine) paths of ``model_dir`` that fit this machine; the
-    statistics engine's profile must hold ``frame`` (padded H, W) when given. InputError with
-    the build command when there is none."""
-    from cyclesr_deploy.engines.select import find_engine, generator_engines
+    statistics engine's profile must hold every (H, W) of ``frames`` (padded to the model's size
+    multiple here). InputError with the build command when there is none."""
+    from cyclesr_deploy.engines.select import find_engine
 
     model_dir = Path(model_dir)
+    m = load_model(model_dir).size_multiple
+    padded = sorted({(-(-h // m) * m, -(-w // m) * m) for h, w in frames})
     hint = f"cyclesr export tensorrt {model_dir} --frozen --precision fp32"
-    if frame is not None:
-        hint += f" --frame {frame[0]} {frame[1]}"
+    if padded:
+        hint += f" --frame {max(h for h, _ in padded)} {max(w for _, w in padded)}"
+    wanted = f" for {', '.join(f'{h}x{w}' for h, w in padded)} px frames" if padded else ""
     try:
-        tile = find_engine(model_dir, device_id=device_id, graph=FROZEN_ONNX["tile"]).engine_path
-        stats_all = generator_engines(model_dir, FROZEN_ONNX["stats"])
-    except InputError as exc:
-        raise InputError(f"{exc}; for seam-free tiling build them with: {hint}") from exc
-    fitting = [p for p, s in stats_all if frame is None or _fits(s, frame)]
-    if not fitting:
-        raise InputError(
-            f"no TensorRT statistics engine in {model_dir} for {frame} px frames; build it "
-            f"with: {hint}"
+        tile = find_engine(model_dir, device_id=device_id, graph=FROZEN_ONNX["tile"])
+        stats = find_engine(
+            model_dir,
+            device_id=device_id,
+            graph=FROZEN_ONNX["stats"],
+            accept=lambda sidecar: _fits(sidecar, padded),
         )
-    stats = find_engine_path_among(model_dir, fitting, device_id)
-    return stats, tile
-
-
-def find_engine_path_among(model_dir: Path, paths: list[Path], device_id: int) -> Path:
-    """The newest of ``paths`` whose sidecar fits this machine (EngineMismatchError if none)."""
-    from cyclesr_deploy.engines.select import machine_facts
-    from cyclesr_deploy.export.trt_config import (
-        EngineMismatchError,
-        read_sidecar,
-        sha256_file,
-        sidecar_differences,
-        sidecar_path,
-    )
-
-    facts = machine_facts(device_id)
-    problems = []
-    for path in paths:
-        sidecar = read_sidecar(sidecar_path(path))
-        onnx = model_dir / sidecar.onnx_file
-        diffs = sidecar_differences(sidecar, facts, sha256_file(onnx) if onnx.is_file() else None)
-        if not diffs:
-            return path
-        problems.append(f"{path.name}: {'; '.join(diffs)}")
-    raise EngineMismatchError(
-        "no TensorRT statistics engine fits this machine:\n  - " + "\n  - ".join(problems),
-        problems,
-    )
+    except InputError as exc:
+        raise InputError(
+            f"no usable TensorRT frozen-statistics engines{wanted} ({exc}); build them with: {hint}"
+        ) from exc
+    return stats.engine_path, tile.engine_path
 
 
 class TensorRTFrozenEngine:
@@ -86,8 +64,8 @@ class TensorRTFrozenEngine:
 
     Args:
         model_dir: model folder with ``engines/`` holding both engines.
-        frame: (H, W) of the frames to come (padded to the size multiple), to pick a
-            statistics engine whose profile holds it; None takes the newest.
+        frames: the (H, W) sizes of the frames to come, to pick a statistics engine whose
+            profile holds them all; empty: the newest.
         device_id, check: as :class:`~cyclesr_deploy.engines.TensorRTEngine`.
 
     ``input_spec`` is the tile engine's. ``infer`` (plain InstanceNorm) runs each sample's own
@@ -99,13 +77,13 @@ class TensorRTFrozenEngine:
         self,
         model_dir: str | Path,
         *,
-        frame: tuple[int, int] | None = None,
+        frames: Sequence[tuple[int, int]] = (),
         device_id: int = 0,
         check: bool = True,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.model = load_model(self.model_dir)
-        stats_path, tile_path = find_frozen_engines(self.model_dir, frame, device_id=device_id)
+        stats_path, tile_path = find_frozen_engines(self.model_dir, frames, device_id=device_id)
         self._stats = TensorRTEngine(stats_path, device_id=device_id, check=check)
         self._tile = TensorRTEngine(tile_path, device_id=device_id, check=check)
         self.precision = self._tile.precision

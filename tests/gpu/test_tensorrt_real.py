@@ -177,7 +177,7 @@ def test_frozen_statistics_engines_make_tiling_match_the_whole_frame(trt, model_
     whole = ort_reference(model_dir / "generator.onnx", frame[None, None])[0, 0]
     model = load_model(model_dir)
     tcfg = TilingConfig.for_model(model.receptive_field, tile=128, batch_size=2, ramp=8)
-    with TensorRTFrozenEngine(model_dir, frame=(256, 256)) as engine:
+    with TensorRTFrozenEngine(model_dir, frames=[(256, 256)]) as engine:
         stats = engine.frame_statistics(frame[None, None])
         tiled = predict_tiled(frame, lambda b: engine.infer_with_stats(b, stats).copy(), tcfg)
     assert float(np.abs(tiled - whole).max()) < FP32_TOL

@@ -101,7 +101,7 @@ def test_two_pass_inference_uploads_statistics_once_per_frame(trt, tmp_path):
     frozen_engines_from_onnx(folder, (128, 128), CFG)
     rng = np.random.default_rng(0)
     frame = rng.uniform(-1, 1, (1, 1, 128, 128)).astype(np.float32)
-    with TensorRTFrozenEngine(folder, frame=(128, 128)) as engine:
+    with TensorRTFrozenEngine(folder, frames=[(128, 128)]) as engine:
         assert isinstance(engine, FrozenStatsEngine)
         assert engine.name == "tensorrt[fp32,frozen-stats]"
         assert engine.input_spec.max_batch == 4 and engine.input_spec.max_tile == (64, 64)
@@ -136,7 +136,7 @@ def test_frame_outside_the_statistics_profile_names_the_build_command(trt, tmp_p
     folder = model_folder(tmp_path)
     frozen_engines_from_onnx(folder, (128, 128), CFG)
     with pytest.raises(InputError, match="--frozen --precision fp32 --frame 256 256"):
-        TensorRTFrozenEngine(folder, frame=(256, 256))
+        TensorRTFrozenEngine(folder, frames=[(256, 256)])
 
 
 def test_generator_engine_choice_ignores_the_frozen_engines(trt, tmp_path):
@@ -158,7 +158,9 @@ def test_export_cli_builds_the_frozen_engines(trt, tmp_path):
     res = CliRunner().invoke(app, [*args, "--tile", "64", "--batch", "2"])
     assert res.exit_code == 0, res.output
     assert "TensorRT stats" in res.output and "TensorRT tile" in res.output
-    with TensorRTFrozenEngine(folder, frame=(96, 128)) as engine:  # dynamic: 96..128 px
+    with TensorRTFrozenEngine(
+        folder, frames=[(96, 128), (128, 100)]
+    ) as engine:  # dynamic: 96..128 px
         assert engine.precision == "fp32" and engine.input_spec.max_batch == 2
     res = CliRunner().invoke(app, [*args, "--precision", "fp16"])
     assert res.exit_code == 2 and "FP32" in res.output
@@ -180,3 +182,28 @@ def test_enhance_auto_prefers_the_tensorrt_frozen_engines(trt, tmp_path):
     assert isinstance(open_frozen_engine(folder, "tensorrt"), TensorRTFrozenEngine)
     with pytest.raises(InputError, match="fp32 only"):
         open_frozen_engine(folder, "tensorrt", precision="fp16")
+
+
+def test_enhance_falls_back_when_no_statistics_engine_holds_the_inputs(trt, tmp_path, capsys):
+    import tifffile
+
+    from cyclesr_deploy.cli.enhance import _frozen_engine
+    from cyclesr_deploy.model import load_model
+    from cyclesr_deploy.pipeline import EnhanceConfig
+
+    folder = model_folder(tmp_path)
+    frozen_engines_from_onnx(folder, (128, 128), CFG)  # static 128 x 128 statistics engine
+    small = tmp_path / "in" / "small.tif"
+    small.parent.mkdir()
+    tifffile.imwrite(small, np.zeros((2, 94, 96), np.uint16))  # pads to 96 x 96
+    cfg = EnhanceConfig(tile=64, whole_max_px=0)
+    model = load_model(folder)
+    other = _frozen_engine(folder, model, cfg, "auto", "auto", [small])
+    assert not isinstance(other, TensorRTFrozenEngine)  # ONNX Runtime's frozen engine instead
+    assert _frozen_engine(folder, model, cfg, "tensorrt", "auto", [small]) is None
+    assert "--frame 96 96" in " ".join(capsys.readouterr().err.split())  # says how to build
+    big = tmp_path / "in" / "big.tif"
+    tifffile.imwrite(big, np.zeros((126, 128), np.uint16))  # pads to 128 x 128
+    engine = _frozen_engine(folder, model, cfg, "auto", "auto", [big])
+    assert isinstance(engine, TensorRTFrozenEngine)
+    engine.close()
