@@ -14,7 +14,7 @@ Data (all ``cyclesr synth``, default optics, 16-bit): CycleGAN trains on 256 LR 
 images (disjoint ground truths); the supervised model on 256 LR/HR pairs of other ground truths;
 validation uses 8 further pairs, the quality report 16 held-out 512^2 pairs (another seed).
 The shipped models were trained on a GPU (see ``cyclesr_deploy/models/*/reference.json``); on
-2 CPU cores the same recipe takes about 1.5 s per step and model.
+2 CPU cores the same recipe takes about 2 s per step and model.
 """
 
 from __future__ import annotations
@@ -123,11 +123,6 @@ def train(
 
 
 def package(root: Path) -> None:
-    from cyclesr_deploy.export.frozen_onnx import (
-        stats_onnx_from_checkpoint,
-        tile_onnx_from_checkpoint,
-    )
-
     for which, name in NAMES.items():
         src, dst = root / which, PACKAGE_MODELS / name
         if dst.exists():
@@ -135,10 +130,10 @@ def package(root: Path) -> None:
         dst.mkdir(parents=True)
         for f in SHIPPED:
             shutil.copy2(src / f, dst / f)
-        run(cli("export", "onnx", str(dst), "--fp16"))
-        if which == "cyclegan":  # seam-free tiling for the demo; the supervised model stays
-            stats_onnx_from_checkpoint(dst)  # small (20 MB budget for both), exportable later
-            tile_onnx_from_checkpoint(dst)
+        # the CycleGAN gets the seam-free tiling graphs (the demo's); the supervised model stays
+        # small (20 MB budget for both): `cyclesr export onnx` adds them to a copy when wanted
+        frozen = "--frozen" if which == "cyclegan" else "--no-frozen"
+        run(cli("export", "onnx", str(dst), "--fp16", frozen))
         info = json.loads((src / "reference_run.json").read_text(encoding="utf-8"))
         info["data"] = {
             k: "cyclesr synth WORK/data/" + k + " " + " ".join(v) for k, v in DATA.items()
