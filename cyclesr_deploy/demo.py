@@ -32,7 +32,7 @@ METRICS: dict[str, tuple[str, str]] = {
     "cuf_ring_index": ("CUF", "{:.1f}"),
     "decorrelation_resolution_nm": ("res. nm", "{:.0f}"),
 }
-ROWS = ("LR input", "CycleGAN output", "HR reference")
+ROWS = ("LR input", "model output", "HR reference")  # the middle row is named after the model
 
 
 @dataclass(frozen=True)
@@ -159,6 +159,7 @@ def run_demo(
     from cyclesr_deploy.builtin import resolve_model
     from cyclesr_deploy.engines import open_engine
     from cyclesr_deploy.engines.frozen import frozen_graphs_missing, open_frozen_engine
+    from cyclesr_deploy.errors import InputError
     from cyclesr_deploy.metrics import evaluate
     from cyclesr_deploy.model import load_model
     from cyclesr_deploy.pipeline import EnhanceConfig, enhance_files
@@ -169,24 +170,33 @@ def run_demo(
     out = Path(out_dir)
     model_dir = resolve_model(model)
     model_cfg = load_model(model_dir)
+    if model_cfg.scale != 1:
+        raise InputError(
+            f"demo: {model_dir.name} upscales x{model_cfg.scale}; the demo simulates LR and HR on "
+            "one pixel grid and needs a scale-1 model"
+        )
+    rows = (ROWS[0], f"{model_dir.name} output", ROWS[2])
+    drift, bleach = (2, 1), 0.02
 
     t = time.perf_counter()
     cfg = SynthConfig(size=size, seed=seed)
     px_um = cfg.hr_pixel_nm / 1e3
     _say(on_progress, f"simulating {n_frames} x {size}x{size} LR and HR frames")
-    series = simulate_time_series(cfg, n_frames)
+    series = simulate_time_series(cfg, n_frames, drift_px=drift, bleach_per_frame=bleach)
     acquisition = out / "input" / "acquisition.ome.tif"
     reference = out / "reference_hr.ome.tif"
     acquisition.parent.mkdir(parents=True, exist_ok=True)
-    desc = {"cyclesr_demo": {"seed": seed, "drift_px_per_frame": [2, 1], "bleach": 0.02}}
+    desc = {"cyclesr_demo": {"seed": seed, "drift_px_per_frame": list(drift), "bleach": bleach}}
     write_tiff(acquisition, series.lr, axes="TYX", pixel_size_um=px_um, description=desc)
     write_tiff(reference, series.hr, axes="TYX", pixel_size_um=px_um, description=desc)
     seconds["simulate"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    # seam-free tiles: frozen whole-frame statistics when the model folder has the graphs;
+    # otherwise auto (frames within the memory budget run whole, so still no seams)
     frozen = frozen_graphs_missing(model_dir) is None and model_cfg.generator.norm == "instance"
     ecfg = EnhanceConfig(
-        tile=tile, overwrite=True, tiling_mode="frozen" if frozen else "naive", stats="whole"
+        tile=tile, overwrite=True, tiling_mode="frozen" if frozen else "auto", stats="whole"
     )
     engine_cm = (
         open_frozen_engine(model_dir, "onnxruntime")
@@ -198,7 +208,8 @@ def run_demo(
         _say(on_progress, f"enhancing with {model_dir.name} on {engine_name}, {tile} px tiles")
         summary = enhance_files([acquisition], out / "enhanced", engine, model_cfg, ecfg)
     if not summary.ok:
-        raise RuntimeError(f"demo: enhancement failed: {summary}")
+        problems = "; ".join(f"{f.input}: {f.error}" for f in summary.files if f.error)
+        raise InputError(f"demo: enhancing {acquisition} failed: {problems or summary}")
     enhanced = out / "enhanced" / acquisition.name
     seconds["enhance"] = time.perf_counter() - t
 
@@ -207,13 +218,13 @@ def run_demo(
     _say(on_progress, f"scoring input and output against HR on frames {_ones(scored)}")
     result = read_tiff(enhanced).data.reshape(series.lr.shape)
     px_nm = cfg.hr_pixel_nm
-    per_frame: dict[str, list[dict[str, float]]] = {r: [] for r in ROWS}
+    per_frame: dict[str, list[dict[str, float]]] = {r: [] for r in rows}
     for i in scored:
         lr_rep = evaluate(series.lr[i], series.hr[i], pixel_size=px_um)
         out_rep = evaluate(result[i], series.hr[i], pixel_size=px_um)
-        per_frame[ROWS[0]].append(_row(lr_rep, px_nm))
-        per_frame[ROWS[1]].append(_row(out_rep, px_nm))
-        per_frame[ROWS[2]].append(_hr_row(series.hr[i], lr_rep, px_nm))
+        per_frame[rows[0]].append(_row(lr_rep, px_nm))
+        per_frame[rows[1]].append(_row(out_rep, px_nm))
+        per_frame[rows[2]].append(_hr_row(series.hr[i], lr_rep, px_nm))
     table = {
         row: {k: float(np.mean([f[k] for f in frames])) for k in frames[0]}
         for row, frames in per_frame.items()
@@ -223,7 +234,7 @@ def run_demo(
     figure = comparison_figure(
         {
             "LR input": series.lr[0],
-            f"CycleGAN ({model_dir.name})": result[0],
+            f"output ({model_dir.name})": result[0],
             "HR reference": series.hr[0],
         },
         out / "comparison.png",

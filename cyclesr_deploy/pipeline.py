@@ -99,8 +99,9 @@ class EnhanceConfig(BaseModel):
     (default 2048 x 2048 = 4.2 MP: fp32 activations of the canonical ngf-64 generator take
     ~1 KB per pixel, ~4 GiB; 0 = always tile). ``stats``: how frozen tiling estimates a frame's
     statistics: ``crops`` (default) = a statistics pass over a few large crops (~25 % of the
-    frame, pooled; ~10-15 % of the tile pass's time, memory bounded by the crops; PSNR against
-    whole-frame inference ~50 dB on the reference model, see benchmarks/results/frozen_norm.md),
+    frame, pooled; 0.12-0.20x the tile pass's time, memory bounded by the crops; PSNR against
+    whole-frame inference 38-50 dB on the reference model, frame-dependent, see
+    benchmarks/results/frozen_norm.md),
     ``whole`` = over the whole frame (exact: tiled == whole frame up to float rounding, but the
     time and memory of a whole-frame pass).
     """
@@ -574,7 +575,8 @@ class _Run:
             log.warning(
                 "engine %s has no frozen InstanceNorm statistics: tiles are normalised "
                 "independently (seams possible); use tile 0, or an engine with frozen "
-                "statistics (onnxruntime with generator.tile.onnx, or torch)",
+                "statistics (--tiling frozen: TensorRT frozen engines, onnxruntime with "
+                "generator.stats/tile.onnx, or torch)",
                 self.engine.name,
             )
         return False

@@ -17,8 +17,10 @@ complete engines for whole-frame runs too. :func:`open_frozen_engine` picks one 
 
 Statistics estimate (``engine.stats``, set by the pipeline from ``EnhanceConfig.stats``):
 ``"crops"`` (default) runs the statistics pass on a few large crops of the frame
-(:func:`cyclesr_deploy.frozen_norm.crops_for`: ~25 % of its pixels, ~10-15 % of the tile pass's
-time, memory bounded by the crops), pooled over the crops; ``"whole"`` runs it on the whole frame
+(:func:`cyclesr_deploy.frozen_norm.crops_for`: ~25 % of its pixels, 0.12-0.20x the tile pass's
+time, memory bounded by the crops; the output's distance to whole-frame inference depends on
+the frame: 38-50 dB on the reference model, ``benchmarks/results/frozen_norm.md``), pooled over
+the crops; ``"whole"`` runs it on the whole frame
 (exact statistics, tiled == whole-frame output up to float rounding; memory and time of one
 whole-frame pass). ONNX Runtime pools crops with a stats graph exported with pooling (metadata
 ``pooled``); an older stats graph gets the whole frame (logged once).
@@ -64,10 +66,7 @@ log = logging.getLogger(__name__)
 STATS_FILE = "generator.stats.onnx"
 TILE_FILE = "generator.tile.onnx"
 _KEY_FROZEN_STATS = "cyclesr.frozen_stats"
-EXPORT_HINT = (
-    'python -c "from cyclesr_deploy.export.frozen_onnx import stats_onnx_from_checkpoint, '
-    "tile_onnx_from_checkpoint as t; stats_onnx_from_checkpoint('{d}'); t('{d}')\""
-)
+EXPORT_HINT = "cyclesr export onnx {d} --overwrite"  # writes both graphs (--frozen default)
 
 
 def frozen_graphs_missing(model_dir: str | Path) -> str | None:
@@ -126,7 +125,7 @@ def crops_for(shape: Sequence[int], size_multiple: int = 4) -> tuple[int, int]:
     384 px (frames up to 1536 px a side) or 512 px, as many as cover about
     :data:`CROP_AREA` of the frame (at least 1), on the ``"spread"`` grid. With the default
     512-px tiles (overlap ~2 x the receptive-field half-width) the tile pass reads ~2.2x the
-    frame's pixels, so this statistics pass costs ~10-15 % of it
+    frame's pixels; this statistics pass measured 0.12-0.20x of it
     (``benchmarks/results/frozen_norm.md``)."""
     h, w = int(shape[-2]), int(shape[-1])
     crop = 384 if max(h, w) <= 1536 else 512

@@ -63,7 +63,7 @@ def frozen_engines_from_onnx(
     if missing:
         raise InputError(
             f"{model_dir}: {', '.join(missing)} missing; export them first "
-            f"(cyclesr export onnx {model_dir})"
+            f"(cyclesr export onnx {model_dir} --overwrite)"
         )
     model = load_model(model_dir)
     stats_cfg = stats_build_config(cfg, frame, model.size_multiple)

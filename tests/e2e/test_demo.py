@@ -40,7 +40,8 @@ def test_demo_enhances_a_small_acquisition(tmp_path):
     payload = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert payload["model"] == "reference-cyclegan" and payload["tiling"] == "frozen"
     assert "onnxruntime" in payload["engine"]
-    lr, sr, hr = (payload["mean"][k] for k in ("LR input", "CycleGAN output", "HR reference"))
+    rows = ("LR input", "reference-cyclegan output", "HR reference")
+    lr, sr, hr = (payload["mean"][k] for k in rows)
     assert sr["psnr"] > lr["psnr"] + 3
     assert sr["ssim"] > lr["ssim"] + 0.15
     res_hr = hr["decorrelation_resolution_nm"]
@@ -48,7 +49,7 @@ def test_demo_enhances_a_small_acquisition(tmp_path):
         lr["decorrelation_resolution_nm"] - res_hr
     )
     md = (out / "metrics.md").read_text(encoding="utf-8")
-    assert "| CycleGAN output |" in md and "(ref)" in md
+    assert "| reference-cyclegan output |" in md and "(ref)" in md
     from PIL import Image
 
     with Image.open(out / "comparison.png") as im:
@@ -85,3 +86,12 @@ def test_demo_needs_only_the_cpu_extra(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "OK onnxruntime" in proc.stdout
+
+
+def test_demo_refuses_a_model_of_another_scale(tmp_path):
+    from cyclesr_deploy.model import GeneratorConfig, ModelConfig, save_model_config
+
+    folder = tmp_path / "x2"
+    save_model_config(folder, ModelConfig(generator=GeneratorConfig(ngf=4, n_blocks=0, scale=2)))
+    res = runner.invoke(app, ["demo", "--out", str(tmp_path / "d"), "--model", str(folder)])
+    assert res.exit_code == 2 and "scale-1 model" in " ".join(res.output.split())
