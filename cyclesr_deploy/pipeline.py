@@ -536,8 +536,8 @@ class _Run:
         per_frame = len(plan.tiles) if job.frozen else len(plan.tiles) * info.n_frames
         batch = fixed or (1 if whole else min(self.cfg.batch, per_frame))
         if job.frozen:
-            whole = self.cfg.model_copy(update={"tile": 0}).tiling(self.model, info.frame_shape)
-            job.whole = plan_tiles(info.frame_shape, whole)
+            untiled = self.cfg.model_copy(update={"tile": 0}).tiling(self.model, info.frame_shape)
+            job.whole = plan_tiles(info.frame_shape, untiled)
         check_batch_shape(
             self.spec, (batch, self.spec.channels, *plan.tile_shape), name=job.path.name
         )
@@ -557,6 +557,8 @@ class _Run:
             return False  # one tile already covers it
         if h * w > cfg.whole_max_px or spec.shape[2] is not None or spec.shape[3] is not None:
             return False
+        if spec.shape[0] not in (None, 1):
+            return False  # a fixed batch > 1 would run mostly zero padding around one frame
         top = spec.max_tile
         return top is None or (h <= top[0] and w <= top[1])
 

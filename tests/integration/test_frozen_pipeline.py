@@ -121,11 +121,13 @@ def test_auto_runs_frames_within_the_budget_whole(setup, reference, caplog):
 
 
 def test_pipeline_default_estimate_is_crops(setup):
+    """The pipeline sets the engine's estimate from the config (default crops), whatever the
+    engine was opened with."""
     assert EnhanceConfig().stats == "crops"
-    engine = open_frozen_engine(setup["folder"], "torch")
+    engine = open_frozen_engine(setup["folder"], "torch", stats="whole")
     _run(setup, engine, "crops-default", tile=96, batch=4, tiling_mode="frozen")
     assert engine.stats == "crops"
-    whole = open_frozen_engine(setup["folder"], "torch")
+    whole = open_frozen_engine(setup["folder"], "torch", stats="crops")
     _run(setup, whole, "whole-stats", tile=96, tiling_mode="frozen", stats="whole")
     assert whole.stats == "whole"
 

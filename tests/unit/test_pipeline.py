@@ -381,3 +381,13 @@ def test_fit_to_engine_caps_batch_and_tile_for_static_engines():
     assert (dynamic.tile, dynamic.batch) == (128, 2)
     whole = EnhanceConfig(tile=0)
     assert fit_to_engine(whole, spec(max_tile=(256, 256))).tile == 0
+
+
+def test_cli_whole_frame_budget_default_is_the_pipelines():
+    import inspect
+
+    from cyclesr_deploy.cli.enhance import enhance
+    from cyclesr_deploy.pipeline import WHOLE_MAX_PX
+
+    default = inspect.signature(enhance).parameters["whole_max_px"].default
+    assert default.default == WHOLE_MAX_PX == EnhanceConfig().whole_max_px
