@@ -130,15 +130,20 @@ def comparison_figure(
     return path
 
 
+def table_cells(values: dict[str, float]) -> list[str]:
+    """One row of the demo table: formatted metrics, "(ref)" where the row has none (the HR
+    reference's PSNR/SSIM) or it is not finite."""
+    return [
+        fmt.format(values[k]) if k in values and np.isfinite(values[k]) else "(ref)"
+        for k, (_t, fmt) in METRICS.items()
+    ]
+
+
 def markdown_table(table: dict[str, dict[str, float]], caption: str) -> str:
     head = "| | " + " | ".join(t for t, _ in METRICS.values()) + " |"
     lines = [caption, "", head, "|---" * (len(METRICS) + 1) + "|"]
     for row, values in table.items():
-        cells = [
-            fmt.format(values[k]) if k in values and np.isfinite(values[k]) else "(ref)"
-            for k, (_t, fmt) in METRICS.items()
-        ]
-        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row} | " + " | ".join(table_cells(values)) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -26,7 +26,7 @@ def demo(
     (ONNX Runtime, CPU, tiled) and compare input, output and the high-resolution truth."""
     from rich.table import Table
 
-    from cyclesr_deploy.demo import METRICS, run_demo
+    from cyclesr_deploy.demo import METRICS, run_demo, table_cells
 
     t0 = time.perf_counter()
     with user_errors(), err.status("demo ...", spinner="dots") as status:
@@ -49,13 +49,7 @@ def demo(
     for title, _fmt in METRICS.values():
         table.add_column(title, justify="right")
     for row, values in res.table.items():
-        table.add_row(
-            row,
-            *(
-                fmt.format(values[k]) if k in values and values[k] == values[k] else "(ref)"
-                for k, (_t, fmt) in METRICS.items()
-            ),
-        )
+        table.add_row(row, *table_cells(values))
     out.print(table)
     out.print(
         "PSNR/SSIM against HR (min-max scaled); BGSTD: background noise, 8-bit grey levels; "
