@@ -1,19 +1,22 @@
 """Frozen (frame-level) InstanceNorm statistics vs naive per-tile instance norm: quality and cost.
 
     python benchmarks/frozen_norm.py [--models reference random] [--sizes 1024 2048]
-        [--repeats 3] [--slow-repeats 1] [--out FILE]
+        [--seeds 1] [--repeats 3] [--slow-repeats 1] [--append] [--out FILE]
 
 Generators: ``reference`` = the shipped trained ``reference-cyclegan`` (ngf 16, 6 blocks,
 RF 121); ``random`` = the canonical architecture (``GeneratorConfig()``: ngf 64, 9 blocks,
 RF 169) with random N(0, 0.02) weights (seed 0). Input: a synthetic LR frame
-(``simulate_pair(SynthConfig(size, seed=1)).lr``) mapped to [-1, 1] with the reference model's
-percentiles (``normalization.low_a/high_a``), as the pipeline does.
+(``simulate_pair(SynthConfig(size, seed=S)).lr``, S from ``--seeds``: other ground truths)
+mapped to [-1, 1] with the reference model's percentiles (``normalization.low_a/high_a``), as
+the pipeline does.
 
 Per model and size, against whole-frame inference (per-frame instance norm):
 
 * PSNR(tiled, whole) in dB (range 2) and max abs error of naive tiling (per-tile statistics)
-  and of frozen statistics from each estimate: ``whole`` (exact), ``crops`` default
-  (``frozen_norm.crops_for``), the same masked (margin 1), a larger crop set, a thumbnail;
+  and of frozen statistics from each estimate: ``whole`` (exact), ``crops_default``
+  (``frozen_norm.crops_for`` crops pooled with calibrated weights, the default),
+  ``crops_uniform`` (the same crops pooled equally, as before calibration), a thumbnail
+  (masked pooling and other crop sets: git history of ``results/frozen_norm.md``);
   tiling = ``TilingConfig.for_model(RF, tile=512)`` (cosine blend, batch 4);
 * seconds (medians of ``repeats`` runs after one warm-up; ``--slow-repeats`` runs and no
   warm-up where one whole-frame pass exceeds ``--slow-s``) of whole-frame inference, of the
@@ -91,21 +94,20 @@ def generator(which: str):
 
 def estimates(size: int) -> dict[str, dict[str, object]]:
     crop, n = crops_for((size, size))
-    big = 512 if crop == 384 else 768
+    crops = {"stats": "crops", "crop": crop, "n_crops": n}
     return {
         "whole": {"stats": "whole"},
-        "crops_default": {"stats": "crops", "crop": crop, "n_crops": n, "margin": 0.0},
-        "crops_default_masked": {"stats": "crops", "crop": crop, "n_crops": n, "margin": 1.0},
-        "crops_large_x2": {"stats": "crops", "crop": big, "n_crops": 2, "margin": 0.0},
+        "crops_default": {**crops, "margin": 0.0, "calibrate": True},
+        "crops_uniform": {**crops, "margin": 0.0, "calibrate": False},
         "thumbnail_x2": {"stats": "thumbnail", "factor": 2},
     }
 
 
-def bench(which: str, size: int, args) -> dict[str, object]:
+def bench(which: str, size: int, seed: int, args) -> dict[str, object]:
     gen, cfg, weights = generator(which)
     layers = freeze_instance_norms(gen)
     norm = load_model(REFERENCE).normalization
-    lr = simulate_pair(SynthConfig(size=size, seed=1)).lr.astype(np.float32)
+    lr = simulate_pair(SynthConfig(size=size, seed=seed)).lr.astype(np.float32)
     x = norm.to_model(lr)[None].astype(np.float32)  # (1, H, W)
     tiling = TilingConfig.for_model(cfg.receptive_field, tile=args.tile, batch_size=4)
     m = cfg.size_multiple
@@ -127,6 +129,7 @@ def bench(which: str, size: int, args) -> dict[str, object]:
     row: dict[str, object] = {
         "model": which,
         "size": size,
+        "seed": seed,
         "weights": weights,
         "receptive_field": cfg.receptive_field,
         "tiling": {"tile": args.tile, "overlap": tiling.overlap, "halo": tiling.halo},
@@ -134,7 +137,7 @@ def bench(which: str, size: int, args) -> dict[str, object]:
         "warmup": warm,
         "whole_frame_s": whole_s,
     }
-    print(f"{which} {size}: whole frame {whole_s:.2f} s", flush=True)
+    print(f"{which} {size} seed {seed}: whole frame {whole_s:.2f} s", flush=True)
     naive = predict_tiled_frozen(gen, x, tiling, stats="tile")
     row["naive"] = {"psnr_db": psnr2(naive, ref), "maxabs": float(np.abs(naive - ref).max())}
     del naive
@@ -182,15 +185,16 @@ def markdown(rows: list[dict[str, object]]) -> str:
         "file). PSNR in dB (range 2; higher is better), `stats/tile` = time of the statistics "
         "pass / time of the frozen tile pass (512-px tiles, torch CPU, 2 threads).",
         "",
-        "| model | size | whole-frame s | tile pass s | naive dB | "
+        "| model | size | frame seed | whole-frame s | tile pass s | naive dB | "
         + " | ".join(f"{n} dB (stats/tile)" for n in names)
         + " |",
-        "|---" * (5 + len(names)) + "|",
+        "|---" * (6 + len(names)) + "|",
     ]
     for r in rows:
         cells = [
             str(r["model"]),
             str(r["size"]),
+            str(r.get("seed", 1)),
             f"{r['whole_frame_s']:.2f}",
             f"{r['frozen_tile_pass_s']:.2f}",
             f"{r['naive']['psnr_db']:.1f}",
@@ -200,7 +204,7 @@ def markdown(rows: list[dict[str, object]]) -> str:
             cells.append(f"{e['psnr_db']:.1f} ({e['stats_over_tile_pass']:.2f})")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    keys = ("stats", "crop", "n_crops", "margin", "factor")
+    keys = ("stats", "crop", "n_crops", "margin", "calibrate", "factor")
     specs = [
         f"`{n}` = {json.dumps({k: v for k, v in rows[-1][n].items() if k in keys})}" for n in names
     ]
@@ -216,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["reference", "random"])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1], help="synthetic frame seeds")
     ap.add_argument("--tile", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--slow-repeats", type=int, default=1)
@@ -232,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = json.loads(args.out.read_text(encoding="utf-8"))["rows"]
     for which in args.models:
         for size in args.sizes:
-            rows.append(bench(which, size, args))
+            for seed in args.seeds:
+                rows.append(bench(which, size, seed, args))
             result = {
                 "benchmark": "frozen_norm",
                 "timing": "median seconds; fp32, torch CPU",

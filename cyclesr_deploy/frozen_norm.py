@@ -34,7 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cyclesr_deploy.engines.frozen import CROP_AREA, Layout, crop_origins, crops_for
+from cyclesr_deploy.engines.frozen import (
+    CROP_AREA,
+    Layout,
+    calibration_weights,
+    crop_origins,
+    crops_for,
+)
 from cyclesr_deploy.errors import InputError
 from cyclesr_deploy.tiling import TilingConfig, predict_tiled
 
@@ -97,6 +103,8 @@ class FrozenInstanceNorm(nn.Module):
         self.margin: float = 0.0
         self.jump: float = 1.0
         self.sides: torch.Tensor | None = None  # (N, 4) top, bottom, left, right: 1 = masked
+        # pooling weights of the samples (N,), summing to 1 (None: equal)
+        self.weights: torch.Tensor | None = None
 
     @classmethod
     def from_instance_norm(cls, layer: nn.InstanceNorm2d) -> FrozenInstanceNorm:
@@ -114,8 +122,13 @@ class FrozenInstanceNorm(nn.Module):
         if self.sides is not None:
             return self._record_masked(x)
         var, mean = torch.var_mean(x.float(), dim=(2, 3), correction=0)  # (N, C) each
-        pooled_mean = mean.mean(0)
-        pooled_var = var.mean(0) + ((mean - pooled_mean) ** 2).mean(0)
+        if self.weights is None:
+            pooled_mean = mean.mean(0)
+            pooled_var = var.mean(0) + ((mean - pooled_mean) ** 2).mean(0)
+        else:
+            w = self.weights.to(mean.device, torch.float32)[:, None]
+            pooled_mean = (w * mean).sum(0)
+            pooled_var = (w * (var + (mean - pooled_mean) ** 2)).sum(0)
         self.sample_mean, self.sample_var = mean.detach(), var.detach()
         self.mean.copy_(pooled_mean.detach())
         self.var.copy_(pooled_var.detach())
@@ -135,6 +148,8 @@ class FrozenInstanceNorm(nn.Module):
             variances.append(var)
             counts.append((y1 - y0) * (x1 - x0))
         weight = torch.tensor(counts, dtype=torch.float32, device=x.device)[:, None]
+        if self.weights is not None:
+            weight = weight * self.weights.to(x.device, torch.float32)[:, None]
         weight = weight / weight.sum()
         mean, var = torch.stack(means), torch.stack(variances)  # (N, C)
         pooled_mean = (weight * mean).sum(0)
@@ -372,6 +387,7 @@ def statistics_from_crops(
     *,
     margin: float = 0.0,
     layout: Layout = "spread",
+    calibrate: bool = True,
     size_multiple: int | None = None,
 ) -> list[FrozenInstanceNorm]:
     """Estimated frame statistics from ``n`` crops (``crop`` px, a multiple of the size multiple)
@@ -386,7 +402,14 @@ def statistics_from_crops(
     of the pooled statistics (sides on the frame edge are kept: there the whole frame sees the
     same padding). The pixels kept then see exactly what the frozen whole-frame pass sees, so the
     only error left is sampling (pixels outside the crops' interiors). ``margin=0``: plain pooling
-    over whole crops. Memory is that of one forward pass over n x crop^2 px."""
+    over whole crops.
+
+    ``calibrate`` (default): the crops are pooled with
+    :func:`~cyclesr_deploy.engines.frozen.calibration_weights` (weighted so that their mean
+    intensity equals the frame's) instead of equally; this removes most of the sampling error
+    that comes from the crops holding more or less structure than the frame (measured in
+    ``benchmarks/results/frozen_norm.md``). Memory is that of one forward pass over n x crop^2
+    px."""
     m = _size_multiple(generator, size_multiple)
     x = _pad_to_multiple(_as_nchw(frame), m)
     h, w = x.shape[-2:]
@@ -403,6 +426,12 @@ def statistics_from_crops(
     origins = crop_origins((h, w), (ch, cw), n, m, layout)
     batch = torch.cat([x[..., y : y + ch, x0 : x0 + cw] for y, x0 in origins])
     layers = freeze_instance_norms(generator)
+    weights = None
+    if calibrate:
+        frame_np = x[0].detach().cpu().numpy()
+        weights = torch.from_numpy(calibration_weights(frame_np, origins, (ch, cw))).float()
+    for layer in layers:
+        layer.weights = weights
     if margin > 0:
         sides = torch.tensor(
             [[y > 0, y + ch < h, x0 > 0, x0 + cw < w] for y, x0 in origins], dtype=torch.int64
@@ -413,7 +442,7 @@ def statistics_from_crops(
         return _run(generator, layers, "pool", batch)
     finally:
         for layer in layers:
-            layer.sides = None
+            layer.sides = layer.weights = None
 
 
 def statistics_from_thumbnail(
@@ -451,13 +480,15 @@ def compute_statistics(
     crop: int | tuple[int, int] | None = None,
     n_crops: int | None = None,
     margin: float = 0.0,
+    calibrate: bool = True,
     factor: int = 4,
     size_multiple: int | None = None,
 ) -> torch.Tensor:
     """Pass 1 of :func:`predict_tiled_frozen`: the packed statistics vector of ``frame``.
     ``"crops"`` without ``crop`` / ``n_crops``: :func:`crops_for` the frame's shape;
     ``margin``: masked pooling (:func:`statistics_from_crops`; 0 = off, the default: on the
-    measured frames it did not help, sampling error dominates)."""
+    measured frames it did not help, sampling error dominates); ``calibrate``: calibrated crop
+    weights (default) or equal ones."""
     if stats == "whole":
         layers = record_statistics(generator, frame, size_multiple=size_multiple)
     elif stats == "crops":
@@ -469,6 +500,7 @@ def compute_statistics(
             auto_crop if crop is None else crop,
             auto_n if n_crops is None else n_crops,
             margin=margin,
+            calibrate=calibrate,
             size_multiple=size_multiple,
         )
     elif stats == "thumbnail":
@@ -489,6 +521,7 @@ def predict_tiled_frozen(
     crop: int | tuple[int, int] | None = None,
     n_crops: int | None = None,
     margin: float = 0.0,
+    calibrate: bool = True,
     factor: int = 4,
     packed: torch.Tensor | np.ndarray | None = None,
     out: np.ndarray | None = None,
@@ -520,6 +553,7 @@ def predict_tiled_frozen(
                 crop=crop,
                 n_crops=n_crops,
                 margin=margin,
+                calibrate=calibrate,
                 factor=factor,
                 size_multiple=m,
             ),

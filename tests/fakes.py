@@ -190,7 +190,9 @@ def make_fake_trt(version: str) -> types.ModuleType:
     types, ``BAD`` makes the parser fail, ``static`` fixes the input shape to 1x1x64x64,
     ``name=x`` renames the input. ``frozen-stats L=n``: the statistics graph (one frame ->
     ``stats`` (n,): mean and variance of the frame alternating); ``frozen-tile L=n``: the tile
-    graph (``input`` + static ``stats`` (n,) -> ``input * 2 + 1 + sum(stats)``)."""
+    graph (``input`` + static ``stats`` (n,) -> ``input * 2 + 1 + sum(stats)``); ``weights=k``
+    (statistics graph): a static ``weights`` (k,) input too, the output scaled by its first
+    value (1 for a whole frame), so a missing upload shows."""
     import importlib.machinery
 
     trt = types.ModuleType("tensorrt")
@@ -319,6 +321,10 @@ def make_fake_trt(version: str) -> types.ModuleType:
                 self.network.kind, self.network.length = text.split("frozen-")[1].split()[0], n
                 if self.network.kind == "stats":
                     self.network.inputs = [Tensor(name, (1, channels, -1, -1))]
+                    if "weights=" in text:
+                        k = int(text.split("weights=")[1].split()[0])
+                        self.network.inputs.append(Tensor("weights", (k,)))
+                        self.network.weights = k
                 else:
                     self.network.inputs.append(Tensor("stats", (n,)))
             dtypes = [DataType.FLOAT, DataType.HALF, DataType.FLOAT]
@@ -422,6 +428,7 @@ def make_fake_trt(version: str) -> types.ModuleType:
                 "scale": getattr(network, "scale", 1),
                 "kind": getattr(network, "kind", "generator"),
                 "length": getattr(network, "length", 0),
+                "weights": getattr(network, "weights", 0),
             }
             return b"PLAN" + json.dumps(summary, sort_keys=True).encode()
 
@@ -453,6 +460,8 @@ def make_fake_trt(version: str) -> types.ModuleType:
                 return (n, c, h, w)
             if name == "stats":
                 return (self.engine.length,)
+            if name == "weights":
+                return (self.engine.weights,)
             s = self.engine.scale
             return (n, c, h * s, w * s) if n > 0 else (-1, c, -1, -1)
 
@@ -475,6 +484,9 @@ def make_fake_trt(version: str) -> types.ModuleType:
             if self.engine.kind == "stats":
                 y = np.full(self.engine.length, x.mean(), dtype=np.float32)
                 y[1::2] = x.var()
+                if self.engine.weights:
+                    raw = rt.device[self.addresses["weights"]]
+                    y = y * np.frombuffer(bytes(raw[:4]), dtype=np.float32)[0]
             elif self.engine.kind == "tile":
                 raw = rt.device[self.addresses["stats"]]
                 stats = np.frombuffer(bytes(raw[: 4 * self.engine.length]), dtype=np.float32)
@@ -501,9 +513,12 @@ def make_fake_trt(version: str) -> types.ModuleType:
             self.scale = int(summary.get("scale", 1))
             self.io_dtype = DataType.FLOAT
             self.kind, self.length = summary.get("kind", "generator"), summary.get("length", 0)
+            self.weights = int(summary.get("weights", 0))
             self.names = [self.input_name, self.output_name]
             if self.kind == "stats":
                 self.output_name = self.names[1] = "stats"
+                if self.weights:
+                    self.names.insert(1, "weights")
             elif self.kind == "tile":
                 self.names.insert(1, "stats")
 
@@ -518,6 +533,9 @@ def make_fake_trt(version: str) -> types.ModuleType:
             return TensorIOMode.OUTPUT if out else TensorIOMode.INPUT
 
         def get_tensor_shape(self, name):
+            if name == "weights":
+                assert self.kind == "stats" and self.weights, name
+                return (self.weights,)
             assert name == "stats" and self.kind == "tile", name  # static inputs only
             return (self.length,)
 

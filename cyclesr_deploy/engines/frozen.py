@@ -48,16 +48,20 @@ STATS_ESTIMATES: tuple[str, ...] = ("whole", "crops")
 
 __all__ = [
     "CROP_AREA",
+    "MAX_CROPS",
     "STATS_ESTIMATES",
     "STATS_FILE",
     "TILE_FILE",
+    "WEIGHTS_NAME",
     "OnnxFrozenEngine",
     "TorchFrozenEngine",
+    "calibration_weights",
     "crop_batch",
     "crop_origins",
     "crops_for",
     "frozen_graphs_missing",
     "open_frozen_engine",
+    "padded_weights",
 ]
 
 log = logging.getLogger(__name__)
@@ -117,21 +121,73 @@ def crop_origins(
     return grid[:n]
 
 
-CROP_AREA = 0.25  # default crops: about this fraction of the frame (measured, see crops_for)
+CROP_AREA = 0.2  # default crops: about this fraction of the frame (measured, see crops_for)
+MAX_CROPS = 64  # default crops at most (memory of one pass over 64 x 256^2 px); stats graph size
+WEIGHTS_NAME = "weights"  # the stats graph's per-crop weights input ((MAX_CROPS,), first N used)
+MAX_TILT = 20.0  # calibration: largest ratio between two crops' weights
 
 
 def crops_for(shape: Sequence[int], size_multiple: int = 4) -> tuple[int, int]:
     """The default crop estimate ``(crop, n)`` for a frame of ``shape`` (..., H, W): crops of
-    384 px (frames up to 1536 px a side) or 512 px, as many as cover about
-    :data:`CROP_AREA` of the frame (at least 1), on the ``"spread"`` grid. With the default
-    512-px tiles (overlap ~2 x the receptive-field half-width) the tile pass reads ~2.2x the
-    frame's pixels; this statistics pass measured 0.12-0.20x of it
-    (``benchmarks/results/frozen_norm.md``)."""
+    384 px (frames up to 1536 px a side) or 256 px, on a full ny x nx grid (the ``"spread"``
+    layout) covering about :data:`CROP_AREA` of the frame, at least 2 crops when the frame holds
+    2 (calibration needs two) and at most :data:`MAX_CROPS`; pooled with
+    :func:`calibration_weights`. Measured (``benchmarks/results/frozen_norm.md``): 1024^2 ->
+    2 x 384 px, 2048^2 -> 12 x 256 px, 4096^2 -> 49 x 256 px."""
     h, w = int(shape[-2]), int(shape[-1])
-    crop = 384 if max(h, w) <= 1536 else 512
+    crop = 384 if max(h, w) <= 1536 else 256
     crop = min(crop, -(-min(h, w) // size_multiple) * size_multiple)
-    n = max(1, round(CROP_AREA * h * w / crop**2))
+    target = CROP_AREA * h * w / crop**2
+    ny = max(1, round(math.sqrt(target * h / w)))
+    nx = max(1, round(target / ny))
+    n = min(MAX_CROPS, ny * nx)
+    if n < 2 and h * w >= 2 * crop * crop:
+        n = 2
     return crop, n
+
+
+def calibration_weights(
+    frame: np.ndarray,
+    origins: Sequence[tuple[int, int]],
+    crop: tuple[int, int],
+    *,
+    max_tilt: float = MAX_TILT,
+) -> np.ndarray:
+    """Per-crop pooling weights (n,) float64, positive, summing to 1, that make the weighted
+    mean intensity of the crops equal the frame's (calibration estimator with the raking
+    distance, Deville & Saerndal 1992: ``w_i ~ exp(lambda * z_i)``, ``z_i`` = crop i's mean
+    input intensity, one Newton solve for lambda).
+
+    Why: a layer's frame statistics are an average over the frame of local features, and the
+    crops' share of bright structure decides most of their sampling error; weighting the crops so
+    that they reproduce the frame's (known, free) mean intensity cancels that part. The tilt is
+    bounded (largest / smallest weight <= ``max_tilt``) so a frame whose mean lies outside the
+    crops' range is calibrated as far as the bound allows, never onto a single crop. Uniform
+    weights when the crops all have the same mean. ``frame``: (..., H, W) (channels averaged)."""
+    x = np.asarray(frame, dtype=np.float64)
+    x = x.reshape(-1, *x.shape[-2:]).mean(axis=0)
+    ch, cw = crop
+    z = np.array([x[y : y + ch, x0 : x0 + cw].mean() for y, x0 in origins])
+    n = z.size
+    if n == 0:
+        raise InputError("calibration_weights: no crops")
+    spread = float(z.max() - z.min())
+    if n == 1 or spread <= 1e-12 * max(1.0, float(np.abs(z).max())):
+        return np.full(n, 1.0 / n)
+    u = (z - z.mean()) / spread  # in [-1, 1]
+    target = (float(x.mean()) - z.mean()) / spread
+    bound = math.log(max_tilt)  # |lambda| * (u_max - u_min = 1) <= log(max_tilt)
+    lam = 0.0
+    for _ in range(50):
+        e = np.exp(lam * u - np.max(lam * u))
+        w = e / e.sum()
+        m = float(w @ u)
+        v = float(w @ (u - m) ** 2)
+        if abs(m - target) < 1e-12 or v <= 1e-15:
+            break
+        lam = float(np.clip(lam - (m - target) / v, -bound, bound))  # stays at a binding bound
+    w = np.exp(lam * u - np.max(lam * u))
+    return w / w.sum()
 
 
 def _check_estimate(stats: str) -> str:
@@ -140,17 +196,30 @@ def _check_estimate(stats: str) -> str:
     return stats
 
 
-def crop_batch(frame_nchw: np.ndarray, size_multiple: int) -> np.ndarray:
-    """The default crops (:func:`~cyclesr_deploy.frozen_norm.crops_for`, ``"spread"`` grid) of
-    a padded (1, C, H, W) frame as one (n, C, crop, crop) batch (numpy, torch-free)."""
+def crop_batch(frame_nchw: np.ndarray, size_multiple: int) -> tuple[np.ndarray, np.ndarray]:
+    """The default crops (:func:`crops_for`, ``"spread"`` grid) of a padded (1, C, H, W) frame
+    as one (n, C, crop, crop) float32 batch, and their :func:`calibration_weights` (n,) float32
+    (numpy, torch-free)."""
     h, w = frame_nchw.shape[-2:]
     crop, n = crops_for((h, w), size_multiple)
     ch, cw = min(crop, h), min(crop, w)
     origins = crop_origins((h, w), (ch, cw), n, size_multiple)
-    return np.ascontiguousarray(
+    batch = np.ascontiguousarray(
         np.concatenate([frame_nchw[:, :, y : y + ch, x : x + cw] for y, x in origins]),
         dtype=np.float32,
     )
+    weights = calibration_weights(frame_nchw[0], origins, (ch, cw)).astype(np.float32)
+    return batch, weights
+
+
+def padded_weights(weights: np.ndarray, size: int = MAX_CROPS) -> np.ndarray:
+    """``weights`` (n,) zero-padded to the stats graph's static ``(size,)`` input."""
+    weights = np.asarray(weights, dtype=np.float32).reshape(-1)
+    if weights.size > size:
+        raise InputError(f"frozen stats: {weights.size} crops; the stats graph takes <= {size}")
+    out = np.zeros(size, dtype=np.float32)
+    out[: weights.size] = weights
+    return out
 
 
 def _check_stats(stats: np.ndarray, length: int) -> np.ndarray:
@@ -202,6 +271,7 @@ class OnnxFrozenEngine:
         self.stats: StatsEstimate = "crops"
         self.pooled = False
         self._warned = False
+        self._max_crops: int | None = None
         self._stats: Any = None
         self._tile: Any = None
         self._plain: Any = None
@@ -245,7 +315,10 @@ class OnnxFrozenEngine:
             )
         self.length = int(infos[0]["length"])
         self.pooled = bool(infos[0].get("pooled", False))
-        self._stats_in = stats.get_inputs()[0].name
+        stats_inputs = {i.name: i for i in stats.get_inputs()}
+        self._stats_in = next(n for n in stats_inputs if n != WEIGHTS_NAME)
+        weights = stats_inputs.get(WEIGHTS_NAME)
+        self._max_crops = int(weights.shape[0]) if weights is not None else None
         names = [i.name for i in tile.get_inputs()]
         self._tile_in = next(n for n in names if n != "stats")
         self._stats, self._tile = stats, tile
@@ -264,18 +337,23 @@ class OnnxFrozenEngine:
         ``self.stats``) says."""
         self._require_open()
         x = np.ascontiguousarray(frame_nchw, dtype=np.float32)
+        weights = np.ones(1, dtype=np.float32)
         if _check_estimate(stats or self.stats) == "crops":
             if self.pooled:
-                x = crop_batch(x, self.model.size_multiple)
-            elif not self._warned:
+                x, weights = crop_batch(x, self.model.size_multiple)
+            if self._max_crops is None and not self._warned:
                 self._warned = True
                 log.warning(
-                    "%s predates pooled statistics: frozen statistics from the whole frame "
-                    "(re-export it with `cyclesr export onnx --overwrite` for the cheaper crops "
-                    "estimate)",
+                    "%s predates %s: frozen statistics from %s (re-export it with "
+                    "`cyclesr export onnx --overwrite` for the calibrated crops estimate)",
                     self.model_dir / STATS_FILE,
+                    "calibrated crop weights" if self.pooled else "pooled statistics",
+                    "uniformly pooled crops" if self.pooled else "the whole frame",
                 )
-        return self._stats.run(None, {self._stats_in: x})[0]
+        feeds = {self._stats_in: x}
+        if self._max_crops is not None:
+            feeds[WEIGHTS_NAME] = padded_weights(weights, self._max_crops)
+        return self._stats.run(None, feeds)[0]
 
     def infer_with_stats(self, batch: np.ndarray, stats: np.ndarray) -> np.ndarray:
         self._require_open()

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from cyclesr_deploy.engines.frozen import WEIGHTS_NAME, padded_weights
 from cyclesr_deploy.engines.tensorrt_engine import TensorRTEngine
 from cyclesr_deploy.errors import InputError
 from cyclesr_deploy.model import FROZEN_ONNX, load_model
@@ -109,6 +110,11 @@ class TensorRTFrozenEngine:
                     f"inputs: {sorted(shapes)}); was it built from {FROZEN_ONNX['tile']}?"
                 )
             self._length = int(np.prod(shapes[STATS_INPUT]))
+            stats_static = self._stats.static_inputs()
+            if WEIGHTS_NAME in stats_static:
+                # statistics of one whole frame: its pooling weight is 1 (the rest unused)
+                size = int(np.prod(stats_static[WEIGHTS_NAME]))
+                self._stats.set_static_input(WEIGHTS_NAME, padded_weights(np.ones(1), size))
         except BaseException:
             self.close()
             raise

@@ -8,9 +8,11 @@
   generator's InstanceNorm layers see on the whole frame (biased variance, as
   :func:`cyclesr_deploy.frozen_norm.record_statistics` / ``compute_statistics(..., "whole")``).
   Feed it a whole frame (exact statistics), or a batch of N equal crops of one frame: the
-  statistics are then pooled over the batch at every layer and all crops normalised with them
-  (``statistics_from_crops`` with ``margin=0``; metadata ``pooled: true``). Graphs exported
-  before pooling (no ``pooled`` key) take one frame only.
+  statistics are then pooled over the batch at every layer, crop n weighted by ``weights[n]``
+  (second input, (MAX_CROPS,) float32: the calibration weights; ``[1, 0, ...]`` for one frame),
+  and all crops normalised with them (``statistics_from_crops`` with ``margin=0``; metadata
+  ``pooled: true``, ``weighted: true``). Graphs exported before pooling (no ``pooled`` key)
+  take one frame only; before weighting (no ``weights`` input) pool the crops equally.
 * ``generator.tile.onnx`` (:func:`tile_onnx_from_checkpoint`): inputs ``input``
   (N x C x h x w, N, h, w dynamic) and ``stats`` (L,), output ``output``: the generator with every
   InstanceNorm replaced by ``(x - mean) / sqrt(var + eps)`` with its slice of ``stats`` (mode
@@ -41,6 +43,7 @@ import torch
 from torch import nn
 
 from cyclesr_deploy import __version__
+from cyclesr_deploy.engines.frozen import MAX_CROPS, WEIGHTS_NAME, padded_weights
 from cyclesr_deploy.errors import InputError, MissingExtraError, require
 from cyclesr_deploy.export.onnx_export import (
     INPUT_NAME,
@@ -115,13 +118,15 @@ class _Shared:
 
     def __init__(self) -> None:
         self.stats: torch.Tensor | None = None
+        self.weights: torch.Tensor | None = None
         self.recorded: list[tuple[int, torch.Tensor, torch.Tensor]] = []
 
 
 class _RecordingNorm(nn.Module):
-    """Norm with the statistics pooled over the batch and the spatial axes (a batch of equal
-    crops of one frame is normalised as one image: mode ``"pool"`` of FrozenInstanceNorm; for
-    one frame plain instance norm); appends its (mean, var) (C,) to the shared list."""
+    """Norm with the statistics pooled over the batch (sample n weighted by ``weights[n]``)
+    and the spatial axes (a batch of equal crops of one frame is normalised as one image: mode
+    ``"pool"`` of FrozenInstanceNorm; for one frame with weight 1 plain instance norm); appends
+    its (mean, var) (C,) to the shared list."""
 
     def __init__(self, index: int, channels: int, eps: float, shared: _Shared) -> None:
         super().__init__()
@@ -129,7 +134,12 @@ class _RecordingNorm(nn.Module):
         self._shared = shared
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0, keepdim=True)  # (1, C, 1, 1)
+        weights = self._shared.weights
+        assert weights is not None
+        w = weights[: x.shape[0]].reshape(-1, 1, 1, 1).to(x.dtype)  # (N, 1, 1, 1)
+        var_n, mean_n = torch.var_mean(x, dim=(2, 3), correction=0, keepdim=True)  # (N, C, 1, 1)
+        mean = (w * mean_n).sum(0, keepdim=True)  # (1, C, 1, 1)
+        var = (w * (var_n + (mean_n - mean) ** 2)).sum(0, keepdim=True)
         self._shared.recorded.append((self.index, mean.reshape(-1), var.reshape(-1)))
         return (x - mean) / torch.sqrt(var + self.eps)
 
@@ -162,13 +172,17 @@ def _layer_info(layers: Sequence[nn.InstanceNorm2d]) -> dict[str, Any]:
         "eps": eps[0] if len(eps) == 1 else eps,
         "layout": "mean_0, var_0, mean_1, var_1, ... (per-channel, biased variance, float32)",
         "pooled": True,  # stats graph: statistics pooled over the input batch (equal crops)
+        "weighted": True,  # ... with the weights input's first N values (calibrated crops)
+        "max_crops": MAX_CROPS,
     }
 
 
 class StatsGraph(nn.Module):
-    """``generator`` (modified in place) -> module mapping a frame (1, C, H, W) to the packed
-    statistics (L,) of its InstanceNorm layers (the generator output is computed and dropped;
-    the exporter removes the dead tail)."""
+    """``generator`` (modified in place) -> module mapping a frame (1, C, H, W) with weights
+    ``[1, 0, ...]``, or N crops of one frame with their pooling weights (first N of
+    ``weights`` (MAX_CROPS,), summing to 1), to the packed statistics (L,) of its InstanceNorm
+    layers (the generator output is computed and dropped; the exporter removes the dead
+    tail)."""
 
     def __init__(self, generator: nn.Module) -> None:
         super().__init__()
@@ -184,9 +198,13 @@ class StatsGraph(nn.Module):
             setattr(parent, name, _RecordingNorm(i, layer.num_features, layer.eps, self._shared))
         self.generator = generator
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         self._shared.recorded = []
-        self.generator(x)
+        self._shared.weights = weights
+        try:
+            self.generator(x)
+        finally:
+            self._shared.weights = None
         recorded, self._shared.recorded = self._shared.recorded, []
         order = [i for i, _, _ in recorded]
         if order != list(range(self.info["layers"])):
@@ -384,8 +402,8 @@ def _finish(
     proto.doc_string = (
         f"cyclesr generator {direction} frozen-InstanceNorm {graph} graph, {architecture(cfg)}; "
         + (
-            f"input N x C x H x W float32 in [-1, 1] (N equal crops of one frame, pooled; H, W "
-            f"multiples of {m}) -> stats ({n},) "
+            f"input N x C x H x W float32 in [-1, 1] (N equal crops of one frame, pooled with "
+            f"weights[:N]; H, W multiples of {m}), weights ({MAX_CROPS},) -> stats ({n},) "
             "[mean_0, var_0, mean_1, var_1, ...]"
             if graph == "stats"
             else f"input N x C x h x w float32 in [-1, 1] (h, w multiples of {m}), stats ({n},) "
@@ -403,12 +421,18 @@ def _save_checked(proto: onnx.ModelProto, part: Path, graph: Graph) -> None:
         raise ExportError(f"onnx.checker rejects the {graph} graph: {exc}") from exc
 
 
-def _torch_stats(model_dir: Path, model, direction: Direction, x: torch.Tensor) -> np.ndarray:
-    """frozen_norm's pooled statistics of the batch ``x`` (mode ``"pool"``; N = 1: exact)."""
+def _torch_stats(
+    model_dir: Path, model, direction: Direction, x: torch.Tensor, weights: np.ndarray
+) -> np.ndarray:
+    """frozen_norm's statistics of the batch ``x`` pooled with ``weights`` (N,) (mode
+    ``"pool"``; N = 1: exact)."""
     from cyclesr_deploy.frozen_norm import _run, freeze_instance_norms, packed_statistics
 
     net = load_generator(model_dir, model, direction)
-    return packed_statistics(_run(net, freeze_instance_norms(net), "pool", x)).numpy()
+    layers = freeze_instance_norms(net)
+    for layer in layers:
+        layer.weights = torch.from_numpy(np.asarray(weights, dtype=np.float32))
+    return packed_statistics(_run(net, layers, "pool", x)).numpy()
 
 
 def _export_and_write(
@@ -516,9 +540,12 @@ def stats_onnx_from_checkpoint(
     ``direction="ba"``) into the model folder; return its path (or a :class:`FrozenOnnxExport`
     with ``details=True``).
 
-    Input ``input`` (N, C, H, W: one frame, or N equal crops of one frame pooled as
-    ``statistics_from_crops(..., margin=0)``), N, H and W dynamic; output
-    ``stats`` (L,) float32 equal to ``frozen_norm.compute_statistics(gen, frame, "whole")``.
+    Inputs ``input`` (N, C, H, W: one frame, or N equal crops of one frame pooled as
+    ``statistics_from_crops(..., margin=0)``), N, H and W dynamic, and ``weights``
+    (MAX_CROPS,) float32 (the first N are the samples' pooling weights, summing to 1: ``[1, 0,
+    ...]`` for one frame, :func:`~cyclesr_deploy.engines.frozen.calibration_weights` for
+    crops); output ``stats`` (L,) float32 equal to ``frozen_norm.compute_statistics(gen, frame,
+    "whole")`` for one frame.
     Checked with ``onnx.checker`` and against PyTorch in ONNX Runtime (max abs error relative to
     the vector's largest magnitude <= ``tolerance``, else ParityError, nothing written). An
     existing file is replaced only with ``overwrite=True`` (else InputError). ``record``: merge
@@ -532,21 +559,23 @@ def stats_onnx_from_checkpoint(
     m = cfg.size_multiple
     from torch.export import Dim
 
-    check = _frame_example(cfg, 2, 12, 20, seed + 1)  # 2 crops: pooled statistics
+    check = _frame_example(cfg, 3, 12, 20, seed + 1)  # 3 crops: weighted pooled statistics
+    check_weights = np.array([0.2, 0.5, 0.3], dtype=np.float32)
+    example_weights = torch.from_numpy(padded_weights(np.array([0.5, 0.5])))
     return _export_and_write(
         wrapper,
-        (_frame_example(cfg, 2, 16, 24, seed),),
-        ({0: Dim("batch"), 2: m * Dim("h"), 3: m * Dim("w")},),
+        (_frame_example(cfg, 2, 16, 24, seed), example_weights),
+        ({0: Dim("batch"), 2: m * Dim("h"), 3: m * Dim("w")}, None),
         graph="stats",
-        inputs=[INPUT_NAME],
+        inputs=[INPUT_NAME, WEIGHTS_NAME],
         outputs=[STATS_NAME],
         model=model,
         cfg=cfg,
         direction=direction,
         opset=opset,
         target=target,
-        feeds={INPUT_NAME: check.numpy()},
-        expected=_torch_stats(model_dir, model, direction, check),
+        feeds={INPUT_NAME: check.numpy(), WEIGHTS_NAME: padded_weights(check_weights)},
+        expected=_torch_stats(model_dir, model, direction, check, check_weights),
         relative=True,
         tolerance=tolerance,
         start=start,

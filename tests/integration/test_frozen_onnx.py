@@ -17,6 +17,13 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 pytest.importorskip("onnxruntime")
 
+from cyclesr_deploy.engines.frozen import (  # noqa: E402
+    MAX_CROPS,
+    WEIGHTS_NAME,
+    crop_batch,
+    crops_for,
+    padded_weights,
+)
 from cyclesr_deploy.errors import InputError  # noqa: E402
 from cyclesr_deploy.export.frozen_onnx import (  # noqa: E402
     KEY_FROZEN_STATS,
@@ -83,7 +90,8 @@ def generator(exported):
 
 
 def ort_stats(exported, x: np.ndarray) -> np.ndarray:
-    return exported["stats_session"].run(None, {"input": x[None]})[0]
+    feeds = {"input": x[None], WEIGHTS_NAME: padded_weights(np.ones(1))}
+    return exported["stats_session"].run(None, feeds)[0]
 
 
 def test_files_and_metadata(exported):
@@ -105,7 +113,8 @@ def test_files_and_metadata(exported):
         props = {p.key: p.value for p in proto.metadata_props}
         assert json.loads(props[KEY_FROZEN_STATS]) == info
     sess = exported["stats_session"]
-    assert [i.name for i in sess.get_inputs()] == ["input"]
+    assert [i.name for i in sess.get_inputs()] == ["input", WEIGHTS_NAME]
+    assert sess.get_inputs()[1].shape == [MAX_CROPS]  # static: a TensorRT static input
     assert [o.name for o in sess.get_outputs()] == [STATS_NAME]
     assert sess.get_outputs()[0].shape == [length]
     sess = exported["tile_session"]
@@ -140,6 +149,27 @@ def test_stats_graph_matches_record_statistics(exported, shape):
     rel = float(np.abs(got - expected).max() / np.abs(expected).max())
     print(f"\nstats graph {shape}: max|ort - torch| / max|torch| = {rel:.2e}")
     assert rel <= STATS_TOL
+
+
+@pytest.mark.parametrize("calibrate", [True, False])
+def test_stats_graph_pools_crops_with_their_weights(exported, calibrate):
+    """The engine's crops (crop_batch) and weights through the graph == frozen_norm's crops
+    estimate (calibrated or equal weights), and the weights change the statistics."""
+    x = frame((1024, 1024), seed=5)  # a frame with structure: the crops' means differ
+    m = exported["model"].size_multiple
+    batch, weights = crop_batch(x[None], m)
+    crop, n = crops_for(x.shape, m)
+    assert batch.shape == (n, 1, crop, crop) and n > 1
+    assert weights.sum() == pytest.approx(1.0) and (weights > 0).all()
+    if not calibrate:
+        weights = np.full(n, 1.0 / n, dtype=np.float32)
+    feeds = {"input": batch, WEIGHTS_NAME: padded_weights(weights)}
+    got = exported["stats_session"].run(None, feeds)[0]
+    expected = compute_statistics(generator(exported), x, "crops", calibrate=calibrate).numpy()
+    rel = float(np.abs(got - expected).max() / np.abs(expected).max())
+    assert rel <= STATS_TOL
+    other = compute_statistics(generator(exported), x, "crops", calibrate=not calibrate).numpy()
+    assert float(np.abs(other - expected).max() / np.abs(expected).max()) > 10 * STATS_TOL
 
 
 def test_tile_graph_matches_frozen_mode(exported):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from cyclesr_deploy.engines import FrozenStatsEngine
+from cyclesr_deploy.engines.frozen import MAX_CROPS
 from cyclesr_deploy.engines.select import find_engine
 from cyclesr_deploy.engines.tensorrt_frozen import TensorRTFrozenEngine
 from cyclesr_deploy.errors import InputError
@@ -54,7 +55,7 @@ def model_folder(tmp_path):
     save_model_config(folder, ModelConfig(generator=GeneratorConfig(ngf=8, n_blocks=1)))
     for name, text in (
         ("generator.onnx", "fake-onnx fp32"),
-        ("generator.stats.onnx", f"fake-onnx fp32 frozen-stats L={L}"),
+        ("generator.stats.onnx", f"fake-onnx fp32 frozen-stats L={L} weights={MAX_CROPS}"),
         ("generator.tile.onnx", f"fake-onnx fp32 frozen-tile L={L}"),
     ):
         (folder / name).write_text(text, encoding="utf-8")
