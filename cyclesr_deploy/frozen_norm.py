@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cyclesr_deploy.engines.frozen import (
+    BLOCKS,
     CROP_AREA,
     Layout,
     calibration_weights,
@@ -61,6 +62,7 @@ __all__ = [
     "set_mode",
     "statistics_from_crops",
     "statistics_from_thumbnail",
+    "weighted_statistics",
 ]
 
 Mode = Literal["instance", "record", "pool", "frozen"]
@@ -103,7 +105,7 @@ class FrozenInstanceNorm(nn.Module):
         self.margin: float = 0.0
         self.jump: float = 1.0
         self.sides: torch.Tensor | None = None  # (N, 4) top, bottom, left, right: 1 = masked
-        # pooling weights of the samples (N,), summing to 1 (None: equal)
+        # pooling weights of the samples' sub-blocks (N, B, B) (weighted_statistics; None: equal)
         self.weights: torch.Tensor | None = None
 
     @classmethod
@@ -126,9 +128,7 @@ class FrozenInstanceNorm(nn.Module):
             pooled_mean = mean.mean(0)
             pooled_var = var.mean(0) + ((mean - pooled_mean) ** 2).mean(0)
         else:
-            w = self.weights.to(mean.device, torch.float32)[:, None]
-            pooled_mean = (w * mean).sum(0)
-            pooled_var = (w * (var + (mean - pooled_mean) ** 2)).sum(0)
+            pooled_mean, pooled_var = weighted_statistics(x.float(), self.weights)
         self.sample_mean, self.sample_var = mean.detach(), var.detach()
         self.mean.copy_(pooled_mean.detach())
         self.var.copy_(pooled_var.detach())
@@ -148,8 +148,9 @@ class FrozenInstanceNorm(nn.Module):
             variances.append(var)
             counts.append((y1 - y0) * (x1 - x0))
         weight = torch.tensor(counts, dtype=torch.float32, device=x.device)[:, None]
-        if self.weights is not None:
-            weight = weight * self.weights.to(x.device, torch.float32)[:, None]
+        if self.weights is not None:  # per crop here: its blocks' mean weight
+            per_crop = self.weights.reshape(self.weights.shape[0], -1).mean(1)
+            weight = weight * per_crop.to(x.device, torch.float32)[:, None]
         weight = weight / weight.sum()
         mean, var = torch.stack(means), torch.stack(variances)  # (N, C)
         pooled_mean = (weight * mean).sum(0)
@@ -177,6 +178,35 @@ class FrozenInstanceNorm(nn.Module):
             )
         mean, var = self.mean.to(x.dtype), self.var.to(x.dtype)
         return F.batch_norm(x, mean, var, training=False, eps=self.eps)
+
+
+def _mean023(t: torch.Tensor) -> torch.Tensor:
+    """Mean over axes 0, 2, 3 one axis at a time: each reduction adds at most a side's pixels,
+    so float32 rounding stays small in every runtime (ONNX Runtime's single reduction over
+    (0, 2, 3) of a weighted map drifted by 1e-4 relative on 2 x 384^2 px)."""
+    return t.mean(dim=3).mean(dim=2).mean(dim=0)
+
+
+def weighted_statistics(
+    x: torch.Tensor, weights: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and biased variance (C,) of a batch ``x`` (N, C, h, w) pooled over the
+    batch and the pixels, pixel (n, y, x) weighted by ``weights[n, by, bx]`` (``weights`` (>=N,
+    B, B), the first N used; ``by = (y * B) // h``, ``bx = (x * B) // w``:
+    :func:`cyclesr_deploy.engines.frozen.block_index`, in integer arithmetic so torch and the
+    exported graph pick the same pixels). Two passes (mean, then squared deviations): no
+    cancellation. With one sample and equal weights: the sample's own statistics. Used by
+    :class:`FrozenInstanceNorm` (mode ``"pool"``) and the exported statistics graph."""
+    n, c, h, w = x.shape
+    b = weights.shape[-1]
+    iy = torch.arange(h, device=x.device) * b // h
+    ix = torch.arange(w, device=x.device) * b // w
+    wmap = weights[:n].to(device=x.device, dtype=x.dtype)
+    wmap = wmap.index_select(1, iy).index_select(2, ix).unsqueeze(1)  # (N, 1, h, w)
+    total = _mean023(wmap)  # (1,)
+    mean = _mean023(wmap * x) / total
+    var = _mean023(wmap * (x - mean.reshape(1, c, 1, 1)) ** 2) / total
+    return mean, var
 
 
 def crop_windows(
@@ -404,12 +434,12 @@ def statistics_from_crops(
     only error left is sampling (pixels outside the crops' interiors). ``margin=0``: plain pooling
     over whole crops.
 
-    ``calibrate`` (default): the crops are pooled with
+    ``calibrate`` (default): the crops' sub-blocks are pooled with
     :func:`~cyclesr_deploy.engines.frozen.calibration_weights` (weighted so that their mean
-    intensity equals the frame's) instead of equally; this removes most of the sampling error
-    that comes from the crops holding more or less structure than the frame (measured in
-    ``benchmarks/results/frozen_norm.md``). Memory is that of one forward pass over n x crop^2
-    px."""
+    intensity equals the frame's; with ``margin`` > 0 per crop) instead of equally; this
+    removes most of the sampling error that comes from the crops holding more or less
+    structure than the frame (measured in ``benchmarks/results/frozen_norm.md``). Memory is
+    that of one forward pass over n x crop^2 px."""
     m = _size_multiple(generator, size_multiple)
     x = _pad_to_multiple(_as_nchw(frame), m)
     h, w = x.shape[-2:]
@@ -429,7 +459,8 @@ def statistics_from_crops(
     weights = None
     if calibrate:
         frame_np = x[0].detach().cpu().numpy()
-        weights = torch.from_numpy(calibration_weights(frame_np, origins, (ch, cw))).float()
+        w = calibration_weights(frame_np, origins, (ch, cw), blocks=1 if margin > 0 else BLOCKS)
+        weights = torch.from_numpy(w).float()
     for layer in layers:
         layer.weights = weights
     if margin > 0:

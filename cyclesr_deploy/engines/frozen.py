@@ -47,6 +47,7 @@ StatsEstimate = Literal["whole", "crops"]
 STATS_ESTIMATES: tuple[str, ...] = ("whole", "crops")
 
 __all__ = [
+    "BLOCKS",
     "CROP_AREA",
     "MAX_CROPS",
     "STATS_ESTIMATES",
@@ -55,6 +56,7 @@ __all__ = [
     "WEIGHTS_NAME",
     "OnnxFrozenEngine",
     "TorchFrozenEngine",
+    "block_index",
     "calibration_weights",
     "crop_batch",
     "crop_origins",
@@ -123,8 +125,9 @@ def crop_origins(
 
 CROP_AREA = 0.2  # default crops: about this fraction of the frame (measured, see crops_for)
 MAX_CROPS = 64  # default crops at most (memory of one pass over 64 x 256^2 px); stats graph size
-WEIGHTS_NAME = "weights"  # the stats graph's per-crop weights input ((MAX_CROPS,), first N used)
-MAX_TILT = 20.0  # calibration: largest ratio between two crops' weights
+WEIGHTS_NAME = "weights"  # stats graph input (MAX_CROPS, BLOCKS, BLOCKS): first N crops used
+MAX_TILT = 20.0  # calibration: largest ratio between two blocks' per-pixel weights
+BLOCKS = 4  # calibration: each crop is cut into BLOCKS x BLOCKS sub-blocks
 
 
 def crops_for(shape: Sequence[int], size_multiple: int = 4) -> tuple[int, int]:
@@ -146,48 +149,81 @@ def crops_for(shape: Sequence[int], size_multiple: int = 4) -> tuple[int, int]:
     return crop, n
 
 
+def block_index(size: int, blocks: int) -> np.ndarray:
+    """Block of each of ``size`` pixels when a side is cut into ``blocks`` parts: ``(i *
+    blocks) // size`` (integer arithmetic, the same in numpy, torch and the ONNX graph, so the
+    calibration and the pooling see one partition at every layer's resolution)."""
+    return (np.arange(size, dtype=np.int64) * blocks) // size
+
+
 def calibration_weights(
     frame: np.ndarray,
     origins: Sequence[tuple[int, int]],
     crop: tuple[int, int],
     *,
+    blocks: int = BLOCKS,
     max_tilt: float = MAX_TILT,
 ) -> np.ndarray:
-    """Per-crop pooling weights (n,) float64, positive, summing to 1, that make the weighted
-    mean intensity of the crops equal the frame's (calibration estimator with the raking
-    distance, Deville & Saerndal 1992: ``w_i ~ exp(lambda * z_i)``, ``z_i`` = crop i's mean
-    input intensity, one Newton solve for lambda).
+    """Pooling weights (n, blocks, blocks) float64 of the crops' sub-blocks (each crop cut into
+    blocks x blocks parts by :func:`block_index`): positive, summing to 1 over the blocks'
+    pixels (``sum(w * pixels) == 1``), chosen so that the pooled mean intensity of the crops
+    equals the frame's (calibration estimator with the raking distance, Deville & Saerndal
+    1992: a block's share ~ ``pixels * exp(lambda * z)``, ``z`` = its mean input intensity, one
+    Newton solve for lambda).
 
-    Why: a layer's frame statistics are an average over the frame of local features, and the
-    crops' share of bright structure decides most of their sampling error; weighting the crops so
-    that they reproduce the frame's (known, free) mean intensity cancels that part. The tilt is
-    bounded (largest / smallest weight <= ``max_tilt``) so a frame whose mean lies outside the
-    crops' range is calibrated as far as the bound allows, never onto a single crop. Uniform
-    weights when the crops all have the same mean. ``frame``: (..., H, W) (channels averaged)."""
+    Why: a layer's frame statistics are an average over the frame of local features, and how
+    much bright structure the crops hold decides most of their sampling error; weighting them
+    to reproduce the frame's (known, free) mean intensity cancels that part. Sub-blocks give
+    the calibration more than one value per crop (with 2 crops at 1024^2 it otherwise only
+    interpolates between two). The tilt is bounded (largest / smallest per-pixel weight <=
+    ``max_tilt``), so a frame whose mean lies outside the blocks' range is calibrated as far as
+    the bound allows, never onto a single block. Equal per-pixel weights when the blocks all
+    have the same mean. ``frame``: (..., H, W) (channels averaged)."""
     x = np.asarray(frame, dtype=np.float64)
     x = x.reshape(-1, *x.shape[-2:]).mean(axis=0)
     ch, cw = crop
-    z = np.array([x[y : y + ch, x0 : x0 + cw].mean() for y, x0 in origins])
-    n = z.size
+    n = len(origins)
     if n == 0:
         raise InputError("calibration_weights: no crops")
+    if blocks < 1:
+        raise InputError(f"calibration_weights: blocks must be >= 1, got {blocks}")
+    by, bx = block_index(ch, blocks), block_index(cw, blocks)
+    pixels = np.outer(np.bincount(by, minlength=blocks), np.bincount(bx, minlength=blocks))
+    sums = np.zeros((n, blocks, blocks))
+    for i, (y, x0) in enumerate(origins):
+        c = x[y : y + ch, x0 : x0 + cw]
+        rows = np.stack([c[by == b].sum(axis=0) for b in range(blocks)])  # (blocks, cw)
+        sums[i] = np.stack([rows[:, bx == b].sum(axis=1) for b in range(blocks)], axis=1)
+    present = np.broadcast_to(pixels > 0, sums.shape)
+    z = sums[present] / np.broadcast_to(pixels, sums.shape)[present]  # block means
+    base = np.broadcast_to(pixels, sums.shape)[present].astype(np.float64)
+    base /= base.sum()
+    share = _rake(z, base, float(x.mean()), max_tilt)
+    w = np.zeros(sums.shape)
+    w[present] = share / np.broadcast_to(pixels, sums.shape)[present]
+    return w
+
+
+def _rake(z: np.ndarray, base: np.ndarray, target: float, max_tilt: float) -> np.ndarray:
+    """Shares ``base * exp(lambda * z)`` normalised, with ``sum(share * z) == target`` where
+    the bound ``exp(|lambda| * (max z - min z)) <= max_tilt`` allows (Newton on lambda)."""
     spread = float(z.max() - z.min())
-    if n == 1 or spread <= 1e-12 * max(1.0, float(np.abs(z).max())):
-        return np.full(n, 1.0 / n)
-    u = (z - z.mean()) / spread  # in [-1, 1]
-    target = (float(x.mean()) - z.mean()) / spread
-    bound = math.log(max_tilt)  # |lambda| * (u_max - u_min = 1) <= log(max_tilt)
+    if spread <= 1e-12 * max(1.0, float(np.abs(z).max())):
+        return base.copy()
+    u = (z - float(base @ z)) / spread  # spread 1
+    t = (target - float(base @ z)) / spread
+    bound = math.log(max_tilt)
     lam = 0.0
     for _ in range(50):
-        e = np.exp(lam * u - np.max(lam * u))
+        e = base * np.exp(lam * u - np.max(lam * u))
         w = e / e.sum()
         m = float(w @ u)
         v = float(w @ (u - m) ** 2)
-        if abs(m - target) < 1e-12 or v <= 1e-15:
+        if abs(m - t) < 1e-12 or v <= 1e-15:
             break
-        lam = float(np.clip(lam - (m - target) / v, -bound, bound))  # stays at a binding bound
-    w = np.exp(lam * u - np.max(lam * u))
-    return w / w.sum()
+        lam = float(np.clip(lam - (m - t) / v, -bound, bound))  # stays at a binding bound
+    e = base * np.exp(lam * u - np.max(lam * u))
+    return e / e.sum()
 
 
 def _check_estimate(stats: str) -> str:
@@ -198,8 +234,8 @@ def _check_estimate(stats: str) -> str:
 
 def crop_batch(frame_nchw: np.ndarray, size_multiple: int) -> tuple[np.ndarray, np.ndarray]:
     """The default crops (:func:`crops_for`, ``"spread"`` grid) of a padded (1, C, H, W) frame
-    as one (n, C, crop, crop) float32 batch, and their :func:`calibration_weights` (n,) float32
-    (numpy, torch-free)."""
+    as one (n, C, crop, crop) float32 batch, and their :func:`calibration_weights`
+    (n, BLOCKS, BLOCKS) float32 (numpy, torch-free)."""
     h, w = frame_nchw.shape[-2:]
     crop, n = crops_for((h, w), size_multiple)
     ch, cw = min(crop, h), min(crop, w)
@@ -212,13 +248,23 @@ def crop_batch(frame_nchw: np.ndarray, size_multiple: int) -> tuple[np.ndarray, 
     return batch, weights
 
 
-def padded_weights(weights: np.ndarray, size: int = MAX_CROPS) -> np.ndarray:
-    """``weights`` (n,) zero-padded to the stats graph's static ``(size,)`` input."""
-    weights = np.asarray(weights, dtype=np.float32).reshape(-1)
-    if weights.size > size:
-        raise InputError(f"frozen stats: {weights.size} crops; the stats graph takes <= {size}")
-    out = np.zeros(size, dtype=np.float32)
-    out[: weights.size] = weights
+def padded_weights(weights: np.ndarray, crops: int = MAX_CROPS, blocks: int = BLOCKS) -> np.ndarray:
+    """``weights`` (n,) per crop or (n, blocks, blocks) per sub-block, as the stats graph's
+    static ``(crops, blocks, blocks)`` input: a crop's weight is repeated over its blocks,
+    crops n.. are zero (unused)."""
+    weights = np.asarray(weights, dtype=np.float32)
+    n = weights.shape[0] if weights.ndim else 1
+    if n > crops:
+        raise InputError(f"frozen stats: {n} crops; the stats graph takes <= {crops}")
+    if weights.ndim <= 1:
+        weights = np.broadcast_to(weights.reshape(n, 1, 1), (n, blocks, blocks))
+    if weights.shape[1:] != (blocks, blocks):
+        raise InputError(
+            f"frozen stats: weights of shape {weights.shape}, the stats graph takes "
+            f"(n, {blocks}, {blocks})"
+        )
+    out = np.zeros((crops, blocks, blocks), dtype=np.float32)
+    out[:n] = weights
     return out
 
 
@@ -271,7 +317,7 @@ class OnnxFrozenEngine:
         self.stats: StatsEstimate = "crops"
         self.pooled = False
         self._warned = False
-        self._max_crops: int | None = None
+        self._weights_shape: tuple[int, ...] | None = None
         self._stats: Any = None
         self._tile: Any = None
         self._plain: Any = None
@@ -318,7 +364,7 @@ class OnnxFrozenEngine:
         stats_inputs = {i.name: i for i in stats.get_inputs()}
         self._stats_in = next(n for n in stats_inputs if n != WEIGHTS_NAME)
         weights = stats_inputs.get(WEIGHTS_NAME)
-        self._max_crops = int(weights.shape[0]) if weights is not None else None
+        self._weights_shape = tuple(int(d) for d in weights.shape) if weights is not None else None
         names = [i.name for i in tile.get_inputs()]
         self._tile_in = next(n for n in names if n != "stats")
         self._stats, self._tile = stats, tile
@@ -337,11 +383,11 @@ class OnnxFrozenEngine:
         ``self.stats``) says."""
         self._require_open()
         x = np.ascontiguousarray(frame_nchw, dtype=np.float32)
-        weights = np.ones(1, dtype=np.float32)
+        weights = np.ones(1, dtype=np.float32)  # one frame
         if _check_estimate(stats or self.stats) == "crops":
             if self.pooled:
                 x, weights = crop_batch(x, self.model.size_multiple)
-            if self._max_crops is None and not self._warned:
+            if self._weights_shape is None and not self._warned:
                 self._warned = True
                 log.warning(
                     "%s predates %s: frozen statistics from %s (re-export it with "
@@ -351,8 +397,9 @@ class OnnxFrozenEngine:
                     "uniformly pooled crops" if self.pooled else "the whole frame",
                 )
         feeds = {self._stats_in: x}
-        if self._max_crops is not None:
-            feeds[WEIGHTS_NAME] = padded_weights(weights, self._max_crops)
+        if self._weights_shape is not None:
+            crops, blocks = self._weights_shape[0], self._weights_shape[-1]
+            feeds[WEIGHTS_NAME] = padded_weights(weights, crops, blocks)
         return self._stats.run(None, feeds)[0]
 
     def infer_with_stats(self, batch: np.ndarray, stats: np.ndarray) -> np.ndarray:

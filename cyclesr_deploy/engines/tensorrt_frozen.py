@@ -113,8 +113,10 @@ class TensorRTFrozenEngine:
             stats_static = self._stats.static_inputs()
             if WEIGHTS_NAME in stats_static:
                 # statistics of one whole frame: its pooling weight is 1 (the rest unused)
-                size = int(np.prod(stats_static[WEIGHTS_NAME]))
-                self._stats.set_static_input(WEIGHTS_NAME, padded_weights(np.ones(1), size))
+                shape = stats_static[WEIGHTS_NAME]
+                blocks = int(shape[-1]) if len(shape) == 3 else 1
+                weights = padded_weights(np.ones(1), int(shape[0]), blocks)
+                self._stats.set_static_input(WEIGHTS_NAME, weights)
         except BaseException:
             self.close()
             raise

@@ -8,8 +8,9 @@
   generator's InstanceNorm layers see on the whole frame (biased variance, as
   :func:`cyclesr_deploy.frozen_norm.record_statistics` / ``compute_statistics(..., "whole")``).
   Feed it a whole frame (exact statistics), or a batch of N equal crops of one frame: the
-  statistics are then pooled over the batch at every layer, crop n weighted by ``weights[n]``
-  (second input, (MAX_CROPS,) float32: the calibration weights; ``[1, 0, ...]`` for one frame),
+  statistics are then pooled over the batch at every layer, the pixels of sub-block (i, j) of
+  crop n weighted by ``weights[n, i, j]`` (second input, (MAX_CROPS, BLOCKS, BLOCKS) float32:
+  the calibration weights; crop 0 all ones, the rest zero, for one frame),
   and all crops normalised with them (``statistics_from_crops`` with ``margin=0``; metadata
   ``pooled: true``, ``weighted: true``). Graphs exported before pooling (no ``pooled`` key)
   take one frame only; before weighting (no ``weights`` input) pool the crops equally.
@@ -43,7 +44,7 @@ import torch
 from torch import nn
 
 from cyclesr_deploy import __version__
-from cyclesr_deploy.engines.frozen import MAX_CROPS, WEIGHTS_NAME, padded_weights
+from cyclesr_deploy.engines.frozen import BLOCKS, MAX_CROPS, WEIGHTS_NAME, padded_weights
 from cyclesr_deploy.errors import InputError, MissingExtraError, require
 from cyclesr_deploy.export.onnx_export import (
     INPUT_NAME,
@@ -123,8 +124,9 @@ class _Shared:
 
 
 class _RecordingNorm(nn.Module):
-    """Norm with the statistics pooled over the batch (sample n weighted by ``weights[n]``)
-    and the spatial axes (a batch of equal crops of one frame is normalised as one image: mode
+    """Norm with the statistics pooled over the batch and the spatial axes, the pixels of
+    sample n's sub-block (i, j) weighted by ``weights[n, i, j]`` (``weighted_statistics``)
+    (a batch of equal crops of one frame is normalised as one image: mode
     ``"pool"`` of FrozenInstanceNorm; for one frame with weight 1 plain instance norm); appends
     its (mean, var) (C,) to the shared list."""
 
@@ -134,14 +136,14 @@ class _RecordingNorm(nn.Module):
         self._shared = shared
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from cyclesr_deploy.frozen_norm import weighted_statistics
+
         weights = self._shared.weights
         assert weights is not None
-        w = weights[: x.shape[0]].reshape(-1, 1, 1, 1).to(x.dtype)  # (N, 1, 1, 1)
-        var_n, mean_n = torch.var_mean(x, dim=(2, 3), correction=0, keepdim=True)  # (N, C, 1, 1)
-        mean = (w * mean_n).sum(0, keepdim=True)  # (1, C, 1, 1)
-        var = (w * (var_n + (mean_n - mean) ** 2)).sum(0, keepdim=True)
-        self._shared.recorded.append((self.index, mean.reshape(-1), var.reshape(-1)))
-        return (x - mean) / torch.sqrt(var + self.eps)
+        mean, var = weighted_statistics(x, weights)
+        self._shared.recorded.append((self.index, mean, var))
+        c = self.channels
+        return (x - mean.reshape(1, c, 1, 1)) / torch.sqrt(var.reshape(1, c, 1, 1) + self.eps)
 
 
 class _SlicedNorm(nn.Module):
@@ -172,15 +174,17 @@ def _layer_info(layers: Sequence[nn.InstanceNorm2d]) -> dict[str, Any]:
         "eps": eps[0] if len(eps) == 1 else eps,
         "layout": "mean_0, var_0, mean_1, var_1, ... (per-channel, biased variance, float32)",
         "pooled": True,  # stats graph: statistics pooled over the input batch (equal crops)
-        "weighted": True,  # ... with the weights input's first N values (calibrated crops)
+        "weighted": True,  # ... with the weights input's first N crops (calibrated sub-blocks)
         "max_crops": MAX_CROPS,
+        "blocks": BLOCKS,
     }
 
 
 class StatsGraph(nn.Module):
     """``generator`` (modified in place) -> module mapping a frame (1, C, H, W) with weights
     ``[1, 0, ...]``, or N crops of one frame with their pooling weights (first N of
-    ``weights`` (MAX_CROPS,), summing to 1), to the packed statistics (L,) of its InstanceNorm
+    ``weights`` (MAX_CROPS, BLOCKS, BLOCKS) per sub-block), to the packed statistics (L,) of
+    its InstanceNorm
     layers (the generator output is computed and dropped; the exporter removes the dead
     tail)."""
 
@@ -424,8 +428,8 @@ def _save_checked(proto: onnx.ModelProto, part: Path, graph: Graph) -> None:
 def _torch_stats(
     model_dir: Path, model, direction: Direction, x: torch.Tensor, weights: np.ndarray
 ) -> np.ndarray:
-    """frozen_norm's statistics of the batch ``x`` pooled with ``weights`` (N,) (mode
-    ``"pool"``; N = 1: exact)."""
+    """frozen_norm's statistics of the batch ``x`` pooled with ``weights`` (N, B, B) (mode
+    ``"pool"``; N = 1 with equal weights: exact)."""
     from cyclesr_deploy.frozen_norm import _run, freeze_instance_norms, packed_statistics
 
     net = load_generator(model_dir, model, direction)
@@ -542,9 +546,10 @@ def stats_onnx_from_checkpoint(
 
     Inputs ``input`` (N, C, H, W: one frame, or N equal crops of one frame pooled as
     ``statistics_from_crops(..., margin=0)``), N, H and W dynamic, and ``weights``
-    (MAX_CROPS,) float32 (the first N are the samples' pooling weights, summing to 1: ``[1, 0,
-    ...]`` for one frame, :func:`~cyclesr_deploy.engines.frozen.calibration_weights` for
-    crops); output ``stats`` (L,) float32 equal to ``frozen_norm.compute_statistics(gen, frame,
+    (MAX_CROPS, BLOCKS, BLOCKS) float32 (static; the first N are the samples' sub-block
+    pooling weights, ``padded_weights``: ones for one frame,
+    :func:`~cyclesr_deploy.engines.frozen.calibration_weights` for crops); output ``stats``
+    (L,) float32 equal to ``frozen_norm.compute_statistics(gen, frame,
     "whole")`` for one frame.
     Checked with ``onnx.checker`` and against PyTorch in ONNX Runtime (max abs error relative to
     the vector's largest magnitude <= ``tolerance``, else ParityError, nothing written). An
@@ -560,7 +565,7 @@ def stats_onnx_from_checkpoint(
     from torch.export import Dim
 
     check = _frame_example(cfg, 3, 12, 20, seed + 1)  # 3 crops: weighted pooled statistics
-    check_weights = np.array([0.2, 0.5, 0.3], dtype=np.float32)
+    check_weights = np.random.default_rng(seed).uniform(0.2, 1.0, (3, BLOCKS, BLOCKS))
     example_weights = torch.from_numpy(padded_weights(np.array([0.5, 0.5])))
     return _export_and_write(
         wrapper,
