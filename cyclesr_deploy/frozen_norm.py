@@ -180,13 +180,6 @@ class FrozenInstanceNorm(nn.Module):
         return F.batch_norm(x, mean, var, training=False, eps=self.eps)
 
 
-def _mean023(t: torch.Tensor) -> torch.Tensor:
-    """Mean over axes 0, 2, 3 one axis at a time: each reduction adds at most a side's pixels,
-    so float32 rounding stays small in every runtime (ONNX Runtime's single reduction over
-    (0, 2, 3) of a weighted map drifted by 1e-4 relative on 2 x 384^2 px)."""
-    return t.mean(dim=3).mean(dim=2).mean(dim=0)
-
-
 def weighted_statistics(
     x: torch.Tensor, weights: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,18 +187,26 @@ def weighted_statistics(
     batch and the pixels, pixel (n, y, x) weighted by ``weights[n, by, bx]`` (``weights`` (>=N,
     B, B), the first N used; ``by = (y * B) // h``, ``bx = (x * B) // w``:
     :func:`cyclesr_deploy.engines.frozen.block_index`, in integer arithmetic so torch and the
-    exported graph pick the same pixels). Two passes (mean, then squared deviations): no
-    cancellation. With one sample and equal weights: the sample's own statistics. Used by
+    exported graph pick the same pixels). Block sums come from two matmuls with one-hot block
+    matrices (``Py^T x Px``: sums of at most a side's pixels each, so float32 rounding stays
+    small in every runtime), the variance from a second pass over the squared deviations (no
+    cancellation). With one sample and equal weights: the sample's own statistics. Used by
     :class:`FrozenInstanceNorm` (mode ``"pool"``) and the exported statistics graph."""
     n, c, h, w = x.shape
     b = weights.shape[-1]
-    iy = torch.arange(h, device=x.device) * b // h
-    ix = torch.arange(w, device=x.device) * b // w
-    wmap = weights[:n].to(device=x.device, dtype=x.dtype)
-    wmap = wmap.index_select(1, iy).index_select(2, ix).unsqueeze(1)  # (N, 1, h, w)
-    total = _mean023(wmap)  # (1,)
-    mean = _mean023(wmap * x) / total
-    var = _mean023(wmap * (x - mean.reshape(1, c, 1, 1)) ** 2) / total
+    blocks = torch.arange(b, device=x.device)
+    py = ((torch.arange(h, device=x.device) * b // h)[:, None] == blocks).to(x.dtype)  # (h, B)
+    px = ((torch.arange(w, device=x.device) * b // w)[:, None] == blocks).to(x.dtype)  # (w, B)
+    wb = weights[:n].to(device=x.device, dtype=x.dtype).unsqueeze(1)  # (N, 1, B, B)
+    pixels = py.sum(0)[:, None] * px.sum(0)[None, :]  # (B, B) pixels per block
+    total = (wb * pixels).sum(dim=(0, 2, 3))  # (1,)
+
+    def block_sums(t: torch.Tensor) -> torch.Tensor:  # (N, C, h, w) -> (N, C, B, B)
+        return py.transpose(0, 1) @ (t @ px)
+
+    mean = (wb * block_sums(x)).sum(dim=(0, 2, 3)) / total
+    dev = (x - mean.reshape(1, c, 1, 1)) ** 2
+    var = (wb * block_sums(dev)).sum(dim=(0, 2, 3)) / total
     return mean, var
 
 
@@ -382,14 +383,31 @@ def _pad_to_multiple(x: torch.Tensor, m: int) -> torch.Tensor:
     return x[..., iy[:, None], ix]
 
 
+class _StatisticsDone(Exception):
+    """Raised after the last InstanceNorm recorded: the layers after it are not needed."""
+
+
+def _stop(module: nn.Module, args: object, output: object) -> None:
+    raise _StatisticsDone
+
+
 @torch.no_grad()
 def _run(generator: nn.Module, layers, mode: Mode, x: torch.Tensor) -> list[FrozenInstanceNorm]:
+    """Run ``generator`` on ``x`` with ``layers`` in ``mode`` ("record"/"pool"), stopping right
+    after the last layer recorded (the tail, e.g. the full-resolution output convolution, would
+    only cost time)."""
     was_training = generator.training
     generator.eval()
+    layers = _layers(layers)
+    hook = layers[-1].register_forward_hook(_stop) if layers else None
     try:
         set_mode(layers, mode)
         generator(x.to(_device(generator)))
+    except _StatisticsDone:
+        pass
     finally:
+        if hook is not None:
+            hook.remove()
         set_mode(layers, "instance")
         generator.train(was_training)
     return layers

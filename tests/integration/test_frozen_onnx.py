@@ -137,8 +137,8 @@ def test_op_types(exported):
     assert not tile_ops & {"InstanceNormalization", "ReduceMean", "ReduceSum", "GlobalAveragePool"}
     assert {"Conv", "Slice", "Sqrt", "Sub", "Div"} <= tile_ops
     stats_ops = set(exported["stats"].op_types)
-    assert "InstanceNormalization" not in stats_ops and "ReduceMean" in stats_ops
-    assert "Gather" in stats_ops  # the sub-block weight map
+    assert "InstanceNormalization" not in stats_ops and "MatMul" in stats_ops  # block sums
+    assert "Equal" in stats_ops  # one-hot block matrices
     assert "Tanh" not in stats_ops  # the generator's tail after the last norm is dropped
 
 
