@@ -223,3 +223,33 @@ def test_estimators_store_sane_statistics(random_gen, frames):
     assert (crops - exact).norm() < (thumb - exact).norm()
     with pytest.raises(InputError, match="multiple"):
         statistics_from_crops(gen, x, crop=162, n=2)
+
+
+def test_statistics_passes_stop_after_the_last_norm(random_gen, frames):
+    """The generator's tail after its last InstanceNorm (the output convolution) is skipped by
+    the statistics passes, every layer is still recorded, and plain inference is unaffected."""
+    gen, _ = random_gen
+    last_conv = [m for m in gen.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    calls: list[int] = []
+    hook = last_conv.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        x = frames[(320, 448)]
+        layers = record_statistics(gen, x)
+        assert all(layer.recorded for layer in layers)
+        statistics_from_crops(gen, x, crop=160, n=2)
+        assert not calls
+        whole(gen, x)
+        assert calls
+    finally:
+        hook.remove()
+
+
+def test_calibrated_crops_pool_with_weights_and_equal_crops_do_not(random_gen, frames):
+    gen, _ = random_gen
+    x = frames[(320, 448)]
+    calibrated = packed_statistics(statistics_from_crops(gen, x, crop=160, n=4)).clone()
+    equal = packed_statistics(statistics_from_crops(gen, x, crop=160, n=4, calibrate=False))
+    assert torch.isfinite(calibrated).all() and not torch.allclose(calibrated, equal)
+    # the weights are cleared afterwards: the next pass without calibration is the equal one
+    again = packed_statistics(statistics_from_crops(gen, x, crop=160, n=4, calibrate=False))
+    assert torch.equal(again, equal)
