@@ -8,8 +8,8 @@ as URST's thumbnail instance norm (``czczup/URST``) but with the estimate select
 
 1. **statistics pass**: every InstanceNorm layer records the per-channel mean and (biased)
    variance it sees on the frame: exactly (``record_statistics``, the whole frame in one pass),
-   from a batch of large crops (``statistics_from_crops``), or from a downsampled frame
-   (``statistics_from_thumbnail``);
+   from a batch of crops pooled with calibrated sub-block weights (``statistics_from_crops``,
+   :func:`weighted_statistics`), or from a downsampled frame (``statistics_from_thumbnail``);
 2. **tile pass**: all tiles are normalised with those statistics (mode ``"frozen"``, which is
    BatchNorm in eval mode: ``F.batch_norm`` with the stored statistics). The generator then has
    no global operation left, so with a halo >= the receptive-field half-width the tiled output
