@@ -479,15 +479,16 @@ def statistics_from_crops(
         frame_np = x[0].detach().cpu().numpy()
         w = calibration_weights(frame_np, origins, (ch, cw), blocks=1 if margin > 0 else BLOCKS)
         weights = torch.from_numpy(w).float()
-    for layer in layers:
-        layer.weights = weights
-    if margin > 0:
-        sides = torch.tensor(
-            [[y > 0, y + ch < h, x0 > 0, x0 + cw < w] for y, x0 in origins], dtype=torch.int64
-        )
-        for layer, (half, jump) in zip(layers, layer_geometry(generator), strict=True):
-            layer.margin, layer.jump, layer.sides = margin * half, jump, sides
-    try:
+    try:  # set inside: a failure here must not leave weights or sides on the layers
+        for layer in layers:
+            layer.weights = weights
+        if margin > 0:
+            sides = torch.tensor(
+                [[y > 0, y + ch < h, x0 > 0, x0 + cw < w] for y, x0 in origins],
+                dtype=torch.int64,
+            )
+            for layer, (half, jump) in zip(layers, layer_geometry(generator), strict=True):
+                layer.margin, layer.jump, layer.sides = margin * half, jump, sides
         return _run(generator, layers, "pool", batch)
     finally:
         for layer in layers:

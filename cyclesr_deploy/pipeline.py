@@ -100,7 +100,7 @@ class EnhanceConfig(BaseModel):
     ~1 KB per pixel, ~4 GiB; 0 = always tile). ``stats``: how frozen tiling estimates a frame's
     statistics: ``crops`` (default) = a statistics pass over a batch of crops (~20 % of the
     frame, pooled with calibrated sub-block weights; ~0.1-0.15x the tile pass's time, memory
-    bounded by the crops; PSNR against whole-frame inference 49-51 dB on the reference model at
+    bounded by the crops; PSNR against whole-frame inference 47-51 dB on the reference model at
     1024^2 and 2048^2, lower on untrained networks, see benchmarks/results/frozen_norm.md),
     ``whole`` = over the whole frame (exact: tiled == whole frame up to float rounding, but the
     time and memory of a whole-frame pass).

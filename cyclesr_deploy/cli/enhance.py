@@ -188,7 +188,7 @@ def enhance(
         "crops",
         help="Frozen tiling's statistics estimate (ONNX Runtime, torch; TensorRT always uses "
         "the whole frame): crops = a pass over crops of ~20 % of the frame, pooled with "
-        "calibrated weights (~0.1-0.15x the tile pass; 49-51 dB vs whole frame on the reference "
+        "calibrated weights (~0.1-0.15x the tile pass; 47-51 dB vs whole frame on the reference "
         "model), whole = over the whole frame (exact, costs a whole-frame pass).",
     ),
     whole_max_px: int = typer.Option(

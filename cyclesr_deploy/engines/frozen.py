@@ -19,8 +19,9 @@ Statistics estimate (``engine.stats``, set by the pipeline from ``EnhanceConfig.
 ``"crops"`` (default) runs the statistics pass on a batch of crops of the frame
 (:func:`crops_for`: ~20 % of its pixels; memory bounded by the crops), pooled with
 :func:`calibration_weights` (the crops' 4 x 4 sub-blocks weighted so that their mean intensity
-equals the frame's); on the reference CycleGAN 49-51 dB against whole-frame inference at
-1024^2 and 2048^2 for ~0.1-0.15x the tile pass's time (``benchmarks/results/frozen_norm.md``);
+equals the frame's); on the reference CycleGAN 47-51 dB against whole-frame inference at
+1024^2 and 2048^2 for ~0.1-0.15x the tile pass's time (torch CPU,
+``benchmarks/results/frozen_norm.md``);
 ``"whole"`` runs it on the whole frame
 (exact statistics, tiled == whole-frame output up to float rounding; memory and time of one
 whole-frame pass). ONNX Runtime pools crops with a stats graph exported with pooling (metadata
@@ -134,9 +135,10 @@ BLOCKS = 4  # calibration: each crop is cut into BLOCKS x BLOCKS sub-blocks
 
 def crops_for(shape: Sequence[int], size_multiple: int = 4) -> tuple[int, int]:
     """The default crop estimate ``(crop, n)`` for a frame of ``shape`` (..., H, W): crops of
-    384 px (frames up to 1536 px a side) or 256 px, on a full ny x nx grid (the ``"spread"``
-    layout) covering about :data:`CROP_AREA` of the frame, at least 2 crops when the frame holds
-    2 (calibration needs two) and at most :data:`MAX_CROPS`; pooled with
+    384 px (frames up to 1536 px a side) or 256 px, n = ny x nx for a grid fitted to the
+    frame's aspect (placed by :func:`crop_origins`, ``"spread"``; on unusual aspect ratios its
+    last row may be partial) covering about :data:`CROP_AREA` of the frame, at least 2 crops
+    when the frame holds 2 (calibration needs two) and at most :data:`MAX_CROPS`; pooled with
     :func:`calibration_weights`. Measured (``benchmarks/results/frozen_norm.md``): 1024^2 ->
     2 x 384 px, 2048^2 -> 12 x 256 px, 4096^2 -> 49 x 256 px."""
     h, w = int(shape[-2]), int(shape[-1])
@@ -153,8 +155,10 @@ def crops_for(shape: Sequence[int], size_multiple: int = 4) -> tuple[int, int]:
 
 def block_index(size: int, blocks: int) -> np.ndarray:
     """Block of each of ``size`` pixels when a side is cut into ``blocks`` parts: ``(i *
-    blocks) // size`` (integer arithmetic, the same in numpy, torch and the ONNX graph, so the
-    calibration and the pooling see one partition at every layer's resolution)."""
+    blocks) // size`` (integer arithmetic, the same in numpy, torch and the ONNX graph; at a
+    layer of stride s the same formula partitions the feature map, which matches the input's
+    blocks exactly when the side is a multiple of blocks x s, as the default crops are, and
+    within a pixel otherwise)."""
     return (np.arange(size, dtype=np.int64) * blocks) // size
 
 

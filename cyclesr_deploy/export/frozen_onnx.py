@@ -407,7 +407,8 @@ def _finish(
         f"cyclesr generator {direction} frozen-InstanceNorm {graph} graph, {architecture(cfg)}; "
         + (
             f"input N x C x H x W float32 in [-1, 1] (N equal crops of one frame, pooled with "
-            f"weights[:N]; H, W multiples of {m}), weights ({MAX_CROPS},) -> stats ({n},) "
+            f"weights[:N]; H, W multiples of {m}), weights ({MAX_CROPS}, {BLOCKS}, {BLOCKS}) -> "
+            f"stats ({n},) "
             "[mean_0, var_0, mean_1, var_1, ...]"
             if graph == "stats"
             else f"input N x C x h x w float32 in [-1, 1] (h, w multiples of {m}), stats ({n},) "
