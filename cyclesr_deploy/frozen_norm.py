@@ -26,6 +26,7 @@ Swapping layers (:func:`freeze_instance_norms`) keeps the trained weights and th
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from typing import Literal
 
@@ -50,6 +51,7 @@ __all__ = [
     "MODES",
     "STATS",
     "FrozenInstanceNorm",
+    "check_crops_estimate",
     "crop_origins",
     "crop_windows",
     "crops_for",
@@ -58,6 +60,7 @@ __all__ = [
     "load_packed",
     "packed_statistics",
     "predict_tiled_frozen",
+    "psnr_range2",
     "record_statistics",
     "set_mode",
     "statistics_from_crops",
@@ -624,3 +627,52 @@ def predict_tiled_frozen(
     finally:
         set_mode(layers, "instance")
         generator.train(was_training)
+
+
+# ---- per-model check of the crops estimate (stats "auto") ----------------------------------
+
+
+def psnr_range2(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two model-unit outputs (range [-1, 1], so peak 2)."""
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return float("inf") if mse == 0 else float(10 * np.log10(4.0 / mse))
+
+
+@torch.no_grad()
+def check_crops_estimate(
+    generator: nn.Module, frame: np.ndarray | torch.Tensor, *, size_multiple: int | None = None
+) -> dict[str, float]:
+    """How well the default crops estimate reproduces whole-frame inference for this
+    ``generator`` on ``frame`` ((H, W) or (C, H, W), model units): whole-frame inference
+    (plain instance norm) against the frozen whole-frame pass with the crops statistics (equal
+    to the frozen tile pass up to float rounding, the halo covering the receptive field), as
+    ``psnr_db`` (range 2) and ``max_abs``, with the seconds of each pass. Networks differ a lot
+    here (trained reference CycleGAN ~50 dB at 1024^2, a randomly initialised canonical one
+    ~40 dB: ``benchmarks/results/frozen_norm.md``), which is why ``stats="auto"`` follows this
+    check per model (:mod:`cyclesr_deploy.export.frozen_check`)."""
+    layers = freeze_instance_norms(generator)
+    m = _size_multiple(generator, size_multiple)
+    x = _pad_to_multiple(_as_nchw(frame), m)
+    device = _device(generator)
+    was_training = generator.training
+    generator.eval()
+    try:
+        start = time.perf_counter()
+        set_mode(layers, "instance")
+        ref = generator(x.to(device)).float().cpu().numpy()
+        whole_s = time.perf_counter() - start
+        start = time.perf_counter()
+        packed = compute_statistics(generator, x[0], "crops", size_multiple=m)
+        crops_s = time.perf_counter() - start
+        load_packed(layers, packed)
+        set_mode(layers, "frozen")
+        est = generator(x.to(device)).float().cpu().numpy()
+    finally:
+        set_mode(layers, "instance")
+        generator.train(was_training)
+    return {
+        "psnr_db": psnr_range2(est, ref),
+        "max_abs": float(np.abs(est - ref).max()),
+        "whole_frame_s": whole_s,
+        "crops_stats_s": crops_s,
+    }

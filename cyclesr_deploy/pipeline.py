@@ -98,12 +98,14 @@ class EnhanceConfig(BaseModel):
     ``whole_max_px``: the ``auto`` memory budget of whole-frame inference, in pixels per frame
     (default 2048 x 2048 = 4.2 MP: fp32 activations of the canonical ngf-64 generator take
     ~1 KB per pixel, ~4 GiB; 0 = always tile). ``stats``: how frozen tiling estimates a frame's
-    statistics: ``crops`` (default) = a statistics pass over a batch of crops (~20 % of the
-    frame, pooled with calibrated sub-block weights; ~0.1-0.15x the tile pass's time, memory
-    bounded by the crops; PSNR against whole-frame inference 47-51 dB on the reference model at
-    1024^2 and 2048^2, lower on untrained networks, see benchmarks/results/frozen_norm.md),
+    statistics: ``crops`` = a statistics pass over a batch of crops (~20 % of the frame, pooled
+    with calibrated sub-block weights; ~0.1-0.15x the tile pass's time, memory bounded by the
+    crops; PSNR against whole-frame inference 47-51 dB on the reference model at 1024^2 and
+    2048^2, ~40 dB on a random canonical network, see benchmarks/results/frozen_norm.md),
     ``whole`` = over the whole frame (exact: tiled == whole frame up to float rounding, but the
-    time and memory of a whole-frame pass).
+    time and memory of a whole-frame pass), ``auto`` (default) = what the model folder's
+    estimate check chose (``frozen_stats.json``, written by ``cyclesr export onnx``: crops where
+    they reproduced a check frame within 47 dB, else whole; crops when the folder has none).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -118,7 +120,7 @@ class EnhanceConfig(BaseModel):
     bigtiff: bool | None = None
     tiling_mode: Literal["auto", "frozen", "naive"] = "auto"
     whole_max_px: int = Field(default=WHOLE_MAX_PX, ge=0)
-    stats: Literal["crops", "whole"] = "crops"
+    stats: Literal["auto", "crops", "whole"] = "auto"
 
     def tiling(self, model: ModelConfig, frame_shape: Sequence[int] | None = None) -> TilingConfig:
         """The tiling for ``model``: ``tile > 0`` from its receptive field (``overlap``

@@ -185,11 +185,13 @@ def enhance(
         "else frozen when available, else naive with a warning.",
     ),
     stats: str = typer.Option(
-        "crops",
+        "auto",
         help="Frozen tiling's statistics estimate (ONNX Runtime, torch; TensorRT always uses "
         "the whole frame): crops = a pass over crops of ~20 % of the frame, pooled with "
         "calibrated weights (~0.1-0.15x the tile pass; 47-51 dB vs whole frame on the reference "
-        "model), whole = over the whole frame (exact, costs a whole-frame pass).",
+        "model), whole = over the whole frame (exact, costs a whole-frame pass), auto = the "
+        "choice of the model's check (frozen_stats.json from export onnx: crops where they "
+        "reached 47 dB on its check frame, else whole; crops without a check).",
     ),
     whole_max_px: int = typer.Option(
         2048 * 2048,  # pipeline.WHOLE_MAX_PX (not imported: the CLI loads lazily)

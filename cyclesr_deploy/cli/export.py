@@ -25,6 +25,15 @@ _FROZEN = typer.Option(
     help="Also export generator.stats.onnx + generator.tile.onnx (frozen InstanceNorm "
     "statistics, seam-free tiling; default: on for InstanceNorm generators).",
 )
+_CHECK_FRAME = typer.Option(
+    None,
+    "--check-frame",
+    exists=True,
+    dir_okay=False,
+    help="With the frozen graphs: a TIFF (one 2-D LR plane of your acquisitions) on which the "
+    "crops statistics estimate is checked against whole-frame inference for --stats auto "
+    "(default: a synthetic 1024 x 1024 LR frame).",
+)
 
 
 @contextlib.contextmanager
@@ -87,9 +96,13 @@ def _wants_frozen(model_dir: Path, direction: str, frozen: bool | None) -> bool:
     return (cfg if direction == "ab" else cfg.inverse()).norm == "instance"
 
 
-def _frozen(model_dir: Path, direction: str, overwrite: bool, table) -> None:
+def _frozen(
+    model_dir: Path, direction: str, overwrite: bool, table, check_frame: Path | None = None
+) -> None:
     """The two frozen-InstanceNorm graphs (seam-free tiling): ``generator.stats.onnx`` and
-    ``generator.tile.onnx``, each parity-checked and entered in export.json."""
+    ``generator.tile.onnx``, each parity-checked and entered in export.json; for the deployed
+    direction then the check of the crops estimate behind ``--stats auto``
+    (``frozen_stats.json``)."""
     from cyclesr_deploy.export.frozen_onnx import (
         stats_onnx_from_checkpoint,
         tile_onnx_from_checkpoint,
@@ -103,6 +116,15 @@ def _frozen(model_dir: Path, direction: str, overwrite: bool, table) -> None:
         with err.status(f"exporting the frozen-InstanceNorm {artifact} graph ({direction}) ..."):
             res = export(model_dir, direction=direction, overwrite=overwrite, details=True)
         _row(table, artifact, res.path, "fp32", fmt.format(res.max_abs_error), res.seconds)
+    if direction == "ab":
+        from cyclesr_deploy.engines.frozen import CHECK_FILE
+        from cyclesr_deploy.export.frozen_check import check_model
+
+        with err.status("checking the crops statistics estimate against the whole frame ..."):
+            record = check_model(model_dir, frame=check_frame)
+        summary = f"crops {record['crops']['psnr_db']:.1f} dB vs whole -> auto: {record['choice']}"
+        path = Path(model_dir) / CHECK_FILE
+        _row(table, "stats check", path, "fp32", summary, record["seconds"]["check"])
 
 
 def _tensorrt(model_dir: Path, cfg, overwrite: bool, table) -> None:
@@ -147,6 +169,7 @@ def onnx_cmd(
     exporter: str = typer.Option("dynamo", help="dynamo (opset 20) or torchscript (opset 17)."),
     fp16: bool = typer.Option(True, help="Also derive the FP16 ONNX (direction ab)."),
     frozen: bool | None = _FROZEN,
+    check_frame: Path | None = _CHECK_FRAME,
     overwrite: bool = _OVERWRITE,
 ) -> None:
     """FP32 ONNX with dynamic batch/height/width, parity-checked against PyTorch; for
@@ -157,7 +180,7 @@ def onnx_cmd(
         if fp16 and direction == "ab":
             _fp16(path, overwrite, table)
         if _wants_frozen(model_dir, direction, frozen):
-            _frozen(model_dir, direction, overwrite, table)
+            _frozen(model_dir, direction, overwrite, table, check_frame)
     out.print(table)
 
 
@@ -212,6 +235,7 @@ def all_cmd(
     precision: str | None = _PRECISION,
     dynamic: bool | None = _DYNAMIC,
     frozen: bool | None = _FROZEN,
+    check_frame: Path | None = _CHECK_FRAME,
     overwrite: bool = _OVERWRITE,
 ) -> None:
     """ONNX, FP16 ONNX, the frozen-statistics stats/tile graphs (InstanceNorm generators) and,
@@ -222,7 +246,7 @@ def all_cmd(
         path = _onnx(model_dir, "ab", "dynamo", overwrite, table)
         _fp16(path, overwrite, table)
         if _wants_frozen(model_dir, "ab", frozen):
-            _frozen(model_dir, "ab", overwrite, table)
+            _frozen(model_dir, "ab", overwrite, table, check_frame)
         if importlib.util.find_spec("tensorrt") is not None:
             _tensorrt(model_dir, cfg, overwrite, table)
         else:

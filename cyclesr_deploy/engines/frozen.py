@@ -36,7 +36,7 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -46,11 +46,13 @@ from cyclesr_deploy.engines.torch_engine import TorchEngine
 from cyclesr_deploy.errors import InputError, require
 from cyclesr_deploy.model import ONNX_FILES, WEIGHTS, load_model
 
-StatsEstimate = Literal["whole", "crops"]
-STATS_ESTIMATES: tuple[str, ...] = ("whole", "crops")
+StatsEstimate = Literal["auto", "whole", "crops"]
+STATS_ESTIMATES: tuple[str, ...] = ("auto", "whole", "crops")
 
 __all__ = [
     "BLOCKS",
+    "CHECK_FILE",
+    "CHECK_MIN_PSNR_DB",
     "CROP_AREA",
     "MAX_CROPS",
     "STATS_ESTIMATES",
@@ -64,6 +66,7 @@ __all__ = [
     "crop_batch",
     "crop_origins",
     "crops_for",
+    "estimate_for_model",
     "frozen_graphs_missing",
     "open_frozen_engine",
     "padded_weights",
@@ -234,8 +237,71 @@ def _rake(z: np.ndarray, base: np.ndarray, target: float, max_tilt: float) -> np
 
 def _check_estimate(stats: str) -> str:
     if stats not in STATS_ESTIMATES:
-        raise InputError(f"frozen stats: estimate must be 'whole' or 'crops', got {stats!r}")
+        raise InputError(
+            f"frozen stats: estimate must be 'auto', 'whole' or 'crops', got {stats!r}"
+        )
     return stats
+
+
+# ---- "auto": the estimate a model's recorded check chose --------------------------------------
+
+CHECK_FILE = "frozen_stats.json"  # written by cyclesr_deploy.export.frozen_check (export onnx)
+CHECK_MIN_PSNR_DB = 47.0  # crops kept when the check frame gives >= this: 45 dB + 2 dB margin
+CHECK_SCHEMA = "1"
+
+
+class EstimateChoice(NamedTuple):
+    estimate: str  # "crops" or "whole"
+    reason: str  # for the log
+    warn: bool  # the folder's check is unusable (unreadable, other weights)
+
+
+def estimate_for_model(model_dir: str | Path, stats: str = "auto") -> EstimateChoice:
+    """:class:`EstimateChoice`: the statistics estimate ``"crops"`` or ``"whole"`` that frozen
+    tiling uses for ``model_dir``. ``stats`` other than ``"auto"`` is returned as given;
+    ``"auto"`` follows the folder's :data:`CHECK_FILE` (written at export: the crops estimate
+    against whole-frame inference on a check frame, :mod:`cyclesr_deploy.export.frozen_check`):
+    its ``choice`` (``"whole"`` where the crops missed :data:`CHECK_MIN_PSNR_DB`), else
+    ``"crops"`` (no check recorded, an unreadable one, or one made for other weights than the
+    folder's: the reason says which and how to redo it)."""
+    model_dir = Path(model_dir)
+    if _check_estimate(stats) != "auto":
+        return EstimateChoice(stats, f"--stats {stats}", False)
+    path = model_dir / CHECK_FILE
+    redo = f"re-run `{EXPORT_HINT.format(d=model_dir)}` to check the crops estimate"
+    if not path.is_file():
+        return EstimateChoice("crops", f"no {CHECK_FILE}: crops estimate unchecked ({redo})", False)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        choice = record["choice"]
+        psnr = float(record["crops"]["psnr_db"])
+        weights = record.get("weights") or {}
+        if choice not in ("crops", "whole"):
+            raise ValueError(f"choice {choice!r}")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return EstimateChoice("crops", f"{path} is unreadable ({exc}); {redo}", True)
+    from cyclesr_deploy.export.report import file_digest  # torch-free
+
+    wpath = model_dir / str(weights.get("path", WEIGHTS["ab"]))
+    if weights.get("sha256") and wpath.is_file() and file_digest(wpath)[1] != weights["sha256"]:
+        return EstimateChoice(
+            "crops", f"{path} was made for other weights than {wpath.name}; {redo}", True
+        )
+    why = f"{CHECK_FILE}: crops estimate {psnr:.1f} dB vs whole frame on its check frame"
+    return EstimateChoice(choice, f"{why} -> {choice}", False)
+
+
+def _resolve(engine: Any, stats: str | None) -> str:
+    """The estimate an engine uses for ``stats`` (default ``engine.stats``): ``"auto"``
+    resolved once per engine by :func:`estimate_for_model` (logged)."""
+    stats = _check_estimate(stats or engine.stats)
+    if stats != "auto":
+        return stats
+    if engine._auto is None:
+        engine._auto = estimate_for_model(engine.model_dir)
+        level = logging.WARNING if engine._auto.warn else logging.INFO
+        log.log(level, "frozen statistics (%s): %s", engine.model_dir, engine._auto.reason)
+    return engine._auto.estimate
 
 
 def crop_batch(frame_nchw: np.ndarray, size_multiple: int) -> tuple[np.ndarray, np.ndarray]:
@@ -320,7 +386,8 @@ class OnnxFrozenEngine:
         )
         self.name = f"onnxruntime[{self.requested[0]},frozen-stats]"
         self.length: int | None = None
-        self.stats: StatsEstimate = "crops"
+        self.stats: StatsEstimate = "auto"
+        self._auto: EstimateChoice | None = None
         self.pooled = False
         self._warned = False
         self._weights_shape: tuple[int, ...] | None = None
@@ -390,7 +457,7 @@ class OnnxFrozenEngine:
         self._require_open()
         x = np.ascontiguousarray(frame_nchw, dtype=np.float32)
         weights = np.ones(1, dtype=np.float32)  # one frame
-        if _check_estimate(stats or self.stats) == "crops":
+        if _resolve(self, stats) == "crops":
             if self.pooled:
                 x, weights = crop_batch(x, self.model.size_multiple)
             if self._weights_shape is None and not self._warned:
@@ -447,7 +514,8 @@ class TorchFrozenEngine(TorchEngine):
     def __init__(self, model_dir: str | Path, **kwargs: Any) -> None:
         super().__init__(model_dir, **kwargs)
         self.name = self.name[:-1] + ",frozen-stats]"
-        self.stats: StatsEstimate = "crops"
+        self.stats: StatsEstimate = "auto"
+        self._auto: EstimateChoice | None = None
         self._layers: list[Any] = []
 
     def _load_network(self) -> Any:
@@ -462,7 +530,9 @@ class TorchFrozenEngine(TorchEngine):
             )
         return net
 
-    def frame_statistics(self, frame_nchw: np.ndarray) -> np.ndarray:
+    def frame_statistics(self, frame_nchw: np.ndarray, stats: str | None = None) -> np.ndarray:
+        """Statistics of a padded (1, C, H, W) frame, estimated as ``stats`` (default
+        ``self.stats``) says."""
         from cyclesr_deploy.frozen_norm import compute_statistics
 
         if self._module is None:
@@ -470,7 +540,7 @@ class TorchFrozenEngine(TorchEngine):
         x = self._t.from_numpy(np.ascontiguousarray(frame_nchw, dtype=np.float32))
         # the frame is already padded to the size multiple: nothing more is padded
         m = self.model.size_multiple
-        packed = compute_statistics(self._net, x, _check_estimate(self.stats), size_multiple=m)
+        packed = compute_statistics(self._net, x, _resolve(self, stats), size_multiple=m)
         return packed.cpu().numpy()
 
     def infer_with_stats(self, batch: np.ndarray, stats: np.ndarray) -> np.ndarray:
@@ -490,7 +560,7 @@ def open_frozen_engine(
     *,
     precision: str = "auto",
     threads: int | None = None,
-    stats: StatsEstimate = "crops",
+    stats: StatsEstimate = "auto",
     frames: Sequence[tuple[int, int]] = (),
 ) -> Any:
     """A frozen-statistics engine for ``model_dir`` (not entered): ``tensorrt`` needs the two

@@ -39,6 +39,10 @@ def test_export_all_writes_onnx_fp16_and_report(model_dir):
         assert entry["settings"]["graph"] in name
         assert entry["settings"]["frozen_stats"]["length"] > 0
     assert "ONNX stats" in res.output and "ONNX tile" in res.output
+    # ... followed by the check of the crops estimate that --stats auto follows
+    check = json.loads((model_dir / "frozen_stats.json").read_text())
+    assert check["choice"] in ("crops", "whole") and check["frame"]["shape"] == [1024, 1024]
+    assert "stats check" in res.output and f"auto: {check['choice']}" in res.output
     if importlib.util.find_spec("tensorrt") is None:
         assert "skipped" in res.output
 
@@ -83,4 +87,24 @@ def test_export_onnx_frozen_switch(model_dir):
     res = runner.invoke(app, ["export", "onnx", str(model_dir), "--overwrite", "--no-fp16"])
     assert res.exit_code == 0, res.output
     assert "ONNX stats" in res.output and "ONNX tile" in res.output
+    # ... followed by the check of the crops estimate that --stats auto follows
+    check = json.loads((model_dir / "frozen_stats.json").read_text())
+    assert check["choice"] in ("crops", "whole") and check["frame"]["shape"] == [1024, 1024]
+    assert "stats check" in res.output and f"auto: {check['choice']}" in res.output
     assert all(g.is_file() for g in graphs)
+
+
+def test_export_checks_the_estimate_on_the_users_frame(model_dir, tmp_path):
+    import numpy as np
+    import tifffile
+
+    frame = tmp_path / "acq.tif"
+    tifffile.imwrite(frame, np.random.default_rng(1).integers(0, 4000, (160, 192), np.uint16))
+    args = ["export", "onnx", str(model_dir), "--overwrite", "--no-fp16"]
+    res = runner.invoke(app, [*args, "--check-frame", str(frame)])
+    assert res.exit_code == 0, res.output
+    check = json.loads((model_dir / "frozen_stats.json").read_text())
+    assert check["frame"] == {"source": str(frame), "shape": [160, 192]}
+    missing = runner.invoke(app, [*args, "--check-frame", str(tmp_path / "none.tif")])
+    assert missing.exit_code == 2
+    assert "none.tif" in missing.output
