@@ -44,7 +44,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _machine import machine
 
+from cyclesr_deploy.engines.frozen import CHECK_MIN_PSNR_DB
+from cyclesr_deploy.export.frozen_check import CHECK_SIZES, check_frames
 from cyclesr_deploy.frozen_norm import (
+    check_crops_estimate,
     compute_statistics,
     crops_for,
     freeze_instance_norms,
@@ -92,18 +95,44 @@ def generator(which: str):
     return gen.eval(), cfg, "random N(0, 0.02), seed 0 (canonical ngf 64, 9 blocks)"
 
 
-def estimates(size: int) -> dict[str, dict[str, object]]:
+def estimates(size: int, areas: list[float]) -> dict[str, dict[str, object]]:
     crop, n = crops_for((size, size))
     crops = {"stats": "crops", "crop": crop, "n_crops": n}
-    return {
+    out = {
         "whole": {"stats": "whole"},
         "crops_default": {**crops, "margin": 0.0, "calibrate": True},
         "crops_uniform": {**crops, "margin": 0.0, "calibrate": False},
         "thumbnail_x2": {"stats": "thumbnail", "factor": 2},
     }
+    for area in areas:  # larger calibrated crop samples (how much would the crops need?)
+        crop, n = crops_for((size, size), area=area)
+        out[f"crops_area_{area:g}"] = {
+            "stats": "crops",
+            "crop": crop,
+            "n_crops": n,
+            "margin": 0.0,
+            "calibrate": True,
+        }
+    return out
 
 
-def bench(which: str, size: int, seed: int, args) -> dict[str, object]:
+def auto_check(which: str) -> dict[str, object]:
+    """What ``--stats auto`` picks for this generator: the export-time check
+    (:mod:`cyclesr_deploy.export.frozen_check`: synthetic 1024^2 and 2048^2 LR frames, seed
+    11, not among the benchmark frames) of the crops estimate against whole-frame inference,
+    its lowest PSNR against ``CHECK_MIN_PSNR_DB``."""
+    gen, cfg, _ = generator(which)
+    model = load_model(REFERENCE).model_copy(update={"generator": cfg})
+    psnrs = [
+        check_crops_estimate(gen, torch.from_numpy(x), size_multiple=cfg.size_multiple)["psnr_db"]
+        for x, _ in check_frames(model)
+    ]
+    choice = "crops" if min(psnrs) >= CHECK_MIN_PSNR_DB else "whole"
+    print(f"{which}: auto check {psnrs} dB -> {choice}", flush=True)
+    return {"choice": choice, "check_psnr_db": psnrs, "check_sizes": list(CHECK_SIZES)}
+
+
+def bench(which: str, size: int, seed: int, args, auto: dict[str, object]) -> dict[str, object]:
     gen, cfg, weights = generator(which)
     layers = freeze_instance_norms(gen)
     norm = load_model(REFERENCE).normalization
@@ -142,7 +171,7 @@ def bench(which: str, size: int, seed: int, args) -> dict[str, object]:
     row["naive"] = {"psnr_db": psnr2(naive, ref), "maxabs": float(np.abs(naive - ref).max())}
     del naive
     tile_s = None
-    for name, kw in estimates(size).items():
+    for name, kw in estimates(size, args.areas).items():
         kind = kw["stats"]
         params = {k: v for k, v in kw.items() if k != "stats"}
         stats_s, vec = timed(
@@ -173,11 +202,20 @@ def bench(which: str, size: int, seed: int, args) -> dict[str, object]:
             "scored": "frozen tile pass" if real else "frozen whole-frame pass",
         }
         print(f"  {name}: {json.dumps(row[name])}", flush=True)
+    picked = row["whole" if auto["choice"] == "whole" else "crops_default"]
+    row["auto"] = {
+        **auto,
+        "psnr_db": picked["psnr_db"],
+        "maxabs": picked["maxabs"],
+        "stats_over_tile_pass": picked["stats_over_tile_pass"],
+    }
     return row
 
 
 def markdown(rows: list[dict[str, object]]) -> str:
-    names = [k for k in rows[0] if isinstance(rows[0][k], dict) and "stats" in rows[0][k]]
+    names = []
+    for r in rows:
+        names += [k for k in r if isinstance(r[k], dict) and "stats" in r[k] and k not in names]
     lines = [
         "# Frozen InstanceNorm statistics: PSNR(tiled, whole frame) and cost",
         "",
@@ -186,9 +224,10 @@ def markdown(rows: list[dict[str, object]]) -> str:
         "pass / time of the frozen tile pass (512-px tiles, torch CPU, 2 threads).",
         "",
         "| model | size | frame seed | whole-frame s | tile pass s | naive dB | "
+        + "**auto** = choice: dB (stats/tile) | "
         + " | ".join(f"{n} dB (stats/tile)" for n in names)
         + " |",
-        "|---" * (6 + len(names)) + "|",
+        "|---" * (7 + len(names)) + "|",
     ]
     for r in rows:
         cells = [
@@ -199,18 +238,31 @@ def markdown(rows: list[dict[str, object]]) -> str:
             f"{r['frozen_tile_pass_s']:.2f}",
             f"{r['naive']['psnr_db']:.1f}",
         ]
+        a = r.get("auto")
+        cells.append(
+            f"**{a['choice']}: {a['psnr_db']:.1f} ({a['stats_over_tile_pass']:.2f})**" if a else "-"
+        )
         for n in names:
-            e = r[n]
-            cells.append(f"{e['psnr_db']:.1f} ({e['stats_over_tile_pass']:.2f})")
+            e = r.get(n)
+            cells.append(f"{e['psnr_db']:.1f} ({e['stats_over_tile_pass']:.2f})" if e else "-")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     keys = ("stats", "crop", "n_crops", "margin", "calibrate", "factor")
+    last = {n: next(r[n] for r in reversed(rows) if n in r) for n in names}
     specs = [
-        f"`{n}` = {json.dumps({k: v for k, v in rows[-1][n].items() if k in keys})}" for n in names
+        f"`{n}` = {json.dumps({k: v for k, v in e.items() if k in keys})}" for n, e in last.items()
     ]
     lines.append(
-        "Estimates (parameters of the last row; `crops_default` = `frozen_norm.crops_for`): "
-        + "; ".join(specs)
+        "Estimates (parameters of the last row that has them; `crops_default` = "
+        "`frozen_norm.crops_for`): " + "; ".join(specs) + "."
+    )
+    checks = {r["model"]: r["auto"] for r in rows if "auto" in r}
+    lines.append("")
+    lines.append(
+        "**auto** = what `--stats auto` uses: the model's export-time check (crops estimate vs "
+        "whole-frame inference on synthetic 1024^2 and 2048^2 check frames, seed 11) keeps the "
+        "crops where both reach 47 dB, else whole-frame statistics: "
+        + "; ".join(f"{m} {c['check_psnr_db']:.1f} dB -> {c['choice']}" for m, c in checks.items())
         + "."
     )
     return "\n".join(lines) + "\n"
@@ -228,6 +280,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--append", action="store_true", help="keep the rows already in --out")
     ap.add_argument(
+        "--areas",
+        type=float,
+        nargs="*",
+        default=[],
+        help="also calibrated crops covering about these fractions of the frame",
+    )
+    ap.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "frozen_norm.json"
     )
     args = ap.parse_args(argv)
@@ -236,9 +295,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.append and args.out.is_file():
         rows = json.loads(args.out.read_text(encoding="utf-8"))["rows"]
     for which in args.models:
+        auto = auto_check(which)
         for size in args.sizes:
             for seed in args.seeds:
-                rows.append(bench(which, size, seed, args))
+                rows.append(bench(which, size, seed, args, auto))
             result = {
                 "benchmark": "frozen_norm",
                 "timing": "median seconds; fp32, torch CPU",

@@ -104,8 +104,10 @@ class EnhanceConfig(BaseModel):
     2048^2, ~40 dB on a random canonical network, see benchmarks/results/frozen_norm.md),
     ``whole`` = over the whole frame (exact: tiled == whole frame up to float rounding, but the
     time and memory of a whole-frame pass), ``auto`` (default) = what the model folder's
-    estimate check chose (``frozen_stats.json``, written by ``cyclesr export onnx``: crops where
-    they reproduced a check frame within 47 dB, else whole; crops when the folder has none).
+    estimate check chose (``frozen_stats.json``, written by ``cyclesr export onnx`` or ``cyclesr
+    export check``: crops where they reproduced its check frames with at least 47 dB, else whole
+    for frames within ``whole_max_px`` and crops, with a warning, above; crops when the folder
+    has no check). The run's choice is logged and written to the manifest.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -397,6 +399,25 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _stats_estimate(engine: Engine, cfg: EnhanceConfig) -> Any:
+    """For an engine that estimates frame statistics itself (``stats`` attribute: ONNX
+    Runtime, torch), the run's estimate, resolved once (``auto``: the model folder's check,
+    :func:`cyclesr_deploy.engines.frozen.estimate_for_model`) and logged; None otherwise
+    (TensorRT's statistics engine always sees the whole frame)."""
+    if not (isinstance(engine, FrozenStatsEngine) and hasattr(engine, "stats")):
+        return None
+    model_dir = getattr(engine, "model_dir", None)
+    if model_dir is None:
+        return None
+    from cyclesr_deploy.engines.frozen import estimate_for_model
+
+    choice = estimate_for_model(model_dir, cfg.stats)
+    log.log(
+        logging.WARNING if choice.warn else logging.INFO, "frozen statistics: %s", choice.reason
+    )
+    return choice
+
+
 class _Run:
     """One run of the staged pipeline over ``jobs``."""
 
@@ -409,14 +430,17 @@ class _Run:
         manifest: _Manifest,
         on_progress: Callable[[ProgressEvent], None] | None,
         results: dict[int, FileResult],
+        estimate: Any = None,
     ) -> None:
         self.jobs, self.engine, self.model, self.cfg = jobs, engine, model, cfg
         self.manifest, self.on_progress, self.results = manifest, on_progress, results
         self.spec = engine.input_spec
         self.tiling = cfg.tiling(model) if cfg.tile else None
         self.frozen_capable = isinstance(engine, FrozenStatsEngine)
-        if self.frozen_capable and hasattr(engine, "stats"):
-            engine.stats = cfg.stats  # type: ignore[attr-defined]  # frozen engines' estimate
+        self.estimate = estimate  # EstimateChoice of _stats_estimate, or None (no choice)
+        if estimate is not None:
+            engine.stats = estimate.estimate  # type: ignore[attr-defined]
+        self._warned_estimate = False
         self._warned_naive = False
         self._frame_stats: np.ndarray | None = None  # engine stage: the current frame's stats
         self.model_mapping = IntensityMapping.from_config(model.normalization)
@@ -546,6 +570,30 @@ class _Run:
         job.plan, job.batch_size = plan, batch
         job.out_info = output_info(info, self.model.scale)
 
+    def _frame_estimate(self, frame: np.ndarray) -> str | None:
+        """The statistics estimate of one (padded) frame: the run's, except that ``auto``
+        never turns a frame over ``whole_max_px`` into a whole-frame statistics pass (it costs
+        the memory of whole-frame inference, which that budget exists to avoid): the crops
+        then, with a warning once."""
+        est = self.estimate
+        if est is None:
+            return None
+        pixels = int(frame.shape[-2]) * int(frame.shape[-1])
+        if self.cfg.stats == "auto" and est.estimate == "whole" and pixels > self.cfg.whole_max_px:
+            if not self._warned_estimate:
+                self._warned_estimate = True
+                log.warning(
+                    "frozen statistics: %s, but a %d x %d frame exceeds --whole-max-px (%d px): "
+                    "crops estimate instead, below that check's fidelity (--stats whole forces "
+                    "exact statistics at the memory of a whole-frame pass)",
+                    est.reason,
+                    frame.shape[-2],
+                    frame.shape[-1],
+                    self.cfg.whole_max_px,
+                )
+            return "crops"
+        return est.estimate
+
     def _whole_fits(self, frame_shape: Sequence[int]) -> bool:
         """``auto``: whether a frame runs whole instead of tiled (see
         ``EnhanceConfig.whole_max_px``): InstanceNorm generator, tiles smaller than the frame,
@@ -670,7 +718,12 @@ class _Run:
                 if msg.frozen:
                     frozen_engine = cast(FrozenStatsEngine, engine)
                     if msg.frame is not None:  # the first batch of a frame
-                        self._frame_stats = frozen_engine.frame_statistics(msg.frame)
+                        estimate = self._frame_estimate(msg.frame)
+                        self._frame_stats = (
+                            frozen_engine.frame_statistics(msg.frame)
+                            if estimate is None
+                            else frozen_engine.frame_statistics(msg.frame, estimate)  # type: ignore[call-arg]
+                        )
                         msg.frame = None
                     assert self._frame_stats is not None
                     y = frozen_engine.infer_with_stats(x, self._frame_stats)
@@ -895,6 +948,9 @@ def enhance_files(
         "engine": engine.name,
         "config": cfg.model_dump(mode="json"),
     }
+    estimate = _stats_estimate(engine, cfg)
+    if estimate is not None:
+        header["stats_estimate"] = {"estimate": estimate.estimate, "reason": estimate.reason}
     manifest = _Manifest(out_dir, header)
     input_set = {p.resolve() for p in paths}
     results: dict[int, FileResult] = {}
@@ -932,7 +988,7 @@ def enhance_files(
         if on_progress is not None:
             on_progress(ProgressEvent("end", paths[i], result=results[i]))
 
-    run = _Run(jobs, engine, model, cfg, manifest, on_progress, results)
+    run = _Run(jobs, engine, model, cfg, manifest, on_progress, results, estimate)
     if jobs:
         run.run()
     return EnhanceSummary(

@@ -30,9 +30,9 @@ _CHECK_FRAME = typer.Option(
     "--check-frame",
     exists=True,
     dir_okay=False,
-    help="With the frozen graphs: a TIFF (one 2-D LR plane of your acquisitions) on which the "
-    "crops statistics estimate is checked against whole-frame inference for --stats auto "
-    "(default: a synthetic 1024 x 1024 LR frame).",
+    help="With the frozen graphs: a TIFF (one 2-D LR plane of your acquisitions, at least about "
+    "1024 x 1024 px) on which the crops statistics estimate is checked against whole-frame "
+    "inference for enhance --stats auto (default: synthetic 1024^2 and 2048^2 LR frames).",
 )
 
 
@@ -97,7 +97,7 @@ def _wants_frozen(model_dir: Path, direction: str, frozen: bool | None) -> bool:
 
 
 def _frozen(
-    model_dir: Path, direction: str, overwrite: bool, table, check_frame: Path | None = None
+    model_dir: Path, direction: str, overwrite: bool, table, frames: list | None = None
 ) -> None:
     """The two frozen-InstanceNorm graphs (seam-free tiling): ``generator.stats.onnx`` and
     ``generator.tile.onnx``, each parity-checked and entered in export.json; for the deployed
@@ -117,14 +117,40 @@ def _frozen(
             res = export(model_dir, direction=direction, overwrite=overwrite, details=True)
         _row(table, artifact, res.path, "fp32", fmt.format(res.max_abs_error), res.seconds)
     if direction == "ab":
-        from cyclesr_deploy.engines.frozen import CHECK_FILE
-        from cyclesr_deploy.export.frozen_check import check_model
+        _check(model_dir, table, frames)
 
-        with err.status("checking the crops statistics estimate against the whole frame ..."):
-            record = check_model(model_dir, frame=check_frame)
-        summary = f"crops {record['crops']['psnr_db']:.1f} dB vs whole -> auto: {record['choice']}"
-        path = Path(model_dir) / CHECK_FILE
-        _row(table, "stats check", path, "fp32", summary, record["seconds"]["check"])
+
+def _check_frames(model_dir: Path, frame: Path | None) -> list | None:
+    """The check frames of ``--stats auto``'s check, loaded and validated before anything is
+    exported (None: no check, the model does not run through the single-channel pipeline)."""
+    from cyclesr_deploy.export.frozen_check import check_frames
+    from cyclesr_deploy.model import load_model
+
+    model = load_model(model_dir)
+    if model.generator.norm != "instance" or model.generator.in_channels != 1:
+        return None
+    return check_frames(model, frame)
+
+
+def _check(model_dir: Path, table, frames: list | None) -> None:
+    from cyclesr_deploy.engines.frozen import CHECK_FILE
+    from cyclesr_deploy.export.frozen_check import check_model
+
+    if frames is None:
+        table.add_row(
+            "stats check", "-", "-", "-", "skipped: not a 1-channel InstanceNorm model", "-"
+        )
+        return
+    with err.status("checking the crops statistics estimate against the whole frame ..."):
+        record = check_model(model_dir, frames=frames)
+    per_frame = " / ".join(f"{c['psnr_db']:.1f}" for c in record["checks"])
+    summary = f"crops {per_frame} dB -> {record['choice']}"
+    _row(table, "stats check", Path(model_dir) / CHECK_FILE, "fp32", summary, record["seconds"])
+    err.print(
+        f"stats check: crops estimate {per_frame} dB vs whole-frame inference -> "
+        f"enhance --stats auto uses {record['choice']}",
+        highlight=False,
+    )
 
 
 def _tensorrt(model_dir: Path, cfg, overwrite: bool, table) -> None:
@@ -176,11 +202,13 @@ def onnx_cmd(
     InstanceNorm generators also the frozen-statistics stats/tile graphs (seam-free tiling)."""
     table = _table()
     with _export_errors():
+        wants_frozen = _wants_frozen(model_dir, direction, frozen)
+        frames = _check_frames(model_dir, check_frame) if wants_frozen else None
         path = _onnx(model_dir, direction, exporter, overwrite, table)
         if fp16 and direction == "ab":
             _fp16(path, overwrite, table)
-        if _wants_frozen(model_dir, direction, frozen):
-            _frozen(model_dir, direction, overwrite, table, check_frame)
+        if wants_frozen:
+            _frozen(model_dir, direction, overwrite, table, frames)
     out.print(table)
 
 
@@ -243,13 +271,31 @@ def all_cmd(
     table = _table()
     with _export_errors():
         cfg = _trt_config(tile, batch, precision, dynamic, None, None, None, None)
+        wants_frozen = _wants_frozen(model_dir, "ab", frozen)
+        frames = _check_frames(model_dir, check_frame) if wants_frozen else None
         path = _onnx(model_dir, "ab", "dynamo", overwrite, table)
         _fp16(path, overwrite, table)
-        if _wants_frozen(model_dir, "ab", frozen):
-            _frozen(model_dir, "ab", overwrite, table, check_frame)
+        if wants_frozen:
+            _frozen(model_dir, "ab", overwrite, table, frames)
         if importlib.util.find_spec("tensorrt") is not None:
             _tensorrt(model_dir, cfg, overwrite, table)
         else:
             table.add_row("TensorRT", "-", "-", "-", "skipped: tensorrt not installed", "-")
     out.print(table)
     out.print(f"report: {Path(model_dir) / 'export.json'}")
+
+
+@app.command("check")
+def check_cmd(model_dir: Path = _MODEL, check_frame: Path | None = _CHECK_FRAME) -> None:
+    """Check the crops statistics estimate of frozen tiling against whole-frame inference and
+    write frozen_stats.json, which `enhance --stats auto` follows (export onnx does this too)."""
+    table = _table()
+
+    with user_errors():
+        frames = _check_frames(model_dir, check_frame)
+        if frames is None:
+            raise typer.BadParameter(
+                "only 1-channel InstanceNorm generators have frozen statistics"
+            )
+        _check(model_dir, table, frames)
+    out.print(table)

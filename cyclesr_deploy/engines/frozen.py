@@ -16,7 +16,9 @@ float rounding (:mod:`cyclesr_deploy.frozen_norm`).
 complete engines for whole-frame runs too. :func:`open_frozen_engine` picks one for a backend.
 
 Statistics estimate (``engine.stats``, set by the pipeline from ``EnhanceConfig.stats``):
-``"crops"`` (default) runs the statistics pass on a batch of crops of the frame
+``"auto"`` (default) = the one the model folder's check chose (:func:`estimate_for_model`,
+``frozen_stats.json``; crops without a check);
+``"crops"`` runs the statistics pass on a batch of crops of the frame
 (:func:`crops_for`: ~20 % of its pixels; memory bounded by the crops), pooled with
 :func:`calibration_weights` (the crops' 4 x 4 sub-blocks weighted so that their mean intensity
 equals the frame's); on the reference CycleGAN 47-51 dB against whole-frame inference at
@@ -136,18 +138,23 @@ MAX_TILT = 20.0  # calibration: largest ratio between two blocks' per-pixel weig
 BLOCKS = 4  # calibration: each crop is cut into BLOCKS x BLOCKS sub-blocks
 
 
-def crops_for(shape: Sequence[int], size_multiple: int = 4) -> tuple[int, int]:
+def crops_for(
+    shape: Sequence[int], size_multiple: int = 4, area: float = CROP_AREA
+) -> tuple[int, int]:
     """The default crop estimate ``(crop, n)`` for a frame of ``shape`` (..., H, W): crops of
     384 px (frames up to 1536 px a side) or 256 px, n = ny x nx for a grid fitted to the
     frame's aspect (placed by :func:`crop_origins`, ``"spread"``; on unusual aspect ratios its
-    last row may be partial) covering about :data:`CROP_AREA` of the frame, at least 2 crops
-    when the frame holds 2 (calibration needs two) and at most :data:`MAX_CROPS`; pooled with
+    last row may be partial) covering about ``area`` (default :data:`CROP_AREA`) of the frame,
+    at least 2 crops when the frame holds 2 (calibration needs two) and at most
+    :data:`MAX_CROPS`; pooled with
     :func:`calibration_weights`. Measured (``benchmarks/results/frozen_norm.md``): 1024^2 ->
     2 x 384 px, 2048^2 -> 12 x 256 px, 4096^2 -> 49 x 256 px."""
     h, w = int(shape[-2]), int(shape[-1])
     crop = 384 if max(h, w) <= 1536 else 256
     crop = min(crop, -(-min(h, w) // size_multiple) * size_multiple)
-    target = CROP_AREA * h * w / crop**2
+    if not 0 < area <= 1:
+        raise InputError(f"frozen stats: crop area must be in (0, 1], got {area}")
+    target = area * h * w / crop**2
     ny = max(1, round(math.sqrt(target * h / w)))
     nx = max(1, round(target / ny))
     n = min(MAX_CROPS, ny * nx)
@@ -248,6 +255,7 @@ def _check_estimate(stats: str) -> str:
 CHECK_FILE = "frozen_stats.json"  # written by cyclesr_deploy.export.frozen_check (export onnx)
 CHECK_MIN_PSNR_DB = 47.0  # crops kept when the check frame gives >= this: 45 dB + 2 dB margin
 CHECK_SCHEMA = "1"
+CHECK_HINT = "cyclesr export check {d}"  # re-runs the check alone
 
 
 class EstimateChoice(NamedTuple):
@@ -260,35 +268,37 @@ def estimate_for_model(model_dir: str | Path, stats: str = "auto") -> EstimateCh
     """:class:`EstimateChoice`: the statistics estimate ``"crops"`` or ``"whole"`` that frozen
     tiling uses for ``model_dir``. ``stats`` other than ``"auto"`` is returned as given;
     ``"auto"`` follows the folder's :data:`CHECK_FILE` (written at export: the crops estimate
-    against whole-frame inference on a check frame, :mod:`cyclesr_deploy.export.frozen_check`):
-    its ``choice`` (``"whole"`` where the crops missed :data:`CHECK_MIN_PSNR_DB`), else
-    ``"crops"`` (no check recorded, an unreadable one, or one made for other weights than the
-    folder's: the reason says which and how to redo it)."""
+    against whole-frame inference on check frames, :mod:`cyclesr_deploy.export.frozen_check`):
+    ``"crops"`` when its lowest PSNR reaches :data:`CHECK_MIN_PSNR_DB`, else ``"whole"``; also
+    ``"crops"`` when the folder has no check, an unreadable one, or one made for other files
+    (weights, statistics or tile graph) than the folder's: the reason says which and how to
+    redo it. Reads the record and hashes the files it names (a few ms per MB): call it once per
+    run, not per frame."""
     model_dir = Path(model_dir)
     if _check_estimate(stats) != "auto":
         return EstimateChoice(stats, f"--stats {stats}", False)
     path = model_dir / CHECK_FILE
-    redo = f"re-run `{EXPORT_HINT.format(d=model_dir)}` to check the crops estimate"
+    redo = f"check it with `{CHECK_HINT.format(d=model_dir)}`"
     if not path.is_file():
         return EstimateChoice("crops", f"no {CHECK_FILE}: crops estimate unchecked ({redo})", False)
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-        choice = record["choice"]
-        psnr = float(record["crops"]["psnr_db"])
-        weights = record.get("weights") or {}
-        if choice not in ("crops", "whole"):
-            raise ValueError(f"choice {choice!r}")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        return EstimateChoice("crops", f"{path} is unreadable ({exc}); {redo}", True)
     from cyclesr_deploy.export.report import file_digest  # torch-free
 
-    wpath = model_dir / str(weights.get("path", WEIGHTS["ab"]))
-    if weights.get("sha256") and wpath.is_file() and file_digest(wpath)[1] != weights["sha256"]:
-        return EstimateChoice(
-            "crops", f"{path} was made for other weights than {wpath.name}; {redo}", True
-        )
-    why = f"{CHECK_FILE}: crops estimate {psnr:.1f} dB vs whole frame on its check frame"
-    return EstimateChoice(choice, f"{why} -> {choice}", False)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if record.get("schema_version") != CHECK_SCHEMA:
+            raise ValueError(f"schema_version {record.get('schema_version')!r}")
+        psnr = float(record["psnr_db"])
+        files = dict(record["files"])
+        present = {f: sha for f, sha in files.items() if (model_dir / f).is_file()}
+        changed = [f for f, sha in present.items() if file_digest(model_dir / f)[1] != sha]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return EstimateChoice("crops", f"{path} is unreadable ({exc}); {redo}", True)
+    if changed or not present:
+        what = ", ".join(changed) if changed else "none of its files is in the folder"
+        return EstimateChoice("crops", f"{path} was made for other files ({what}); {redo}", True)
+    choice = "crops" if psnr >= CHECK_MIN_PSNR_DB else "whole"
+    why = f"{CHECK_FILE}: crops estimate {psnr:.1f} dB vs whole frame on its check frames"
+    return EstimateChoice(choice, f"{why} (keep >= {CHECK_MIN_PSNR_DB:g} dB) -> {choice}", False)
 
 
 def _resolve(engine: Any, stats: str | None) -> str:

@@ -41,8 +41,8 @@ def test_export_all_writes_onnx_fp16_and_report(model_dir):
     assert "ONNX stats" in res.output and "ONNX tile" in res.output
     # ... followed by the check of the crops estimate that --stats auto follows
     check = json.loads((model_dir / "frozen_stats.json").read_text())
-    assert check["choice"] in ("crops", "whole") and check["frame"]["shape"] == [1024, 1024]
-    assert "stats check" in res.output and f"auto: {check['choice']}" in res.output
+    assert check["choice"] in ("crops", "whole") and len(check["checks"]) == 2
+    assert f"--stats auto uses {check['choice']}" in " ".join(res.output.split())
     if importlib.util.find_spec("tensorrt") is None:
         assert "skipped" in res.output
 
@@ -89,8 +89,8 @@ def test_export_onnx_frozen_switch(model_dir):
     assert "ONNX stats" in res.output and "ONNX tile" in res.output
     # ... followed by the check of the crops estimate that --stats auto follows
     check = json.loads((model_dir / "frozen_stats.json").read_text())
-    assert check["choice"] in ("crops", "whole") and check["frame"]["shape"] == [1024, 1024]
-    assert "stats check" in res.output and f"auto: {check['choice']}" in res.output
+    assert check["choice"] in ("crops", "whole") and len(check["checks"]) == 2
+    assert f"--stats auto uses {check['choice']}" in " ".join(res.output.split())
     assert all(g.is_file() for g in graphs)
 
 
@@ -98,13 +98,40 @@ def test_export_checks_the_estimate_on_the_users_frame(model_dir, tmp_path):
     import numpy as np
     import tifffile
 
+    rng = np.random.default_rng(1)
     frame = tmp_path / "acq.tif"
-    tifffile.imwrite(frame, np.random.default_rng(1).integers(0, 4000, (160, 192), np.uint16))
+    tifffile.imwrite(frame, rng.integers(0, 4000, (1024, 1088), np.uint16))
     args = ["export", "onnx", str(model_dir), "--overwrite", "--no-fp16"]
     res = runner.invoke(app, [*args, "--check-frame", str(frame)])
     assert res.exit_code == 0, res.output
     check = json.loads((model_dir / "frozen_stats.json").read_text())
-    assert check["frame"] == {"source": str(frame), "shape": [160, 192]}
+    assert [c["frame"] for c in check["checks"]] == [{"source": str(frame), "shape": [1024, 1088]}]
+    # an unusable check frame is refused before anything is exported
+    small = tmp_path / "small.tif"
+    tifffile.imwrite(small, rng.integers(0, 4000, (300, 300), np.uint16))
+    before = (model_dir / "generator.onnx").stat().st_mtime_ns
+    res = runner.invoke(app, [*args, "--check-frame", str(small)])
+    assert res.exit_code == 2
+    assert "too small" in res.output
+    assert (model_dir / "generator.onnx").stat().st_mtime_ns == before
     missing = runner.invoke(app, [*args, "--check-frame", str(tmp_path / "none.tif")])
     assert missing.exit_code == 2
     assert "none.tif" in missing.output
+
+
+def test_export_check_alone(model_dir, tmp_path):
+    (model_dir / "frozen_stats.json").unlink(missing_ok=True)
+    res = runner.invoke(
+        app, ["export", "onnx", str(model_dir), "--overwrite", "--no-fp16", "--no-frozen"]
+    )
+    assert res.exit_code == 0, res.output
+    assert "stats check" not in res.output
+    assert not (model_dir / "frozen_stats.json").exists()
+    res = runner.invoke(app, ["export", "check", str(model_dir)])
+    assert res.exit_code == 0, res.output
+    check = json.loads((model_dir / "frozen_stats.json").read_text())
+    assert [c["frame"]["shape"] for c in check["checks"]] == [[1024, 1024], [2048, 2048]]
+    assert f"--stats auto uses {check['choice']}" in " ".join(res.output.split())
+    res = runner.invoke(app, ["export", "check", str(tmp_path)])
+    assert res.exit_code == 2
+    assert "model.json" in res.output

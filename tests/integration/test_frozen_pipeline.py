@@ -122,11 +122,12 @@ def test_auto_runs_frames_within_the_budget_whole(setup, reference, caplog):
 
 def test_pipeline_default_estimate_is_auto(setup):
     """The pipeline sets the engine's estimate from the config (default auto: the model
-    folder's check, frozen_stats.json), whatever the engine was opened with."""
+    folder's check, frozen_stats.json; this folder has none: crops), whatever the engine was
+    opened with (tests/integration/test_frozen_check.py: auto with a check)."""
     assert EnhanceConfig().stats == "auto"
     engine = open_frozen_engine(setup["folder"], "torch", stats="whole")
     _run(setup, engine, "auto-default", tile=96, batch=4, tiling_mode="frozen")
-    assert engine.stats == "auto"
+    assert engine.stats == "crops"
     whole = open_frozen_engine(setup["folder"], "torch", stats="crops")
     _run(setup, whole, "whole-stats", tile=96, tiling_mode="frozen", stats="whole")
     assert whole.stats == "whole"

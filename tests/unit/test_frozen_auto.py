@@ -11,6 +11,7 @@ import pytest
 
 from cyclesr_deploy.engines.frozen import (
     CHECK_FILE,
+    CHECK_MIN_PSNR_DB,
     _check_estimate,
     _resolve,
     estimate_for_model,
@@ -18,50 +19,77 @@ from cyclesr_deploy.engines.frozen import (
 from cyclesr_deploy.errors import InputError
 
 
-def _folder(tmp_path, choice="whole", weights=b"weights", sha=None, psnr=40.0):
+def _folder(tmp_path, psnr=40.0, weights=b"weights", sha=None, graph=None):
+    """A folder with weights (and optionally a stats graph) and a check record of ``psnr``."""
     (tmp_path / "generator_ab.pt").write_bytes(weights)
+    files = {"generator_ab.pt": sha or hashlib.sha256(weights).hexdigest()}
+    if graph is not None:
+        (tmp_path / "generator.stats.onnx").write_bytes(graph)
+        files["generator.stats.onnx"] = hashlib.sha256(graph).hexdigest()
     record = {
         "schema_version": "1",
-        "choice": choice,
+        "choice": "crops",  # informative only: the runtime re-applies its threshold
+        "psnr_db": psnr,
         "min_psnr_db": 47.0,
-        "crops": {"psnr_db": psnr},
-        "weights": {
-            "path": "generator_ab.pt",
-            "sha256": sha or hashlib.sha256(weights).hexdigest(),
-        },
+        "files": files,
     }
     (tmp_path / CHECK_FILE).write_text(json.dumps(record), encoding="utf-8")
     return tmp_path
 
 
-@pytest.mark.parametrize("choice", ["whole", "crops"])
-def test_auto_follows_the_recorded_choice(tmp_path, choice):
-    got = estimate_for_model(_folder(tmp_path, choice), "auto")
+@pytest.mark.parametrize(
+    ("psnr", "choice"),
+    [(40.0, "whole"), (46.9, "whole"), (CHECK_MIN_PSNR_DB, "crops"), (50.3, "crops")],
+)
+def test_auto_applies_the_threshold_to_the_checked_psnr(tmp_path, psnr, choice):
+    got = estimate_for_model(_folder(tmp_path, psnr), "auto")
     assert (got.estimate, got.warn) == (choice, False)
-    assert "40.0 dB" in got.reason and CHECK_FILE in got.reason
+    assert f"{psnr:.1f} dB" in got.reason and CHECK_FILE in got.reason
 
 
 @pytest.mark.parametrize("stats", ["whole", "crops"])
 def test_explicit_estimates_ignore_the_record(tmp_path, stats):
-    other = "crops" if stats == "whole" else "whole"
-    assert estimate_for_model(_folder(tmp_path, other), stats).estimate == stats
+    psnr = 50.0 if stats == "whole" else 40.0  # the record would say the other one
+    assert estimate_for_model(_folder(tmp_path, psnr), stats).estimate == stats
 
 
 def test_no_record_means_crops_and_says_how_to_check(tmp_path):
     got = estimate_for_model(tmp_path)
     assert (got.estimate, got.warn) == ("crops", False)
-    assert "unchecked" in got.reason and "cyclesr export onnx" in got.reason
+    assert "unchecked" in got.reason and "cyclesr export check" in got.reason
 
 
 def test_a_record_for_other_weights_is_ignored_with_a_warning(tmp_path):
-    folder = _folder(tmp_path, "whole", sha="0" * 64)
+    folder = _folder(tmp_path, 40.0, sha="0" * 64)
     got = estimate_for_model(folder)
     assert (got.estimate, got.warn) == ("crops", True)
-    assert "other weights" in got.reason
+    assert "other files (generator_ab.pt)" in got.reason
+
+
+def test_every_file_present_is_compared(tmp_path):
+    folder = _folder(tmp_path, 40.0, graph=b"graph")
+    assert estimate_for_model(folder).estimate == "whole"
+    (folder / "generator.stats.onnx").write_bytes(b"re-exported graph")
+    got = estimate_for_model(folder)
+    assert (got.estimate, got.warn) == ("crops", True)
+    assert "generator.stats.onnx" in got.reason
+    (folder / "generator.stats.onnx").unlink()  # an ONNX-less folder: the weights still match
+    assert estimate_for_model(folder).estimate == "whole"
+    (folder / "generator_ab.pt").unlink()  # nothing left to compare: not trusted
+    got = estimate_for_model(folder)
+    assert (got.estimate, got.warn) == ("crops", True)
+    assert "none of its files" in got.reason
 
 
 @pytest.mark.parametrize(
-    "text", ["{not json", '{"choice": "thumbnail", "crops": {"psnr_db": 1}}', '{"choice": "whole"}']
+    "text",
+    [
+        "{not json",
+        '{"schema_version": "1", "files": {}}',
+        '{"schema_version": "1", "psnr_db": "many", "files": {}}',
+        '{"schema_version": "2", "psnr_db": 40, "files": {"generator_ab.pt": "x"}}',
+        "[1, 2]",
+    ],
 )
 def test_an_unreadable_record_falls_back_to_crops_with_a_warning(tmp_path, text):
     (tmp_path / CHECK_FILE).write_text(text, encoding="utf-8")
@@ -78,7 +106,7 @@ def test_unknown_estimates_are_rejected(tmp_path):
 
 
 def test_engines_resolve_auto_once_and_log_it(tmp_path, caplog):
-    folder = _folder(tmp_path, "whole")
+    folder = _folder(tmp_path, 40.0)
     engine = SimpleNamespace(model_dir=folder, stats="auto", _auto=None)
     with caplog.at_level(logging.INFO, logger="cyclesr_deploy.engines.frozen"):
         assert _resolve(engine, None) == "whole"
@@ -86,8 +114,15 @@ def test_engines_resolve_auto_once_and_log_it(tmp_path, caplog):
         assert _resolve(engine, None) == "whole"
         assert _resolve(engine, "crops") == "crops"  # an explicit estimate wins
     assert caplog.text.count("-> whole") == 1
-    stale_dir = _folder(tmp_path, "whole", sha="1" * 64)
+    stale_dir = _folder(tmp_path, 40.0, sha="1" * 64)
     stale = SimpleNamespace(model_dir=stale_dir, stats="auto", _auto=None)
     with caplog.at_level(logging.WARNING, logger="cyclesr_deploy.engines.frozen"):
         assert _resolve(stale, None) == "crops"
     assert any(r.levelno == logging.WARNING for r in caplog.records)
+
+
+def test_the_built_in_reference_model_is_checked_for_its_own_files():
+    from cyclesr_deploy.builtin import builtin_model
+
+    got = estimate_for_model(builtin_model("reference-cyclegan"))
+    assert (got.estimate, got.warn) == ("crops", False), got.reason
