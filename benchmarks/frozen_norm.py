@@ -262,7 +262,10 @@ def markdown(rows: list[dict[str, object]]) -> str:
         "**auto** = what `--stats auto` uses: the model's export-time check (crops estimate vs "
         "whole-frame inference on synthetic 1024^2 and 2048^2 check frames, seed 11) keeps the "
         "crops where both reach 47 dB, else whole-frame statistics: "
-        + "; ".join(f"{m} {c['check_psnr_db']:.1f} dB -> {c['choice']}" for m, c in checks.items())
+        + "; ".join(
+            f"{m} {' / '.join(f'{p:.1f}' for p in c['check_psnr_db'])} dB -> {c['choice']}"
+            for m, c in checks.items()
+        )
         + "."
     )
     return "\n".join(lines) + "\n"

@@ -79,7 +79,8 @@ class FrozenInstanceNorm(nn.Module):
 
     * ``"instance"``: plain instance norm (``F.instance_norm``; the default, bit-identical);
     * ``"record"``: instance norm (per-sample statistics, biased variance, the layer's eps) that
-      also stores the statistics: ``sample_mean``/``sample_var`` (N, C) per sample, and the
+      also stores the statistics: ``sample_mean``/``sample_var`` (N, C) per sample (not with
+      pooling ``weights``), and the
       ``mean``/``var`` buffers (C,) pooled over the batch (law of total variance; for N = 1 the
       sample's own statistics);
     * ``"pool"``: computes the per-sample statistics, stores them as ``record`` does, but
@@ -126,17 +127,18 @@ class FrozenInstanceNorm(nn.Module):
     def _record(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.sides is not None:
             return self._record_masked(x)
-        var, mean = torch.var_mean(x.float(), dim=(2, 3), correction=0)  # (N, C) each
-        if self.weights is None:
+        if self.weights is not None:  # weighted pooling only: no per-sample pass
+            pooled_mean, pooled_var = weighted_statistics(x.float(), self.weights)
+            self.sample_mean = self.sample_var = None
+        else:
+            var, mean = torch.var_mean(x.float(), dim=(2, 3), correction=0)  # (N, C) each
             pooled_mean = mean.mean(0)
             pooled_var = var.mean(0) + ((mean - pooled_mean) ** 2).mean(0)
-        else:
-            pooled_mean, pooled_var = weighted_statistics(x.float(), self.weights)
-        self.sample_mean, self.sample_var = mean.detach(), var.detach()
+            self.sample_mean, self.sample_var = mean.detach(), var.detach()
         self.mean.copy_(pooled_mean.detach())
         self.var.copy_(pooled_var.detach())
         self.recorded = True
-        return mean, var
+        return pooled_mean, pooled_var
 
     def _record_masked(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pooled statistics over the crops' interiors: a feature pixel closer than

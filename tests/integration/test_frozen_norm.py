@@ -253,3 +253,22 @@ def test_calibrated_crops_pool_with_weights_and_equal_crops_do_not(random_gen, f
     # the weights are cleared afterwards: the next pass without calibration is the equal one
     again = packed_statistics(statistics_from_crops(gen, x, crop=160, n=4, calibrate=False))
     assert torch.equal(again, equal)
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 32, 48), (2, 4, 30, 37)])  # equal / uneven blocks
+def test_weighted_statistics_match_a_per_pixel_computation(shape):
+    from cyclesr_deploy.engines.frozen import block_index
+    from cyclesr_deploy.frozen_norm import weighted_statistics
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g) * 3 + 10  # an offset: cancellation would show
+    n, _, h, w = shape
+    weights = torch.rand(n + 2, 4, 4, generator=g) + 0.1  # extra rows unused
+    by, bx = block_index(h, 4), block_index(w, 4)
+    pix = weights[:n][:, by][:, :, bx].double()  # (N, h, w): each pixel's weight
+    xd = x.double()
+    mean = (pix[:, None] * xd).sum((0, 2, 3)) / pix.sum()
+    var = (pix[:, None] * (xd - mean[None, :, None, None]) ** 2).sum((0, 2, 3)) / pix.sum()
+    m, v = weighted_statistics(x, weights)
+    torch.testing.assert_close(m.double(), mean, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(v.double(), var, rtol=1e-5, atol=1e-6)
