@@ -53,6 +53,7 @@ from cyclesr_deploy.frozen_norm import (
     freeze_instance_norms,
     load_packed,
     predict_tiled_frozen,
+    psnr_range2,
     set_mode,
 )
 from cyclesr_deploy.model import GeneratorConfig, load_model
@@ -61,11 +62,6 @@ from cyclesr_deploy.synthetic import SynthConfig, simulate_pair
 from cyclesr_deploy.tiling import TilingConfig
 
 REFERENCE = Path(__file__).resolve().parents[1] / "cyclesr_deploy" / "models" / "reference-cyclegan"
-
-
-def psnr2(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else float(10 * np.log10(4.0 / mse))
 
 
 def timed(fn, repeats: int, warmup: bool = True) -> tuple[float, object]:
@@ -168,7 +164,7 @@ def bench(which: str, size: int, seed: int, args, auto: dict[str, object]) -> di
     }
     print(f"{which} {size} seed {seed}: whole frame {whole_s:.2f} s", flush=True)
     naive = predict_tiled_frozen(gen, x, tiling, stats="tile")
-    row["naive"] = {"psnr_db": psnr2(naive, ref), "maxabs": float(np.abs(naive - ref).max())}
+    row["naive"] = {"psnr_db": psnr_range2(naive, ref), "maxabs": float(np.abs(naive - ref).max())}
     del naive
     tile_s = None
     for name, kw in estimates(size, args.areas).items():
@@ -195,7 +191,7 @@ def bench(which: str, size: int, seed: int, args, auto: dict[str, object]) -> di
         assert tile_s is not None
         row[name] = {
             **kw,
-            "psnr_db": psnr2(y, ref),
+            "psnr_db": psnr_range2(y, ref),
             "maxabs": float(np.abs(y - ref).max()),
             "stats_pass_s": stats_s,
             "stats_over_tile_pass": stats_s / tile_s,

@@ -400,10 +400,12 @@ def _error_text(exc: BaseException) -> str:
 
 
 def _stats_estimate(engine: Engine, cfg: EnhanceConfig) -> Any:
-    """For an engine that estimates frame statistics itself (``stats`` attribute: ONNX
-    Runtime, torch), the run's estimate, resolved once (``auto``: the model folder's check,
-    :func:`cyclesr_deploy.engines.frozen.estimate_for_model`) and logged; None otherwise
-    (TensorRT's statistics engine always sees the whole frame)."""
+    """For a run that may tile with frozen statistics on an engine that estimates them itself
+    (``stats`` attribute: ONNX Runtime, torch), the run's estimate, resolved once (``auto``: the
+    model folder's check, :func:`cyclesr_deploy.engines.frozen.estimate_for_model`) and logged;
+    None otherwise (TensorRT's statistics engine always sees the whole frame)."""
+    if not cfg.tile or cfg.tiling_mode == "naive":
+        return None
     if not (isinstance(engine, FrozenStatsEngine) and hasattr(engine, "stats")):
         return None
     model_dir = getattr(engine, "model_dir", None)
@@ -412,9 +414,7 @@ def _stats_estimate(engine: Engine, cfg: EnhanceConfig) -> Any:
     from cyclesr_deploy.engines.frozen import estimate_for_model
 
     choice = estimate_for_model(model_dir, cfg.stats)
-    log.log(
-        logging.WARNING if choice.warn else logging.INFO, "frozen statistics: %s", choice.reason
-    )
+    choice.log("frozen statistics")
     return choice
 
 

@@ -203,7 +203,8 @@ def onnx_cmd(
     table = _table()
     with _export_errors():
         wants_frozen = _wants_frozen(model_dir, direction, frozen)
-        frames = _check_frames(model_dir, check_frame) if wants_frozen else None
+        check = wants_frozen and direction == "ab"  # the deployed direction only
+        frames = _check_frames(model_dir, check_frame) if check else None
         path = _onnx(model_dir, direction, exporter, overwrite, table)
         if fp16 and direction == "ab":
             _fp16(path, overwrite, table)
@@ -289,13 +290,14 @@ def all_cmd(
 def check_cmd(model_dir: Path = _MODEL, check_frame: Path | None = _CHECK_FRAME) -> None:
     """Check the crops statistics estimate of frozen tiling against whole-frame inference and
     write frozen_stats.json, which `enhance --stats auto` follows (export onnx does this too)."""
-    table = _table()
+    from cyclesr_deploy.errors import InputError
 
+    table = _table()
     with user_errors():
         frames = _check_frames(model_dir, check_frame)
         if frames is None:
-            raise typer.BadParameter(
-                "only 1-channel InstanceNorm generators have frozen statistics"
+            raise InputError(
+                f"{model_dir}: only 1-channel InstanceNorm generators have frozen statistics"
             )
         _check(model_dir, table, frames)
     out.print(table)

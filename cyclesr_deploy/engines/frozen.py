@@ -263,6 +263,10 @@ class EstimateChoice(NamedTuple):
     reason: str  # for the log
     warn: bool  # the folder's check is unusable (unreadable, other weights)
 
+    def log(self, where: str) -> None:
+        """Log the choice: a warning when the folder's check was unusable, else info."""
+        log.log(logging.WARNING if self.warn else logging.INFO, "%s: %s", where, self.reason)
+
 
 def estimate_for_model(model_dir: str | Path, stats: str = "auto") -> EstimateChoice:
     """:class:`EstimateChoice`: the statistics estimate ``"crops"`` or ``"whole"`` that frozen
@@ -309,8 +313,7 @@ def _resolve(engine: Any, stats: str | None) -> str:
         return stats
     if engine._auto is None:
         engine._auto = estimate_for_model(engine.model_dir)
-        level = logging.WARNING if engine._auto.warn else logging.INFO
-        log.log(level, "frozen statistics (%s): %s", engine.model_dir, engine._auto.reason)
+        engine._auto.log(f"frozen statistics ({engine.model_dir})")
     return engine._auto.estimate
 
 

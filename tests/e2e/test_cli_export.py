@@ -135,3 +135,10 @@ def test_export_check_alone(model_dir, tmp_path):
     res = runner.invoke(app, ["export", "check", str(tmp_path)])
     assert res.exit_code == 2
     assert "model.json" in res.output
+    from cyclesr_deploy.model import GeneratorConfig, ModelConfig, save_model_config
+
+    save_model_config(tmp_path, ModelConfig(generator=GeneratorConfig(norm="none")))
+    res = runner.invoke(app, ["export", "check", str(tmp_path)])
+    assert res.exit_code == 2
+    assert "InstanceNorm" in res.output
+    assert not (tmp_path / "frozen_stats.json").exists()
