@@ -8,8 +8,8 @@ temporary folder and exported to ONNX (``onnx_from_checkpoint``). On a uint16 st
 
 * ``end_to_end_s``: ``enhance_files`` on the stack (TIFF read, normalization, tiling, engine,
   blending, mapping back to uint16, OME-TIFF write, manifest), a fresh output folder each time;
-* ``engine_only_s``: ``engine.infer`` over the *same* tile batches (built beforehand exactly as
-  the pipeline builds them; checked against the shapes the engine saw in the pipeline).
+* ``engine_only_s``: ``FrameRunner.infer`` over the *same* tile batches (built beforehand by
+  the runner the pipeline uses; checked against the shapes the engine saw in the pipeline).
 
 Both are timed round-robin in the same run (one warm-up round, then ``--repeats`` rounds);
 medians are reported with their ratio (target: end-to-end within 10 % of engine-only).
@@ -41,11 +41,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine
 from _models import train_small_model
 
-from cyclesr_deploy.bench.latency import tile_batches
+from cyclesr_deploy.bench.latency import engine_batches
 from cyclesr_deploy.engines import open_engine
 from cyclesr_deploy.model import ModelConfig, load_model
 from cyclesr_deploy.normalization import IntensityMapping
 from cyclesr_deploy.pipeline import EnhanceConfig, enhance_files
+from cyclesr_deploy.runner import FrameRunner
 from cyclesr_deploy.tiling import TiledPredictor, plan_tiles
 
 
@@ -62,12 +63,9 @@ def synthetic_stack(root: Path, frames: int, size: int) -> np.ndarray:
     return np.stack([tifffile.imread(f) for f in files]).astype(np.uint16)
 
 
-def pipeline_batches(stack: np.ndarray, model: ModelConfig, cfg: EnhanceConfig) -> list:
-    """The tile batches ``enhance_files`` hands the engine for ``stack`` (model normalization)."""
-    tiling = cfg.tiling(model) if cfg.tile else cfg.tiling(model, stack.shape[-2:])
-    plan = plan_tiles(stack.shape[-2:], tiling)
-    mapping = IntensityMapping.from_config(model.normalization)
-    return tile_batches(stack, plan, mapping, cfg.batch)
+def pipeline_batches(runner: FrameRunner, stack: np.ndarray) -> list:
+    """The (work, batch) pairs ``enhance_files`` hands the engine for ``stack``."""
+    return [pair for frame in stack for pair in engine_batches(runner, frame)]
 
 
 class Recorder:
@@ -138,10 +136,12 @@ def main() -> None:
         with open_engine(model_dir, backend="onnxruntime", device="cpu") as engine:
             selection = str(getattr(engine, "selection", ""))
             for name, cfg in configs.items():
-                batches = pipeline_batches(stack, model, cfg)
+                runner = FrameRunner(engine, model, cfg)
+                batches = pipeline_batches(runner, stack)
                 rec = Recorder(engine)
                 enhance_files([src], root / "check", rec, model, cfg)
-                assert rec.shapes == [b.shape for b in batches], (rec.shapes, batches)
+                want = [b.data[: len(b.tiles)].shape for _, b in batches]
+                assert rec.shapes == want, (rec.shapes, want)
                 times: dict[str, list[float]] = {"end_to_end": [], "engine_only": []}
                 for r in range(args.repeats + 1):  # round 0: warm-up
                     out = root / f"out-{name}-{r}"
@@ -150,8 +150,8 @@ def main() -> None:
                     e2e = time.perf_counter() - start
                     assert summary.ok and summary.frames == args.frames
                     start = time.perf_counter()
-                    for b in batches:
-                        engine.infer(b)
+                    for work, b in batches:
+                        runner.infer(work, b)
                     only = time.perf_counter() - start
                     shutil.rmtree(out)
                     if r:
@@ -165,7 +165,8 @@ def main() -> None:
                     "overlap": cfg.tiling(model).overlap,
                     "batch": cfg.batch,
                     "engine_calls": len(batches),
-                    "tiles_per_frame": len(plan_tiles(stack.shape[-2:], cfg.tiling(model)).tiles),
+                    "tiles_per_frame": len(runner.plan(stack.shape[-2:]).tiles.tiles),
+                    "plan": runner.plan(stack.shape[-2:]).mode,
                     "end_to_end_s": round(e2e_s, 4),
                     "engine_only_s": round(only_s, 4),
                     "ratio": round(e2e_s / only_s, 3),

@@ -42,10 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine
 
 from cyclesr_deploy.engines.base import TensorSpec
-from cyclesr_deploy.enhancer import FrameProcessor
 from cyclesr_deploy.frames import open_frames, output_info, write_frames
 from cyclesr_deploy.model import GeneratorConfig, ModelConfig, NormalizationConfig
 from cyclesr_deploy.pipeline import EnhanceConfig
+from cyclesr_deploy.runner import FrameRunner
 from cyclesr_deploy.watch import WatchConfig, watch_folder
 
 
@@ -100,7 +100,7 @@ def _writer(folder: str, n: int, period: float, size: int, times_path: str) -> N
 def single_frame_s(size: int, engine_s: float, cfg: EnhanceConfig, tmp: Path) -> float:
     src = tmp / "single.tif"
     tifffile.imwrite(src, np.ones((size, size), np.uint16), photometric="minisblack")
-    proc = FrameProcessor(SleepEngine(engine_s), _model(), cfg)
+    proc = FrameRunner(SleepEngine(engine_s), _model(), cfg)
     times = []
     for i in range(7):
         t0 = time.perf_counter()

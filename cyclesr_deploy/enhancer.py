@@ -18,10 +18,8 @@ napari: ``enhancer`` is a plain ``ndarray -> ndarray`` function (2-D frame, or a
 last two axes are Y and X), so it can be used directly as a magicgui/napari function
 ``def sr(image: ImageData) -> ImageData: return enhancer(image)``.
 
-:class:`FrameProcessor` is the per-frame core shared with ``cyclesr watch``: the same
-intensity mapping, tiling and blending as :func:`cyclesr_deploy.pipeline.enhance_files`
-(built from the same pieces: ``EnhanceConfig.tiling``, ``plan_tiles``, ``Blender``,
-``IntensityMapping``), for one frame at a time instead of a pipelined stack.
+Frames go through :class:`~cyclesr_deploy.runner.FrameRunner`, the one frame runner of
+``cyclesr enhance`` and ``cyclesr watch``: the same settings give bit-identical output.
 """
 
 from __future__ import annotations
@@ -33,96 +31,24 @@ from typing import Any, Literal
 
 import numpy as np
 
-from cyclesr_deploy.engines.base import Engine, check_batch_shape
+from cyclesr_deploy.engines.base import Engine
 from cyclesr_deploy.errors import InputError
 from cyclesr_deploy.model import ModelConfig
-from cyclesr_deploy.normalization import IntensityMapping
-from cyclesr_deploy.pipeline import EnhanceConfig, fit_to_engine
-from cyclesr_deploy.tiling import Blender, TilePlan, plan_tiles
+from cyclesr_deploy.runner import WHOLE_MAX_PX, EnhanceConfig, FrameRunner
 
-__all__ = ["Enhancer", "FrameProcessor"]
-
-_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
-
-
-class FrameProcessor:
-    """``self(frame)``: one (H, W) uint8/uint16/float32 frame -> the enhanced (H*s, W*s)
-    frame of the same dtype, with ``engine`` (already entered). Tile plans and batch buffers
-    are cached per frame shape. Not thread-safe: one per thread (or lock around it)."""
-
-    def __init__(self, engine: Engine, model: ModelConfig, cfg: EnhanceConfig | None = None):
-        spec = engine.input_spec
-        if spec.scale != model.scale:
-            raise InputError(
-                f"engine {engine.name} upscales x{spec.scale} but the model config says "
-                f"x{model.scale}"
-            )
-        if spec.channels != 1:
-            raise InputError(f"the model takes {spec.channels} channels; only 1 is supported")
-        self.engine, self.model = engine, model
-        self.cfg = fit_to_engine(cfg or EnhanceConfig(), spec)
-        self.mapping = IntensityMapping.from_config(model.normalization)
-        self._plans: dict[tuple[int, int], tuple[TilePlan, int, np.ndarray, Blender]] = {}
-
-    @property
-    def scale(self) -> int:
-        return self.model.scale
-
-    def _plan(self, shape: tuple[int, int]) -> tuple[TilePlan, int, np.ndarray, Blender]:
-        cached = self._plans.get(shape)
-        if cached is None:
-            spec = self.engine.input_spec
-            plan = plan_tiles(shape, self.cfg.tiling(self.model, shape))
-            batch = spec.shape[0] or min(self.cfg.batch, len(plan.tiles))
-            check_batch_shape(spec, (batch, 1, *plan.tile_shape), name=f"frame {shape}")
-            buf = np.empty((batch, 1, *plan.tile_shape), np.float32)
-            cached = self._plans[shape] = (plan, batch, buf, Blender(plan))
-        return cached
-
-    def __call__(self, frame: np.ndarray) -> np.ndarray:
-        frame = np.asarray(frame)
-        if frame.ndim != 2:
-            raise InputError(f"a frame must be 2-D (H, W), got shape {frame.shape}")
-        if frame.dtype not in _DTYPES:
-            raise InputError(f"dtype {frame.dtype} is not supported; use uint8, uint16 or float32")
-        if frame.dtype.kind == "f" and not np.isfinite(frame).all():
-            raise InputError("the frame contains NaN or infinite values")
-        plan, batch, buf, blender = self._plan(frame.shape)
-        if self.cfg.normalize == "frame":
-            norm = self.model.normalization
-            mapping = IntensityMapping.from_frame(frame, norm.pmin, norm.pmax)
-        else:
-            mapping = self.mapping
-        fixed = self.engine.input_spec.shape[0] is not None
-        x = frame[None]
-        n_tiles = len(plan.tiles)
-        blender.start()
-        for first in range(0, n_tiles, batch):
-            tiles = range(first, min(first + batch, n_tiles))
-            for slot, t in enumerate(tiles):
-                plan.read_tile(x, t, buf[slot])
-                mapping.before(buf[slot], out=buf[slot])
-            n = len(tiles)
-            if fixed:
-                buf[n:] = 0
-            y = self.engine.infer(buf if fixed else buf[:n])
-            want = (buf.shape[0] if fixed else n, 1, *plan.tile_out_shape)
-            if tuple(y.shape) != want:
-                raise InputError(
-                    f"engine {self.engine.name}: returned shape {tuple(y.shape)}, expected {want}"
-                )
-            for slot, t in enumerate(tiles):
-                blender.add(t, y[slot])  # copied/accumulated at once (y may be reused)
-        return mapping.after(blender.result()[0], frame.dtype, inplace=True)
+__all__ = ["Enhancer"]
 
 
 class Enhancer:
     """A model folder opened for enhancing frames in memory.
 
     ``Enhancer(model_dir, backend="auto", precision="auto", device="auto", tile=512,
-    overlap=None, batch=4, normalize="model")``: the engine is opened (and entered) at once;
-    ``close()`` (or ``with``) releases it. ``engine=``/``model=`` inject an already created
-    engine (not yet entered) and config, e.g. for tests.
+    overlap=None, batch=4, normalize="model", tiling="auto", stats="auto",
+    whole_max_px=2048*2048)``: ``model_dir`` is a model folder or a built-in model name (None:
+    the default built-in model), the other settings are those of ``cyclesr enhance``; the
+    engine is opened (and entered) at once; ``close()`` (or ``with``) releases it.
+    ``engine=``/``model=`` inject an already created engine (not yet entered) and
+    config, e.g. for tests.
 
     ``enhancer(frame)``: (H, W) -> (H*s, W*s); a stack (..., H, W) is enhanced frame by
     frame. ``enhancer.stream(frames)``: a generator over any iterable of frames.
@@ -132,7 +58,7 @@ class Enhancer:
 
     def __init__(
         self,
-        model_dir: str | Path | None,
+        model_dir: str | Path | None = None,
         backend: str = "auto",
         *,
         precision: Literal["auto", "fp32", "fp16"] = "auto",
@@ -141,34 +67,45 @@ class Enhancer:
         overlap: int | None = None,
         batch: int = 4,
         normalize: Literal["model", "frame"] = "model",
+        tiling: Literal["auto", "frozen", "naive"] = "auto",
+        stats: Literal["auto", "crops", "whole"] = "auto",
+        whole_max_px: int = WHOLE_MAX_PX,
         engine: Engine | None = None,
         model: ModelConfig | None = None,
     ) -> None:
-        if model is None:
-            if model_dir is None:
-                raise InputError("Enhancer: a model folder is required")
+        cfg = EnhanceConfig(
+            tile=tile,
+            overlap=overlap,
+            batch=batch,
+            normalize=normalize,
+            tiling_mode=tiling,
+            stats=stats,
+            whole_max_px=whole_max_px,
+        )
+        if model is None or engine is None:
+            from cyclesr_deploy.builtin import resolve_model
             from cyclesr_deploy.model import load_model
 
-            model = load_model(model_dir)
-        if engine is None:
-            if model_dir is None:
-                raise InputError("Enhancer: a model folder is required")
-            from cyclesr_deploy.engines import open_engine
+            folder = resolve_model(model_dir)
+            model = model or load_model(folder)
+            if cfg.tile:
+                cfg.tiling(model)  # bad tile/overlap: fail before the engine loads
+            if engine is None:
+                from cyclesr_deploy.engines import open_engine
 
-            engine = open_engine(
-                model_dir,
-                backend,  # type: ignore[arg-type]
-                precision=precision,
-                device=device,
-            )
-        cfg = EnhanceConfig(tile=tile, overlap=overlap, batch=batch, normalize=normalize)
-        if cfg.tile:
-            cfg.tiling(model)  # bad tile/overlap: fail before the engine loads
+                engine = open_engine(
+                    folder,
+                    backend,  # type: ignore[arg-type]
+                    precision=precision,
+                    device=device,
+                    tiling=cfg.engine_tiling,
+                    stats=cfg.stats,
+                )
         self.model = model
         self._engine_cm = engine
         self.engine: Engine = engine.__enter__()
         try:
-            self._proc = FrameProcessor(self.engine, model, cfg)
+            self.runner = FrameRunner(self.engine, model, cfg)
         except BaseException:
             engine.__exit__(None, None, None)
             raise
@@ -190,14 +127,16 @@ class Enhancer:
         frame = np.asarray(frame)
         if frame.ndim < 2:
             raise InputError(f"expected a frame (H, W) or a stack (..., H, W), got {frame.shape}")
+        if frame.dtype.kind == "f" and not np.isfinite(frame).all():
+            raise InputError("the frame contains NaN or infinite values")
         with self._lock:
             if frame.ndim == 2:
-                return self._proc(frame)
+                return self.runner(frame)
             flat = frame.reshape(-1, *frame.shape[-2:])
             s = self.scale
             out = np.empty((flat.shape[0], flat.shape[1] * s, flat.shape[2] * s), frame.dtype)
             for i, f in enumerate(flat):
-                out[i] = self._proc(f)
+                out[i] = self.runner(f)
             return out.reshape(*frame.shape[:-2], *out.shape[-2:])
 
     def stream(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:

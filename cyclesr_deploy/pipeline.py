@@ -5,11 +5,14 @@ items each), so disk reads, CPU tiling/blending, the engine and disk writes over
 memory stays bounded whatever the stack length::
 
     reader thread   FrameReader, one frame at a time
-      -> prep thread    intensity mapping (model or whole-frame percentiles), tiles gathered
-                        into batches across the frames of a stack (plan once per shape)
-      -> engine         engine.infer, in the calling thread (where the engine was entered)
-      -> blend thread   Blender per frame, back to the input dtype (clip, round)
+      -> prep thread    FrameRunner.start + FrameWork.batches: plan (once per shape), intensity
+                        mapping, the frame's tiles gathered into batches
+      -> engine         FrameRunner.infer, in the calling thread (where the engine was entered)
+      -> blend thread   FrameWork.add / result: blended, back to the input dtype (clip, round)
       -> writer thread  write_frames: <name>.part, renamed when complete; manifest
+
+The stages are those of :class:`~cyclesr_deploy.runner.FrameRunner` (the one frame runner that
+``watch`` and ``Enhancer`` call frame by frame), so a frame comes out bit-identical either way.
 
 Errors are per file: an exception in any stage marks that file failed (its ``.part`` is
 removed), the stages drop its remaining items, and the next file goes on. KeyboardInterrupt
@@ -24,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import queue
 import threading
 import time
@@ -32,28 +34,30 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from cyclesr_deploy import __version__
-from cyclesr_deploy.engines.base import (
-    Engine,
-    FrozenStatsEngine,
-    TensorSpec,
-    check_batch_shape,
-)
+from cyclesr_deploy.engines.base import Engine
 from cyclesr_deploy.errors import InputError
 from cyclesr_deploy.frames import StackInfo, open_frames, output_info, write_frames
 from cyclesr_deploy.io import atomic_path
 from cyclesr_deploy.model import ModelConfig
-from cyclesr_deploy.normalization import IntensityMapping
-from cyclesr_deploy.tiling import BLENDS, Blender, TilePlan, TilingConfig, plan_tiles
+from cyclesr_deploy.runner import (
+    WHOLE_MAX_PX,
+    EnhanceConfig,
+    FrameRunner,
+    FrameWork,
+    TileBatch,
+    fit_to_engine,
+)
 
 __all__ = [
     "MANIFEST_NAME",
     "TIFF_SUFFIXES",
+    "WHOLE_MAX_PX",
     "EnhanceConfig",
     "EnhanceSummary",
     "FileResult",
@@ -61,6 +65,7 @@ __all__ = [
     "check_paths",
     "collect_inputs",
     "enhance_files",
+    "fit_to_engine",
     "output_path",
 ]
 
@@ -71,98 +76,6 @@ MANIFEST_SCHEMA = "1"
 TIFF_SUFFIXES = (".tif", ".tiff")
 _POLL_S = 0.05  # queue wait granularity: how fast stages notice a stop
 
-
-WHOLE_MAX_PX = 2048 * 2048  # EnhanceConfig.whole_max_px: auto whole-frame budget, px per frame
-
-
-class EnhanceConfig(BaseModel):
-    """Settings of one ``enhance`` run; validated once, saved into the manifest.
-
-    ``tile``: tile side in input px (0: the whole frame as one tile, the only exact choice for
-    InstanceNorm generators); ``overlap``: between tiles, in input px (None: from the model's
-    receptive field, ``TilingConfig.for_model``); ``batch``: tiles per engine call, gathered
-    across the frames of a stack; ``normalize``: ``model`` = the model's dataset percentiles,
-    ``frame`` = percentiles of each whole frame (mapped back to the same range);
-    ``queue_size``: items between stages (bounds memory); ``bigtiff``: None = above 2 GiB.
-
-    ``tiling_mode`` (InstanceNorm generators cut into several tiles): ``frozen`` = every tile
-    normalised with the whole frame's statistics (seam-free, exact up to float rounding; needs an
-    engine with the :class:`~cyclesr_deploy.engines.base.FrozenStatsEngine` capability, and
-    batches then hold the tiles of one frame only); ``naive`` = each tile normalised with its
-    own statistics (brightness differences between tiles); ``auto`` = for InstanceNorm
-    generators a frame of at most ``whole_max_px`` pixels (padded; engines with dynamic H, W)
-    runs whole, one frame per call (exact: no tiling at all); a larger frame is tiled, ``frozen``
-    when the engine supports it, else ``naive`` with a one-time warning. A frame that fits one
-    tile runs whole in every mode.
-
-    ``whole_max_px``: the ``auto`` memory budget of whole-frame inference, in pixels per frame
-    (default 2048 x 2048 = 4.2 MP: fp32 activations of the canonical ngf-64 generator take
-    ~1 KB per pixel, ~4 GiB; 0 = always tile). ``stats``: how frozen tiling estimates a frame's
-    statistics: ``crops`` = a statistics pass over a batch of crops (~20 % of the frame, pooled
-    with calibrated sub-block weights; ~0.1-0.15x the tile pass's time, memory bounded by the
-    crops; PSNR against whole-frame inference 47-51 dB on the reference model at 1024^2 and
-    2048^2, ~40 dB on a random canonical network, see benchmarks/results/frozen_norm.md),
-    ``whole`` = over the whole frame (exact: tiled == whole frame up to float rounding, but the
-    time and memory of a whole-frame pass), ``auto`` (default) = what the model folder's
-    estimate check chose (``frozen_stats.json``, written by ``cyclesr export onnx`` or ``cyclesr
-    export check``: crops where they reproduced its check frames with at least 47 dB, else whole
-    for frames within ``whole_max_px`` and crops, with a warning, above; crops when the folder
-    has no check). The run's choice is logged and written to the manifest.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    tile: int = Field(default=512, ge=0, le=65536)
-    overlap: int | None = Field(default=None, ge=0, le=65536)
-    batch: int = Field(default=4, ge=1, le=4096)
-    blend: Literal["cosine", "gaussian", "constant", "crop"] = "cosine"
-    normalize: Literal["model", "frame"] = "model"
-    overwrite: bool = False
-    queue_size: int = Field(default=2, ge=1, le=64)
-    bigtiff: bool | None = None
-    tiling_mode: Literal["auto", "frozen", "naive"] = "auto"
-    whole_max_px: int = Field(default=WHOLE_MAX_PX, ge=0)
-    stats: Literal["auto", "crops", "whole"] = "auto"
-
-    def tiling(self, model: ModelConfig, frame_shape: Sequence[int] | None = None) -> TilingConfig:
-        """The tiling for ``model``: ``tile > 0`` from its receptive field (``overlap``
-        overriding), ``tile == 0`` one tile of the (size-multiple padded) ``frame_shape``."""
-        m, s = model.size_multiple, model.scale
-        if self.tile == 0:
-            if frame_shape is None:
-                raise InputError("tile 0 (whole frame) needs the frame shape")
-            tile = tuple(-(-int(n) // m) * m for n in frame_shape[-2:])
-            return TilingConfig(
-                tile=tile,
-                overlap=0,
-                size_multiple=m,
-                scale=s,
-                blend=self.blend,
-                halo=0,
-                batch_size=self.batch,
-            )
-        if self.tile % m:
-            raise InputError(
-                f"--tile {self.tile}: must be a multiple of the model's size multiple {m} "
-                f"(e.g. {max(m, self.tile // m * m)})"
-            )
-        if self.overlap is None:
-            return TilingConfig.for_model(
-                model.receptive_field, m, s, self.tile, self.batch, self.blend
-            )
-        halo = min(math.ceil(model.receptive_field / 2) + 1, self.overlap // 2)
-        return TilingConfig(
-            tile=self.tile,
-            overlap=self.overlap,
-            size_multiple=m,
-            scale=s,
-            blend=self.blend,
-            halo=halo,
-            batch_size=self.batch,
-        )
-
-
-assert set(BLENDS) == {"cosine", "gaussian", "constant", "crop"}  # EnhanceConfig.blend in sync
 
 Status = Literal["done", "failed", "skipped"]
 
@@ -334,10 +247,6 @@ class _Job:
     t0: float = 0.0
     info: StackInfo | None = None
     out_info: StackInfo | None = None
-    plan: TilePlan | None = None
-    batch_size: int = 1
-    frozen: bool = False  # tiles normalised with frame statistics (engine.infer_with_stats)
-    whole: TilePlan | None = None  # frozen: the whole-frame plan the statistics are taken on
     failed: BaseException | None = None
     abort: threading.Event = field(default_factory=threading.Event)
 
@@ -369,18 +278,11 @@ class _FrameIn:
 
 
 @dataclass(eq=False)
-class _FrameState:
-    index: int
-    mapping: IntensityMapping
-
-
-@dataclass(eq=False)
 class _Batch:
     job: _Job
-    data: np.ndarray  # (N, C, th, tw) in, (N, C, th*s, tw*s) after the engine
-    slots: list[tuple[_FrameState, int]]
-    frozen: bool = False  # run with the statistics of the slots' (single) frame
-    frame: np.ndarray | None = None  # frozen, first batch of a frame: (1, C, H, W) for the stats
+    work: FrameWork
+    batch: TileBatch
+    output: np.ndarray | None = None  # after the engine: (n, C, th*s, tw*s), a copy
 
 
 @dataclass(eq=False)
@@ -399,57 +301,25 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _stats_estimate(engine: Engine, cfg: EnhanceConfig) -> Any:
-    """For a run that may tile with frozen statistics on an engine that estimates them itself
-    (``stats`` attribute: ONNX Runtime, torch), the run's estimate, resolved once (``auto``: the
-    model folder's check, :func:`cyclesr_deploy.engines.frozen.estimate_for_model`) and logged;
-    None otherwise (TensorRT's statistics engine always sees the whole frame)."""
-    if not cfg.tile or cfg.tiling_mode == "naive":
-        return None
-    if not (isinstance(engine, FrozenStatsEngine) and hasattr(engine, "stats")):
-        return None
-    model_dir = getattr(engine, "model_dir", None)
-    if model_dir is None:
-        return None
-    from cyclesr_deploy.engines.frozen import estimate_for_model
-
-    choice = estimate_for_model(model_dir, cfg.stats)
-    choice.log("frozen statistics")
-    return choice
-
-
 class _Run:
     """One run of the staged pipeline over ``jobs``."""
 
     def __init__(
         self,
         jobs: list[_Job],
-        engine: Engine,
-        model: ModelConfig,
-        cfg: EnhanceConfig,
+        runner: FrameRunner,
         manifest: _Manifest,
         on_progress: Callable[[ProgressEvent], None] | None,
         results: dict[int, FileResult],
-        estimate: Any = None,
     ) -> None:
-        self.jobs, self.engine, self.model, self.cfg = jobs, engine, model, cfg
+        self.jobs, self.runner, self.cfg = jobs, runner, runner.cfg
         self.manifest, self.on_progress, self.results = manifest, on_progress, results
-        self.spec = engine.input_spec
-        self.tiling = cfg.tiling(model) if cfg.tile else None
-        self.frozen_capable = isinstance(engine, FrozenStatsEngine)
-        self.estimate = estimate  # EstimateChoice of _stats_estimate, or None (no choice)
-        if estimate is not None:
-            engine.stats = estimate.estimate  # type: ignore[attr-defined]
-        self._warned_estimate = False
-        self._warned_naive = False
-        self._frame_stats: np.ndarray | None = None  # engine stage: the current frame's stats
-        self.model_mapping = IntensityMapping.from_config(model.normalization)
         self.stop = threading.Event()
         self.stop_up = threading.Event()
         self._in_engine: _Job | None = None  # between its start and end in the engine stage
         self.fatal: list[BaseException] = []
         self._threads: dict[str, threading.Thread] = {}
-        size = cfg.queue_size
+        size = self.cfg.queue_size
         self.q_read: queue.Queue[Any] = queue.Queue(size)
         self.q_prep: queue.Queue[Any] = queue.Queue(size)
         self.q_infer: queue.Queue[Any] = queue.Queue(size)
@@ -547,96 +417,13 @@ class _Run:
         self._put(self.q_read, _FINISH, up=True)
 
     def _plan(self, job: _Job) -> None:
-        """Tile plan, batch size and output description of a file; validated once per file."""
+        """The plan of the file's frame shape (validated once per shape) and its output."""
         info = job.info
         assert info is not None
-        tiling = self.tiling or self.cfg.tiling(self.model, info.frame_shape)
-        whole = self._whole_fits(info.frame_shape)
-        if whole:  # auto: whole-frame inference within the memory budget, a frame per call
-            tiling = self.cfg.model_copy(update={"tile": 0, "batch": 1}).tiling(
-                self.model, info.frame_shape
-            )
-        plan = plan_tiles(info.frame_shape, tiling)
-        job.frozen = self._frozen(plan)
-        fixed = self.spec.shape[0]
-        per_frame = len(plan.tiles) if job.frozen else len(plan.tiles) * info.n_frames
-        batch = fixed or (1 if whole else min(self.cfg.batch, per_frame))
-        if job.frozen:
-            untiled = self.cfg.model_copy(update={"tile": 0}).tiling(self.model, info.frame_shape)
-            job.whole = plan_tiles(info.frame_shape, untiled)
-        check_batch_shape(
-            self.spec, (batch, self.spec.channels, *plan.tile_shape), name=job.path.name
-        )
-        job.plan, job.batch_size = plan, batch
-        job.out_info = output_info(info, self.model.scale)
-
-    def _frame_estimate(self, frame: np.ndarray) -> str | None:
-        """The statistics estimate of one (padded) frame: the run's, except that ``auto``
-        never turns a frame over ``whole_max_px`` into a whole-frame statistics pass (it costs
-        the memory of whole-frame inference, which that budget exists to avoid): the crops
-        then, with a warning once."""
-        est = self.estimate
-        if est is None:
-            return None
-        pixels = int(frame.shape[-2]) * int(frame.shape[-1])
-        if self.cfg.stats == "auto" and est.estimate == "whole" and pixels > self.cfg.whole_max_px:
-            if not self._warned_estimate:
-                self._warned_estimate = True
-                log.warning(
-                    "frozen statistics: %s, but a %d x %d frame exceeds --whole-max-px (%d px): "
-                    "crops estimate instead, below that check's fidelity (--stats whole forces "
-                    "exact statistics at the memory of a whole-frame pass)",
-                    est.reason,
-                    frame.shape[-2],
-                    frame.shape[-1],
-                    self.cfg.whole_max_px,
-                )
-            return "crops"
-        return est.estimate
-
-    def _whole_fits(self, frame_shape: Sequence[int]) -> bool:
-        """``auto``: whether a frame runs whole instead of tiled (see
-        ``EnhanceConfig.whole_max_px``): InstanceNorm generator, tiles smaller than the frame,
-        padded frame within the budget, an engine with dynamic H and W that accepts it."""
-        cfg, spec = self.cfg, self.spec
-        if cfg.tiling_mode != "auto" or not cfg.tile or self.model.generator.norm != "instance":
-            return False
-        m = self.model.size_multiple
-        h, w = (-(-int(n) // m) * m for n in frame_shape[-2:])
-        if h <= cfg.tile and w <= cfg.tile:
-            return False  # one tile already covers it
-        if h * w > cfg.whole_max_px or spec.shape[2] is not None or spec.shape[3] is not None:
-            return False
-        if spec.shape[0] not in (None, 1):
-            return False  # a fixed batch > 1 would run mostly zero padding around one frame
-        top = spec.max_tile
-        return top is None or (h <= top[0] and w <= top[1])
-
-    def _frozen(self, plan: TilePlan) -> bool:
-        """Whether a file with ``plan`` runs with frozen frame statistics (see
-        ``EnhanceConfig.tiling_mode``)."""
-        mode = self.cfg.tiling_mode
-        if mode != "auto":
-            return mode == "frozen"
-        if len(plan.tiles) == 1 or self.model.generator.norm != "instance":
-            return False
-        if self.frozen_capable:
-            return True
-        if not self._warned_naive:
-            self._warned_naive = True
-            log.warning(
-                "engine %s has no frozen InstanceNorm statistics: tiles are normalised "
-                "independently (seams possible); use tile 0, or an engine with frozen "
-                "statistics (--tiling frozen: TensorRT frozen engines, onnxruntime with "
-                "generator.stats/tile.onnx, or torch)",
-                self.engine.name,
-            )
-        return False
+        self.runner.plan(info.frame_shape)
+        job.out_info = output_info(info, self.runner.scale)
 
     def _prep(self) -> None:
-        channels = self.spec.channels
-        buf: np.ndarray | None = None
-        slots: list[tuple[_FrameState, int]] = []
         while True:
             msg = self._get(self.q_read, up=True)
             if msg is _FINISH:
@@ -648,56 +435,21 @@ class _Run:
                     self._plan(job)
                 except Exception as exc:
                     job.fail(exc)
-                buf, slots = None, []
                 self._put(self.q_prep, msg, up=True)
             elif isinstance(msg, _FrameIn):
                 if job.abort.is_set():
                     continue
                 try:
-                    plan = job.plan
-                    assert plan is not None
-                    if self.cfg.normalize == "frame":
-                        mapping = IntensityMapping.from_frame(
-                            msg.data, self.model.normalization.pmin, self.model.normalization.pmax
-                        )
-                    else:
-                        mapping = self.model_mapping
-                    state = _FrameState(msg.index, mapping)
-                    frame = msg.data[None]
-                    whole: np.ndarray | None = None
-                    if job.frozen:  # statistics of the whole normalized, padded frame
-                        assert job.whole is not None
-                        whole = np.empty((1, channels, *job.whole.tile_shape), np.float32)
-                        job.whole.read_tile(frame, 0, whole[0])
-                        mapping.before(whole, out=whole)
-                    for t in range(len(plan.tiles)):
-                        if buf is None:
-                            buf = np.empty((job.batch_size, channels, *plan.tile_shape), np.float32)
-                        slot = buf[len(slots)]
-                        plan.read_tile(frame, t, slot)
-                        mapping.before(slot, out=slot)
-                        slots.append((state, t))
-                        last = t == len(plan.tiles) - 1
-                        if len(slots) == job.batch_size or (job.frozen and last):
-                            if job.frozen:
-                                buf[len(slots) :] = 0
-                            batch = _Batch(job, buf, slots, job.frozen, whole)
-                            self._put(self.q_prep, batch, up=True)
-                            buf, slots, whole = None, [], None
+                    work = self.runner.start(msg.data, msg.index)
+                    for batch in work.batches():
+                        self._put(self.q_prep, _Batch(job, work, batch), up=True)
                 except Exception as exc:
                     job.fail(exc)
-                    buf, slots = None, []
             else:  # _End
-                if slots and not job.abort.is_set():
-                    assert buf is not None
-                    buf[len(slots) :] = 0  # a fixed-batch engine runs the unused slots too
-                    self._put(self.q_prep, _Batch(job, buf, slots), up=True)
-                buf, slots = None, []
                 self._put(self.q_prep, msg, up=True)
 
     def _engine_stage(self) -> None:
-        engine = self.engine
-        checked: _Job | None = None
+        runner = self.runner
         while True:
             msg = self._get(self.q_prep)
             if msg is _FINISH:
@@ -707,90 +459,42 @@ class _Run:
                 self._in_engine = msg.job if isinstance(msg, _Start) else None
                 self._put(self.q_infer, msg)
                 continue
-            job = msg.job
-            if job.abort.is_set():
+            if msg.job.abort.is_set():
                 continue
             try:
-                n = len(msg.slots)
-                x = msg.data  # full size; a partial last batch keeps stale tiles past n
-                if self.spec.shape[0] is None:
-                    x = x[:n]
-                if msg.frozen:
-                    frozen_engine = cast(FrozenStatsEngine, engine)
-                    if msg.frame is not None:  # the first batch of a frame
-                        estimate = self._frame_estimate(msg.frame)
-                        self._frame_stats = (
-                            frozen_engine.frame_statistics(msg.frame)
-                            if estimate is None
-                            else frozen_engine.frame_statistics(msg.frame, estimate)  # type: ignore[call-arg]
-                        )
-                        msg.frame = None
-                    assert self._frame_stats is not None
-                    y = frozen_engine.infer_with_stats(x, self._frame_stats)
-                else:
-                    y = engine.infer(x)
-                plan = job.plan
-                assert plan is not None
-                if checked is not job:  # once per file: the engine's output shape
-                    want = (x.shape[0], 1, *plan.tile_out_shape)
-                    if tuple(y.shape) != want:
-                        raise InputError(
-                            f"engine {engine.name}: returned shape {tuple(y.shape)} for input "
-                            f"{tuple(x.shape)}, expected {want} (scale {plan.scale}, 1 channel)"
-                        )
-                    checked = job
-                y = y[:n]
-                if y.shape == msg.data[:n].shape:
-                    out = msg.data[:n]  # reuse the input buffer (scale 1)
+                y = runner.infer(msg.work, msg.batch)
+                data = msg.batch.data
+                if y.shape == data[: y.shape[0]].shape:
+                    out = data[: y.shape[0]]  # reuse the input buffer (scale 1)
                     np.copyto(out, y)
                 else:
                     out = np.array(y, dtype=np.float32, copy=True)  # y may be reused
-                msg.data = out
+                msg.output = out
             except Exception as exc:
-                job.fail(exc)
+                msg.job.fail(exc)
                 continue
             self._put(self.q_infer, msg)
 
     def _blend(self) -> None:
-        active: dict[int, Blender] = {}
-        pool: list[Blender] = []
         while True:
             msg = self._get(self.q_infer)
             if msg is _FINISH:
                 self._put(self.q_out, _FINISH)
                 return
             job = msg.job
-            if isinstance(msg, _Start):
-                active, pool = {}, []
-                self._put(self.q_out, msg)
-            elif isinstance(msg, _Batch):
+            if isinstance(msg, _Batch):
                 if job.abort.is_set():
                     continue
                 try:
-                    plan, info = job.plan, job.info
-                    assert plan is not None and info is not None
-                    done = []
-                    for slot, (state, tile) in enumerate(msg.slots):
-                        blender = active.get(state.index)
-                        if blender is None:
-                            blender = active[state.index] = pool.pop() if pool else Blender(plan)
-                            blender.start()
-                        blender.add(tile, msg.data[slot])
-                        if blender.complete:
-                            y = blender.result()[0]
-                            pool.append(active.pop(state.index))
-                            done.append(
-                                (state.index, state.mapping.after(y, info.dtype, inplace=True))
-                            )
+                    assert msg.output is not None
+                    msg.work.add(msg.batch, msg.output)
+                    frame = msg.work.result() if msg.work.complete else None
                 except Exception as exc:
                     job.fail(exc)
                     continue
-                for index, frame in done:
-                    self._put(self.q_out, _FrameOut(job, index, frame))
-            else:  # _End
-                if active and not job.abort.is_set():
-                    job.fail(RuntimeError(f"{len(active)} frame(s) left incomplete"))
-                active = {}
+                if frame is not None:
+                    self._put(self.q_out, _FrameOut(job, msg.work.index, frame))
+            else:  # _Start, _End
                 self._put(self.q_out, msg)
 
     def _writer(self) -> None:
@@ -880,25 +584,6 @@ class _Run:
             self.on_progress(event)
 
 
-def fit_to_engine(cfg: EnhanceConfig, spec: TensorSpec) -> EnhanceConfig:
-    """Adapt tile and batch to an engine with fixed limits (a static TensorRT engine): the
-    batch is capped at ``max_batch`` and a tiled run uses the engine's tile when the requested
-    one exceeds ``max_tile`` (or when the engine accepts one tile size only). Logged; engines
-    without limits (ONNX Runtime, PyTorch) leave ``cfg`` unchanged."""
-    update: dict[str, int] = {}
-    if spec.max_batch is not None and cfg.batch > spec.max_batch:
-        update["batch"] = spec.max_batch
-    if cfg.tile and spec.max_tile is not None:
-        max_h, max_w = spec.max_tile
-        fixed = spec.min_tile is not None and tuple(spec.min_tile) == tuple(spec.max_tile)
-        if max_h == max_w and (cfg.tile > max_h or (fixed and cfg.tile != max_h)):
-            update["tile"] = max_h
-    if update:
-        log.info("adapted to the engine's limits: %s", update)
-        return cfg.model_copy(update=update)
-    return cfg
-
-
 def enhance_files(
     inputs: Sequence[str | Path],
     out_dir: str | Path,
@@ -916,29 +601,12 @@ def enhance_files(
     (unreadable, RGB, NaN, ...) are recorded in the summary and the manifest; the other files
     go on. See the module docstring for the stages, skipping and interrupts.
     """
-    cfg = cfg or EnhanceConfig()
     start = time.perf_counter()
     out_dir = Path(out_dir)
     paths = [Path(p) for p in inputs]
     check_paths(paths, out_dir)
-    spec = engine.input_spec
-    cfg = fit_to_engine(cfg, spec)
-    if spec.scale != model.scale:
-        raise InputError(
-            f"engine {engine.name} upscales x{spec.scale} but the model config says x{model.scale}"
-        )
-    if spec.channels != 1:
-        raise InputError(f"the model takes {spec.channels} channels; only 1 is supported")
-    if cfg.tiling_mode == "frozen" and not isinstance(engine, FrozenStatsEngine):
-        raise InputError(
-            f"tiling mode 'frozen': engine {engine.name} cannot run with frozen InstanceNorm "
-            "statistics (use cyclesr_deploy.engines.frozen.open_frozen_engine, or tiling "
-            "'naive'/'auto')"
-        )
-    if cfg.tile:
-        tiling = cfg.tiling(model)
-        batch = spec.shape[0] or cfg.batch
-        check_batch_shape(spec, (batch, 1, *tiling.tile_shape), name="--tile/--batch")
+    runner = FrameRunner(engine, model, cfg)  # validates the settings against the engine
+    cfg = runner.cfg
 
     out_dir.mkdir(parents=True, exist_ok=True)
     header = {
@@ -948,7 +616,7 @@ def enhance_files(
         "engine": engine.name,
         "config": cfg.model_dump(mode="json"),
     }
-    estimate = _stats_estimate(engine, cfg)
+    estimate = runner.estimate
     if estimate is not None:
         header["stats_estimate"] = {"estimate": estimate.estimate, "reason": estimate.reason}
     manifest = _Manifest(out_dir, header)
@@ -988,7 +656,7 @@ def enhance_files(
         if on_progress is not None:
             on_progress(ProgressEvent("end", paths[i], result=results[i]))
 
-    run = _Run(jobs, engine, model, cfg, manifest, on_progress, results, estimate)
+    run = _Run(jobs, runner, manifest, on_progress, results)
     if jobs:
         run.run()
     return EnhanceSummary(

@@ -1,7 +1,7 @@
 """Tiled inference for fully convolutional generators: plan, batch, blend. numpy only.
 
-``plan_tiles(shape, cfg)`` (cached per shape and config) lays out the tiles once; tiles of one or
-many frames are gathered into batches of ``cfg.batch_size`` for any ``predict`` callable mapping
+``plan_tiles(shape, cfg)`` (cached per shape and config) lays out the tiles once; the tiles of a
+frame are gathered into batches (:func:`gather_batches`) for any ``predict`` callable mapping
 (N, C, h, w) float32 -> (N, C', h*scale, w*scale); a :class:`Blender` puts the outputs back
 together as a weighted mean. Written by hand because MONAI's ``sliding_window_inference``
 needs torch (100+ MB, and the runtime is torch-free) and ``tiler`` has no output scale,
@@ -40,7 +40,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -56,6 +56,7 @@ __all__ = [
     "TiledPredictor",
     "TilingConfig",
     "clear_plan_cache",
+    "gather_batches",
     "plan_cache_info",
     "plan_tiles",
     "predict_tiled",
@@ -559,20 +560,50 @@ class Blender:
         return out
 
 
+def gather_batches(
+    frame: np.ndarray,
+    plan: TilePlan,
+    batch_size: int,
+    *,
+    transform: Callable[[np.ndarray], object] | None = None,
+    buffer: np.ndarray | None = None,
+) -> Iterator[tuple[np.ndarray, range]]:
+    """The tiles of one frame (C, H, W) gathered into batches: yields ``(data, tiles)``, data
+    (batch_size, C, th, tw) float32 whose first ``len(tiles)`` slots hold those tiles (the rest
+    zero, for fixed-batch engines). ``transform(view)`` runs in place on the filled slots
+    (normalization); ``buffer`` is reused for every batch (else each batch is a new array, for
+    pipelines that hand batches to another thread). The one gather loop of the package."""
+    n_tiles = len(plan.tiles)
+    shape = (batch_size, frame.shape[0], *plan.tile_shape)
+    if buffer is not None and buffer.shape != shape:
+        raise ValueError(f"tiling: buffer shape {buffer.shape}, expected {shape}")
+    for first in range(0, n_tiles, batch_size):
+        tiles = range(first, min(first + batch_size, n_tiles))
+        data = buffer if buffer is not None else np.empty(shape, np.float32)
+        for slot, t in enumerate(tiles):
+            plan.read_tile(frame, t, data[slot])
+        n = len(tiles)
+        if transform is not None:
+            transform(data[:n])
+        data[n:] = 0
+        yield data, tiles
+
+
 class TiledPredictor:
     """``predict`` run tile by tile over frames, with buffers reused across calls (streaming).
 
     ``self(frame)``: (C, H, W) or (H, W) -> (C', H*s, W*s) or (H*s, W*s) float32;
-    ``self.stack(frames)``: (N, C, H, W) or (N, H, W), tiles of consecutive frames batched
-    together up to ``config.batch_size`` per ``predict`` call. Not thread-safe: one per thread.
+    ``self.stack(frames)``: (N, C, H, W) or (N, H, W), frame by frame, up to
+    ``config.batch_size`` tiles of a frame per ``predict`` call. Not thread-safe: one per
+    thread. (The runtime's frames go through :class:`cyclesr_deploy.runner.FrameRunner`,
+    which gathers with the same :func:`gather_batches`.)
     """
 
     def __init__(self, predict: Predict, config: TilingConfig) -> None:
         self.predict = predict
         self.config = config
         self._batch: np.ndarray | None = None
-        self._pool_plan: TilePlan | None = None
-        self._pool: list[Blender] = []  # idle blenders of _pool_plan, reused across calls
+        self._blender: Blender | None = None
 
     def __call__(self, frame: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         frame = np.asarray(frame)
@@ -600,55 +631,31 @@ class TiledPredictor:
             frames = frames[:, None]
             if out is not None:
                 out = out[:, None]
-        n_frames, channels = frames.shape[:2]
         plan = plan_tiles(frames.shape[2:], self.config)
-        n_tiles = len(plan.tiles)
-        batch_size = min(self.config.batch_size, n_frames * n_tiles)
-        batch = self._batch_buffer(batch_size, channels, plan.tile_shape)
-        if plan is not self._pool_plan:
-            self._pool_plan, self._pool = plan, []
-        pool = self._pool
-        active: dict[int, Blender] = {}
-        pending: list[tuple[int, int]] = []
-
-        def flush() -> None:
-            nonlocal out
-            result = np.asarray(self.predict(batch[: len(pending)]))
-            if result.ndim != 4 or result.shape[0] != len(pending):
-                raise ValueError(
-                    f"tiling: predict must return (N, C, h, w) with N = {len(pending)}, got "
-                    f"shape {result.shape}"
-                )
-            if out is None:
-                out = np.empty((n_frames, result.shape[1], *plan.out_shape), np.float32)
-            for slot, (frame_index, tile_index) in enumerate(pending):
-                blender = active.get(frame_index)
-                if blender is None:
-                    blender = active[frame_index] = pool.pop() if pool else Blender(plan)
-                    blender.start(out[frame_index])
-                blender.add(tile_index, result[slot])
-                if blender.complete:
-                    blender.result()
-                    pool.append(active.pop(frame_index))
-            pending.clear()
-
-        for frame_index in range(n_frames):
-            frame = frames[frame_index]
-            for tile_index in range(n_tiles):
-                plan.read_tile(frame, tile_index, batch[len(pending)])
-                pending.append((frame_index, tile_index))
-                if len(pending) == batch_size:
-                    flush()
-        if pending:
-            flush()
-        assert out is not None
-        return out[:, 0] if flat else out
-
-    def _batch_buffer(self, size: int, channels: int, tile: tuple[int, int]) -> np.ndarray:
-        shape = (size, channels, *tile)
+        batch_size = min(self.config.batch_size, len(plan.tiles))
+        shape = (batch_size, frames.shape[1], *plan.tile_shape)
         if self._batch is None or self._batch.shape != shape:
             self._batch = np.empty(shape, np.float32)
-        return self._batch
+        if self._blender is None or self._blender.plan is not plan:
+            self._blender = Blender(plan)
+        blender = self._blender
+        for index, frame in enumerate(frames):
+            blender.start(None if out is None else out[index])
+            for data, tiles in gather_batches(frame, plan, batch_size, buffer=self._batch):
+                result = np.asarray(self.predict(data[: len(tiles)]))
+                if result.ndim != 4 or result.shape[0] != len(tiles):
+                    raise ValueError(
+                        f"tiling: predict must return (N, C, h, w) with N = {len(tiles)}, got "
+                        f"shape {result.shape}"
+                    )
+                if out is None:
+                    out = np.empty((len(frames), result.shape[1], *plan.out_shape), np.float32)
+                    blender.start(out[index])
+                for slot, t in enumerate(tiles):
+                    blender.add(t, result[slot])
+            blender.result()
+        assert out is not None
+        return out[:, 0] if flat else out
 
 
 def predict_tiled(
@@ -675,5 +682,5 @@ def predict_tiled_batch(
     cfg: TilingConfig,
     out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Tiled ``predict`` of a stack (N, C, H, W) or (N, H, W), batching tiles across frames."""
+    """Tiled ``predict`` of a stack (N, C, H, W) or (N, H, W), frame by frame."""
     return TiledPredictor(predict, cfg).stack(frames, out=out)

@@ -7,7 +7,7 @@
   is installed and ``use_events``). It decides when pages are complete (below) and appends
   references to them, in the order they became complete, to the backlog;
 * the **worker** (the calling thread, where the engine was entered) takes one page at a
-  time, reads it, enhances it (:class:`~cyclesr_deploy.enhancer.FrameProcessor`) and writes
+  time, reads it, enhances it (:class:`~cyclesr_deploy.runner.FrameRunner`) and writes
   it. Only the page being processed is in memory: the backlog holds (file, page) references,
   the pixels stay on disk, so memory is bounded however far behind the engine is.
 
@@ -64,12 +64,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cyclesr_deploy import __version__
 from cyclesr_deploy.engines.base import Engine
-from cyclesr_deploy.enhancer import FrameProcessor
 from cyclesr_deploy.errors import InputError
 from cyclesr_deploy.frames import open_frames, output_info, write_frames
 from cyclesr_deploy.io import atomic_path
 from cyclesr_deploy.model import ModelConfig
 from cyclesr_deploy.pipeline import MANIFEST_NAME, TIFF_SUFFIXES, EnhanceConfig
+from cyclesr_deploy.runner import FrameRunner
 
 __all__ = [
     "PageProbe",
@@ -347,7 +347,7 @@ class _Watch:
         self.on_frame = on_frame
         self.in_dir, self.out_dir = in_dir, out_dir
         self.engine, self.model, self.cfg = engine, model, cfg
-        self.proc = FrameProcessor(engine, model, ecfg)
+        self.proc = FrameRunner(engine, model, ecfg)
         self.stop = stop
         self.on_status, self.status_every = on_status, status_every
         self.lock = threading.Lock()

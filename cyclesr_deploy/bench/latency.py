@@ -3,14 +3,15 @@
 For each backend x precision x tile (x batch), and whole-frame when asked, on one synthetic
 frame of ``frame_size``²: ``warmup`` untimed runs, then ``repeats`` timed runs of
 
-* ``engine_only``: ``engine.infer`` over the tile batches of a group of frames (built beforehand
-  exactly as the pipeline builds them: ``plan_tiles`` + ``read_tile`` + the model's intensity
-  mapping), one sample per group;
-* ``end_to_end``: :func:`~cyclesr_deploy.pipeline.enhance_files` on a uint16 TIFF stack of the
-  same group of frames (TIFF read, normalization, tiling, engine, blending, uint16, TIFF write).
+* ``engine_only``: ``FrameRunner.infer`` over the tile batches of the frame (built beforehand
+  by the same :class:`~cyclesr_deploy.runner.FrameRunner` that ``cyclesr enhance`` uses: plan,
+  tiles, the model's intensity mapping; the statistics pass of frozen tiling included);
+* ``end_to_end``: :func:`~cyclesr_deploy.pipeline.enhance_files` on a uint16 TIFF of the frame
+  (TIFF read, normalization, tiling, engine, blending, uint16, TIFF write, manifest).
 
-A group holds ``max(1, batch // tiles_per_frame)`` frames, so that whole-frame batches are
-full. Per-frame latency = sample time / frames in the group. FLOPs are counted analytically
+Both run the same plan: a tile row tiles the frame (frozen statistics where the engine has
+them, else naive tiles; never ``auto``'s whole-frame shortcut), tile 0 runs it whole. Batches
+hold the tiles of one frame. FLOPs are counted analytically
 (:func:`generator_flops`, 2 per multiply-add of the conv / transposed-conv weights) on the tile
 sizes the engine sees, overlap included, so ``tflops`` is the work the engine really did.
 """
@@ -141,22 +142,24 @@ def _stats(samples_s: Sequence[float], frames: int, px: int, flops: float) -> di
     }
 
 
-def tile_batches(frames: np.ndarray, plan: Any, mapping: Any, batch: int) -> list[np.ndarray]:
-    """The tile batches ``enhance_files`` hands the engine for the frames (model normalization)."""
-    n_tiles = len(plan.tiles) * len(frames)
-    size = min(batch, n_tiles)
-    out, buf, n = [], np.empty((size, 1, *plan.tile_shape), np.float32), 0
-    for frame in frames:
-        for t in range(len(plan.tiles)):
-            plan.read_tile(frame[None], t, buf[n])
-            mapping.before(buf[n], out=buf[n])
-            n += 1
-            if n == size:
-                out.append(buf)
-                buf, n = np.empty_like(buf), 0
-    if n:
-        out.append(buf[:n])
-    return out
+def engine_batches(runner: Any, frame: np.ndarray) -> list[tuple[Any, Any]]:
+    """The (work, batch) pairs that ``runner`` (:class:`~cyclesr_deploy.runner.FrameRunner`)
+    hands its engine for ``frame``: ``runner.infer`` over them is the engine alone, statistics
+    pass of frozen tiling included."""
+    work = runner.start(frame)
+    return [(work, batch) for batch in work.batches()]
+
+
+def end_to_end(src: Path, dst: Path, engine: Any, model: ModelConfig, cfg: Any) -> list[Path]:
+    """``enhance_files`` of ``src`` into ``dst`` (the benchmark's end-to-end path, that of
+    ``cyclesr enhance``); raises when a file failed. Returns the outputs."""
+    from cyclesr_deploy.pipeline import enhance_files
+
+    summary = enhance_files([src], dst, engine, model, cfg)
+    if not summary.ok:
+        errors = [r.error for r in summary.files if r.error]
+        raise RuntimeError(f"enhance failed during the benchmark: {errors}")
+    return [Path(r.output) for r in summary.files if r.output]
 
 
 def _time(fn: Callable[[], Any], warmup: int, repeats: int) -> list[float]:
@@ -201,25 +204,23 @@ def _measure(
     work: Path,
 ) -> dict[str, Any]:
     from cyclesr_deploy.io import write_tiff
-    from cyclesr_deploy.normalization import IntensityMapping
-    from cyclesr_deploy.pipeline import EnhanceConfig, enhance_files, fit_to_engine
-    from cyclesr_deploy.tiling import plan_tiles
+    from cyclesr_deploy.runner import EnhanceConfig, FrameRunner
 
-    cfg = fit_to_engine(EnhanceConfig(tile=tile, batch=batch, overwrite=True), engine.input_spec)
-    tiling = cfg.tiling(model, frame.shape) if tile == 0 else cfg.tiling(model)
-    plan = plan_tiles(frame.shape, tiling)
-    per_frame = len(plan.tiles)
-    group = max(1, cfg.batch // per_frame)
-    frames = np.repeat(frame[None], group, axis=0)
-    mapping = IntensityMapping.from_config(model.normalization)
-    batches = tile_batches(frames, plan, mapping, cfg.batch)
-    th, tw = plan.tile_shape
+    # a tile row tiles every frame (never the whole-frame shortcut of ``auto``): frozen
+    # statistics where the engine has them, else naive; tile 0 runs the frame whole
+    cfg = EnhanceConfig(tile=tile, batch=batch, overwrite=True, whole_max_px=0)
+    runner = FrameRunner(engine, model, cfg)
+    cfg = runner.cfg
+    plan = runner.plan(frame.shape)
+    per_frame = len(plan.tiles.tiles)
+    batches = engine_batches(runner, frame)
+    th, tw = plan.tiles.tile_shape
     flops = per_frame * generator_flops(model.generator, th, tw)
     px = int(frame.shape[0] * frame.shape[1])
 
     def engine_only() -> None:
-        for b in batches:
-            engine.infer(b)
+        for work, b in batches:
+            runner.infer(work, b)
         if _uses_torch_cuda(engine):
             import torch
 
@@ -229,26 +230,24 @@ def _measure(
     row: dict[str, Any] = {
         "tile": tile,
         "tile_shape": [th, tw],
-        "overlap": tiling.overlap,
-        "batch": cfg.batch,
+        "overlap": plan.tiles.config.overlap,
+        "batch": plan.batch,
         "tiles_per_frame": per_frame,
-        "frames_per_sample": group,
+        "tiling": plan.mode,
         "flops_per_frame": flops,
-        "engine_only": _stats(_time(engine_only, s.warmup, s.repeats), group, px, flops),
+        "engine_only": _stats(_time(engine_only, s.warmup, s.repeats), 1, px, flops),
         "end_to_end": None,
     }
     if s.end_to_end:
         src = work / f"in_{tile}_{batch}.tif"
-        write_tiff(src, frames if group > 1 else frames[0])
+        write_tiff(src, frame)
         dst = work / f"out_{tile}_{batch}"
-
-        def pipeline() -> None:
-            summary = enhance_files([src], dst, engine, model, cfg)
-            if not summary.ok:
-                errors = [r.error for r in summary.files if r.error]
-                raise RuntimeError(f"enhance failed during the benchmark: {errors}")
-
-        row["end_to_end"] = _stats(_time(pipeline, min(s.warmup, 1), s.repeats), group, px, flops)
+        row["end_to_end"] = _stats(
+            _time(lambda: end_to_end(src, dst, engine, model, cfg), min(s.warmup, 1), s.repeats),
+            1,
+            px,
+            flops,
+        )
     row["host_peak_rss_mb"] = _mb(host_peak_rss_bytes())
     row["gpu_peak_mb"] = _mb(_gpu_peak(engine))
     return row

@@ -1,4 +1,4 @@
-"""The Python API (Enhancer, FrameProcessor) with a fake engine, numpy only."""
+"""The Python API (Enhancer, FrameRunner) with a fake engine, numpy only."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import pytest
 
 import cyclesr_deploy.engines as engines
 import cyclesr_deploy.model as model_mod
-from cyclesr_deploy.enhancer import Enhancer, FrameProcessor
+from cyclesr_deploy.enhancer import Enhancer
 from cyclesr_deploy.errors import InputError
 from cyclesr_deploy.model import GeneratorConfig, ModelConfig, NormalizationConfig
 from cyclesr_deploy.pipeline import EnhanceConfig, enhance_files
+from cyclesr_deploy.runner import FrameRunner
 from tests.conftest import FakeEngine
 
 
@@ -25,7 +26,7 @@ def _model(scale=1, low=0.0, high=2.0):
 
 @pytest.fixture
 def patched(monkeypatch):
-    """open_engine / load_model replaced: Enhancer("any-dir") gets a FakeEngine."""
+    """open_engine / load_model replaced: Enhancer(any folder) gets a FakeEngine."""
     made: list[FakeEngine] = []
 
     def fake_open(model_dir, backend="auto", **kw):
@@ -38,9 +39,9 @@ def patched(monkeypatch):
     return made
 
 
-def test_uint16_round_trip_through_model_dir(patched, rng):
+def test_uint16_round_trip_through_model_dir(patched, rng, tmp_path):
     frame = rng.integers(0, 65535, (64, 64)).astype(np.uint16)
-    with Enhancer("models/x", backend="onnxruntime", tile=32, overlap=8) as enhancer:
+    with Enhancer(tmp_path, backend="onnxruntime", tile=32, overlap=8) as enhancer:
         out = enhancer(frame)
         assert patched[0].entered and patched[0].backend_asked == "onnxruntime"
         assert enhancer.backend == "fake[identity]"
@@ -70,7 +71,7 @@ def test_matches_enhance_files(tmp_path, rng):
     model = _model(2, 0, 65535)
     enhance_files([tmp_path / "a.tif"], tmp_path / "out", FakeEngine("nearest2"), model, cfg)
     ref = tifffile.imread(tmp_path / "out" / "a.tif")
-    proc = FrameProcessor(FakeEngine("nearest2"), model, cfg)
+    proc = FrameRunner(FakeEngine("nearest2"), model, cfg)
     for i in range(2):
         np.testing.assert_array_equal(proc(data[i]), ref[i])
 

@@ -21,6 +21,7 @@ from cyclesr_deploy.pipeline import (
     collect_inputs,
     enhance_files,
 )
+from cyclesr_deploy.runner import FrameRunner
 from tests.conftest import FakeEngine
 
 TILED = EnhanceConfig(tile=16, overlap=8, batch=3, whole_max_px=0)  # tiles even where whole fits
@@ -104,11 +105,20 @@ def test_scale_mismatch_between_engine_and_model_is_refused(tmp_path, rng):
         enhance_files([src], tmp_path / "out", FakeEngine("nearest2"), _model(), EnhanceConfig())
 
 
-def test_tiles_of_a_stack_share_batches(tmp_path, rng):
+def test_a_batch_holds_the_tiles_of_one_frame(tmp_path, rng):
+    # a frame's result never depends on its neighbours: batches never span two frames
     src = _write(tmp_path / "in" / "a.tif", _stack(rng, (5, 16, 16)), "TYX")
     engine = FakeEngine("identity")
     enhance_files([src], tmp_path / "out", engine, _model(), EnhanceConfig(batch=4))
-    assert [s[0] for s in engine.shapes] == [4, 1]  # one whole-frame tile per frame, 5 frames
+    assert [s[0] for s in engine.shapes] == [1] * 5  # one whole-frame tile per frame
+    src = _write(tmp_path / "in" / "b.tif", _stack(rng, (2, 40, 56)), "TYX")
+    engine = FakeEngine("identity")
+    cfg = EnhanceConfig(tile=16, overlap=8, batch=4)
+    enhance_files([src], tmp_path / "out2", engine, _model(), cfg)
+    per_frame = len(FrameRunner(engine, _model(), cfg).plan((40, 56)).tiles.tiles)
+    assert per_frame % 4  # a partial last batch per frame
+    want = [4] * (per_frame // 4) + [per_frame % 4]
+    assert [s[0] for s in engine.shapes] == want * 2
 
 
 def test_frame_normalization_uses_whole_frames(tmp_path, rng, monkeypatch):
@@ -223,7 +233,7 @@ def test_manifest_resume(tmp_path, rng):
     engine = FakeEngine()
     third = enhance_files(inputs, out, engine, _model())
     assert [f.status for f in third.files] == ["skipped", "done", "skipped"]
-    assert engine.calls == 1
+    assert engine.calls == 2  # the two frames of 1.tif, one call each
     manifest = json.loads((out / MANIFEST_NAME).read_text())
     entries = list(manifest["files"].values())
     assert [e["status"] for e in entries] == ["done"] * 3
