@@ -1,0 +1,123 @@
+"""Every door into the runtime gives the same frame, bit for bit, for the same settings.
+
+``cyclesr enhance`` (CLI), ``cyclesr watch`` (CLI), the Python ``Enhancer`` and ``cyclesr bench
+latency``'s end-to-end path, on 512^2, 1024^2, 2048x1536 and 4096^2 uint16 frames made from a
+real micrograph (scikit-image's ``data.cell()``): with the default built-in model (InstanceNorm;
+the 4096^2 frame is tiled with frozen statistics, the others run whole) and with a model without
+InstanceNorm (independent tiles). Each door opens its own engine with the same factory.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+from typer.testing import CliRunner
+
+pytest.importorskip("onnxruntime")
+
+from cyclesr_deploy.builtin import DEFAULT_MODEL, builtin_model
+from cyclesr_deploy.cli import app
+from cyclesr_deploy.model import load_model
+from cyclesr_deploy.runner import EnhanceConfig, FrameRunner
+
+SHAPES = {"f512": (512, 512), "f1024": (1024, 1024), "f2048x1536": (2048, 1536)}
+BIG = {"f4096": (4096, 4096)}
+cli = CliRunner()
+
+
+def micrograph(shape: tuple[int, int], seed: int) -> np.ndarray:
+    """A uint16 frame of ``shape`` tiled from scikit-image's real cell image (mirrored tiles,
+    a per-frame gain and Poisson noise so that frames differ)."""
+    from skimage import data
+
+    cell = data.cell().astype(np.float64)
+    tile = np.block([[cell, cell[:, ::-1]], [cell[::-1], cell[::-1, ::-1]]])
+    reps = (-(-shape[0] // tile.shape[0]), -(-shape[1] // tile.shape[1]))
+    img = np.tile(tile, reps)[: shape[0], : shape[1]]
+    rng = np.random.default_rng(seed)
+    img = rng.poisson(img * (8 + seed)).astype(np.float64) + 100
+    return np.clip(img, 0, 65535).astype(np.uint16)
+
+
+def _write_inputs(folder, shapes):
+    folder.mkdir(parents=True, exist_ok=True)
+    frames = {}
+    for i, (name, shape) in enumerate(shapes.items()):
+        frames[name] = micrograph(shape, i)
+        tifffile.imwrite(folder / f"{name}.tif", frames[name], photometric="minisblack")
+    return frames
+
+
+def _outputs(folder, names):
+    return {n: tifffile.imread(folder / f"{n}.tif") for n in names}
+
+
+def _doors(tmp_path, model_dir, shapes):
+    """The outputs of each entry point for the frames of ``shapes`` (default settings)."""
+    from cyclesr_deploy.bench.latency import end_to_end
+    from cyclesr_deploy.engines import open_engine
+    from cyclesr_deploy.enhancer import Enhancer
+
+    frames = _write_inputs(tmp_path / "in", shapes)
+    results: dict[str, dict[str, np.ndarray]] = {}
+
+    res = cli.invoke(app, ["enhance", str(tmp_path / "in"), "-o", str(tmp_path / "enh"),
+                           "--model", str(model_dir)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    results["enhance"] = _outputs(tmp_path / "enh", frames)
+
+    res = cli.invoke(app, ["watch", str(tmp_path / "in"), "-o", str(tmp_path / "watch"),
+                           "--model", str(model_dir), "--exit-idle", "1", "--poll", "0.05",
+                           "--stable", "0.1", "--polling"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    results["watch"] = _outputs(tmp_path / "watch", frames)
+
+    with Enhancer(model_dir) as enhancer:
+        results["Enhancer"] = {n: enhancer(f) for n, f in frames.items()}
+
+    cfg = EnhanceConfig(overwrite=True)
+    model = load_model(model_dir)
+    with open_engine(model_dir, tiling=cfg.engine_tiling, stats=cfg.stats) as engine:
+        bench = {}
+        for name in frames:
+            (out,) = end_to_end(tmp_path / "in" / f"{name}.tif", tmp_path / "bench", engine,
+                                model, cfg)  # fmt: skip
+            bench[name] = tifffile.imread(out)
+        results["bench latency"] = bench
+        plans = {n: FrameRunner(engine, model, cfg).plan(f.shape).mode for n, f in frames.items()}
+    return frames, results, plans
+
+
+def _assert_identical(frames, results, scale):
+    reference = results["enhance"]
+    for name, frame in frames.items():
+        assert reference[name].shape == (frame.shape[0] * scale, frame.shape[1] * scale)
+        assert reference[name].dtype == np.uint16
+        for door, outs in results.items():
+            np.testing.assert_array_equal(outs[name], reference[name], err_msg=f"{door} {name}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shapes", [SHAPES, BIG], ids=["512-2048x1536", "4096"])
+def test_default_model_all_doors_bit_identical(tmp_path, shapes):
+    model_dir = builtin_model(DEFAULT_MODEL)
+    frames, results, plans = _doors(tmp_path, model_dir, shapes)
+    if shapes is BIG:
+        assert plans == {"f4096": "frozen"}  # tiled with frozen InstanceNorm statistics
+    else:
+        assert set(plans.values()) == {"whole"}
+    _assert_identical(frames, results, load_model(model_dir).scale)
+
+
+@pytest.mark.slow
+def test_model_without_instance_norm_all_doors_bit_identical(tmp_path):
+    pytest.importorskip("torch")
+    from tests.tiny_models import train_tiny_model
+
+    model_dir = train_tiny_model(tmp_path / "train", onnx=True, generator__norm="none")
+    assert load_model(model_dir).generator.norm == "none"
+    shapes = {**SHAPES, **BIG}
+    frames, results, plans = _doors(tmp_path, model_dir, shapes)
+    assert plans["f512"] == "whole" and plans["f4096"] == "tiles"
+    _assert_identical(frames, results, load_model(model_dir).scale)
