@@ -222,25 +222,26 @@ class OutputLock:
                 "wait for that run to end or choose another output folder"
             ) from None
         self._lock = lock
-        try:
-            stale = self.holder()
-            if stale is not None:
-                log.warning(
-                    "%s: taking over the lock of %s, which ended without releasing it",
-                    self.out_dir,
-                    self.describe(stale),
-                )
-            info = {
-                "command": self.command,
-                "pid": os.getpid(),
-                "host": socket.gethostname(),
-                "since": utc_now(),
-                "argv": sys.argv,
-            }
+        stale = self.holder()
+        if stale is not None:
+            log.warning(
+                "%s: taking over the lock of %s, which ended without releasing it",
+                self.out_dir,
+                self.describe(stale),
+            )
+        info = {
+            "command": self.command,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": utc_now(),
+            "argv": sys.argv,
+        }
+        try:  # the description only helps a refused run's message; the lock is what counts
             _write_json(self.info_path, info, "output folder's lock description")
-        except BaseException:
-            self.release()
-            raise
+        except OSError as exc:
+            log.warning(
+                "%s: could not describe this run in %s: %s", self.out_dir, LOCK_INFO_NAME, exc
+            )
 
     def release(self) -> None:
         if self._lock is None:
