@@ -25,25 +25,30 @@ atomically after each file; an input whose output exists is skipped unless ``ove
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel
 
-from cyclesr_deploy import __version__
 from cyclesr_deploy.engines.base import Engine
 from cyclesr_deploy.errors import InputError
 from cyclesr_deploy.frames import StackInfo, open_frames, output_info, write_frames
-from cyclesr_deploy.io import atomic_path
+from cyclesr_deploy.manifest import (
+    MANIFEST_NAME,
+    FileResult,
+    Manifest,
+    OutputLock,
+    Status,
+    manifest_header,
+)
+from cyclesr_deploy.manifest import utc_now as _now
 from cyclesr_deploy.model import ModelConfig
 from cyclesr_deploy.runner import (
     WHOLE_MAX_PX,
@@ -71,28 +76,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MANIFEST_NAME = "cyclesr-manifest.json"
-MANIFEST_SCHEMA = "1"
 TIFF_SUFFIXES = (".tif", ".tiff")
+ENHANCE_COMMAND = "cyclesr enhance"  # how a run of enhance_files names itself to a refused run
 _POLL_S = 0.05  # queue wait granularity: how fast stages notice a stop
-
-
-Status = Literal["done", "failed", "skipped"]
-
-
-class FileResult(BaseModel):
-    """What happened to one input."""
-
-    input: str
-    output: str | None = None
-    status: Status
-    frames: int = 0
-    seconds: float = 0.0
-    error: str | None = None
-    note: str | None = None
-    input_size: int | None = None
-    input_mtime_ns: int | None = None
-    finished: str | None = None
 
 
 class EnhanceSummary(BaseModel):
@@ -187,43 +173,6 @@ def output_path(input_path: Path, out_dir: Path) -> Path:
     return Path(out_dir) / Path(input_path).name
 
 
-# --- manifest ------------------------------------------------------------------------------------
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-class _Manifest:
-    """``cyclesr-manifest.json``: one entry per input (absolute path), saved atomically."""
-
-    def __init__(self, out_dir: Path, header: dict[str, Any]) -> None:
-        self.path = out_dir / MANIFEST_NAME
-        self.files: dict[str, dict[str, Any]] = {}
-        if self.path.is_file():
-            try:
-                data = json.loads(self.path.read_text(encoding="utf-8"))
-                self.files = dict(data["files"])
-            except (ValueError, KeyError, TypeError) as exc:
-                raise InputError(
-                    f"{self.path}: not a valid manifest ({exc}); move or delete it"
-                ) from exc
-        self.header = header
-
-    def entry(self, path: Path) -> dict[str, Any] | None:
-        return self.files.get(str(path.resolve()))
-
-    def record(self, result: FileResult) -> None:
-        key = str(Path(result.input).resolve())
-        previous = self.files.get(key)
-        if result.status == "skipped" and previous and previous.get("status") == "done":
-            return  # keep the record of the run that made the output
-        self.files[key] = result.model_dump(mode="json")
-
-    def save(self) -> None:
-        data = {**self.header, "updated": _now(), "files": self.files}
-        with atomic_path(self.path) as part:
-            part.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-
-
 # --- pipeline messages ---------------------------------------------------------------------------
 class _Stopped(BaseException):
     """Raised in a stage when the run is being stopped (interrupt or fatal error elsewhere)."""
@@ -308,7 +257,7 @@ class _Run:
         self,
         jobs: list[_Job],
         runner: FrameRunner,
-        manifest: _Manifest,
+        manifest: Manifest,
         on_progress: Callable[[ProgressEvent], None] | None,
         results: dict[int, FileResult],
     ) -> None:
@@ -584,44 +533,28 @@ class _Run:
             self.on_progress(event)
 
 
-def enhance_files(
-    inputs: Sequence[str | Path],
-    out_dir: str | Path,
-    engine: Engine,
-    model: ModelConfig,
-    cfg: EnhanceConfig | None = None,
-    *,
-    on_progress: Callable[[ProgressEvent], None] | None = None,
-) -> EnhanceSummary:
-    """Enhance each TIFF of ``inputs`` with ``engine`` (entered by the caller) into ``out_dir``.
+@contextlib.contextmanager
+def _held(out_dir: Path, lock: OutputLock | None) -> Iterator[None]:
+    """Hold ``out_dir``'s lock: the caller's ``lock`` (held, on that folder) or a new one."""
+    if lock is None:
+        with OutputLock(out_dir, command=ENHANCE_COMMAND):
+            yield
+        return
+    if not lock.held or lock.out_dir.resolve() != out_dir.resolve():
+        raise ValueError(f"lock: not held, or not the lock of {out_dir}")
+    yield
 
-    Raises InputError before touching anything for arguments that cannot work: no inputs,
-    ``out_dir`` being an input's folder, two inputs with the same file name, a tiling the
-    engine cannot run, an engine whose scale differs from ``model``'s. Per-file problems
-    (unreadable, RGB, NaN, ...) are recorded in the summary and the manifest; the other files
-    go on. See the module docstring for the stages, skipping and interrupts.
-    """
-    start = time.perf_counter()
-    out_dir = Path(out_dir)
-    paths = [Path(p) for p in inputs]
-    check_paths(paths, out_dir)
-    runner = FrameRunner(engine, model, cfg)  # validates the settings against the engine
-    cfg = runner.cfg
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    header = {
-        "schema_version": MANIFEST_SCHEMA,
-        "tool": f"cyclesr-deploy {__version__}",
-        "model": model.name,
-        "engine": engine.name,
-        "config": cfg.model_dump(mode="json"),
-    }
-    estimate = runner.estimate
-    if estimate is not None:
-        header["stats_estimate"] = {"estimate": estimate.estimate, "reason": estimate.reason}
-    manifest = _Manifest(out_dir, header)
+def _triage(
+    paths: list[Path],
+    out_dir: Path,
+    cfg: EnhanceConfig,
+    manifest: Manifest,
+    results: dict[int, FileResult],
+) -> list[_Job]:
+    """The jobs to run; inputs that cannot be read or whose output exists get their result
+    in ``results`` (failed / skipped, recorded in ``manifest``)."""
     input_set = {p.resolve() for p in paths}
-    results: dict[int, FileResult] = {}
     jobs: list[_Job] = []
     for i, p in enumerate(paths):
         out = output_path(p, out_dir)
@@ -651,14 +584,55 @@ def enhance_files(
             jobs.append(_Job(i, p, out, size, mtime))
             continue
         manifest.record(results[i])
-    manifest.save()
-    for i in sorted(results):
-        if on_progress is not None:
-            on_progress(ProgressEvent("end", paths[i], result=results[i]))
+    return jobs
 
-    run = _Run(jobs, runner, manifest, on_progress, results)
-    if jobs:
-        run.run()
+
+def enhance_files(
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    engine: Engine,
+    model: ModelConfig,
+    cfg: EnhanceConfig | None = None,
+    *,
+    on_progress: Callable[[ProgressEvent], None] | None = None,
+    lock: OutputLock | None = None,
+) -> EnhanceSummary:
+    """Enhance each TIFF of ``inputs`` with ``engine`` (entered by the caller) into ``out_dir``.
+
+    The run holds ``out_dir``'s :class:`~cyclesr_deploy.manifest.OutputLock` from before the
+    manifest is read to the end (also on errors and interrupts): a run into a folder that
+    another run holds raises InputError naming the holder and writes nothing. ``lock``: that
+    lock, already held by the caller (e.g. taken before opening a slow engine, so that a second
+    run is refused at once); None: taken here.
+
+    Raises InputError before touching anything for arguments that cannot work: no inputs,
+    ``out_dir`` being an input's folder, two inputs with the same file name, a tiling the
+    engine cannot run, an engine whose scale differs from ``model``'s. Per-file problems
+    (unreadable, RGB, NaN, ...) are recorded in the summary and the manifest; the other files
+    go on. See the module docstring for the stages, skipping and interrupts.
+    """
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    paths = [Path(p) for p in inputs]
+    check_paths(paths, out_dir)
+    runner = FrameRunner(engine, model, cfg)  # validates the settings against the engine
+    cfg = runner.cfg
+
+    header = manifest_header(model.name, engine.name, cfg.model_dump(mode="json"))
+    estimate = runner.estimate
+    if estimate is not None:
+        header["stats_estimate"] = {"estimate": estimate.estimate, "reason": estimate.reason}
+    with _held(out_dir, lock):  # before the manifest is read, until the last file is recorded
+        manifest = Manifest(out_dir, header)
+        results: dict[int, FileResult] = {}
+        jobs = _triage(paths, out_dir, cfg, manifest, results)
+        manifest.save(force=True)
+        for i in sorted(results):
+            if on_progress is not None:
+                on_progress(ProgressEvent("end", paths[i], result=results[i]))
+        run = _Run(jobs, runner, manifest, on_progress, results)
+        if jobs:
+            run.run()
     return EnhanceSummary(
         files=[results[i] for i in sorted(results)],
         engine=engine.name,

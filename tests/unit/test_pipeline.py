@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from cyclesr_deploy.errors import InputError
 from cyclesr_deploy.frames import FrameReader
+from cyclesr_deploy.manifest import LOCK_NAME
 from cyclesr_deploy.model import GeneratorConfig, ModelConfig, NormalizationConfig
 from cyclesr_deploy.normalization import IntensityMapping, frame_percentiles
 from cyclesr_deploy.pipeline import (
@@ -175,7 +176,8 @@ def test_bad_files_fail_alone(tmp_path, rng):
         assert status[name].status == "failed", name
         assert msg in status[name].error and name in status[name].error
     assert not summary.ok
-    assert sorted(p.name for p in out.iterdir()) == [MANIFEST_NAME, "good1.tif", "good2.tif"]
+    left = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME)  # kept on POSIX only
+    assert left == [MANIFEST_NAME, "good1.tif", "good2.tif"]  # lock released: no LOCK_INFO
     assert _no_part_files(tmp_path)
     manifest = json.loads((out / MANIFEST_NAME).read_text())
     assert manifest["config"]["tile"] == 16
@@ -249,7 +251,8 @@ def test_keyboard_interrupt_leaves_only_complete_files(tmp_path, rng):
     with pytest.raises(KeyboardInterrupt):
         enhance_files([a, b, c], tmp_path / "out", engine, _model(), EnhanceConfig(batch=1))
     assert threading.active_count() == before  # every stage thread has ended
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.tif", MANIFEST_NAME]
+    left = sorted(p.name for p in (tmp_path / "out").iterdir() if p.name != LOCK_NAME)
+    assert left == ["a.tif", MANIFEST_NAME]  # the lock was released: no LOCK_INFO_NAME
     assert _no_part_files(tmp_path)
     manifest = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())
     assert [v["status"] for v in manifest["files"].values()] == ["done"]
