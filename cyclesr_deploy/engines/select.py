@@ -41,9 +41,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cyclesr_deploy.engines.base import Engine
-from cyclesr_deploy.errors import InputError, MissingExtraError, require
-from cyclesr_deploy.export.trt_config import (
-    ENGINES_DIR,
+from cyclesr_deploy.engines.trt_config import (
     EngineMismatchError,
     EngineSidecar,
     list_engines,
@@ -51,7 +49,8 @@ from cyclesr_deploy.export.trt_config import (
     sha256_file,
     sidecar_differences,
 )
-from cyclesr_deploy.model import FROZEN_ONNX, WEIGHTS, load_model
+from cyclesr_deploy.errors import InputError, MissingExtraError, require
+from cyclesr_deploy.model import ENGINES_DIR, FROZEN_ONNX, ONNX_BY_PRECISION, WEIGHTS, load_model
 
 log = logging.getLogger("cyclesr_deploy.engines")
 
@@ -67,7 +66,6 @@ AUTO_ORDER: tuple[str, ...] = (
     "onnxruntime-cpu",
     "torch-cpu",
 )
-ONNX_BY_PRECISION = {"fp32": "generator.onnx", "fp16": "generator.fp16.onnx"}
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
@@ -135,8 +133,8 @@ def torch_cuda_available() -> bool:
 
 
 def machine_facts(device_id: int) -> Any:
-    """:func:`~cyclesr_deploy.export.tensorrt_build.gpu_facts` (imports tensorrt)."""
-    from cyclesr_deploy.export.tensorrt_build import gpu_facts
+    """:func:`~cyclesr_deploy.engines.tensorrt_load.gpu_facts` (imports tensorrt)."""
+    from cyclesr_deploy.engines.tensorrt_load import gpu_facts
 
     return gpu_facts(device_id)
 

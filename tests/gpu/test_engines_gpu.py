@@ -146,8 +146,8 @@ def test_onnxruntime_tensorrt_ep_parity_and_cache(model_dir):
 @pytest.mark.parametrize(("precision", "tol"), [("fp32", TF32_TOL), ("fp16", FP16_TOL)])
 def test_tensorrt_engine_matches_onnxruntime_cpu(model_dir, tmp_path, precision, tol):
     pytest.importorskip("tensorrt")
+    from cyclesr_deploy.engines.trt_config import TensorRTBuildConfig
     from cyclesr_deploy.export import engine_from_onnx
-    from cyclesr_deploy.export.trt_config import TensorRTBuildConfig
 
     cfg = TensorRTBuildConfig(
         tile=64, batch=2, precision=precision, opt_level=1, timing_cache_dir=tmp_path

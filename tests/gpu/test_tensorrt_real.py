@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from cyclesr_deploy import cuda_runtime
+from cyclesr_deploy.engines.trt_config import EngineMismatchError, TensorRTBuildConfig
 from cyclesr_deploy.errors import InputError
-from cyclesr_deploy.export.trt_config import EngineMismatchError, TensorRTBuildConfig
 from cyclesr_deploy.model import WEIGHTS, GeneratorConfig, ModelConfig, save_model_config
 
 pytestmark = pytest.mark.tensorrt

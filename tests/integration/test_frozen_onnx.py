@@ -17,7 +17,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 pytest.importorskip("onnxruntime")
 
-from cyclesr_deploy.engines.frozen import (  # noqa: E402
+from cyclesr_deploy.engines.frozen_stats import (  # noqa: E402
     BLOCKS,
     MAX_CROPS,
     WEIGHTS_NAME,

@@ -27,9 +27,9 @@ from cyclesr_deploy.engines.onnxruntime_engine import (
     OnnxRuntimeEngine,
     resolve_providers,
 )
+from cyclesr_deploy.engines.trt_config import TensorRTBuildConfig
 from cyclesr_deploy.errors import InputError, MissingExtraError
 from cyclesr_deploy.export import tensorrt_build as tb
-from cyclesr_deploy.export.trt_config import TensorRTBuildConfig
 from cyclesr_deploy.model import GeneratorConfig, ModelConfig, save_model_config
 from cyclesr_deploy.onnx_metadata import OnnxMetadata
 from tests.fakes import (

@@ -18,9 +18,7 @@ from pathlib import Path
 import pytest
 
 from cyclesr_deploy import cuda_runtime
-from cyclesr_deploy.errors import InputError, MissingExtraError
-from cyclesr_deploy.export import tensorrt_build as tb
-from cyclesr_deploy.export.trt_config import (
+from cyclesr_deploy.engines.trt_config import (
     EngineBuildError,
     EngineMismatchError,
     OnnxParseError,
@@ -29,6 +27,8 @@ from cyclesr_deploy.export.trt_config import (
     read_sidecar,
     sha256_file,
 )
+from cyclesr_deploy.errors import InputError, MissingExtraError
+from cyclesr_deploy.export import tensorrt_build as tb
 from cyclesr_deploy.model import GeneratorConfig, ModelConfig, save_model_config
 from tests.fakes import (
     HardwareCompatibilityLevel,

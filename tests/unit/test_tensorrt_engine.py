@@ -15,9 +15,9 @@ import pytest
 
 from cyclesr_deploy import cuda_runtime
 from cyclesr_deploy.engines import Engine, TensorRTEngine, check_batch_shape
+from cyclesr_deploy.engines.trt_config import EngineMismatchError, TensorRTBuildConfig
 from cyclesr_deploy.errors import InputError, MissingExtraError
 from cyclesr_deploy.export import tensorrt_build as tb
-from cyclesr_deploy.export.trt_config import EngineMismatchError, TensorRTBuildConfig
 from cyclesr_deploy.model import GeneratorConfig, ModelConfig, save_model_config
 from tests.fakes import (
     analytic_generator,

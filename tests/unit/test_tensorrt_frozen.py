@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 
 from cyclesr_deploy.engines import FrozenStatsEngine
-from cyclesr_deploy.engines.frozen import MAX_CROPS
+from cyclesr_deploy.engines.frozen_stats import MAX_CROPS
 from cyclesr_deploy.engines.select import find_engine
 from cyclesr_deploy.engines.tensorrt_frozen import TensorRTFrozenEngine
+from cyclesr_deploy.engines.trt_config import TensorRTBuildConfig
 from cyclesr_deploy.errors import InputError
 from cyclesr_deploy.export import tensorrt_build as tb
 from cyclesr_deploy.export.tensorrt_frozen import frozen_engines_from_onnx, stats_build_config
-from cyclesr_deploy.export.trt_config import TensorRTBuildConfig
 from cyclesr_deploy.model import GeneratorConfig, ModelConfig, save_model_config
 from tests.fakes import cudaMemcpyKind, fake_machine, install_fake_cuda, install_fake_trt
 
