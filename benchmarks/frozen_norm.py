@@ -40,6 +40,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cyclesr_deploy.model import WEIGHTS
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _machine import machine
@@ -84,7 +86,7 @@ def generator(which: str):
         model = load_model(REFERENCE)
         cfg = model.generator
         gen = build_generator(cfg)
-        gen.load_state_dict(torch.load(REFERENCE / "generator_ab.pt", map_location="cpu"))
+        gen.load_state_dict(torch.load(REFERENCE / WEIGHTS["ab"], map_location="cpu"))
         return gen.eval(), cfg, "trained reference-cyclegan (generator_ab.pt)"
     cfg = GeneratorConfig()
     gen = build_generator(cfg, generator=torch.Generator().manual_seed(0))

@@ -35,22 +35,14 @@ import importlib.util
 import inspect
 import logging
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from cyclesr_deploy.engines.base import Engine
-from cyclesr_deploy.engines.trt_config import (
-    EngineMismatchError,
-    EngineSidecar,
-    list_engines,
-    rebuild_command,
-    sha256_file,
-    sidecar_differences,
-)
+from cyclesr_deploy.engines.tensorrt_load import find_engine, generator_engines
 from cyclesr_deploy.errors import InputError, MissingExtraError, require
-from cyclesr_deploy.model import ENGINES_DIR, FROZEN_ONNX, ONNX_BY_PRECISION, WEIGHTS, load_model
+from cyclesr_deploy.model import ONNX_BY_PRECISION, WEIGHTS, load_model
 
 log = logging.getLogger("cyclesr_deploy.engines")
 
@@ -130,86 +122,6 @@ def ort_available_providers() -> list[str]:
 def torch_cuda_available() -> bool:
     """``torch.cuda.is_available()`` (imports torch)."""
     return bool(importlib.import_module("torch").cuda.is_available())
-
-
-def machine_facts(device_id: int) -> Any:
-    """:func:`~cyclesr_deploy.engines.tensorrt_load.gpu_facts` (imports tensorrt)."""
-    from cyclesr_deploy.engines.tensorrt_load import gpu_facts
-
-    return gpu_facts(device_id)
-
-
-# --- TensorRT engine choice -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EngineChoice:
-    """An engine in ``MODEL_DIR/engines`` that fits this machine."""
-
-    engine_path: Path
-    sidecar: EngineSidecar
-
-
-def generator_engines(
-    model_dir: str | Path, graph: str | None = None
-) -> list[tuple[Path, EngineSidecar]]:
-    """:func:`list_engines` of ``model_dir`` built from ONNX file ``graph``; by default the
-    generator's own engines (not those of the frozen-statistics graphs, which take two inputs)."""
-    frozen = set(FROZEN_ONNX.values())
-    return [
-        (p, s)
-        for p, s in list_engines(model_dir)
-        if (s.onnx_file == graph if graph is not None else s.onnx_file not in frozen)
-    ]
-
-
-def find_engine(
-    model_dir: str | Path,
-    *,
-    precision: str | None = None,
-    device_id: int = 0,
-    graph: str | None = None,
-    accept: Callable[[EngineSidecar], bool] | None = None,
-) -> EngineChoice:
-    """The newest engine in ``model_dir/engines`` whose sidecar fits this machine (GPU model,
-    TensorRT version, OS) and the folder's current ONNX; fp16 before fp32 unless ``precision``
-    ("fp16"/"fp32") restricts it; ``graph``: built from that ONNX file (default: the generator's
-    own, see :func:`generator_engines`); ``accept``: only sidecars it accepts (e.g. a profile
-    that holds a frame size). InputError when there is none; EngineMismatchError, naming each
-    engine's differences and the rebuild command, when none fits."""
-    model_dir = Path(model_dir)
-    build_hint = f"cyclesr export tensorrt {model_dir}"
-    found = [(p, s) for p, s in generator_engines(model_dir, graph) if accept is None or accept(s)]
-    if not found:
-        raise InputError(
-            f"no TensorRT engine in {model_dir / ENGINES_DIR}; build one with: {build_hint}"
-        )
-    wanted = [(p, s) for p, s in found if precision in (None, "auto", s.precision)]
-    if not wanted:
-        have = sorted({s.precision for _, s in found})
-        raise InputError(
-            f"no {precision} TensorRT engine in {model_dir / ENGINES_DIR} (found: "
-            f"{', '.join(have)}); build one with: {build_hint} --precision {precision}"
-        )
-    wanted.sort(key=lambda item: item[1].precision != "fp16")  # stable: newest first within
-    facts = machine_facts(device_id)
-    shas: dict[str, str | None] = {}
-    problems: list[str] = []
-    for path, sidecar in wanted:
-        if sidecar.onnx_file not in shas:
-            onnx = model_dir / sidecar.onnx_file
-            shas[sidecar.onnx_file] = sha256_file(onnx) if onnx.is_file() else None
-        diffs = sidecar_differences(sidecar, facts, shas[sidecar.onnx_file])
-        if not diffs:
-            return EngineChoice(path, sidecar)
-        problems.append(f"{path.name}: {'; '.join(diffs)}")
-    newest = wanted[0][1]
-    raise EngineMismatchError(
-        f"no TensorRT engine in {model_dir / ENGINES_DIR} fits this machine "
-        f"({facts.describe()}):\n  - " + "\n  - ".join(problems) + "\nRebuild one here with: "
-        f"{rebuild_command(model_dir, newest.build)}",
-        problems,
-    )
 
 
 # --- open_engine ------------------------------------------------------------------------------

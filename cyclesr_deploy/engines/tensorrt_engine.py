@@ -96,7 +96,7 @@ class TensorRTEngine:
     ) -> None:
         path = Path(engine)
         if path.is_dir():
-            from cyclesr_deploy.engines.select import find_engine
+            from cyclesr_deploy.engines.tensorrt_load import find_engine
 
             path = find_engine(path, precision=precision, device_id=device_id).engine_path
         if not path.is_file():

@@ -34,7 +34,7 @@ def find_frozen_engines(
     """(statistics engine, tile engine) paths of ``model_dir`` that fit this machine; the
     statistics engine's profile must hold every (H, W) of ``frames`` (padded to the model's size
     multiple here). InputError with the build command when there is none."""
-    from cyclesr_deploy.engines.select import find_engine
+    from cyclesr_deploy.engines.tensorrt_load import find_engine
 
     model_dir = Path(model_dir)
     m = load_model(model_dir).size_multiple

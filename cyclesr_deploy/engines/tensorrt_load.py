@@ -14,20 +14,25 @@ import hashlib
 import logging
 import platform
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cyclesr_deploy.engines.trt_config import (
     EngineMismatchError,
+    EngineSidecar,
     GpuFacts,
     check_sidecar,
+    list_engines,
     read_sidecar,
     rebuild_command,
     sha256_file,
+    sidecar_differences,
     sidecar_path,
 )
 from cyclesr_deploy.errors import InputError, require
-from cyclesr_deploy.model import ENGINES_DIR
+from cyclesr_deploy.model import ENGINES_DIR, FROZEN_ONNX
 
 log = logging.getLogger("cyclesr_deploy.tensorrt")
 
@@ -159,3 +164,76 @@ def load_engine(
             ["deserialize"],
         )
     return engine
+
+
+# --- which engine ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """An engine in ``MODEL_DIR/engines`` that fits this machine."""
+
+    engine_path: Path
+    sidecar: EngineSidecar
+
+
+def generator_engines(
+    model_dir: str | Path, graph: str | None = None
+) -> list[tuple[Path, EngineSidecar]]:
+    """:func:`list_engines` of ``model_dir`` built from ONNX file ``graph``; by default the
+    generator's own engines (not those of the frozen-statistics graphs, which take two inputs)."""
+    frozen = set(FROZEN_ONNX.values())
+    return [
+        (p, s)
+        for p, s in list_engines(model_dir)
+        if (s.onnx_file == graph if graph is not None else s.onnx_file not in frozen)
+    ]
+
+
+def find_engine(
+    model_dir: str | Path,
+    *,
+    precision: str | None = None,
+    device_id: int = 0,
+    graph: str | None = None,
+    accept: Callable[[EngineSidecar], bool] | None = None,
+) -> EngineChoice:
+    """The newest engine in ``model_dir/engines`` whose sidecar fits this machine (GPU model,
+    TensorRT version, OS) and the folder's current ONNX; fp16 before fp32 unless ``precision``
+    ("fp16"/"fp32") restricts it; ``graph``: built from that ONNX file (default: the generator's
+    own, see :func:`generator_engines`); ``accept``: only sidecars it accepts (e.g. a profile
+    that holds a frame size). InputError when there is none; EngineMismatchError, naming each
+    engine's differences and the rebuild command, when none fits."""
+    model_dir = Path(model_dir)
+    build_hint = f"cyclesr export tensorrt {model_dir}"
+    found = [(p, s) for p, s in generator_engines(model_dir, graph) if accept is None or accept(s)]
+    if not found:
+        raise InputError(
+            f"no TensorRT engine in {model_dir / ENGINES_DIR}; build one with: {build_hint}"
+        )
+    wanted = [(p, s) for p, s in found if precision in (None, "auto", s.precision)]
+    if not wanted:
+        have = sorted({s.precision for _, s in found})
+        raise InputError(
+            f"no {precision} TensorRT engine in {model_dir / ENGINES_DIR} (found: "
+            f"{', '.join(have)}); build one with: {build_hint} --precision {precision}"
+        )
+    wanted.sort(key=lambda item: item[1].precision != "fp16")  # stable: newest first within
+    facts = gpu_facts(device_id)
+    shas: dict[str, str | None] = {}
+    problems: list[str] = []
+    for path, sidecar in wanted:
+        if sidecar.onnx_file not in shas:
+            onnx = model_dir / sidecar.onnx_file
+            shas[sidecar.onnx_file] = sha256_file(onnx) if onnx.is_file() else None
+        diffs = sidecar_differences(sidecar, facts, shas[sidecar.onnx_file])
+        if not diffs:
+            return EngineChoice(path, sidecar)
+        problems.append(f"{path.name}: {'; '.join(diffs)}")
+    newest = wanted[0][1]
+    raise EngineMismatchError(
+        f"no TensorRT engine in {model_dir / ENGINES_DIR} fits this machine "
+        f"({facts.describe()}):\n  - " + "\n  - ".join(problems) + "\nRebuild one here with: "
+        f"{rebuild_command(model_dir, newest.build)}",
+        problems,
+    )

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import tifffile
 
+from cyclesr_deploy.model import FROZEN_ONNX, WEIGHTS
+
 pytest.importorskip("torch")
 pytest.importorskip("onnxscript")
 pytest.importorskip("onnxruntime")
@@ -76,9 +78,9 @@ def test_check_writes_a_record_tied_to_the_files(folder):
     psnr = record["psnr_db"]
     assert psnr == min(c["psnr_db"] for c in checks) and psnr > 0
     assert record["choice"] == ("crops" if psnr >= CHECK_MIN_PSNR_DB else "whole")
-    files = {"generator_ab.pt", "generator.stats.onnx", "generator.tile.onnx"}
+    files = {WEIGHTS["ab"], FROZEN_ONNX["stats"], FROZEN_ONNX["tile"]}
     assert set(record["files"]) == files
-    assert record["files"]["generator_ab.pt"] == file_digest(folder / "generator_ab.pt")[1]
+    assert record["files"][WEIGHTS["ab"]] == file_digest(folder / WEIGHTS["ab"])[1]
     assert estimate_for_model(folder).estimate == record["choice"]
     assert not list(folder.glob("*.part*"))  # written atomically
 

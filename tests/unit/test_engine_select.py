@@ -30,7 +30,16 @@ from cyclesr_deploy.engines.onnxruntime_engine import (
 from cyclesr_deploy.engines.trt_config import TensorRTBuildConfig
 from cyclesr_deploy.errors import InputError, MissingExtraError
 from cyclesr_deploy.export import tensorrt_build as tb
-from cyclesr_deploy.model import GeneratorConfig, ModelConfig, save_model_config
+from cyclesr_deploy.model import (
+    ENGINES_DIR,
+    ONNX_FILES,
+    ONNX_FP16,
+    ORT_TRT_CACHE,
+    WEIGHTS,
+    GeneratorConfig,
+    ModelConfig,
+    save_model_config,
+)
 from cyclesr_deploy.onnx_metadata import OnnxMetadata
 from tests.fakes import (
     analytic_generator,
@@ -48,9 +57,9 @@ def model_dir(tmp_path):
     """A model folder with placeholder artifacts (ONNX files are fake-TensorRT text)."""
     folder = tmp_path / "model"
     save_model_config(folder, ModelConfig(generator=GeneratorConfig(ngf=8, n_blocks=1)))
-    (folder / "generator.onnx").write_text("fake-onnx fp32", encoding="utf-8")
-    (folder / "generator.fp16.onnx").write_text("fake-onnx fp16", encoding="utf-8")
-    (folder / "generator_ab.pt").write_bytes(b"weights")
+    (folder / ONNX_FILES["ab"]).write_text("fake-onnx fp32", encoding="utf-8")
+    (folder / ONNX_FP16).write_text("fake-onnx fp16", encoding="utf-8")
+    (folder / WEIGHTS["ab"]).write_bytes(b"weights")
     return folder
 
 
@@ -189,7 +198,7 @@ def test_mismatching_sidecar_is_rejected_with_rebuild_hint(gpu_machine, model_di
     assert f"cyclesr export tensorrt {model_dir} --tile 128 --batch 2" in why
     assert engine.selection.backend == "onnxruntime"
     assert engine.requested == [TRT_EP, CUDA_EP, CPU_EP]
-    assert engine.precision == "fp16" and engine.onnx_path.name == "generator.fp16.onnx"
+    assert engine.precision == "fp16" and engine.onnx_path.name == ONNX_FP16
 
 
 def test_engine_of_other_precision_only(gpu_machine, model_dir):
@@ -249,7 +258,7 @@ def test_torch_cpu_when_onnxruntime_is_missing(machine, model_dir):
 
 
 def test_onnxruntime_cpu_without_onnx_falls_to_torch(machine, model_dir):
-    (model_dir / "generator.onnx").unlink()
+    (model_dir / ONNX_FILES["ab"]).unlink()
     engine = open_engine(model_dir)
     assert engine.selection.backend == "torch"
     assert dict(engine.selection.rejected)["onnxruntime-cpu"] == (
@@ -284,7 +293,7 @@ def test_selection_describe():
 
 def test_explicit_backends(machine, model_dir):
     ort_engine = open_engine(model_dir, "onnxruntime", precision="fp16", threads=1)
-    assert ort_engine.onnx_path.name == "generator.fp16.onnx" and ort_engine.threads == 1
+    assert ort_engine.onnx_path.name == ONNX_FP16 and ort_engine.threads == 1
     assert ort_engine.selection.reason.startswith("requested (backend='onnxruntime')")
     torch_engine = open_engine(model_dir, "torch", compile=True)
     assert torch_engine.name == "torch[cpu,compiled]" and torch_engine.compile_mode == "default"
@@ -331,7 +340,7 @@ def test_onnxruntime_cpu_build_asked_for_cuda(machine, model_dir):
 
 
 def test_missing_onnx_says_to_export(machine, model_dir):
-    (model_dir / "generator.onnx").unlink()
+    (model_dir / ONNX_FILES["ab"]).unlink()
     with pytest.raises(InputError, match=r"cyclesr export onnx"):
         open_engine(model_dir, "onnxruntime")
 
@@ -342,7 +351,7 @@ def test_tensorrt_on_cpu_is_a_contradiction(machine, model_dir):
 
 
 def test_torch_without_weights(machine, model_dir):
-    (model_dir / "generator_ab.pt").unlink()
+    (model_dir / WEIGHTS["ab"]).unlink()
     with pytest.raises(InputError, match=r"generator_ab\.pt"):
         open_engine(model_dir, "torch")
 
@@ -411,7 +420,7 @@ def test_tensorrt_ep_options(model_dir, monkeypatch):
     session = ort.state.sessions[-1]
     (trt_name, trt_opts), (cuda_name, cuda_opts), (cpu_name, _) = session.requested
     assert (trt_name, cuda_name, cpu_name) == (TRT_EP, CUDA_EP, CPU_EP)
-    cache = model_dir / "engines" / "onnxruntime-trt"
+    cache = model_dir / ENGINES_DIR / ORT_TRT_CACHE
     assert trt_opts["trt_engine_cache_enable"] is True
     assert trt_opts["trt_engine_cache_path"] == str(cache) and cache.is_dir()
     assert trt_opts["trt_fp16_enable"] is True and trt_opts["trt_timing_cache_enable"] is True

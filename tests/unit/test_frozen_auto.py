@@ -16,16 +16,16 @@ from cyclesr_deploy.engines.frozen_stats import (
     estimate_for_model,
 )
 from cyclesr_deploy.errors import InputError
-from cyclesr_deploy.model import FROZEN_CHECK
+from cyclesr_deploy.model import FROZEN_CHECK, FROZEN_ONNX, WEIGHTS
 
 
 def _folder(tmp_path, psnr=40.0, weights=b"weights", sha=None, graph=None):
     """A folder with weights (and optionally a stats graph) and a check record of ``psnr``."""
-    (tmp_path / "generator_ab.pt").write_bytes(weights)
-    files = {"generator_ab.pt": sha or hashlib.sha256(weights).hexdigest()}
+    (tmp_path / WEIGHTS["ab"]).write_bytes(weights)
+    files = {WEIGHTS["ab"]: sha or hashlib.sha256(weights).hexdigest()}
     if graph is not None:
-        (tmp_path / "generator.stats.onnx").write_bytes(graph)
-        files["generator.stats.onnx"] = hashlib.sha256(graph).hexdigest()
+        (tmp_path / FROZEN_ONNX["stats"]).write_bytes(graph)
+        files[FROZEN_ONNX["stats"]] = hashlib.sha256(graph).hexdigest()
     record = {
         "schema_version": "1",
         "choice": "crops",  # informative only: the runtime re-applies its threshold
@@ -69,13 +69,13 @@ def test_a_record_for_other_weights_is_ignored_with_a_warning(tmp_path):
 def test_every_file_present_is_compared(tmp_path):
     folder = _folder(tmp_path, 40.0, graph=b"graph")
     assert estimate_for_model(folder).estimate == "whole"
-    (folder / "generator.stats.onnx").write_bytes(b"re-exported graph")
+    (folder / FROZEN_ONNX["stats"]).write_bytes(b"re-exported graph")
     got = estimate_for_model(folder)
     assert (got.estimate, got.warn) == ("crops", True)
-    assert "generator.stats.onnx" in got.reason
-    (folder / "generator.stats.onnx").unlink()  # an ONNX-less folder: the weights still match
+    assert FROZEN_ONNX["stats"] in got.reason
+    (folder / FROZEN_ONNX["stats"]).unlink()  # an ONNX-less folder: the weights still match
     assert estimate_for_model(folder).estimate == "whole"
-    (folder / "generator_ab.pt").unlink()  # nothing left to compare: not trusted
+    (folder / WEIGHTS["ab"]).unlink()  # nothing left to compare: not trusted
     got = estimate_for_model(folder)
     assert (got.estimate, got.warn) == ("crops", True)
     assert "none of its files" in got.reason

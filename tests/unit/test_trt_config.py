@@ -37,7 +37,7 @@ from cyclesr_deploy.engines.trt_config import (
     write_sidecar,
 )
 from cyclesr_deploy.errors import InputError
-from cyclesr_deploy.model import ONNX_BY_PRECISION
+from cyclesr_deploy.model import ENGINES_DIR, ONNX_BY_PRECISION
 
 A4000 = GpuFacts(
     name="NVIDIA RTX A4000",
@@ -302,7 +302,7 @@ def test_driver_major_falls_back_to_cuda_driver_version():
 def test_engine_paths_and_names(tmp_path):
     key = cache_key(ONNX_SHA, cfg(), A4000)
     engine, side = engine_paths(tmp_path, key, A4000)
-    assert engine.parent == tmp_path / "engines"
+    assert engine.parent == tmp_path / ENGINES_DIR
     assert engine.name == f"nvidia-rtx-a4000-trt10.13.0-{key[:12]}.engine"
     assert side == engine.with_name(engine.name.replace(".engine", ".json"))
     assert sidecar_path(engine) == side
@@ -411,7 +411,7 @@ def test_rebuild_command_spells_out_non_default_settings():
 
 
 def test_list_engines_skips_broken_entries(tmp_path):
-    folder = tmp_path / "engines"
+    folder = tmp_path / ENGINES_DIR
     folder.mkdir()
     old = make_sidecar(engine_file="old.engine", created="2026-01-01T00:00:00+00:00")
     new = make_sidecar(engine_file="new.engine", created="2026-06-01T00:00:00+00:00")
