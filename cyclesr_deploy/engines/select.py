@@ -35,11 +35,12 @@ import importlib.util
 import inspect
 import logging
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from cyclesr_deploy.engines.base import Engine
+from cyclesr_deploy.engines.frozen_policy import FrameShapes, choose_frozen
 from cyclesr_deploy.engines.tensorrt_load import find_engine, generator_engines
 from cyclesr_deploy.errors import InputError, MissingExtraError, require
 from cyclesr_deploy.model import ONNX_BY_PRECISION, WEIGHTS, load_model
@@ -59,20 +60,27 @@ AUTO_ORDER: tuple[str, ...] = (
     "torch-cpu",
 )
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+GPU_LABELS = AUTO_ORDER[:3]  # the candidates that run on a GPU
 
 
 @dataclass(frozen=True)
 class Selection:
     """Why this engine: ``backend`` (``tensorrt``/``onnxruntime``/``torch``), ``reason`` (one
-    line), ``rejected``: (candidate, why not) for each candidate tried before it."""
+    line), ``rejected``: (candidate, why not) for each candidate tried before it (frozen-
+    statistics candidates ``tensorrt-frozen``/``onnxruntime-frozen`` included); ``frozen``:
+    for a tiled run, why the engine does or does not freeze InstanceNorm statistics;
+    ``warnings``: what the user should hear (a requested frozen engine that is not usable)."""
 
     backend: str
     reason: str
     rejected: list[tuple[str, str]] = field(default_factory=list)
+    frozen: str = ""
+    warnings: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
         """Several lines: the choice, then one line per rejected candidate."""
         lines = [f"{self.backend}: {self.reason}"]
+        lines += [f"  frozen statistics: {self.frozen}"] if self.frozen else []
         lines += [f"  not {label}: {why}" for label, why in self.rejected]
         return "\n".join(lines)
 
@@ -212,6 +220,9 @@ def open_engine(
     device: Literal["auto", "cpu", "cuda"] = "auto",
     device_id: int = 0,
     threads: int | None = None,
+    tiling: Literal["none", "auto", "frozen", "naive"] = "none",
+    stats: Literal["auto", "whole", "crops"] = "auto",
+    frames: FrameShapes = (),
     **options: Any,
 ) -> Engine:
     """The engine for ``model_dir``, not yet opened: use it as ``with open_engine(d) as e``.
@@ -228,6 +239,15 @@ def open_engine(
             ``io_binding``, ``options``; ``TorchEngine``: ``channels_last``, ``compile``;
             ``TensorRTEngine``: ``check``). With ``"auto"``, those the chosen engine does not
             take are ignored; a name no engine takes is a TypeError.
+        tiling: the run's tiling mode (``EnhanceConfig.tiling_mode``) for a tiled run;
+            ``"none"`` (default; pass it for untiled runs, tile 0 with tiling auto) gives the
+            plain engine. ``"frozen"`` gives a frozen-statistics engine
+            (:class:`~cyclesr_deploy.engines.base.FrozenStatsEngine`) or an error;
+            ``"auto"`` one where the policy of :mod:`cyclesr_deploy.engines.frozen_policy`
+            says so (probed, nothing opened); ``"naive"`` the plain engine.
+        stats: the frozen engines' statistics estimate (``EnhanceConfig.stats``).
+        frames: the (H, W) sizes of the frames to come, or a function giving them (called
+            only if a TensorRT statistics engine is considered: it must hold them all).
 
     The returned engine has ``selection``: a :class:`Selection`. Errors: InputError (bad
     folder, unknown backend, missing artifact: the message names the export command),
@@ -241,21 +261,81 @@ def open_engine(
     if device not in DEVICES:
         raise InputError(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
     model_dir = Path(model_dir)
-    load_model(model_dir)  # a clear error for a folder that is not a model
+    model = load_model(model_dir)  # a clear error for a folder that is not a model
     known = set().union(*(_accepted(c) for c in _engine_classes().values()))
     unknown = sorted(set(options) - known)
     if unknown:
         raise TypeError(f"open_engine() got unexpected option(s): {', '.join(unknown)}")
     probe = _Probe(model_dir, device_id)
     common = {"device_id": device_id, "threads": threads}
-    if backend == "auto":
-        engine, selection = _auto(probe, precision, device, common, options)
+    plans: list[_Plan] = []
+
+    def plan() -> _Plan:
+        if not plans:
+            plans.append(_plan_auto(probe, precision, device, common))
+        return plans[0]
+
+    frozen = choose_frozen(
+        model_dir,
+        model,
+        backend=backend,
+        precision=precision,
+        tiling=tiling,
+        stats=stats,
+        frames=frames,
+        threads=threads,
+        gpu_plan=lambda: plan().on_gpu,
+        tensorrt_installed=lambda: module_available("tensorrt"),
+        no_cuda=probe.no_cuda,
+    )
+    for warning in frozen.warnings:  # before the plain engine, which may fail
+        log.warning("frozen statistics: %s", warning)
+    if frozen.engine is not None:
+        engine = frozen.engine
+        backend_name = str(engine.name).split("[")[0]
+        selection = Selection(
+            backend_name, frozen.reason, frozen.rejected, frozen.reason, frozen.warnings
+        )
     else:
-        engine = _explicit(backend, probe, precision, device, common, options)
-        selection = Selection(backend, f"requested (backend={backend!r}): {engine.name}")
+        if backend == "auto":
+            engine = _create(plan().backend, plan().args, options, strict=False)
+            selection = plan().selection
+        else:
+            engine = _explicit(backend, probe, precision, device, common, options)
+            selection = Selection(backend, f"requested (backend={backend!r}): {engine.name}")
+        if tiling != "none":
+            selection = replace(
+                selection,
+                rejected=[*frozen.rejected, *selection.rejected],
+                frozen=frozen.reason,
+                warnings=frozen.warnings,
+            )
     engine.selection = selection
     log.info("engine for %s: %s", model_dir, selection.describe())
     return engine
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The auto order's choice before anything is created: its candidate ``label`` (one of
+    :data:`AUTO_ORDER`), the engine's constructor ``args``, why, and the candidates before."""
+
+    label: str
+    args: dict[str, Any]
+    reason: str
+    rejected: list[tuple[str, str]]
+
+    @property
+    def backend(self) -> str:
+        return self.label.split("-")[0]
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.label in GPU_LABELS
+
+    @property
+    def selection(self) -> Selection:
+        return Selection(self.backend, self.reason, self.rejected)
 
 
 def _create(backend: str, args: dict[str, Any], options: dict[str, Any], strict: bool) -> Any:
@@ -310,13 +390,8 @@ def _explicit(
     return _create("torch", args, options, strict=True)
 
 
-def _auto(
-    probe: _Probe,
-    precision: str,
-    device: str,
-    common: dict[str, Any],
-    options: dict[str, Any],
-) -> tuple[Any, Selection]:
+def _plan_auto(probe: _Probe, precision: str, device: str, common: dict[str, Any]) -> _Plan:
+    """The first usable candidate of the auto order (probed, nothing created)."""
     model_dir = probe.model_dir
     rejected: list[tuple[str, str]] = []
     gpu_ok = device in ("auto", "cuda")
@@ -336,9 +411,8 @@ def _auto(
             why = _one_line(exc)
         else:
             args = {"path": choice.engine_path, "device_id": common["device_id"]}
-            engine = _create("tensorrt", args, options, strict=False)
             reason = f"{choice.engine_path.name} fits this GPU ({choice.sidecar.describe()})"
-            return engine, Selection("tensorrt", reason, rejected)
+            return _Plan("tensorrt", args, reason, rejected)
     rejected.append(("tensorrt", why))
 
     # 2. ONNX Runtime on the GPU (TensorRT EP, CUDA EP)
@@ -349,9 +423,8 @@ def _auto(
         assert probe.ort_providers is not None
         gpu = [p for p in GPU_PROVIDERS if p in probe.ort_providers]
         args = {"path": model_dir, "precision": prec, "providers": "cuda", **common}
-        engine = _create("onnxruntime", args, options, strict=False)
         reason = f"ONNX Runtime with {' > '.join(gpu)} ({prec})"
-        return engine, Selection("onnxruntime", reason, rejected)
+        return _Plan("onnxruntime-gpu", args, reason, rejected)
     rejected.append(("onnxruntime-gpu", why))
 
     # 3. PyTorch on the GPU
@@ -359,8 +432,7 @@ def _auto(
     if why is None:
         prec = "fp16" if precision == "auto" else precision
         args = {"path": model_dir, "device": "cuda", "precision": prec, **common}
-        engine = _create("torch", args, options, strict=False)
-        return engine, Selection("torch", f"PyTorch on CUDA ({prec})", rejected)
+        return _Plan("torch-cuda", args, f"PyTorch on CUDA ({prec})", rejected)
     rejected.append(("torch-cuda", why))
 
     # 4. ONNX Runtime on the CPU
@@ -371,9 +443,8 @@ def _auto(
     why = why or probe.onnx_missing(prec)
     if why is None:
         args = {"path": model_dir, "precision": prec, "providers": "cpu", **common}
-        engine = _create("onnxruntime", args, options, strict=False)
         reason = f"ONNX Runtime on CPUExecutionProvider ({prec}): no GPU backend usable"
-        return engine, Selection("onnxruntime", reason, rejected)
+        return _Plan("onnxruntime-cpu", args, reason, rejected)
     rejected.append(("onnxruntime-cpu", why))
 
     # 5. PyTorch on the CPU
@@ -385,9 +456,8 @@ def _auto(
         why = "fp16 needs a CUDA device"
     if why is None:
         args = {"path": model_dir, "device": "cpu", "precision": "fp32", **common}
-        engine = _create("torch", args, options, strict=False)
         reason = "PyTorch on the CPU (fp32): no GPU backend and no ONNX Runtime usable"
-        return engine, Selection("torch", reason, rejected)
+        return _Plan("torch-cpu", args, reason, rejected)
     rejected.append(("torch-cpu", why))
 
     lines = "\n".join(f"  - {label}: {why}" for label, why in rejected)

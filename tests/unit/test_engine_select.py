@@ -32,6 +32,7 @@ from cyclesr_deploy.errors import InputError, MissingExtraError
 from cyclesr_deploy.export import tensorrt_build as tb
 from cyclesr_deploy.model import (
     ENGINES_DIR,
+    FROZEN_ONNX,
     ONNX_FILES,
     ONNX_FP16,
     ORT_TRT_CACHE,
@@ -499,3 +500,95 @@ def test_onnxruntime_engine_argument_errors(model_dir, monkeypatch):
     engine = OnnxRuntimeEngine(model_dir)
     with pytest.raises(RuntimeError, match="closed"):
         engine.infer(np.zeros((1, 1, 8, 8), np.float32))
+
+
+# --- the frozen-statistics choice (open_engine(..., tiling=...)) ------------------------------
+
+
+@pytest.fixture
+def frozen_dir(model_dir):
+    """``model_dir`` with the two frozen-statistics graphs (placeholders)."""
+    for name in FROZEN_ONNX.values():
+        (model_dir / name).write_text("fake-onnx fp32 frozen", encoding="utf-8")
+    return model_dir
+
+
+@pytest.fixture
+def never_opened(monkeypatch):
+    """The policy probes: no engine may be opened while choosing."""
+    from cyclesr_deploy.engines.frozen import OnnxFrozenEngine
+
+    def refuse(self):
+        raise AssertionError(f"{type(self).__name__} opened while choosing")
+
+    monkeypatch.setattr(OnnxRuntimeEngine, "open", refuse)
+    monkeypatch.setattr(OnnxFrozenEngine, "open", refuse)
+
+
+def test_untiled_and_naive_runs_get_the_plain_engine(machine, frozen_dir, never_opened):
+    plain = open_engine(frozen_dir)
+    assert isinstance(plain, OnnxRuntimeEngine) and plain.selection.frozen == ""
+    naive = open_engine(frozen_dir, tiling="naive")
+    assert isinstance(naive, OnnxRuntimeEngine)
+    assert "naive" in naive.selection.frozen and not naive.selection.warnings
+
+
+def test_tiled_cpu_run_gets_the_onnx_frozen_engine(machine, frozen_dir, never_opened):
+    from cyclesr_deploy.engines import FrozenStatsEngine
+    from cyclesr_deploy.engines.frozen import OnnxFrozenEngine
+
+    calls = []
+    engine = open_engine(frozen_dir, tiling="auto", stats="whole", frames=lambda: calls.append(1))
+    assert isinstance(engine, OnnxFrozenEngine) and isinstance(engine, FrozenStatsEngine)
+    assert engine.stats == "whole"
+    assert engine.selection.backend == "onnxruntime"
+    assert "frozen" in engine.selection.frozen
+    assert ("tensorrt-frozen", "TensorRT not installed") in engine.selection.rejected
+    assert calls == []  # frame shapes are read only when a TensorRT engine is considered
+
+
+def test_a_gpu_engine_beats_cpu_frozen_statistics(machine, frozen_dir, never_opened, monkeypatch):
+    machine.cuda = 1
+    install_fake_ort(monkeypatch, [CUDA_EP, CPU_EP])
+    engine = open_engine(frozen_dir, tiling="auto")
+    assert isinstance(engine, OnnxRuntimeEngine) and "CUDAExecutionProvider" in engine.requested
+    assert "GPU engine" in engine.selection.frozen
+    # an explicit ONNX Runtime backend keeps the CPU frozen engine (as before)
+    explicit = open_engine(frozen_dir, "onnxruntime", tiling="auto")
+    assert "frozen" in explicit.name
+
+
+def test_missing_graphs_fall_back_with_a_warning_only_when_asked_for(
+    machine, model_dir, never_opened
+):
+    auto = open_engine(model_dir, tiling="auto")
+    assert isinstance(auto, OnnxRuntimeEngine) and not auto.selection.warnings
+    assert "onnxruntime-frozen" in labels(auto)
+    explicit = open_engine(model_dir, "onnxruntime", tiling="auto")
+    (warning,) = explicit.selection.warnings
+    assert f"cyclesr export onnx {model_dir} --overwrite" in warning
+
+
+def test_no_instance_norm_never_freezes(machine, tmp_path, never_opened):
+    folder = tmp_path / "plain"
+    save_model_config(
+        folder, ModelConfig(generator=GeneratorConfig(ngf=8, n_blocks=1, norm="none"))
+    )
+    (folder / ONNX_FILES["ab"]).write_text("fake-onnx fp32", encoding="utf-8")
+    for name in FROZEN_ONNX.values():
+        (folder / name).write_text("fake-onnx fp32 frozen", encoding="utf-8")
+    for tiling in ("auto", "frozen"):
+        engine = open_engine(folder, tiling=tiling)
+        assert isinstance(engine, OnnxRuntimeEngine)
+        assert "InstanceNorm" in engine.selection.frozen
+
+
+def test_tiling_frozen_requires_a_frozen_engine(machine, frozen_dir, never_opened):
+    from cyclesr_deploy.engines.frozen import OnnxFrozenEngine
+
+    assert isinstance(open_engine(frozen_dir, tiling="frozen"), OnnxFrozenEngine)
+    (frozen_dir / FROZEN_ONNX["tile"]).unlink()
+    with pytest.raises(InputError, match=FROZEN_ONNX["tile"].split(".")[1]):
+        open_engine(frozen_dir, "onnxruntime", tiling="frozen")
+    with pytest.raises(InputError, match="tiling must be one of"):
+        open_engine(frozen_dir, tiling="tiles")

@@ -173,44 +173,43 @@ def test_export_cli_builds_the_frozen_engines(trt, tmp_path):
     assert res.exit_code == 2 and "FP32" in res.output
 
 
-def test_enhance_auto_prefers_the_tensorrt_frozen_engines(trt, tmp_path):
-    from cyclesr_deploy.cli.enhance import _frozen_engine
+@pytest.fixture
+def one_gpu(monkeypatch):
+    """open_engine's probes see one CUDA device and TensorRT installed."""
+    from cyclesr_deploy.engines import select as sel
+
+    monkeypatch.setattr(sel, "cuda_device_count", lambda: 1)
+    monkeypatch.setattr(sel, "module_available", lambda name: name != "torch")
+
+
+def test_enhance_auto_prefers_the_tensorrt_frozen_engines(trt, one_gpu, tmp_path):
+    from cyclesr_deploy.engines import open_engine
     from cyclesr_deploy.engines.frozen import open_frozen_engine
-    from cyclesr_deploy.model import load_model
-    from cyclesr_deploy.pipeline import EnhanceConfig
 
     folder = model_folder(tmp_path)
-    model = load_model(folder)
-    cfg = EnhanceConfig(tile=64, whole_max_px=0)
-    assert _frozen_engine(folder, model, cfg, "tensorrt", "auto") is None  # none built yet
+    with pytest.raises(InputError, match="no TensorRT engine"):  # none built yet
+        open_engine(folder, "tensorrt", tiling="auto")
     frozen_engines_from_onnx(folder, (128, 128), CFG)
-    engine = _frozen_engine(folder, model, cfg, "auto", "auto")
+    engine = open_engine(folder, tiling="auto")
     assert isinstance(engine, TensorRTFrozenEngine)
+    assert engine.selection.backend == "tensorrt" and "TensorRT" in engine.selection.frozen
     assert isinstance(open_frozen_engine(folder, "tensorrt"), TensorRTFrozenEngine)
     with pytest.raises(InputError, match="fp32 only"):
         open_frozen_engine(folder, "tensorrt", precision="fp16")
 
 
-def test_enhance_falls_back_when_no_statistics_engine_holds_the_inputs(trt, tmp_path, capsys):
-    import tifffile
-
-    from cyclesr_deploy.cli.enhance import _frozen_engine
-    from cyclesr_deploy.model import load_model
-    from cyclesr_deploy.pipeline import EnhanceConfig
+def test_enhance_falls_back_when_no_statistics_engine_holds_the_inputs(
+    trt, one_gpu, tmp_path, caplog
+):
+    from cyclesr_deploy.engines import open_engine
 
     folder = model_folder(tmp_path)
     frozen_engines_from_onnx(folder, (128, 128), CFG)  # static 128 x 128 statistics engine
-    small = tmp_path / "in" / "small.tif"
-    small.parent.mkdir()
-    tifffile.imwrite(small, np.zeros((2, 94, 96), np.uint16))  # pads to 96 x 96
-    cfg = EnhanceConfig(tile=64, whole_max_px=0)
-    model = load_model(folder)
-    other = _frozen_engine(folder, model, cfg, "auto", "auto", [small])
+    other = open_engine(folder, tiling="auto", frames=[(96, 96)])
     assert not isinstance(other, TensorRTFrozenEngine)  # ONNX Runtime's frozen engine instead
-    assert _frozen_engine(folder, model, cfg, "tensorrt", "auto", [small]) is None
-    assert "--frame 96 96" in " ".join(capsys.readouterr().err.split())  # says how to build
-    big = tmp_path / "in" / "big.tif"
-    tifffile.imwrite(big, np.zeros((126, 128), np.uint16))  # pads to 128 x 128
-    engine = _frozen_engine(folder, model, cfg, "auto", "auto", [big])
+    assert "frozen" in other.name and not other.selection.warnings
+    with pytest.raises(InputError, match="no TensorRT engine"):  # no plain engine either
+        open_engine(folder, "tensorrt", tiling="auto", frames=lambda: [(96, 96)])
+    assert "--frame 96 96" in " ".join(caplog.text.split())  # the warning says how to build
+    engine = open_engine(folder, tiling="auto", frames=[(128, 128)])
     assert isinstance(engine, TensorRTFrozenEngine)
-    engine.close()
