@@ -99,15 +99,23 @@ class DigestCache:
     def _location(self, own: Path) -> Path:
         if os.access(self.folder, os.W_OK) and (not own.exists() or os.access(own, os.W_OK)):
             return own
+        return self._user_location()
+
+    def _user_location(self) -> Path:
         key = hashlib.sha256(str(self.folder.resolve()).encode("utf-8")).hexdigest()[:20]
         return user_cache_dir() / "digests" / f"{key}.json"
 
     def _read(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-            return dict(data) if isinstance(data, dict) else {}
-        except (OSError, ValueError):
-            return {}
+        """Entries of the cache file, and of the user cache's when :meth:`save` had to fall
+        back to it (entries are checked by size and mtime_ns before use)."""
+        entries: dict[str, Any] = {}
+        for path in dict.fromkeys([self._user_location(), self.path]):
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            entries.update(data if isinstance(data, dict) else {})
+        return entries
 
     def digest(self, path: Path) -> str:
         """sha256 of ``path`` (inside the folder), from the cache when its size and mtime_ns
@@ -135,18 +143,23 @@ class DigestCache:
         return sha
 
     def save(self) -> None:
-        """Write the cache atomically when it changed; failures are logged, never raised."""
+        """Write the cache atomically when it changed: in the model folder, else (read-only
+        media, where ``os.access`` could not tell) in the user cache folder; failures are
+        logged, never raised."""
         if not self.dirty:
             return
-        try:
-            from cyclesr_deploy.io import atomic_path
+        from cyclesr_deploy.io import atomic_path
 
-            text = json.dumps(self.entries, indent=1, sort_keys=True) + "\n"
-            with atomic_path(self.path) as part:
-                part.write_text(text, encoding="utf-8")
-            self.dirty = False
-        except Exception as exc:  # read-only media, races with another run: only slower
-            log.debug("digest cache %s not written (%s)", self.path, exc)
+        text = json.dumps(self.entries, indent=1, sort_keys=True) + "\n"
+        for path in dict.fromkeys([self.path, self._user_location()]):
+            try:
+                with atomic_path(path) as part:
+                    part.write_text(text, encoding="utf-8")
+            except Exception as exc:  # read-only, a race with another run: only slower
+                log.debug("digest cache %s not written (%s)", path, exc)
+            else:
+                self.dirty = False
+                return
 
 
 def verify_artifacts(folder: ModelFolder, files: Iterable[str | Path]) -> None:

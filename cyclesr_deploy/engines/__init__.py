@@ -1,7 +1,7 @@
 """Inference engines: one module per backend, one entry point.
 
     from cyclesr_deploy.engines import open_engine, check_batch_shape
-    with open_engine("my-model") as engine:          # backend="auto"
+    with open_engine("my-model") as engine:          # backend="auto"; tiled runs: tiling=
         print(engine.name, engine.selection)         # what runs, and why
         check_batch_shape(engine.input_spec, batch.shape)   # once per shape
         out = engine.infer(batch)                    # may be reused by the next call

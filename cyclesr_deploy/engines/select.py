@@ -21,6 +21,12 @@ cyclesr engine instead (step 1), or pass ``providers=["CUDAExecutionProvider"]``
 profiles through ``options={"TensorrtExecutionProvider": {"trt_profile_min_shapes": ...}}``.
 Which provider a session really uses is only known once it is open: see ``engine.name``.
 
+Tiled runs of InstanceNorm generators: ``open_engine(..., tiling="auto"|"frozen")`` returns the
+frozen-statistics engine the run needs where the policy of
+:mod:`cyclesr_deploy.engines.frozen_policy` says so (decided by probing, nothing opened), and
+``selection.frozen`` says why or why not. Every artifact an engine opens is checked against
+``export.json`` first (:meth:`cyclesr_deploy.model.ModelFolder.verify`).
+
 ``precision="auto"``: FP16 where the engine runs on a GPU (TensorRT: an fp16 engine before an
 fp32 one; ONNX Runtime: ``generator.fp16.onnx`` when exported; PyTorch: FP16 with FP32
 InstanceNorm), FP32 on the CPU.

@@ -81,7 +81,7 @@ def tiles(shape, seed=0) -> np.ndarray:
 
 
 def test_gpu_facts_describe_this_machine(trt):
-    from cyclesr_deploy.export.tensorrt_build import gpu_facts
+    from cyclesr_deploy.engines.tensorrt_load import gpu_facts
 
     facts = gpu_facts()
     assert facts.name and facts.trt_version == trt.__version__
@@ -90,7 +90,8 @@ def test_gpu_facts_describe_this_machine(trt):
 
 
 def test_fp32_engine_matches_onnxruntime(trt, model_dir, tmp_path):
-    from cyclesr_deploy.export.tensorrt_build import engine_from_onnx, load_engine
+    from cyclesr_deploy.engines.tensorrt_load import load_engine
+    from cyclesr_deploy.export.tensorrt_build import engine_from_onnx
 
     built = engine_from_onnx(model_dir, build_cfg(tmp_path, precision="fp32", tile=64, batch=2))
     assert not built.skipped and built.engine_path.stat().st_size > 0
@@ -103,7 +104,8 @@ def test_fp32_engine_matches_onnxruntime(trt, model_dir, tmp_path):
 
 
 def test_fp16_engine_matches_onnxruntime_and_is_cached(trt, model_dir, fp16_onnx, tmp_path):
-    from cyclesr_deploy.export.tensorrt_build import engine_from_onnx, load_engine
+    from cyclesr_deploy.engines.tensorrt_load import load_engine
+    from cyclesr_deploy.export.tensorrt_build import engine_from_onnx
 
     settings = build_cfg(tmp_path, precision="fp16", tile=64, batch=2)
     built = engine_from_onnx(model_dir, settings)
@@ -119,7 +121,8 @@ def test_fp16_engine_matches_onnxruntime_and_is_cached(trt, model_dir, fp16_onnx
 
 
 def test_dynamic_engine_runs_several_shapes(trt, model_dir, tmp_path):
-    from cyclesr_deploy.export.tensorrt_build import engine_from_onnx, load_engine
+    from cyclesr_deploy.engines.tensorrt_load import load_engine
+    from cyclesr_deploy.export.tensorrt_build import engine_from_onnx
 
     settings = build_cfg(
         tmp_path, precision="fp32", dynamic=True, tile=64, batch=2, min_tile=32, max_tile=128
@@ -134,7 +137,8 @@ def test_dynamic_engine_runs_several_shapes(trt, model_dir, tmp_path):
 
 
 def test_engine_from_another_gpu_is_refused(trt, model_dir, tmp_path):
-    from cyclesr_deploy.export.tensorrt_build import engine_from_onnx, load_engine
+    from cyclesr_deploy.engines.tensorrt_load import load_engine
+    from cyclesr_deploy.export.tensorrt_build import engine_from_onnx
 
     built = engine_from_onnx(model_dir, build_cfg(tmp_path, precision="fp32", tile=32, batch=1))
     data = json.loads(built.sidecar_path.read_text(encoding="utf-8"))

@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pytest
 
-from cyclesr_deploy.model import MODEL_JSON, ONNX_FILES
+from cyclesr_deploy.model import EXPORT_JSON, MODEL_JSON, ONNX_FILES
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
@@ -155,6 +155,9 @@ def test_onnx_from_another_model_is_refused(model_dir, scale2_dir, tmp_path):
     folder = tmp_path / "mixed"
     shutil.copytree(model_dir, folder)
     shutil.copy(scale2_dir / ONNX_FILES["ab"], folder / ONNX_FILES["ab"])
+    with pytest.raises(InputError, match="sha256 differs"):  # export.json's record
+        OnnxRuntimeEngine(folder).__enter__()
+    (folder / EXPORT_JSON).unlink()  # a hand-made folder: the ONNX metadata still catches it
     with pytest.raises(InputError, match="another generator"):
         OnnxRuntimeEngine(folder).__enter__()
 

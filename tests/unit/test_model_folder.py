@@ -220,3 +220,16 @@ def test_paths_and_reexport_commands(tmp_path):
     assert folder.ort_trt_cache.relative_to(tmp_path).as_posix() == "engines/onnxruntime-trt"
     assert folder.reexport_command(ONNX_FILES["ba"]).endswith("--direction ba --overwrite")
     assert folder.reexport_command("x.engine").startswith("cyclesr export tensorrt")
+
+
+def test_a_failed_write_in_the_folder_falls_back_to_the_user_cache(tmp_path, monkeypatch):
+    """Read-only media that os.access calls writable (Windows): the digest lands in the user
+    cache and is found there by the next process."""
+    folder = _copy("reference-supervised", tmp_path)
+    (folder / DIGEST_CACHE).mkdir()  # the folder's cache file cannot be written
+    calls = _count_hashes(monkeypatch)
+    ModelFolder(folder).verify(ONNX_FILES["ab"])
+    monkeypatch.setattr(integrity, "_MEMORY", {})  # a new process
+    ModelFolder(folder).verify(ONNX_FILES["ab"])
+    assert calls == [ONNX_FILES["ab"]]
+    assert list((tmp_path / "user-cache" / "cyclesr-deploy" / "digests").glob("*.json"))
