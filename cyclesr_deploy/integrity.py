@@ -162,6 +162,16 @@ class DigestCache:
                 return
 
 
+def cached_digest(folder: ModelFolder, path: Path) -> str:
+    """sha256 of ``path`` inside ``folder``, through the digest cache (hashed once per change)."""
+    with _LOCK:
+        cache = DigestCache(folder.path, folder.digest_cache)
+        try:
+            return cache.digest(path)
+        finally:
+            cache.save()
+
+
 def verify_artifacts(folder: ModelFolder, files: Iterable[str | Path]) -> None:
     """Check ``files`` of model folder ``folder`` against ``export.json`` (see the module
     docstring): InputError for a file whose sha256 differs from its record; one warning per

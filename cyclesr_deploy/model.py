@@ -38,7 +38,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cyclesr_deploy.errors import InputError
-from cyclesr_deploy.integrity import verify_artifacts
+from cyclesr_deploy.integrity import cached_digest, verify_artifacts
 
 SCHEMA_VERSION: Literal["1"] = "1"
 # --- the model folder's file names (the only definitions; import them from here) -----------
@@ -372,6 +372,10 @@ class ModelFolder:
         if name.endswith(".engine"):
             return f"cyclesr export tensorrt {self.path}"
         return REEXPORT_HINTS.get(name, EXPORT_ONNX_HINT).format(d=self.path)
+
+    def digest(self, name: str | Path) -> str:
+        """sha256 of file ``name`` of the folder, cached by (size, mtime_ns)."""
+        return cached_digest(self, self.path / name)
 
     def verify(self, *files: str | Path) -> None:
         """Refuse (InputError naming the file and the re-export command) any of ``files``

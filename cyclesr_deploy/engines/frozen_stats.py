@@ -31,8 +31,7 @@ from typing import Literal, NamedTuple
 import numpy as np
 
 from cyclesr_deploy.errors import InputError
-from cyclesr_deploy.integrity import file_digest
-from cyclesr_deploy.model import EXPORT_ONNX_HINT, FROZEN_CHECK, FROZEN_ONNX
+from cyclesr_deploy.model import EXPORT_ONNX_HINT, FROZEN_CHECK, FROZEN_ONNX, ModelFolder
 
 StatsEstimate = Literal["auto", "whole", "crops"]
 STATS_ESTIMATES: tuple[str, ...] = ("auto", "whole", "crops")
@@ -253,7 +252,8 @@ def estimate_for_model(model_dir: str | Path, stats: str = "auto") -> EstimateCh
         psnr = float(record["psnr_db"])
         files = dict(record["files"])
         present = {f: sha for f, sha in files.items() if (model_dir / f).is_file()}
-        changed = [f for f, sha in present.items() if file_digest(model_dir / f)[1] != sha]
+        folder = ModelFolder(model_dir)
+        changed = [f for f, sha in present.items() if folder.digest(f) != sha]
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         return EstimateChoice("crops", f"{path} is unreadable ({exc}); {redo}", True)
     if changed or not present:
