@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cyclesr_deploy.model import ONNX_FILES
+
 
 def train_small_model(root: Path, ngf: int, blocks: int, steps: int, *, fp16: bool = False) -> Path:
     """Train a small CycleGAN for ``steps`` steps on synthetic data; export FP32 (and FP16) ONNX."""
@@ -30,5 +32,5 @@ def train_small_model(root: Path, ngf: int, blocks: int, steps: int, *, fp16: bo
     model_dir = train(cfg).model_dir
     onnx_from_checkpoint(model_dir, parity_sizes=[(1, 64, 64)], synthetic_sizes=[])
     if fp16:
-        fp16_onnx_from_onnx(model_dir / "generator.onnx")
+        fp16_onnx_from_onnx(model_dir / ONNX_FILES["ab"])
     return model_dir

@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _machine import machine
 
-from cyclesr_deploy.engines.frozen import CHECK_MIN_PSNR_DB
+from cyclesr_deploy.engines.frozen_stats import CHECK_MIN_PSNR_DB
 from cyclesr_deploy.export.frozen_check import CHECK_SIZES, check_frames
 from cyclesr_deploy.frozen_norm import (
     check_crops_estimate,
@@ -56,7 +56,7 @@ from cyclesr_deploy.frozen_norm import (
     psnr_range2,
     set_mode,
 )
-from cyclesr_deploy.model import GeneratorConfig, load_model
+from cyclesr_deploy.model import WEIGHTS, GeneratorConfig, load_model
 from cyclesr_deploy.nets import build_generator
 from cyclesr_deploy.synthetic import SynthConfig, simulate_pair
 from cyclesr_deploy.tiling import TilingConfig
@@ -84,7 +84,7 @@ def generator(which: str):
         model = load_model(REFERENCE)
         cfg = model.generator
         gen = build_generator(cfg)
-        gen.load_state_dict(torch.load(REFERENCE / "generator_ab.pt", map_location="cpu"))
+        gen.load_state_dict(torch.load(REFERENCE / WEIGHTS["ab"], map_location="cpu"))
         return gen.eval(), cfg, "trained reference-cyclegan (generator_ab.pt)"
     cfg = GeneratorConfig()
     gen = build_generator(cfg, generator=torch.Generator().manual_seed(0))

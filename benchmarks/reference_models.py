@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from cyclesr_deploy.model import MODEL_JSON, WEIGHTS
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 CONFIGS = HERE / "reference"
@@ -34,7 +36,7 @@ PACKAGE_MODELS = REPO / "cyclesr_deploy" / "models"
 RESULTS = HERE / "results"
 NAMES = {"cyclegan": "reference-cyclegan", "supervised": "reference-supervised"}
 # what ships: the deployed generator and everything needed to run and audit it
-SHIPPED = ("model.json", "generator_ab.pt", "train_config.yaml", "train_log.csv")
+SHIPPED = (MODEL_JSON, WEIGHTS["ab"], "train_config.yaml", "train_log.csv")
 
 DATA = {  # name: cyclesr synth options
     "unpaired": ["--n-train", "256", "--n-test", "0", "--size", "256", "--seed", "101"],

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cyclesr_deploy.errors import InputError
+from cyclesr_deploy.model import MODEL_JSON
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 DEFAULT_MODEL = "reference-cyclegan"
@@ -25,7 +26,7 @@ def builtin_model(name: str = DEFAULT_MODEL) -> Path:
             f"no built-in model {name!r}; built-in models: {', '.join(BUILTIN_MODELS)}"
         )
     folder = MODELS_DIR / name
-    if not (folder / "model.json").is_file():
+    if not (folder / MODEL_JSON).is_file():
         raise InputError(
             f"built-in model {name!r} is missing from this installation ({folder}); reinstall "
             "cyclesr-deploy or pass --model with a model folder"

@@ -162,8 +162,7 @@ def run_demo(
     model folder or built-in name (default: the reference CycleGAN). ``score_frames`` evenly
     spaced frames are scored (all metrics of one 1024^2 frame pair take about 1 s here)."""
     from cyclesr_deploy.builtin import resolve_model
-    from cyclesr_deploy.engines import open_engine
-    from cyclesr_deploy.engines.frozen import frozen_graphs_missing, open_frozen_engine
+    from cyclesr_deploy.engines import FrozenStatsEngine, open_engine
     from cyclesr_deploy.errors import InputError
     from cyclesr_deploy.metrics import evaluate
     from cyclesr_deploy.model import load_model
@@ -197,16 +196,14 @@ def run_demo(
     seconds["simulate"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    # seam-free tiles: frozen whole-frame statistics when the model folder has the graphs;
-    # otherwise auto (frames within the memory budget run whole, so still no seams)
-    frozen = frozen_graphs_missing(model_dir) is None and model_cfg.generator.norm == "instance"
+    # seam-free tiles: frozen whole-frame statistics when the model folder has the graphs (the
+    # engine factory's choice); otherwise auto (frames within the memory budget run whole)
+    engine_cm = open_engine(
+        model_dir, backend="onnxruntime", tiling="auto" if tile else "none", stats="whole"
+    )
+    frozen = isinstance(engine_cm, FrozenStatsEngine)
     ecfg = EnhanceConfig(
         tile=tile, overwrite=True, tiling_mode="frozen" if frozen else "auto", stats="whole"
-    )
-    engine_cm = (
-        open_frozen_engine(model_dir, "onnxruntime")
-        if frozen
-        else open_engine(model_dir, backend="onnxruntime")
     )
     with engine_cm as engine:
         engine_name = engine.name

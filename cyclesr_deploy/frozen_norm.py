@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cyclesr_deploy.engines.frozen import (
+from cyclesr_deploy.engines.frozen_stats import (
     BLOCKS,
     CROP_AREA,
     Layout,

@@ -1,6 +1,6 @@
 """The model folder and its typed config (``model.json``), readable without torch.
 
-A model is a folder::
+A model is a folder (every file name below is defined here, once, and nowhere else)::
 
     my-model/
       model.json          ModelConfig: architecture, normalization, scale, receptive field,
@@ -13,7 +13,16 @@ A model is a folder::
       generator.onnx      FP32 ONNX of generator_ab (model.json in metadata_props), from export
       generator.fp16.onnx FP16 ONNX derived from it (InstanceNorm FP32, FP32 I/O)
       generator_ba.onnx   FP32 ONNX of generator_ba (on request)
+      generator.stats.onnx, generator.tile.onnx
+                          the frozen InstanceNorm statistics graphs (seam-free tiling)
+      frozen_stats.json   the per-model check of the crops statistics estimate
       export.json         what export produced: sizes, sha256, parity figures, versions
+      engines/            TensorRT engines (*.engine + *.json sidecars), ONNX Runtime's
+                          TensorRT cache (engines/onnxruntime-trt)
+      .cyclesr-digests.json  sha256 cache of the integrity check (see ModelFolder.verify)
+
+:class:`ModelFolder` gives these paths and checks an artifact against ``export.json`` before an
+engine opens it (:meth:`ModelFolder.verify`).
 
 Naming follows the CycleGAN paper: ``generator_ab`` = G (A = LR -> B = HR), ``generator_ba`` = F,
 ``discriminator_b`` = D_Y (judges HR), ``discriminator_a`` = D_X (judges LR).
@@ -29,15 +38,34 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cyclesr_deploy.errors import InputError
+from cyclesr_deploy.integrity import cached_digest, verify_artifacts
 
 SCHEMA_VERSION: Literal["1"] = "1"
+# --- the model folder's file names (the only definitions; import them from here) -----------
 MODEL_JSON = "model.json"
 WEIGHTS = {"ab": "generator_ab.pt", "ba": "generator_ba.pt"}
 TRAIN_STATE = "train_state.pt"
 ONNX_FILES = {"ab": "generator.onnx", "ba": "generator_ba.onnx"}
+ONNX_FP16 = "generator.fp16.onnx"  # derived from ONNX_FILES["ab"] (export/fp16.py)
+#: the generator's ONNX per precision (the ONNX Runtime and TensorRT engines)
+ONNX_BY_PRECISION = {"fp32": ONNX_FILES["ab"], "fp16": ONNX_FP16}
 # the two graphs of seam-free tiling (frozen InstanceNorm statistics; export/frozen_onnx.py)
 FROZEN_ONNX = {"stats": "generator.stats.onnx", "tile": "generator.tile.onnx"}
+FROZEN_ONNX_BY_DIRECTION = {
+    "ab": FROZEN_ONNX,
+    "ba": {"stats": "generator_ba.stats.onnx", "tile": "generator_ba.tile.onnx"},
+}
+FROZEN_CHECK = "frozen_stats.json"  # the crops estimate's per-model check (export onnx)
 EXPORT_JSON = "export.json"
+ENGINES_DIR = "engines"  # TensorRT engines and their sidecars
+ORT_TRT_CACHE = "onnxruntime-trt"  # ONNX Runtime's TensorRT EP cache, under ENGINES_DIR
+DIGEST_CACHE = ".cyclesr-digests.json"  # ModelFolder.verify's sha256 cache
+#: the command that re-exports each artifact (``{d}``: the model folder)
+EXPORT_ONNX_HINT = "cyclesr export onnx {d} --overwrite"
+REEXPORT_HINTS = {
+    ONNX_FILES["ba"]: "cyclesr export onnx {d} --direction ba --overwrite",
+    WEIGHTS["ba"]: "cyclesr export onnx {d} --direction ba --overwrite",
+}
 
 
 class _Strict(BaseModel):
@@ -288,3 +316,70 @@ def load_model(model_dir: str | Path) -> ModelConfig:
         return ModelConfig.model_validate(data)
     except ValidationError as exc:
         raise InputError(f"model: {path} is not a valid model config:\n{exc}") from exc
+
+
+class ModelFolder:
+    """A model folder's artifact paths and their integrity check (torch-free).
+
+    Paths: :attr:`model_json`, :meth:`weights`, :meth:`onnx`, :meth:`frozen_onnx`,
+    :attr:`export_json`, :attr:`frozen_check`, :attr:`engines_dir`, :attr:`ort_trt_cache`.
+    :meth:`verify` checks files against the sha256 that ``export.json`` records
+    (:mod:`cyclesr_deploy.integrity`).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"ModelFolder({str(self.path)!r})"
+
+    @property
+    def model_json(self) -> Path:
+        return self.path / MODEL_JSON
+
+    def weights(self, direction: Literal["ab", "ba"] = "ab") -> Path:
+        return self.path / WEIGHTS[direction]
+
+    def onnx(self, precision: str = "fp32") -> Path:
+        """The generator's ONNX for ``precision`` ("fp32" or "fp16"; direction ab)."""
+        return self.path / ONNX_BY_PRECISION[precision]
+
+    def frozen_onnx(self, kind: Literal["stats", "tile"]) -> Path:
+        return self.path / FROZEN_ONNX[kind]
+
+    @property
+    def export_json(self) -> Path:
+        return self.path / EXPORT_JSON
+
+    @property
+    def frozen_check(self) -> Path:
+        return self.path / FROZEN_CHECK
+
+    @property
+    def digest_cache(self) -> Path:
+        return self.path / DIGEST_CACHE
+
+    @property
+    def engines_dir(self) -> Path:
+        return self.path / ENGINES_DIR
+
+    @property
+    def ort_trt_cache(self) -> Path:
+        return self.path / ENGINES_DIR / ORT_TRT_CACHE
+
+    def reexport_command(self, name: str) -> str:
+        """The command that re-exports (and re-records) artifact ``name``."""
+        if name.endswith(".engine"):
+            return f"cyclesr export tensorrt {self.path}"
+        return REEXPORT_HINTS.get(name, EXPORT_ONNX_HINT).format(d=self.path)
+
+    def digest(self, name: str | Path) -> str:
+        """sha256 of file ``name`` of the folder, cached by (size, mtime_ns)."""
+        return cached_digest(self, self.path / name)
+
+    def verify(self, *files: str | Path) -> None:
+        """Refuse (InputError naming the file and the re-export command) any of ``files``
+        (paths, or names inside the folder) whose sha256 differs from ``export.json``'s record;
+        a folder without records runs with one warning per folder and process. Digests are
+        cached by (size, mtime_ns): a file is hashed once per change, not per run."""
+        verify_artifacts(self, [self.path / f for f in files])

@@ -590,11 +590,11 @@ def install_fake_cuda(monkeypatch) -> types.ModuleType:
 def install_fake_trt(monkeypatch, version: str) -> types.ModuleType:
     """Put a fresh fake ``tensorrt`` of ``version`` in ``sys.modules`` (and reset the
     process-wide TensorRT logger). Returns the module."""
-    from cyclesr_deploy.export import tensorrt_build
+    from cyclesr_deploy.engines import tensorrt_load
 
     trt = make_fake_trt(version)
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    monkeypatch.setattr(tensorrt_build, "_LOGGER", None)
+    monkeypatch.setattr(tensorrt_load, "_LOGGER", None)
     return trt
 
 

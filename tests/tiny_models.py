@@ -8,6 +8,8 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
+from cyclesr_deploy.model import ONNX_FILES
+
 
 def train_tiny_model(
     root: Path,
@@ -60,5 +62,5 @@ def export_tiny_model(folder: Path, *, fp16: bool = False) -> Path:
     dynamo = importlib.util.find_spec("onnxscript") is not None
     onnx_from_checkpoint(folder, dynamo=dynamo, parity_sizes=[(1, 64, 64)], synthetic_sizes=[])
     if fp16:
-        fp16_onnx_from_onnx(folder / "generator.onnx")
+        fp16_onnx_from_onnx(folder / ONNX_FILES["ab"])
     return folder

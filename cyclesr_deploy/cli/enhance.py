@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
 
@@ -55,21 +54,6 @@ def _fmt_s(seconds: float) -> str:
     return f"{seconds:.2f}"
 
 
-def _gpu_backend_usable(model_dir: Path, precision: str) -> bool:
-    """Whether ``--backend auto`` would pick a GPU engine (the ONNX Runtime and torch
-    frozen-statistics engines here run on the CPU): auto selection reaches PyTorch CUDA's
-    rejection only on the way to CPU."""
-    from cyclesr_deploy.engines import open_engine
-
-    selection = getattr(
-        open_engine(model_dir, backend="auto", precision=precision), "selection", None
-    )
-    rejected = getattr(selection, "rejected", None)
-    if rejected is None:  # an engine without a Selection (e.g. a test double): assume CPU
-        return False
-    return not any(label == "torch-cuda" for label, _ in rejected)
-
-
 def _frame_shapes(paths: list[Path]) -> list[tuple[int, int]]:
     """(H, W) of every readable input (headers only; unreadable files fail later, per file)."""
     from cyclesr_deploy.frames import open_frames
@@ -82,63 +66,6 @@ def _frame_shapes(paths: list[Path]) -> list[tuple[int, int]]:
         except Exception:  # reported per file by the pipeline
             continue
     return sorted(shapes)
-
-
-def _tensorrt_frozen(model_dir: Path, paths: list[Path], *, required: bool):
-    """The TensorRT frozen-statistics engine, opened, when TensorRT and two engines for this GPU
-    and for every input's frame size are there; else None (``required``: with a warning that
-    says how to build them)."""
-    import importlib.util
-
-    from cyclesr_deploy.engines.frozen import open_frozen_engine
-
-    if importlib.util.find_spec("tensorrt") is None:
-        return None
-    engine = None
-    try:
-        engine = open_frozen_engine(model_dir, "tensorrt", frames=_frame_shapes(paths))
-        engine.open()
-        return engine
-    except Exception as exc:  # no engines, other sizes, other GPU, no CUDA device, no memory
-        if engine is not None:
-            engine.close()
-        if required:
-            err.print(f"[yellow]warning[/]: {escape(str(exc))}", highlight=False)
-        return None
-
-
-def _frozen_engine(
-    model_dir: Path, model_cfg, cfg, backend: str, precision: str, paths: Sequence[Path] = ()
-):
-    """The frozen-statistics engine for a tiled run of an InstanceNorm generator, or None for
-    the ordinary engine (``--tiling naive``, tile 0, no InstanceNorm, or ``auto`` where none
-    is available: the pipeline then warns that tiles are normalised independently)."""
-    from cyclesr_deploy.engines.frozen import frozen_graphs_missing, open_frozen_engine
-
-    if cfg.tiling_mode == "naive" or model_cfg.generator.norm != "instance":
-        return None
-    if cfg.tiling_mode == "frozen":
-        frames = _frame_shapes(list(paths)) if backend == "tensorrt" else ()
-        return open_frozen_engine(
-            model_dir, backend, precision=precision, stats=cfg.stats, frames=frames
-        )
-    if not cfg.tile:  # auto: whole frames need no frozen statistics
-        return None
-    if backend in ("auto", "tensorrt") and precision in ("auto", "fp32"):
-        engine = _tensorrt_frozen(model_dir, list(paths), required=backend == "tensorrt")
-        if engine is not None:
-            return engine
-    missing = frozen_graphs_missing(model_dir)
-    if backend == "torch":
-        return open_frozen_engine(model_dir, "torch", precision=precision, stats=cfg.stats)
-    if backend in ("auto", "onnxruntime") and precision in ("auto", "fp32"):
-        if backend == "auto" and _gpu_backend_usable(model_dir, precision):
-            return None  # a GPU engine beats CPU frozen statistics; tiles get a warning
-        if missing is None:
-            return open_frozen_engine(model_dir, "onnxruntime", stats=cfg.stats)
-        if backend == "onnxruntime":
-            err.print(f"[yellow]warning[/]: {escape(missing)}", highlight=False)
-    return None
 
 
 def enhance(
@@ -272,11 +199,20 @@ def enhance(
 
     from cyclesr_deploy.engines import open_engine
 
+    # the engine factory decides whether this run gets a frozen-statistics engine (and logs a
+    # warning when a requested one is unusable): pass the tiling mode of a tiled run
+    # (--tiling frozen always asks for one), "none" otherwise
+    run_tiling = cfg.tiling_mode if cfg.tile or cfg.tiling_mode == "frozen" else "none"
     try:
         with user_errors():
-            engine_cm = _frozen_engine(model, model_cfg, cfg, backend.value, precision.value, paths)
-            if engine_cm is None:
-                engine_cm = open_engine(model, backend=backend.value, precision=precision.value)
+            engine_cm = open_engine(
+                model,
+                backend=backend.value,
+                precision=precision.value,
+                tiling=run_tiling,
+                stats=cfg.stats,
+                frames=lambda: _frame_shapes(paths),
+            )
             with engine_cm as engine:
                 selection = getattr(engine, "selection", None)
                 reason = getattr(selection, "reason", selection)

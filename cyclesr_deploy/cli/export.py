@@ -40,8 +40,8 @@ _CHECK_FRAME = typer.Option(
 def _export_errors() -> Iterator[None]:
     """Input problems exit 2 (user_errors); a failed parity gate or engine build exits 1,
     with one red line and nothing half-written (the library guarantees the latter)."""
+    from cyclesr_deploy.engines.trt_config import EngineBuildError, TensorRTVersionError
     from cyclesr_deploy.export.parity import ExportError
-    from cyclesr_deploy.export.trt_config import EngineBuildError, TensorRTVersionError
 
     with user_errors():
         try:
@@ -133,8 +133,8 @@ def _check_frames(model_dir: Path, frame: Path | None) -> list | None:
 
 
 def _check(model_dir: Path, table, frames: list | None) -> None:
-    from cyclesr_deploy.engines.frozen import CHECK_FILE
     from cyclesr_deploy.export.frozen_check import check_model
+    from cyclesr_deploy.model import FROZEN_CHECK
 
     if frames is None:
         table.add_row(
@@ -145,7 +145,7 @@ def _check(model_dir: Path, table, frames: list | None) -> None:
         record = check_model(model_dir, frames=frames)
     per_frame = " / ".join(f"{c['psnr_db']:.1f}" for c in record["checks"])
     summary = f"crops {per_frame} dB -> {record['choice']}"
-    _row(table, "stats check", Path(model_dir) / CHECK_FILE, "fp32", summary, record["seconds"])
+    _row(table, "stats check", Path(model_dir) / FROZEN_CHECK, "fp32", summary, record["seconds"])
     err.print(
         f"stats check: crops estimate {per_frame} dB vs whole-frame inference -> "
         f"enhance --stats auto uses {record['choice']}",
@@ -173,7 +173,7 @@ def _tensorrt_frozen(model_dir: Path, cfg, frame: tuple[int, int], overwrite: bo
 
 
 def _trt_config(tile, batch, precision, dynamic, min_tile, max_tile, opt_level, workspace_gib):
-    from cyclesr_deploy.export.trt_config import TensorRTBuildConfig
+    from cyclesr_deploy.engines.trt_config import TensorRTBuildConfig
 
     fields = {
         "tile": tile,

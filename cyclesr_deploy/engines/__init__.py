@@ -1,7 +1,7 @@
 """Inference engines: one module per backend, one entry point.
 
     from cyclesr_deploy.engines import open_engine, check_batch_shape
-    with open_engine("my-model") as engine:          # backend="auto"
+    with open_engine("my-model") as engine:          # backend="auto"; tiled runs: tiling=
         print(engine.name, engine.selection)         # what runs, and why
         check_batch_shape(engine.input_spec, batch.shape)   # once per shape
         out = engine.infer(batch)                    # may be reused by the next call
@@ -30,13 +30,14 @@ if TYPE_CHECKING:
         open_frozen_engine,
     )
     from cyclesr_deploy.engines.onnxruntime_engine import OnnxRuntimeEngine
-    from cyclesr_deploy.engines.select import Selection, find_engine, open_engine
+    from cyclesr_deploy.engines.select import Selection, open_engine
     from cyclesr_deploy.engines.tensorrt_engine import TensorRTEngine
+    from cyclesr_deploy.engines.tensorrt_load import find_engine
     from cyclesr_deploy.engines.torch_engine import TorchEngine
 
 _LAZY = {
     "open_engine": "select",
-    "find_engine": "select",
+    "find_engine": "tensorrt_load",
     "Selection": "select",
     "OnnxRuntimeEngine": "onnxruntime_engine",
     "TensorRTEngine": "tensorrt_engine",

@@ -24,7 +24,7 @@ import numpy as np
 
 from cyclesr_deploy.engines.base import TensorSpec
 from cyclesr_deploy.errors import InputError, MissingExtraError, require
-from cyclesr_deploy.model import MODEL_JSON, ModelConfig, load_model
+from cyclesr_deploy.model import MODEL_JSON, ONNX_BY_PRECISION, ModelConfig, ModelFolder, load_model
 from cyclesr_deploy.onnx_metadata import parse_metadata, read_onnx_metadata
 
 if TYPE_CHECKING:
@@ -37,9 +37,6 @@ CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
 GPU_PROVIDERS = (TRT_EP, CUDA_EP)
 #: ONNX file per precision in a model folder (``cyclesr export onnx`` writes both).
-ONNX_BY_PRECISION = {"fp32": "generator.onnx", "fp16": "generator.fp16.onnx"}
-#: Sub-folder of ``MODEL_DIR/engines`` where the TensorRT EP caches its own engines.
-ORT_TRT_CACHE = "onnxruntime-trt"
 INPUT_NAME = "input"  # the exporter's name; the session's own replaces it on open
 _MAX_BINDINGS = 8  # shapes kept bound at once (a pipeline uses one or two)
 
@@ -90,7 +87,7 @@ def provider_options(
     optimization level 3, 4 GiB workspace. CUDA EP: the device. The TensorRT EP builds its
     engine on the first run of each new shape range (minutes), then loads it from the cache."""
     if provider == TRT_EP:
-        from cyclesr_deploy.export.trt_config import default_timing_cache_dir
+        from cyclesr_deploy.engines.trt_config import default_timing_cache_dir
 
         opts: dict[str, Any] = {
             "device_id": device_id,
@@ -102,7 +99,7 @@ def provider_options(
         }
         if model_dir is not None:
             opts["trt_engine_cache_enable"] = True
-            opts["trt_engine_cache_path"] = str(model_dir / "engines" / ORT_TRT_CACHE)
+            opts["trt_engine_cache_path"] = str(ModelFolder(model_dir).ort_trt_cache)
         return opts
     if provider == CUDA_EP:
         return {"device_id": device_id}
@@ -262,8 +259,11 @@ class OnnxRuntimeEngine:
             )
             opts.update(self.provider_overrides.get(p, {}))
             providers.append((p, opts))
-        if self.model_dir is not None and TRT_EP in self.requested:
-            (self.model_dir / "engines" / ORT_TRT_CACHE).mkdir(parents=True, exist_ok=True)
+        if self.model_dir is not None:
+            folder = ModelFolder(self.model_dir)
+            folder.verify(self.onnx_path)  # refuses a graph export.json does not know
+            if TRT_EP in self.requested:
+                folder.ort_trt_cache.mkdir(parents=True, exist_ok=True)
         wanted_gpu = [p for p in self.requested if p in GPU_PROVIDERS]
         try:
             session = ort.InferenceSession(

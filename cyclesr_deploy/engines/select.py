@@ -21,6 +21,12 @@ cyclesr engine instead (step 1), or pass ``providers=["CUDAExecutionProvider"]``
 profiles through ``options={"TensorrtExecutionProvider": {"trt_profile_min_shapes": ...}}``.
 Which provider a session really uses is only known once it is open: see ``engine.name``.
 
+Tiled runs of InstanceNorm generators: ``open_engine(..., tiling="auto"|"frozen")`` returns the
+frozen-statistics engine the run needs where the policy of
+:mod:`cyclesr_deploy.engines.frozen_policy` says so (decided by probing, nothing opened), and
+``selection.frozen`` says why or why not. Every artifact an engine opens is checked against
+``export.json`` first (:meth:`cyclesr_deploy.model.ModelFolder.verify`).
+
 ``precision="auto"``: FP16 where the engine runs on a GPU (TensorRT: an fp16 engine before an
 fp32 one; ONNX Runtime: ``generator.fp16.onnx`` when exported; PyTorch: FP16 with FP32
 InstanceNorm), FP32 on the CPU.
@@ -35,23 +41,15 @@ import importlib.util
 import inspect
 import logging
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from cyclesr_deploy.engines.base import Engine
+from cyclesr_deploy.engines.frozen_policy import FrameShapes, choose_frozen
+from cyclesr_deploy.engines.tensorrt_load import find_engine, generator_engines
 from cyclesr_deploy.errors import InputError, MissingExtraError, require
-from cyclesr_deploy.export.trt_config import (
-    ENGINES_DIR,
-    EngineMismatchError,
-    EngineSidecar,
-    list_engines,
-    rebuild_command,
-    sha256_file,
-    sidecar_differences,
-)
-from cyclesr_deploy.model import FROZEN_ONNX, WEIGHTS, load_model
+from cyclesr_deploy.model import ONNX_BY_PRECISION, WEIGHTS, load_model
 
 log = logging.getLogger("cyclesr_deploy.engines")
 
@@ -67,22 +65,28 @@ AUTO_ORDER: tuple[str, ...] = (
     "onnxruntime-cpu",
     "torch-cpu",
 )
-ONNX_BY_PRECISION = {"fp32": "generator.onnx", "fp16": "generator.fp16.onnx"}
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+GPU_LABELS = AUTO_ORDER[:3]  # the candidates that run on a GPU
 
 
 @dataclass(frozen=True)
 class Selection:
     """Why this engine: ``backend`` (``tensorrt``/``onnxruntime``/``torch``), ``reason`` (one
-    line), ``rejected``: (candidate, why not) for each candidate tried before it."""
+    line), ``rejected``: (candidate, why not) for each candidate tried before it (frozen-
+    statistics candidates ``tensorrt-frozen``/``onnxruntime-frozen`` included); ``frozen``:
+    for a tiled run, why the engine does or does not freeze InstanceNorm statistics;
+    ``warnings``: what the user should hear (a requested frozen engine that is not usable)."""
 
     backend: str
     reason: str
     rejected: list[tuple[str, str]] = field(default_factory=list)
+    frozen: str = ""
+    warnings: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
         """Several lines: the choice, then one line per rejected candidate."""
         lines = [f"{self.backend}: {self.reason}"]
+        lines += [f"  frozen statistics: {self.frozen}"] if self.frozen else []
         lines += [f"  not {label}: {why}" for label, why in self.rejected]
         return "\n".join(lines)
 
@@ -132,86 +136,6 @@ def ort_available_providers() -> list[str]:
 def torch_cuda_available() -> bool:
     """``torch.cuda.is_available()`` (imports torch)."""
     return bool(importlib.import_module("torch").cuda.is_available())
-
-
-def machine_facts(device_id: int) -> Any:
-    """:func:`~cyclesr_deploy.export.tensorrt_build.gpu_facts` (imports tensorrt)."""
-    from cyclesr_deploy.export.tensorrt_build import gpu_facts
-
-    return gpu_facts(device_id)
-
-
-# --- TensorRT engine choice -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EngineChoice:
-    """An engine in ``MODEL_DIR/engines`` that fits this machine."""
-
-    engine_path: Path
-    sidecar: EngineSidecar
-
-
-def generator_engines(
-    model_dir: str | Path, graph: str | None = None
-) -> list[tuple[Path, EngineSidecar]]:
-    """:func:`list_engines` of ``model_dir`` built from ONNX file ``graph``; by default the
-    generator's own engines (not those of the frozen-statistics graphs, which take two inputs)."""
-    frozen = set(FROZEN_ONNX.values())
-    return [
-        (p, s)
-        for p, s in list_engines(model_dir)
-        if (s.onnx_file == graph if graph is not None else s.onnx_file not in frozen)
-    ]
-
-
-def find_engine(
-    model_dir: str | Path,
-    *,
-    precision: str | None = None,
-    device_id: int = 0,
-    graph: str | None = None,
-    accept: Callable[[EngineSidecar], bool] | None = None,
-) -> EngineChoice:
-    """The newest engine in ``model_dir/engines`` whose sidecar fits this machine (GPU model,
-    TensorRT version, OS) and the folder's current ONNX; fp16 before fp32 unless ``precision``
-    ("fp16"/"fp32") restricts it; ``graph``: built from that ONNX file (default: the generator's
-    own, see :func:`generator_engines`); ``accept``: only sidecars it accepts (e.g. a profile
-    that holds a frame size). InputError when there is none; EngineMismatchError, naming each
-    engine's differences and the rebuild command, when none fits."""
-    model_dir = Path(model_dir)
-    build_hint = f"cyclesr export tensorrt {model_dir}"
-    found = [(p, s) for p, s in generator_engines(model_dir, graph) if accept is None or accept(s)]
-    if not found:
-        raise InputError(
-            f"no TensorRT engine in {model_dir / ENGINES_DIR}; build one with: {build_hint}"
-        )
-    wanted = [(p, s) for p, s in found if precision in (None, "auto", s.precision)]
-    if not wanted:
-        have = sorted({s.precision for _, s in found})
-        raise InputError(
-            f"no {precision} TensorRT engine in {model_dir / ENGINES_DIR} (found: "
-            f"{', '.join(have)}); build one with: {build_hint} --precision {precision}"
-        )
-    wanted.sort(key=lambda item: item[1].precision != "fp16")  # stable: newest first within
-    facts = machine_facts(device_id)
-    shas: dict[str, str | None] = {}
-    problems: list[str] = []
-    for path, sidecar in wanted:
-        if sidecar.onnx_file not in shas:
-            onnx = model_dir / sidecar.onnx_file
-            shas[sidecar.onnx_file] = sha256_file(onnx) if onnx.is_file() else None
-        diffs = sidecar_differences(sidecar, facts, shas[sidecar.onnx_file])
-        if not diffs:
-            return EngineChoice(path, sidecar)
-        problems.append(f"{path.name}: {'; '.join(diffs)}")
-    newest = wanted[0][1]
-    raise EngineMismatchError(
-        f"no TensorRT engine in {model_dir / ENGINES_DIR} fits this machine "
-        f"({facts.describe()}):\n  - " + "\n  - ".join(problems) + "\nRebuild one here with: "
-        f"{rebuild_command(model_dir, newest.build)}",
-        problems,
-    )
 
 
 # --- open_engine ------------------------------------------------------------------------------
@@ -302,6 +226,9 @@ def open_engine(
     device: Literal["auto", "cpu", "cuda"] = "auto",
     device_id: int = 0,
     threads: int | None = None,
+    tiling: Literal["none", "auto", "frozen", "naive"] = "none",
+    stats: Literal["auto", "whole", "crops"] = "auto",
+    frames: FrameShapes = (),
     **options: Any,
 ) -> Engine:
     """The engine for ``model_dir``, not yet opened: use it as ``with open_engine(d) as e``.
@@ -318,6 +245,15 @@ def open_engine(
             ``io_binding``, ``options``; ``TorchEngine``: ``channels_last``, ``compile``;
             ``TensorRTEngine``: ``check``). With ``"auto"``, those the chosen engine does not
             take are ignored; a name no engine takes is a TypeError.
+        tiling: the run's tiling mode (``EnhanceConfig.tiling_mode``) for a tiled run;
+            ``"none"`` (default; pass it for untiled runs, tile 0 with tiling auto) gives the
+            plain engine. ``"frozen"`` gives a frozen-statistics engine
+            (:class:`~cyclesr_deploy.engines.base.FrozenStatsEngine`) or an error;
+            ``"auto"`` one where the policy of :mod:`cyclesr_deploy.engines.frozen_policy`
+            says so (probed, nothing opened); ``"naive"`` the plain engine.
+        stats: the frozen engines' statistics estimate (``EnhanceConfig.stats``).
+        frames: the (H, W) sizes of the frames to come, or a function giving them (called
+            only if a TensorRT statistics engine is considered: it must hold them all).
 
     The returned engine has ``selection``: a :class:`Selection`. Errors: InputError (bad
     folder, unknown backend, missing artifact: the message names the export command),
@@ -331,21 +267,81 @@ def open_engine(
     if device not in DEVICES:
         raise InputError(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
     model_dir = Path(model_dir)
-    load_model(model_dir)  # a clear error for a folder that is not a model
+    model = load_model(model_dir)  # a clear error for a folder that is not a model
     known = set().union(*(_accepted(c) for c in _engine_classes().values()))
     unknown = sorted(set(options) - known)
     if unknown:
         raise TypeError(f"open_engine() got unexpected option(s): {', '.join(unknown)}")
     probe = _Probe(model_dir, device_id)
     common = {"device_id": device_id, "threads": threads}
-    if backend == "auto":
-        engine, selection = _auto(probe, precision, device, common, options)
+    plans: list[_Plan] = []
+
+    def plan() -> _Plan:
+        if not plans:
+            plans.append(_plan_auto(probe, precision, device, common))
+        return plans[0]
+
+    frozen = choose_frozen(
+        model_dir,
+        model,
+        backend=backend,
+        precision=precision,
+        tiling=tiling,
+        stats=stats,
+        frames=frames,
+        threads=threads,
+        gpu_plan=lambda: plan().on_gpu,
+        tensorrt_installed=lambda: module_available("tensorrt"),
+        no_cuda=probe.no_cuda,
+    )
+    for warning in frozen.warnings:  # before the plain engine, which may fail
+        log.warning("frozen statistics: %s", warning)
+    if frozen.engine is not None:
+        engine = frozen.engine
+        backend_name = str(engine.name).split("[")[0]
+        selection = Selection(
+            backend_name, frozen.reason, frozen.rejected, frozen.reason, frozen.warnings
+        )
     else:
-        engine = _explicit(backend, probe, precision, device, common, options)
-        selection = Selection(backend, f"requested (backend={backend!r}): {engine.name}")
+        if backend == "auto":
+            engine = _create(plan().backend, plan().args, options, strict=False)
+            selection = plan().selection
+        else:
+            engine = _explicit(backend, probe, precision, device, common, options)
+            selection = Selection(backend, f"requested (backend={backend!r}): {engine.name}")
+        if tiling != "none":
+            selection = replace(
+                selection,
+                rejected=[*frozen.rejected, *selection.rejected],
+                frozen=frozen.reason,
+                warnings=frozen.warnings,
+            )
     engine.selection = selection
     log.info("engine for %s: %s", model_dir, selection.describe())
     return engine
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The auto order's choice before anything is created: its candidate ``label`` (one of
+    :data:`AUTO_ORDER`), the engine's constructor ``args``, why, and the candidates before."""
+
+    label: str
+    args: dict[str, Any]
+    reason: str
+    rejected: list[tuple[str, str]]
+
+    @property
+    def backend(self) -> str:
+        return self.label.split("-")[0]
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.label in GPU_LABELS
+
+    @property
+    def selection(self) -> Selection:
+        return Selection(self.backend, self.reason, self.rejected)
 
 
 def _create(backend: str, args: dict[str, Any], options: dict[str, Any], strict: bool) -> Any:
@@ -400,13 +396,8 @@ def _explicit(
     return _create("torch", args, options, strict=True)
 
 
-def _auto(
-    probe: _Probe,
-    precision: str,
-    device: str,
-    common: dict[str, Any],
-    options: dict[str, Any],
-) -> tuple[Any, Selection]:
+def _plan_auto(probe: _Probe, precision: str, device: str, common: dict[str, Any]) -> _Plan:
+    """The first usable candidate of the auto order (probed, nothing created)."""
     model_dir = probe.model_dir
     rejected: list[tuple[str, str]] = []
     gpu_ok = device in ("auto", "cuda")
@@ -426,9 +417,8 @@ def _auto(
             why = _one_line(exc)
         else:
             args = {"path": choice.engine_path, "device_id": common["device_id"]}
-            engine = _create("tensorrt", args, options, strict=False)
             reason = f"{choice.engine_path.name} fits this GPU ({choice.sidecar.describe()})"
-            return engine, Selection("tensorrt", reason, rejected)
+            return _Plan("tensorrt", args, reason, rejected)
     rejected.append(("tensorrt", why))
 
     # 2. ONNX Runtime on the GPU (TensorRT EP, CUDA EP)
@@ -439,9 +429,8 @@ def _auto(
         assert probe.ort_providers is not None
         gpu = [p for p in GPU_PROVIDERS if p in probe.ort_providers]
         args = {"path": model_dir, "precision": prec, "providers": "cuda", **common}
-        engine = _create("onnxruntime", args, options, strict=False)
         reason = f"ONNX Runtime with {' > '.join(gpu)} ({prec})"
-        return engine, Selection("onnxruntime", reason, rejected)
+        return _Plan("onnxruntime-gpu", args, reason, rejected)
     rejected.append(("onnxruntime-gpu", why))
 
     # 3. PyTorch on the GPU
@@ -449,8 +438,7 @@ def _auto(
     if why is None:
         prec = "fp16" if precision == "auto" else precision
         args = {"path": model_dir, "device": "cuda", "precision": prec, **common}
-        engine = _create("torch", args, options, strict=False)
-        return engine, Selection("torch", f"PyTorch on CUDA ({prec})", rejected)
+        return _Plan("torch-cuda", args, f"PyTorch on CUDA ({prec})", rejected)
     rejected.append(("torch-cuda", why))
 
     # 4. ONNX Runtime on the CPU
@@ -461,9 +449,8 @@ def _auto(
     why = why or probe.onnx_missing(prec)
     if why is None:
         args = {"path": model_dir, "precision": prec, "providers": "cpu", **common}
-        engine = _create("onnxruntime", args, options, strict=False)
         reason = f"ONNX Runtime on CPUExecutionProvider ({prec}): no GPU backend usable"
-        return engine, Selection("onnxruntime", reason, rejected)
+        return _Plan("onnxruntime-cpu", args, reason, rejected)
     rejected.append(("onnxruntime-cpu", why))
 
     # 5. PyTorch on the CPU
@@ -475,9 +462,8 @@ def _auto(
         why = "fp16 needs a CUDA device"
     if why is None:
         args = {"path": model_dir, "device": "cpu", "precision": "fp32", **common}
-        engine = _create("torch", args, options, strict=False)
         reason = "PyTorch on the CPU (fp32): no GPU backend and no ONNX Runtime usable"
-        return engine, Selection("torch", reason, rejected)
+        return _Plan("torch-cpu", args, reason, rejected)
     rejected.append(("torch-cpu", why))
 
     lines = "\n".join(f"  - {label}: {why}" for label, why in rejected)

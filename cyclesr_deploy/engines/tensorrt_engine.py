@@ -24,14 +24,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cyclesr_deploy.engines.base import TensorSpec
-from cyclesr_deploy.errors import InputError
-from cyclesr_deploy.export.trt_config import (
-    ENGINES_DIR,
+from cyclesr_deploy.engines.trt_config import (
     EngineSidecar,
     read_sidecar,
     sidecar_path,
 )
-from cyclesr_deploy.model import MODEL_JSON, ModelConfig, load_model
+from cyclesr_deploy.errors import InputError
+from cyclesr_deploy.model import ENGINES_DIR, MODEL_JSON, ModelConfig, ModelFolder, load_model
 
 if TYPE_CHECKING:
     from cyclesr_deploy.engines.select import Selection
@@ -97,7 +96,7 @@ class TensorRTEngine:
     ) -> None:
         path = Path(engine)
         if path.is_dir():
-            from cyclesr_deploy.engines.select import find_engine
+            from cyclesr_deploy.engines.tensorrt_load import find_engine
 
             path = find_engine(path, precision=precision, device_id=device_id).engine_path
         if not path.is_file():
@@ -142,10 +141,13 @@ class TensorRTEngine:
         if self._context is not None:
             return
         from cyclesr_deploy import cuda_runtime as cr
+        from cyclesr_deploy.engines.tensorrt_load import load_engine
         from cyclesr_deploy.errors import require
-        from cyclesr_deploy.export.tensorrt_build import load_engine
 
         trt = require("tensorrt", "tensorrt", "TensorRT inference")
+        # the engine's bytes are checked against its sidecar by load_engine; the ONNX it was
+        # built from against export.json here
+        ModelFolder(self.model_dir).verify(self.sidecar.onnx_file)
         engine = load_engine(self.engine_path, check=self.check, device=self.device_id)
         try:
             self._setup(engine, trt, cr)

@@ -17,12 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from cyclesr_deploy.engines.frozen import WEIGHTS_NAME, padded_weights
+from cyclesr_deploy.engines.frozen_stats import STATS_NAME, WEIGHTS_NAME, padded_weights
 from cyclesr_deploy.engines.tensorrt_engine import TensorRTEngine
 from cyclesr_deploy.errors import InputError
 from cyclesr_deploy.model import FROZEN_ONNX, load_model
-
-STATS_INPUT = "stats"  # the tile graph's statistics input (export/frozen_onnx.py)
 
 
 def _fits(sidecar: Any, frames: Sequence[tuple[int, int]]) -> bool:
@@ -36,7 +34,7 @@ def find_frozen_engines(
     """(statistics engine, tile engine) paths of ``model_dir`` that fit this machine; the
     statistics engine's profile must hold every (H, W) of ``frames`` (padded to the model's size
     multiple here). InputError with the build command when there is none."""
-    from cyclesr_deploy.engines.select import find_engine
+    from cyclesr_deploy.engines.tensorrt_load import find_engine
 
     model_dir = Path(model_dir)
     m = load_model(model_dir).size_multiple
@@ -104,12 +102,12 @@ class TensorRTFrozenEngine:
             self._stats.open()
             self._tile.open()
             shapes = self._tile.static_inputs()
-            if STATS_INPUT not in shapes:
+            if STATS_NAME not in shapes:
                 raise InputError(
-                    f"{self._tile.engine_path.name} has no {STATS_INPUT!r} input (static "
+                    f"{self._tile.engine_path.name} has no {STATS_NAME!r} input (static "
                     f"inputs: {sorted(shapes)}); was it built from {FROZEN_ONNX['tile']}?"
                 )
-            self._length = int(np.prod(shapes[STATS_INPUT]))
+            self._length = int(np.prod(shapes[STATS_NAME]))
             stats_static = self._stats.static_inputs()
             if WEIGHTS_NAME in stats_static:
                 # statistics of one whole frame: its pooling weight is 1 (the rest unused)
@@ -145,7 +143,7 @@ class TensorRTFrozenEngine:
                 f"statistics vector of {stats.size} values; the tile engine takes {self._length}"
             )
         if self._uploaded is None or not np.array_equal(stats, self._uploaded):
-            self._tile.set_static_input(STATS_INPUT, stats)
+            self._tile.set_static_input(STATS_NAME, stats)
             self._uploaded = stats.copy()
         return self._tile.infer(batch)
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from cyclesr_deploy.engines.base import TensorSpec
 from cyclesr_deploy.errors import InputError, require
-from cyclesr_deploy.model import WEIGHTS, load_model
+from cyclesr_deploy.model import WEIGHTS, ModelFolder, load_model
 
 if TYPE_CHECKING:
     import torch
@@ -236,6 +236,9 @@ class TorchEngine:
         torch = self._t
         from cyclesr_deploy.nets import build_generator
 
+        ModelFolder(self.model_dir).verify(
+            self.weights
+        )  # refuses weights export.json does not know
         try:
             state = torch.load(self.weights, map_location="cpu", weights_only=True)
         except Exception as exc:  # UnpicklingError, RuntimeError, EOFError, ...

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 from cyclesr_deploy.errors import require
 
 if TYPE_CHECKING:
+    from cyclesr_deploy.engines.tensorrt_load import load_engine
+    from cyclesr_deploy.engines.trt_config import TensorRTBuildConfig
     from cyclesr_deploy.export.fp16 import Fp16Export, fp16_onnx_from_onnx
     from cyclesr_deploy.export.onnx_export import OnnxExport, onnx_from_checkpoint
     from cyclesr_deploy.export.parity import (
@@ -33,16 +35,16 @@ if TYPE_CHECKING:
         read_export_report,
         write_export_report,
     )
-    from cyclesr_deploy.export.tensorrt_build import EngineBuild, engine_from_onnx, load_engine
-    from cyclesr_deploy.export.trt_config import TensorRTBuildConfig
+    from cyclesr_deploy.export.tensorrt_build import EngineBuild, engine_from_onnx
 
-# public name -> (submodule, packages it needs beyond the core); tensorrt itself is imported
-# by tensorrt_build when a build starts (MissingExtraError naming the ``tensorrt`` extra)
+# public name -> (submodule or full module name, packages it needs beyond the core); tensorrt
+# itself is imported by tensorrt_build when a build starts (MissingExtraError naming the
+# ``tensorrt`` extra)
 _LAZY: dict[str, tuple[str, tuple[str, ...]]] = {
     "engine_from_onnx": ("tensorrt_build", ()),
-    "load_engine": ("tensorrt_build", ()),
+    "load_engine": ("cyclesr_deploy.engines.tensorrt_load", ()),
     "EngineBuild": ("tensorrt_build", ()),
-    "TensorRTBuildConfig": ("trt_config", ()),
+    "TensorRTBuildConfig": ("cyclesr_deploy.engines.trt_config", ()),
     "onnx_from_checkpoint": ("onnx_export", ("torch", "onnx")),
     "OnnxExport": ("onnx_export", ("torch", "onnx")),
     "fp16_onnx_from_onnx": ("fp16", ("onnx", "onnxconverter_common")),
@@ -90,7 +92,8 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
     for package in needs:
         require(package, "export", f"cyclesr_deploy.export.{name}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    full = module if "." in module else f"{__name__}.{module}"
+    value = getattr(importlib.import_module(full), name)
     globals()[name] = value
     return value
 

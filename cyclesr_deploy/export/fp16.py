@@ -55,9 +55,9 @@ from cyclesr_deploy.export.report import (
     ExportReport,
     ParityCase,
     artifact_entry,
-    file_digest,
     write_export_report,
 )
+from cyclesr_deploy.integrity import file_digest
 from cyclesr_deploy.io import atomic_path
 from cyclesr_deploy.model import MODEL_JSON
 from cyclesr_deploy.onnx_metadata import OnnxMetadata, parse_metadata

@@ -10,7 +10,7 @@ estimate serves every network, so the choice is made per model, once, at export:
 (by default synthetic 1024^2 and 2048^2 LR frames of :mod:`cyclesr_deploy.synthetic`, the two
 crop layouts of the default estimate, or a frame of the user's own acquisition) and writes
 ``frozen_stats.json``
-(:data:`~cyclesr_deploy.engines.frozen.CHECK_FILE`): ``choice`` ``"crops"`` when the lowest
+(:data:`~cyclesr_deploy.model.FROZEN_CHECK`): ``choice`` ``"crops"`` when the lowest
 PSNR reaches :data:`~cyclesr_deploy.engines.frozen.CHECK_MIN_PSNR_DB` (45 dB + 2 dB margin for
 frames other than the check frame), else ``"whole"`` (exact statistics; costs a whole-frame
 pass, about half the tile pass, and its memory). The engines read it with
@@ -28,14 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from cyclesr_deploy.engines.frozen import (
-    CHECK_FILE,
+from cyclesr_deploy.engines.frozen_stats import (
     CHECK_MIN_PSNR_DB,
     CHECK_SCHEMA,
     crops_for,
 )
 from cyclesr_deploy.errors import InputError
-from cyclesr_deploy.model import WEIGHTS, ModelConfig, load_model
+from cyclesr_deploy.model import FROZEN_CHECK, FROZEN_ONNX, WEIGHTS, ModelConfig, load_model
 
 __all__ = ["CHECK_SEED", "CHECK_SIZES", "MAX_CHECK_COVER", "check_frames", "check_model"]
 
@@ -107,10 +106,10 @@ def check_model(
     frame."""
     import torch
 
-    from cyclesr_deploy.engines.frozen import STATS_FILE, TILE_FILE
     from cyclesr_deploy.export.onnx_export import load_generator, versions
-    from cyclesr_deploy.export.report import file_digest, utc_now
+    from cyclesr_deploy.export.report import utc_now
     from cyclesr_deploy.frozen_norm import check_crops_estimate
+    from cyclesr_deploy.integrity import file_digest
     from cyclesr_deploy.io import atomic_path
 
     model_dir = Path(model_dir)
@@ -144,7 +143,7 @@ def check_model(
             }
         )
     worst = min(c["psnr_db"] for c in checks)
-    files = [WEIGHTS["ab"], STATS_FILE, TILE_FILE]
+    files = [WEIGHTS["ab"], FROZEN_ONNX["stats"], FROZEN_ONNX["tile"]]
     record: dict[str, Any] = {
         "schema_version": CHECK_SCHEMA,
         "choice": "crops" if worst >= CHECK_MIN_PSNR_DB else "whole",
@@ -164,6 +163,6 @@ def check_model(
         ),
     }
     if write:
-        with atomic_path(model_dir / CHECK_FILE) as part:
+        with atomic_path(model_dir / FROZEN_CHECK) as part:
             part.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return record

@@ -44,7 +44,14 @@ import torch
 from torch import nn
 
 from cyclesr_deploy import __version__
-from cyclesr_deploy.engines.frozen import BLOCKS, MAX_CROPS, WEIGHTS_NAME, padded_weights
+from cyclesr_deploy.engines.frozen_stats import (
+    BLOCKS,
+    KEY_FROZEN_STATS,
+    MAX_CROPS,
+    STATS_NAME,
+    WEIGHTS_NAME,
+    padded_weights,
+)
 from cyclesr_deploy.errors import InputError, MissingExtraError, require
 from cyclesr_deploy.export.onnx_export import (
     INPUT_NAME,
@@ -65,7 +72,7 @@ from cyclesr_deploy.export.parity import (
 )
 from cyclesr_deploy.export.report import ExportReport, artifact_entry, write_export_report
 from cyclesr_deploy.io import atomic_path
-from cyclesr_deploy.model import ONNX_FILES, GeneratorConfig, load_model
+from cyclesr_deploy.model import FROZEN_ONNX_BY_DIRECTION, ONNX_FILES, GeneratorConfig, load_model
 from cyclesr_deploy.onnx_metadata import OnnxMetadata
 
 __all__ = [
@@ -79,10 +86,8 @@ __all__ = [
     "tile_onnx_from_checkpoint",
 ]
 
-STATS_NAME = "stats"
-KEY_FROZEN_STATS = "cyclesr.frozen_stats"
-STATS_FILES: dict[str, str] = {"ab": "generator.stats.onnx", "ba": "generator_ba.stats.onnx"}
-TILE_FILES: dict[str, str] = {"ab": "generator.tile.onnx", "ba": "generator_ba.tile.onnx"}
+STATS_FILES: dict[str, str] = {d: f["stats"] for d, f in FROZEN_ONNX_BY_DIRECTION.items()}
+TILE_FILES: dict[str, str] = {d: f["tile"] for d, f in FROZEN_ONNX_BY_DIRECTION.items()}
 Graph = Literal["stats", "tile"]
 
 # Ops that would make a tile depend on its own statistics (per-tile normalisation).

@@ -44,6 +44,7 @@ from cyclesr_deploy.export.report import (
     ExportReport,
     ParityCase,
     artifact_entry,
+    weights_entry,
     write_export_report,
 )
 from cyclesr_deploy.io import atomic_path
@@ -416,7 +417,8 @@ def onnx_from_checkpoint(
         settings={k: v for k, v in settings.items() if k != "versions"},
     )
     if record:
-        write_export_report(model_dir, ExportReport.of(artifact, versions=tool_versions))
+        weights = weights_entry(model_dir, direction)
+        write_export_report(model_dir, ExportReport.of(artifact, weights, versions=tool_versions))
     _log.info("wrote %s (%s, opset %d), max abs error %.3g", target, exporter, opset, worst)
     derived = target.with_name(f"{target.stem}.fp16.onnx")
     if derived.exists():

@@ -8,7 +8,6 @@ plus the versions of the tools involved. ONNX and TensorRT steps each merge thei
 
 from __future__ import annotations
 
-import hashlib
 import math
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,7 +16,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cyclesr_deploy.errors import InputError
-from cyclesr_deploy.model import EXPORT_JSON, SCHEMA_VERSION
+from cyclesr_deploy.integrity import file_digest
+from cyclesr_deploy.model import EXPORT_JSON, SCHEMA_VERSION, WEIGHTS
 
 
 class _Model(BaseModel):
@@ -89,17 +89,6 @@ class ExportReport(_Model):
         )
 
 
-def file_digest(path: Path, chunk: int = 1 << 20) -> tuple[int, str]:
-    """(size in bytes, sha256 hex) of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    size = 0
-    with Path(path).open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-            size += len(block)
-    return size, h.hexdigest()
-
-
 def utc_now() -> str:
     """Current UTC time, ISO 8601 with seconds."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -139,6 +128,19 @@ def artifact_entry(
         tolerance=dict(tolerance or {}),
         parity=list(parity),
         settings=dict(settings or {}),
+    )
+
+
+def weights_entry(model_dir: str | Path, direction: Literal["ab", "ba"] = "ab") -> ArtifactEntry:
+    """The export.json entry of the generator weights the ONNX was exported from (recorded so
+    that the torch backend's weights are checked like the graphs)."""
+    return artifact_entry(
+        model_dir,
+        Path(model_dir) / WEIGHTS[direction],
+        kind="weights",
+        precision="fp32",
+        seconds=0.0,
+        direction=direction,
     )
 
 

@@ -2,7 +2,7 @@
 
 TensorRT (``tensorrt``) and cuda-python are imported lazily; without them the functions raise
 MissingExtraError naming the ``tensorrt`` extra. Settings, cache key, sidecar and version logic
-are in :mod:`cyclesr_deploy.export.trt_config` (pure, tested without TensorRT).
+are in :mod:`cyclesr_deploy.engines.trt_config` (pure, tested without TensorRT).
 
 Build sequence (TensorRT 10.x/11.x Python API, deploy research notes §2.2)::
 
@@ -22,13 +22,11 @@ Engines are executable artifacts: only load plans this package built into your m
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import hashlib
 import json
 import logging
 import os
-import platform
 import socket
 import threading
 import time
@@ -38,8 +36,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from cyclesr_deploy.errors import InputError, require
-from cyclesr_deploy.export.trt_config import (
+from cyclesr_deploy.engines.tensorrt_load import _trt, gpu_facts, load_engine, trt_logger
+from cyclesr_deploy.engines.trt_config import (
     BuildPlan,
     EngineBuildError,
     EngineMismatchError,
@@ -50,70 +48,19 @@ from cyclesr_deploy.export.trt_config import (
     TensorRTBuildConfig,
     build_plan,
     cache_key,
-    check_sidecar,
     engine_paths,
     profiles,
     read_sidecar,
-    rebuild_command,
     sha256_file,
     sidecar_differences,
-    sidecar_path,
     timing_cache_file,
     write_sidecar,
 )
+from cyclesr_deploy.errors import InputError
 
 log = logging.getLogger("cyclesr_deploy.tensorrt")
 
-_PURPOSE_BUILD = "Building a TensorRT engine"
-_PURPOSE_LOAD = "Loading a TensorRT engine"
-
-
-def _trt(purpose: str = _PURPOSE_BUILD) -> Any:
-    return require("tensorrt", "tensorrt", purpose)
-
-
-# --- logger (one per process, created lazily: TensorRT wants a single logger) --------------
-
-_LOGGER: Any = None
-_LOGGER_LOCK = threading.Lock()
-
-
-def trt_logger(trt: Any | None = None) -> Any:
-    """The process-wide ``trt.ILogger`` subclass forwarding to the ``cyclesr_deploy.tensorrt``
-    Python logger (INTERNAL_ERROR/ERROR -> error, WARNING -> warning, INFO -> debug; VERBOSE
-    dropped) and keeping the last error messages in ``.errors`` for exception texts."""
-    global _LOGGER
-    trt = trt or _trt()
-    with _LOGGER_LOCK:
-        if _LOGGER is None or _LOGGER.trt is not trt:
-            _LOGGER = _make_logger(trt)
-        return _LOGGER
-
-
-def _make_logger(trt: Any) -> Any:
-    class _Logger(trt.ILogger):  # type: ignore[misc, name-defined]
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-            self.trt = trt
-            self.errors: collections.deque[str] = collections.deque(maxlen=32)
-
-        def log(self, severity: Any, msg: str) -> None:
-            level = int(severity)  # INTERNAL_ERROR 0, ERROR 1, WARNING 2, INFO 3, VERBOSE 4
-            if level <= 1:
-                self.errors.append(str(msg))
-                log.error("TensorRT: %s", msg)
-            elif level == 2:
-                log.warning("TensorRT: %s", msg)
-            elif level == 3:
-                log.debug("TensorRT: %s", msg)
-
-        def take_errors(self) -> list[str]:
-            out = list(self.errors)
-            self.errors.clear()
-            return out
-
-    return _Logger()
-
+__all__ = ["EngineBuild", "engine_from_onnx", "gpu_facts", "load_engine"]
 
 # --- progress -------------------------------------------------------------------------------
 
@@ -260,29 +207,6 @@ class BuildLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
-
-
-# --- machine facts --------------------------------------------------------------------------
-
-
-def gpu_facts(device: int = 0, trt_version: str | None = None) -> GpuFacts:
-    """Facts about CUDA device ``device`` (cuda-python: ``cudaGetDeviceProperties``,
-    ``cudaDriverGetVersion``, ``cudaRuntimeGetVersion``; NVML for the driver release) and the
-    installed TensorRT (``tensorrt.__version__`` unless ``trt_version`` is given)."""
-    from cyclesr_deploy import cuda_runtime as cr
-
-    info = cr.device_properties(device)
-    if trt_version is None:
-        trt_version = str(_trt().__version__)
-    return GpuFacts(
-        name=info.name,
-        compute_capability=info.compute_capability,
-        driver_version=cr.nvidia_driver_version() or "unknown",
-        cuda_driver_version=cr.driver_version(),
-        cuda_runtime_version=cr.runtime_version(),
-        trt_version=trt_version,
-        os=platform.system(),
-    )
 
 
 # --- build ----------------------------------------------------------------------------------
@@ -621,62 +545,3 @@ def engine_from_onnx(
         write_sidecar(side_path, sidecar)
     log.info("TensorRT engine written: %s (%.1f s)", engine_path, seconds)
     return EngineBuild(engine_path, side_path, sidecar, skipped=False, seconds=seconds)
-
-
-# --- load -----------------------------------------------------------------------------------
-
-
-def load_engine(
-    engine_path: str | Path,
-    *,
-    check: bool = True,
-    device: int = 0,
-    onnx_path: str | Path | None = None,
-) -> Any:
-    """Deserialize an engine (``trt.Runtime(logger).deserialize_cuda_engine``) on ``device``.
-
-    With ``check`` (default), the sidecar must exist and fit this machine (OS, TensorRT
-    version, GPU; see :func:`check_sidecar`), the engine bytes must match its sha256, and the
-    model's ONNX (``onnx_path``, else the sidecar's ``onnx_file`` in the model folder, when
-    present) must be the one it was built from; otherwise EngineMismatchError with the rebuild
-    command. A None from TensorRT also raises EngineMismatchError with TensorRT's log.
-    Returns the ``ICudaEngine`` (it keeps its Runtime alive).
-    """
-    from cyclesr_deploy import cuda_runtime
-
-    trt = _trt(_PURPOSE_LOAD)
-    engine_path = Path(engine_path)
-    if not engine_path.is_file():
-        raise InputError(f"{engine_path}: no such TensorRT engine")
-    data = engine_path.read_bytes()
-    model_dir = engine_path.parent.parent if engine_path.parent.name == "engines" else None
-    hint = "cyclesr export tensorrt MODEL_DIR"
-    if check:
-        sidecar = read_sidecar(sidecar_path(engine_path))
-        hint = rebuild_command(model_dir, sidecar.build)
-        facts = gpu_facts(device, str(trt.__version__))
-        onnx = Path(onnx_path) if onnx_path is not None else None
-        if onnx is None and model_dir is not None:
-            onnx = model_dir / sidecar.onnx_file
-        onnx_sha = sha256_file(onnx) if onnx is not None and onnx.is_file() else None
-        check_sidecar(sidecar, facts, onnx_sha, model_dir=model_dir)
-        if hashlib.sha256(data).hexdigest() != sidecar.engine_sha256:
-            raise EngineMismatchError(
-                f"{engine_path} does not match its sidecar's sha256 (modified or truncated); "
-                f"rebuild it with: {hint}",
-                ["engine bytes"],
-            )
-    cuda_runtime.set_device(device)
-    logger = trt_logger(trt)
-    logger.take_errors()
-    runtime = trt.Runtime(logger)
-    engine = runtime.deserialize_cuda_engine(data)
-    if engine is None:
-        errors = logger.take_errors() or ["no error was logged"]
-        raise EngineMismatchError(
-            f"TensorRT {trt.__version__} could not deserialize {engine_path}:\n  - "
-            + "\n  - ".join(errors)
-            + f"\nRebuild it on this machine with: {hint}",
-            ["deserialize"],
-        )
-    return engine

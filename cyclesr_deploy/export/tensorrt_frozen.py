@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cyclesr_deploy.engines.trt_config import TensorRTBuildConfig
 from cyclesr_deploy.errors import InputError
 from cyclesr_deploy.export.tensorrt_build import EngineBuild, ProgressCallback, engine_from_onnx
-from cyclesr_deploy.export.trt_config import TensorRTBuildConfig
 from cyclesr_deploy.model import FROZEN_ONNX, load_model
 
 

@@ -8,6 +8,15 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from cyclesr_deploy.model import (
+    EXPORT_JSON,
+    FROZEN_CHECK,
+    FROZEN_ONNX,
+    MODEL_JSON,
+    ONNX_FILES,
+    ONNX_FP16,
+)
+
 pytest.importorskip("torch")
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -26,12 +35,12 @@ def model_dir(tmp_path_factory):
 def test_export_all_writes_onnx_fp16_and_report(model_dir):
     res = runner.invoke(app, ["export", "all", str(model_dir)])
     assert res.exit_code == 0, res.output
-    assert (model_dir / "generator.onnx").is_file()
-    assert (model_dir / "generator.fp16.onnx").is_file()
-    report = json.loads((model_dir / "export.json").read_text())
-    assert {"generator.onnx", "generator.fp16.onnx"} <= set(report["artifacts"])
+    assert (model_dir / ONNX_FILES["ab"]).is_file()
+    assert (model_dir / ONNX_FP16).is_file()
+    report = json.loads((model_dir / EXPORT_JSON).read_text())
+    assert {ONNX_FILES["ab"], ONNX_FP16} <= set(report["artifacts"])
     # InstanceNorm generator: the frozen-statistics graphs are a default step, with entries
-    for name in ("generator.stats.onnx", "generator.tile.onnx"):
+    for name in (FROZEN_ONNX["stats"], FROZEN_ONNX["tile"]):
         assert (model_dir / name).is_file()
         entry = report["artifacts"][name]
         assert entry["bytes"] == (model_dir / name).stat().st_size
@@ -40,18 +49,18 @@ def test_export_all_writes_onnx_fp16_and_report(model_dir):
         assert entry["settings"]["frozen_stats"]["length"] > 0
     assert "ONNX stats" in res.output and "ONNX tile" in res.output
     # ... followed by the check of the crops estimate that --stats auto follows
-    check = json.loads((model_dir / "frozen_stats.json").read_text())
+    check = json.loads((model_dir / FROZEN_CHECK).read_text())
     assert check["choice"] in ("crops", "whole") and len(check["checks"]) == 2
     assert f"--stats auto uses {check['choice']}" in " ".join(res.output.split())
     if importlib.util.find_spec("tensorrt") is None:
         assert "skipped" in res.output
 
     # a second export without --overwrite refuses and keeps the file
-    before = (model_dir / "generator.onnx").read_bytes()
+    before = (model_dir / ONNX_FILES["ab"]).read_bytes()
     again = runner.invoke(app, ["export", "onnx", str(model_dir)])
     assert again.exit_code == 2
     assert "overwrite" in again.output
-    assert (model_dir / "generator.onnx").read_bytes() == before
+    assert (model_dir / ONNX_FILES["ab"]).read_bytes() == before
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT present")
@@ -71,11 +80,11 @@ def test_export_folder_without_weights(tmp_path):
     (tmp_path / "m").mkdir()
     res = runner.invoke(app, ["export", "onnx", str(tmp_path / "m")])
     assert res.exit_code == 2
-    assert "model.json" in res.output
+    assert MODEL_JSON in res.output
 
 
 def test_export_onnx_frozen_switch(model_dir):
-    graphs = [model_dir / "generator.stats.onnx", model_dir / "generator.tile.onnx"]
+    graphs = [model_dir / FROZEN_ONNX["stats"], model_dir / FROZEN_ONNX["tile"]]
     for graph in graphs:
         graph.unlink(missing_ok=True)
     res = runner.invoke(
@@ -88,7 +97,7 @@ def test_export_onnx_frozen_switch(model_dir):
     assert res.exit_code == 0, res.output
     assert "ONNX stats" in res.output and "ONNX tile" in res.output
     # ... followed by the check of the crops estimate that --stats auto follows
-    check = json.loads((model_dir / "frozen_stats.json").read_text())
+    check = json.loads((model_dir / FROZEN_CHECK).read_text())
     assert check["choice"] in ("crops", "whole") and len(check["checks"]) == 2
     assert f"--stats auto uses {check['choice']}" in " ".join(res.output.split())
     assert all(g.is_file() for g in graphs)
@@ -104,41 +113,41 @@ def test_export_checks_the_estimate_on_the_users_frame(model_dir, tmp_path):
     args = ["export", "onnx", str(model_dir), "--overwrite", "--no-fp16"]
     res = runner.invoke(app, [*args, "--check-frame", str(frame)])
     assert res.exit_code == 0, res.output
-    check = json.loads((model_dir / "frozen_stats.json").read_text())
+    check = json.loads((model_dir / FROZEN_CHECK).read_text())
     assert [c["frame"] for c in check["checks"]] == [{"source": str(frame), "shape": [1024, 1088]}]
     # an unusable check frame is refused before anything is exported
     small = tmp_path / "small.tif"
     tifffile.imwrite(small, rng.integers(0, 4000, (300, 300), np.uint16))
-    before = (model_dir / "generator.onnx").stat().st_mtime_ns
+    before = (model_dir / ONNX_FILES["ab"]).stat().st_mtime_ns
     res = runner.invoke(app, [*args, "--check-frame", str(small)])
     assert res.exit_code == 2
     assert "too small" in res.output
-    assert (model_dir / "generator.onnx").stat().st_mtime_ns == before
+    assert (model_dir / ONNX_FILES["ab"]).stat().st_mtime_ns == before
     missing = runner.invoke(app, [*args, "--check-frame", str(tmp_path / "none.tif")])
     assert missing.exit_code == 2
     assert "none.tif" in missing.output
 
 
 def test_export_check_alone(model_dir, tmp_path):
-    (model_dir / "frozen_stats.json").unlink(missing_ok=True)
+    (model_dir / FROZEN_CHECK).unlink(missing_ok=True)
     res = runner.invoke(
         app, ["export", "onnx", str(model_dir), "--overwrite", "--no-fp16", "--no-frozen"]
     )
     assert res.exit_code == 0, res.output
     assert "stats check" not in res.output
-    assert not (model_dir / "frozen_stats.json").exists()
+    assert not (model_dir / FROZEN_CHECK).exists()
     res = runner.invoke(app, ["export", "check", str(model_dir)])
     assert res.exit_code == 0, res.output
-    check = json.loads((model_dir / "frozen_stats.json").read_text())
+    check = json.loads((model_dir / FROZEN_CHECK).read_text())
     assert [c["frame"]["shape"] for c in check["checks"]] == [[1024, 1024], [2048, 2048]]
     assert f"--stats auto uses {check['choice']}" in " ".join(res.output.split())
     res = runner.invoke(app, ["export", "check", str(tmp_path)])
     assert res.exit_code == 2
-    assert "model.json" in res.output
+    assert MODEL_JSON in res.output
     from cyclesr_deploy.model import GeneratorConfig, ModelConfig, save_model_config
 
     save_model_config(tmp_path, ModelConfig(generator=GeneratorConfig(norm="none")))
     res = runner.invoke(app, ["export", "check", str(tmp_path)])
     assert res.exit_code == 2
     assert "InstanceNorm" in res.output
-    assert not (tmp_path / "frozen_stats.json").exists()
+    assert not (tmp_path / FROZEN_CHECK).exists()

@@ -15,7 +15,15 @@ import pytest
 
 from cyclesr_deploy.engines import OnnxRuntimeEngine, TorchEngine, open_engine
 from cyclesr_deploy.engines import select as sel
-from cyclesr_deploy.model import WEIGHTS, GeneratorConfig, ModelConfig, save_model_config
+from cyclesr_deploy.model import (
+    ENGINES_DIR,
+    ONNX_FILES,
+    ORT_TRT_CACHE,
+    WEIGHTS,
+    GeneratorConfig,
+    ModelConfig,
+    save_model_config,
+)
 
 pytestmark = pytest.mark.gpu
 
@@ -52,7 +60,7 @@ def model_dir(cuda, tmp_path_factory):
     net = build_generator(gen, generator=torch.Generator().manual_seed(0))
     torch.save(net.state_dict(), folder / WEIGHTS["ab"])
     onnx_from_checkpoint(folder, dynamo=importlib.util.find_spec("onnxscript") is not None)
-    fp16_onnx_from_onnx(folder / "generator.onnx")
+    fp16_onnx_from_onnx(folder / ONNX_FILES["ab"])
     return folder
 
 
@@ -136,7 +144,7 @@ def test_onnxruntime_tensorrt_ep_parity_and_cache(model_dir):
             pytest.skip(f"TensorRT EP fell back to {engine.providers[0]} (libnvinfer not found)")
         y = engine.infer(x).copy()
     assert max_abs(y, reference(model_dir, x)) <= TF32_TOL
-    assert any((model_dir / "engines" / "onnxruntime-trt").iterdir())
+    assert any((model_dir / ENGINES_DIR / ORT_TRT_CACHE).iterdir())
 
 
 # --- TensorRT -------------------------------------------------------------------------------------
@@ -146,8 +154,8 @@ def test_onnxruntime_tensorrt_ep_parity_and_cache(model_dir):
 @pytest.mark.parametrize(("precision", "tol"), [("fp32", TF32_TOL), ("fp16", FP16_TOL)])
 def test_tensorrt_engine_matches_onnxruntime_cpu(model_dir, tmp_path, precision, tol):
     pytest.importorskip("tensorrt")
+    from cyclesr_deploy.engines.trt_config import TensorRTBuildConfig
     from cyclesr_deploy.export import engine_from_onnx
-    from cyclesr_deploy.export.trt_config import TensorRTBuildConfig
 
     cfg = TensorRTBuildConfig(
         tile=64, batch=2, precision=precision, opt_level=1, timing_cache_dir=tmp_path

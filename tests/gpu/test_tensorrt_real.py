@@ -15,9 +15,15 @@ import numpy as np
 import pytest
 
 from cyclesr_deploy import cuda_runtime
+from cyclesr_deploy.engines.trt_config import EngineMismatchError, TensorRTBuildConfig
 from cyclesr_deploy.errors import InputError
-from cyclesr_deploy.export.trt_config import EngineMismatchError, TensorRTBuildConfig
-from cyclesr_deploy.model import WEIGHTS, GeneratorConfig, ModelConfig, save_model_config
+from cyclesr_deploy.model import (
+    ONNX_FILES,
+    WEIGHTS,
+    GeneratorConfig,
+    ModelConfig,
+    save_model_config,
+)
 
 pytestmark = pytest.mark.tensorrt
 
@@ -55,7 +61,7 @@ def fp16_onnx(model_dir):
     pytest.importorskip("onnxconverter_common")
     from cyclesr_deploy.export import fp16_onnx_from_onnx
 
-    return fp16_onnx_from_onnx(model_dir / "generator.onnx").path
+    return fp16_onnx_from_onnx(model_dir / ONNX_FILES["ab"]).path
 
 
 def ort_reference(onnx_path, x: np.ndarray) -> np.ndarray:
@@ -75,7 +81,7 @@ def tiles(shape, seed=0) -> np.ndarray:
 
 
 def test_gpu_facts_describe_this_machine(trt):
-    from cyclesr_deploy.export.tensorrt_build import gpu_facts
+    from cyclesr_deploy.engines.tensorrt_load import gpu_facts
 
     facts = gpu_facts()
     assert facts.name and facts.trt_version == trt.__version__
@@ -84,27 +90,29 @@ def test_gpu_facts_describe_this_machine(trt):
 
 
 def test_fp32_engine_matches_onnxruntime(trt, model_dir, tmp_path):
-    from cyclesr_deploy.export.tensorrt_build import engine_from_onnx, load_engine
+    from cyclesr_deploy.engines.tensorrt_load import load_engine
+    from cyclesr_deploy.export.tensorrt_build import engine_from_onnx
 
     built = engine_from_onnx(model_dir, build_cfg(tmp_path, precision="fp32", tile=64, batch=2))
     assert not built.skipped and built.engine_path.stat().st_size > 0
     engine = load_engine(built.engine_path)
     x = tiles((2, 1, 64, 64))
     y = cuda_runtime.infer_once(engine, x)
-    ref = ort_reference(model_dir / "generator.onnx", x)
+    ref = ort_reference(model_dir / ONNX_FILES["ab"], x)
     assert y.shape == ref.shape
     assert float(np.abs(y - ref).max()) < FP32_TOL
 
 
 def test_fp16_engine_matches_onnxruntime_and_is_cached(trt, model_dir, fp16_onnx, tmp_path):
-    from cyclesr_deploy.export.tensorrt_build import engine_from_onnx, load_engine
+    from cyclesr_deploy.engines.tensorrt_load import load_engine
+    from cyclesr_deploy.export.tensorrt_build import engine_from_onnx
 
     settings = build_cfg(tmp_path, precision="fp16", tile=64, batch=2)
     built = engine_from_onnx(model_dir, settings)
     assert built.sidecar.strongly_typed and built.sidecar.onnx_file == fp16_onnx.name
     x = tiles((2, 1, 64, 64), seed=1)
     y = cuda_runtime.infer_once(load_engine(built.engine_path), x)
-    ref = ort_reference(model_dir / "generator.onnx", x)
+    ref = ort_reference(model_dir / ONNX_FILES["ab"], x)
     err = float(np.abs(y - ref).max())
     rel = float(np.linalg.norm(y - ref) / np.linalg.norm(ref))
     assert np.isfinite(y).all() and err < FP16_TOL and rel < 1e-2, (err, rel)
@@ -113,7 +121,8 @@ def test_fp16_engine_matches_onnxruntime_and_is_cached(trt, model_dir, fp16_onnx
 
 
 def test_dynamic_engine_runs_several_shapes(trt, model_dir, tmp_path):
-    from cyclesr_deploy.export.tensorrt_build import engine_from_onnx, load_engine
+    from cyclesr_deploy.engines.tensorrt_load import load_engine
+    from cyclesr_deploy.export.tensorrt_build import engine_from_onnx
 
     settings = build_cfg(
         tmp_path, precision="fp32", dynamic=True, tile=64, batch=2, min_tile=32, max_tile=128
@@ -121,14 +130,15 @@ def test_dynamic_engine_runs_several_shapes(trt, model_dir, tmp_path):
     engine = load_engine(engine_from_onnx(model_dir, settings).engine_path)
     for shape in [(1, 1, 32, 96), (2, 1, 128, 64), (2, 1, 64, 64)]:
         x = tiles(shape, seed=sum(shape))
-        ref = ort_reference(model_dir / "generator.onnx", x)
+        ref = ort_reference(model_dir / ONNX_FILES["ab"], x)
         assert float(np.abs(cuda_runtime.infer_once(engine, x) - ref).max()) < FP32_TOL
     with pytest.raises(InputError, match="optimization profile"):
         cuda_runtime.infer_once(engine, tiles((1, 1, 256, 256)))
 
 
 def test_engine_from_another_gpu_is_refused(trt, model_dir, tmp_path):
-    from cyclesr_deploy.export.tensorrt_build import engine_from_onnx, load_engine
+    from cyclesr_deploy.engines.tensorrt_load import load_engine
+    from cyclesr_deploy.export.tensorrt_build import engine_from_onnx
 
     built = engine_from_onnx(model_dir, build_cfg(tmp_path, precision="fp32", tile=32, batch=1))
     data = json.loads(built.sidecar_path.read_text(encoding="utf-8"))
@@ -174,7 +184,7 @@ def test_frozen_statistics_engines_make_tiling_match_the_whole_frame(trt, model_
     cfg = build_cfg(tmp_path, precision="fp32", tile=128, batch=2)
     frozen_engines_from_onnx(model_dir, (256, 256), cfg)
     frame = tiles((256, 256), seed=3)
-    whole = ort_reference(model_dir / "generator.onnx", frame[None, None])[0, 0]
+    whole = ort_reference(model_dir / ONNX_FILES["ab"], frame[None, None])[0, 0]
     model = load_model(model_dir)
     tcfg = TilingConfig.for_model(model.receptive_field, tile=128, batch_size=2, ramp=8)
     with TensorRTFrozenEngine(model_dir, frames=[(256, 256)]) as engine:

@@ -11,6 +11,8 @@ import shutil
 import numpy as np
 import pytest
 
+from cyclesr_deploy.model import EXPORT_JSON, MODEL_JSON, ONNX_FILES
+
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -143,7 +145,7 @@ def test_onnxruntime_fp16_onnx_runs_on_cpu(model_dir):
 
 def test_bare_onnx_file_reads_its_embedded_config(model_dir, scale2_dir, tmp_path):
     onnx = tmp_path / "elsewhere.onnx"
-    shutil.copy(scale2_dir / "generator.onnx", onnx)
+    shutil.copy(scale2_dir / ONNX_FILES["ab"], onnx)
     with OnnxRuntimeEngine(onnx) as engine:
         assert engine.input_spec.scale == 2 and engine.precision == "fp32"
         assert engine.infer(tiles((1, 1, 32, 32))).shape == (1, 1, 64, 64)
@@ -152,7 +154,10 @@ def test_bare_onnx_file_reads_its_embedded_config(model_dir, scale2_dir, tmp_pat
 def test_onnx_from_another_model_is_refused(model_dir, scale2_dir, tmp_path):
     folder = tmp_path / "mixed"
     shutil.copytree(model_dir, folder)
-    shutil.copy(scale2_dir / "generator.onnx", folder / "generator.onnx")
+    shutil.copy(scale2_dir / ONNX_FILES["ab"], folder / ONNX_FILES["ab"])
+    with pytest.raises(InputError, match="sha256 differs"):  # export.json's record
+        OnnxRuntimeEngine(folder).__enter__()
+    (folder / EXPORT_JSON).unlink()  # a hand-made folder: the ONNX metadata still catches it
     with pytest.raises(InputError, match="another generator"):
         OnnxRuntimeEngine(folder).__enter__()
 
@@ -246,7 +251,7 @@ def test_explicit_backends_through_open_engine(model_dir):
 def test_missing_onnx(model_dir, tmp_path):
     folder = tmp_path / "weights-only"
     folder.mkdir()
-    for name in ("model.json", WEIGHTS["ab"]):
+    for name in (MODEL_JSON, WEIGHTS["ab"]):
         shutil.copy(model_dir / name, folder / name)
     with pytest.raises(InputError, match=r"cyclesr export onnx"):
         open_engine(folder, "onnxruntime")

@@ -8,6 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
+from cyclesr_deploy.model import ONNX_FILES, ONNX_FP16, WEIGHTS
+
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
@@ -110,8 +112,8 @@ def _assert_typing(path, fp32_ops=("InstanceNormalization",), fp32_nodes=()):
 
 
 def test_fp16_keeps_instance_norm_and_io_in_fp32(folder):
-    result = fp16_onnx_from_onnx(folder / "generator.onnx")
-    assert result.path == folder / "generator.fp16.onnx"
+    result = fp16_onnx_from_onnx(folder / ONNX_FILES["ab"])
+    assert result.path == folder / ONNX_FP16
     model, counts = _assert_typing(result.path)
     norms = [n for n in model.graph.node if n.op_type == "InstanceNormalization"]
     assert len(norms) == counts["fp32"] == 9 and counts["fp16"] > 20
@@ -123,22 +125,22 @@ def test_fp16_keeps_instance_norm_and_io_in_fp32(folder):
     assert result.rel_l2_error <= 1e-2 and result.max_abs_error < 0.05
     meta = read_onnx_metadata(result.path)
     assert meta.precision == "fp16" and meta.fp16["keep_fp32_ops"] == ["InstanceNormalization"]
-    assert meta.model == read_onnx_metadata(folder / "generator.onnx").model
-    fp32_entry = read_export_report(folder).artifacts["generator.onnx"]
+    assert meta.model == read_onnx_metadata(folder / ONNX_FILES["ab"]).model
+    fp32_entry = read_export_report(folder).artifacts[ONNX_FILES["ab"]]
     assert meta.fp16["source_sha256"] == fp32_entry.sha256
-    entry = read_export_report(folder).artifacts["generator.fp16.onnx"]
-    assert entry.precision == "fp16" and entry.reference == "generator.onnx"
+    entry = read_export_report(folder).artifacts[ONNX_FP16]
+    assert entry.precision == "fp16" and entry.reference == ONNX_FILES["ab"]
     assert entry.rel_l2 == result.rel_l2_error
-    assert "generator.onnx" in read_export_report(folder).artifacts
+    assert ONNX_FILES["ab"] in read_export_report(folder).artifacts
 
 
 def test_fp16_runs_in_onnxruntime_with_fp32_io(folder):
-    result = fp16_onnx_from_onnx(folder / "generator.onnx", evaluator="onnxruntime")
+    result = fp16_onnx_from_onnx(folder / ONNX_FILES["ab"], evaluator="onnxruntime")
     session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).uniform(-1, 1, (2, 1, 44, 52)).astype(np.float32)
     y = session.run(None, {"input": x})[0]
     assert y.dtype == np.float32 and y.shape == x.shape
-    fp32 = ort.InferenceSession(str(folder / "generator.onnx"), providers=["CPUExecutionProvider"])
+    fp32 = ort.InferenceSession(str(folder / ONNX_FILES["ab"]), providers=["CPUExecutionProvider"])
     ref = fp32.run(None, {"input": x})[0]
     assert np.linalg.norm(y - ref) / np.linalg.norm(ref) <= 1e-2
 
@@ -146,7 +148,7 @@ def test_fp16_runs_in_onnxruntime_with_fp32_io(folder):
 def test_keep_last_conv_and_tanh_in_fp32(folder):
     out = folder / "last.fp16.onnx"
     result = fp16_onnx_from_onnx(
-        folder / "generator.onnx", out, keep_last_conv=True, evaluator="onnxruntime"
+        folder / ONNX_FILES["ab"], out, keep_last_conv=True, evaluator="onnxruntime"
     )
     model = onnx.load(str(out))
     last_two = [n for n in model.graph.node if n.name in result.kept_fp32][-2:]
@@ -161,14 +163,14 @@ def test_fp16_of_the_torchscript_export(folder):
     onnx_from_checkpoint(
         folder, dynamo=False, overwrite=True, parity_sizes=[(1, 64, 64)], synthetic_sizes=[]
     )
-    result = fp16_onnx_from_onnx(folder / "generator.onnx", evaluator="onnxruntime")
+    result = fp16_onnx_from_onnx(folder / ONNX_FILES["ab"], evaluator="onnxruntime")
     _assert_typing(result.path)
     assert result.rel_l2_error <= 1e-2
 
 
 def test_reference_evaluator_alone(folder):
     result = fp16_onnx_from_onnx(
-        folder / "generator.onnx", evaluator="reference", synthetic_sizes=[(32, 48)]
+        folder / ONNX_FILES["ab"], evaluator="reference", synthetic_sizes=[(32, 48)]
     )
     assert result.evaluators == ("reference",) and len(result.parity) == 1
     assert result.rel_l2_error <= 1e-2
@@ -178,15 +180,15 @@ def test_resize_upsampling_keeps_resize_in_fp32(tmp_path):
     gen = GeneratorConfig(ngf=4, n_blocks=1, upsample="resize_conv", scale=2, head="resize_conv")
     norm = NormalizationConfig(high_a=50000, high_b=50000)  # 16-bit synthetic data -> [-1, 1]
     save_model_config(tmp_path, ModelConfig(generator=gen, normalization=norm))
-    torch.save(build_generator(gen).state_dict(), tmp_path / "generator_ab.pt")
+    torch.save(build_generator(gen).state_dict(), tmp_path / WEIGHTS["ab"])
     onnx_from_checkpoint(tmp_path, dynamo=True, parity_sizes=[(1, 32, 32)], synthetic_sizes=[])
-    result = fp16_onnx_from_onnx(tmp_path / "generator.onnx", synthetic_sizes=[(32, 32)])
+    result = fp16_onnx_from_onnx(tmp_path / ONNX_FILES["ab"], synthetic_sizes=[(32, 32)])
     _assert_typing(result.path, fp32_ops=("InstanceNormalization", "Resize"))
     assert result.rel_l2_error <= 1e-2
 
 
 def test_refusals_leave_the_folder_unchanged(folder):
-    source = folder / "generator.onnx"
+    source = folder / ONNX_FILES["ab"]
     first = fp16_onnx_from_onnx(source, evaluator="onnxruntime")
     content = first.path.read_bytes()
     before = sorted(p.name for p in folder.iterdir())

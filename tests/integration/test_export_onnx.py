@@ -8,6 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
+from cyclesr_deploy.model import EXPORT_JSON, ONNX_FILES, WEIGHTS
+
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
@@ -102,7 +104,7 @@ def _graph_checks(path):
 
 def test_dynamo_export_matches_pytorch_from_64x64_to_2x256x192(dynamo_export):
     result = dynamo_export
-    assert result.path.name == "generator.onnx" and result.path.is_file()
+    assert result.path.name == ONNX_FILES["ab"] and result.path.is_file()
     assert result.exporter == "dynamo" and result.opset == 20
     assert {c.name for c in result.parity if c.kind == "random"} == SIZES
     assert sum(c.kind == "synthetic" for c in result.parity) == 2
@@ -132,13 +134,13 @@ def test_metadata_and_export_json(dynamo_export):
     assert meta.export["exporter"] == "dynamo" and meta.export["opset"] == 20
     assert {"torch", "onnx", "cyclesr_deploy"} <= set(meta.export["versions"])
     report = read_export_report(folder)
-    entry = report.artifacts["generator.onnx"]
+    entry = report.artifacts[ONNX_FILES["ab"]]
     assert entry.precision == "fp32" and entry.reference == "torch"
     assert entry.bytes == dynamo_export.path.stat().st_size and len(entry.sha256) == 64
     assert entry.max_abs == dynamo_export.max_abs_error <= 1e-4
     assert "torch" in report.versions
-    raw = json.loads((folder / "export.json").read_text())
-    assert raw["artifacts"]["generator.onnx"]["parity"][0]["max_abs"] <= 1e-4
+    raw = json.loads((folder / EXPORT_JSON).read_text())
+    assert raw["artifacts"][ONNX_FILES["ab"]]["parity"][0]["max_abs"] <= 1e-4
     assert not list(folder.glob("*.part"))
 
 
@@ -182,19 +184,19 @@ def test_direction_ba_of_a_cyclegan_folder(model_copy):
     result = onnx_from_checkpoint(
         model_copy, direction="ba", dynamo=False, parity_sizes=[(1, 64, 64)]
     )
-    assert result.path.name == "generator_ba.onnx"
+    assert result.path.name == ONNX_FILES["ba"]
     assert max(c.max_abs for c in result.parity) <= 1e-4
     assert read_onnx_metadata(result.path).direction == "ba"
-    assert not (model_copy / "generator.onnx").exists()
-    assert read_export_report(model_copy).artifacts["generator_ba.onnx"].direction == "ba"
+    assert not (model_copy / ONNX_FILES["ab"]).exists()
+    assert read_export_report(model_copy).artifacts[ONNX_FILES["ba"]].direction == "ba"
 
 
 def test_direction_ba_of_a_scale_two_model_halves_the_size(tmp_path):
     """F of a scale-2 CycleGAN downscales: size multiple 8, default sizes rounded up to it."""
     gen = GeneratorConfig(ngf=4, n_blocks=1, scale=2)
     save_model_config(tmp_path, ModelConfig(generator=gen))
-    torch.save(build_generator(gen).state_dict(), tmp_path / "generator_ab.pt")
-    torch.save(build_generator(gen.inverse()).state_dict(), tmp_path / "generator_ba.pt")
+    torch.save(build_generator(gen).state_dict(), tmp_path / WEIGHTS["ab"])
+    torch.save(build_generator(gen.inverse()).state_dict(), tmp_path / WEIGHTS["ba"])
     result = onnx_from_checkpoint(tmp_path, direction="ba")
     shapes = {c.input_shape: c.output_shape for c in result.parity if c.kind == "random"}
     assert shapes[(1, 1, 72, 96)] == (1, 1, 36, 48)  # 68x92 rounded up to multiples of 8
@@ -204,7 +206,7 @@ def test_direction_ba_of_a_scale_two_model_halves_the_size(tmp_path):
 
 
 def test_folder_without_weights(model_copy):
-    (model_copy / "generator_ab.pt").unlink()
+    (model_copy / WEIGHTS["ab"]).unlink()
     before = _listing(model_copy)
     with pytest.raises(InputError, match=r"no weights file generator_ab\.pt"):
         onnx_from_checkpoint(model_copy)
@@ -248,7 +250,7 @@ def test_existing_output_needs_overwrite(model_copy):
     assert _listing(model_copy) == before and first.path.read_bytes() == content
     again = onnx_from_checkpoint(model_copy, overwrite=True, opset=18, **quick)
     assert again.path == first.path and read_onnx_metadata(again.path).export["opset"] == 18
-    assert read_export_report(model_copy).artifacts["generator.onnx"].settings["opset"] == 18
+    assert read_export_report(model_copy).artifacts[ONNX_FILES["ab"]].settings["opset"] == 18
 
 
 @pytest.mark.filterwarnings("ignore:Exporting to ONNX opset version 99")

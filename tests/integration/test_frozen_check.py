@@ -16,24 +16,28 @@ import numpy as np
 import pytest
 import tifffile
 
+from cyclesr_deploy.model import FROZEN_ONNX, WEIGHTS
+
 pytest.importorskip("torch")
 pytest.importorskip("onnxscript")
 pytest.importorskip("onnxruntime")
 
 import torch
 
-from cyclesr_deploy.engines import frozen as frozen_engines
-from cyclesr_deploy.engines.frozen import (
-    CHECK_FILE,
-    CHECK_MIN_PSNR_DB,
-    estimate_for_model,
-    open_frozen_engine,
-)
+from cyclesr_deploy.engines import frozen_stats as frozen_engines
+from cyclesr_deploy.engines.frozen import open_frozen_engine
+from cyclesr_deploy.engines.frozen_stats import CHECK_MIN_PSNR_DB, estimate_for_model
 from cyclesr_deploy.errors import InputError
 from cyclesr_deploy.export import frozen_check
 from cyclesr_deploy.export.frozen_check import check_frames, check_model
-from cyclesr_deploy.export.report import file_digest
-from cyclesr_deploy.model import GeneratorConfig, ModelConfig, load_model, save_model_config
+from cyclesr_deploy.integrity import file_digest
+from cyclesr_deploy.model import (
+    FROZEN_CHECK,
+    GeneratorConfig,
+    ModelConfig,
+    load_model,
+    save_model_config,
+)
 from cyclesr_deploy.pipeline import EnhanceConfig, enhance_files
 from cyclesr_deploy.tiling import TilingConfig
 
@@ -65,7 +69,7 @@ def _force(monkeypatch, threshold):
 
 def test_check_writes_a_record_tied_to_the_files(folder):
     record = check_model(folder)  # the default frames: synthetic 1024^2 and 2048^2
-    on_disk = json.loads((folder / CHECK_FILE).read_text(encoding="utf-8"))
+    on_disk = json.loads((folder / FROZEN_CHECK).read_text(encoding="utf-8"))
     assert on_disk == json.loads(json.dumps(record))
     checks = record["checks"]
     assert [c["frame"]["shape"] for c in checks] == [[1024, 1024], [2048, 2048]]
@@ -74,9 +78,9 @@ def test_check_writes_a_record_tied_to_the_files(folder):
     psnr = record["psnr_db"]
     assert psnr == min(c["psnr_db"] for c in checks) and psnr > 0
     assert record["choice"] == ("crops" if psnr >= CHECK_MIN_PSNR_DB else "whole")
-    files = {"generator_ab.pt", "generator.stats.onnx", "generator.tile.onnx"}
+    files = {WEIGHTS["ab"], FROZEN_ONNX["stats"], FROZEN_ONNX["tile"]}
     assert set(record["files"]) == files
-    assert record["files"]["generator_ab.pt"] == file_digest(folder / "generator_ab.pt")[1]
+    assert record["files"][WEIGHTS["ab"]] == file_digest(folder / WEIGHTS["ab"])[1]
     assert estimate_for_model(folder).estimate == record["choice"]
     assert not list(folder.glob("*.part*"))  # written atomically
 
@@ -155,7 +159,7 @@ def test_enhance_follows_the_check_within_the_budget(
     auto, manifest = _enhance(folder, stack, tmp_path / "auto")
     np.testing.assert_array_equal(auto, whole)
     assert manifest["stats_estimate"]["estimate"] == "whole"
-    assert CHECK_FILE in manifest["stats_estimate"]["reason"]
+    assert FROZEN_CHECK in manifest["stats_estimate"]["reason"]
     # a frame over the whole-frame budget: crops, with a warning (memory of a whole pass)
     with caplog.at_level(logging.WARNING, logger="cyclesr_deploy.pipeline"):
         over, _ = _enhance(folder, stack, tmp_path / "over", whole_max_px=256 * 256)
@@ -174,7 +178,7 @@ def test_check_on_a_frame_of_the_users_acquisition(folder, tmp_path):
     tifffile.imwrite(path, raw)
     record = check_model(folder, frame=path, write=False)
     assert [c["frame"] for c in record["checks"]] == [{"source": str(path), "shape": [1024, 1100]}]
-    assert not (tmp_path / CHECK_FILE).exists()
+    assert not (tmp_path / FROZEN_CHECK).exists()
     stack = tmp_path / "stack.tif"
     tifffile.imwrite(stack, np.stack([raw, raw]))
     with pytest.raises(InputError, match="2-D"):
@@ -193,4 +197,4 @@ def test_no_check_for_generators_without_instance_norm(tmp_path):
     save_model_config(tmp_path, ModelConfig(generator=GeneratorConfig(norm="none")))
     with pytest.raises(InputError, match="no InstanceNorm"):
         check_model(tmp_path)
-    assert not (tmp_path / CHECK_FILE).exists()
+    assert not (tmp_path / FROZEN_CHECK).exists()

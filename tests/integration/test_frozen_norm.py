@@ -257,7 +257,7 @@ def test_calibrated_crops_pool_with_weights_and_equal_crops_do_not(random_gen, f
 
 @pytest.mark.parametrize("shape", [(3, 5, 32, 48), (2, 4, 30, 37)])  # equal / uneven blocks
 def test_weighted_statistics_match_a_per_pixel_computation(shape):
-    from cyclesr_deploy.engines.frozen import block_index
+    from cyclesr_deploy.engines.frozen_stats import block_index
     from cyclesr_deploy.frozen_norm import weighted_statistics
 
     g = torch.Generator().manual_seed(0)

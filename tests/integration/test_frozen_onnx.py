@@ -12,12 +12,14 @@ import json
 import numpy as np
 import pytest
 
+from cyclesr_deploy.model import FROZEN_ONNX
+
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 pytest.importorskip("onnxruntime")
 
-from cyclesr_deploy.engines.frozen import (  # noqa: E402
+from cyclesr_deploy.engines.frozen_stats import (  # noqa: E402
     BLOCKS,
     MAX_CROPS,
     WEIGHTS_NAME,
@@ -98,8 +100,8 @@ def ort_stats(exported, x: np.ndarray) -> np.ndarray:
 def test_files_and_metadata(exported):
     folder = exported["folder"]
     stats, tile = exported["stats"], exported["tile"]
-    assert stats.path == folder / "generator.stats.onnx"
-    assert tile.path == folder / "generator.tile.onnx"
+    assert stats.path == folder / FROZEN_ONNX["stats"]
+    assert tile.path == folder / FROZEN_ONNX["tile"]
     assert not list(folder.glob("*.part"))
     gen = generator(exported)
     length = packed_length(freeze_instance_norms(gen))
@@ -233,8 +235,8 @@ def test_tiled_ort_equals_whole_frame(exported):
 def test_overwrite_refused_then_allowed(exported):
     folder = exported["folder"]
     for export, name in (
-        (stats_onnx_from_checkpoint, "generator.stats.onnx"),
-        (tile_onnx_from_checkpoint, "generator.tile.onnx"),
+        (stats_onnx_from_checkpoint, FROZEN_ONNX["stats"]),
+        (tile_onnx_from_checkpoint, FROZEN_ONNX["tile"]),
     ):
         target = folder / name
         before = target.read_bytes()
@@ -242,7 +244,7 @@ def test_overwrite_refused_then_allowed(exported):
             export(folder)
         assert target.read_bytes() == before
     path = stats_onnx_from_checkpoint(folder, overwrite=True)
-    assert path == folder / "generator.stats.onnx"
+    assert path == folder / FROZEN_ONNX["stats"]
     assert frozen_stats_info(path)["length"] == exported["stats"].info["length"]
     assert not list(folder.glob("*.part"))
 

@@ -161,22 +161,3 @@ def test_cli_tiling(setup, reference):
     assert "frozen" in res.output
     frozen = tifffile.imread(setup["root"] / "cli-frozen" / "stack.tif").astype(np.float64)
     assert _err(frozen, reference) < EXACT
-
-
-def test_auto_backend_keeps_a_usable_gpu_engine_over_cpu_frozen_statistics(monkeypatch, tmp_path):
-    """The frozen engines are CPU-only: with --backend auto, a GPU pick wins (tiles then get the
-    naive-tiling warning) and CPU picks use frozen statistics."""
-    import types
-
-    import cyclesr_deploy.engines as engines
-    from cyclesr_deploy.cli import enhance as cli_enhance
-    from cyclesr_deploy.engines.select import Selection
-
-    def fake(rejected):
-        engine = types.SimpleNamespace(selection=Selection("x", "test", rejected))
-        monkeypatch.setattr(engines, "open_engine", lambda *a, **k: engine)
-
-    fake([("tensorrt", "not installed")])  # e.g. onnxruntime-gpu chosen
-    assert cli_enhance._gpu_backend_usable(tmp_path, "auto")
-    fake([("tensorrt", "no"), ("onnxruntime-gpu", "no"), ("torch-cuda", "no CUDA device")])
-    assert not cli_enhance._gpu_backend_usable(tmp_path, "auto")

@@ -8,6 +8,8 @@ import json
 import numpy as np
 import pytest
 
+from cyclesr_deploy.model import MODEL_JSON, TRAIN_STATE, WEIGHTS
+
 torch = pytest.importorskip("torch")
 pytest.importorskip("yaml")
 
@@ -45,7 +47,7 @@ def _cfg(data, out, **overrides):
 def _weights(folder):
     return {
         name: torch.load(folder / name, weights_only=True)
-        for name in ("generator_ab.pt", "generator_ba.pt")
+        for name in (WEIGHTS["ab"], WEIGHTS["ba"])
     }
 
 
@@ -58,10 +60,10 @@ def test_model_folder_contents(data, tmp_path):
     result = train(cfg)
     folder = result.model_dir
     for name in (
-        "model.json",
-        "generator_ab.pt",
-        "generator_ba.pt",
-        "train_state.pt",
+        MODEL_JSON,
+        WEIGHTS["ab"],
+        WEIGHTS["ba"],
+        TRAIN_STATE,
         "train_config.yaml",
         "train_log.csv",
     ):
@@ -77,7 +79,7 @@ def test_model_folder_contents(data, tmp_path):
     assert [r["step"] for r in rows if r["total"]] == ["2", "4", "6"]
     assert any(r["val_psnr"] for r in rows)
     assert set(result.baseline) >= {"val_psnr", "val_ssim"}
-    assert json.loads((folder / "model.json").read_text())["derived"]["receptive_field"] == 57
+    assert json.loads((folder / MODEL_JSON).read_text())["derived"]["receptive_field"] == 57
     assert not list(folder.glob("*.part"))
 
 
@@ -94,20 +96,18 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(data, tmp_path):
     # and training did change the weights
     third = train(_cfg(data, tmp_path / "other", seed=1))
     assert any(
-        not torch.equal(
-            _weights(third.model_dir)["generator_ab.pt"][k], w_full["generator_ab.pt"][k]
-        )
-        for k in w_full["generator_ab.pt"]
+        not torch.equal(_weights(third.model_dir)[WEIGHTS["ab"]][k], w_full[WEIGHTS["ab"]][k])
+        for k in w_full[WEIGHTS["ab"]]
     )
 
 
 def test_refuses_to_overwrite_a_model_folder(data, tmp_path):
     out = tmp_path / "m"
     out.mkdir()
-    (out / "generator_ab.pt").write_bytes(b"precious")
+    (out / WEIGHTS["ab"]).write_bytes(b"precious")
     with pytest.raises(InputError, match="not empty"):
         train(_cfg(data, out))
-    assert (out / "generator_ab.pt").read_bytes() == b"precious"
+    assert (out / WEIGHTS["ab"]).read_bytes() == b"precious"
 
 
 def test_resume_without_state_is_a_clear_error(data, tmp_path):
@@ -127,7 +127,7 @@ def test_bad_data_fails_before_the_first_step(data, tmp_path, make, message):
     empty.mkdir()
     with pytest.raises(InputError, match=message):
         train(_cfg(data, tmp_path / "m", **make(data, empty)))
-    assert not (tmp_path / "m" / "train_state.pt").exists()
+    assert not (tmp_path / "m" / TRAIN_STATE).exists()
 
 
 def test_perceptual_preset_without_weights_stops_with_instructions(data, tmp_path, monkeypatch):
@@ -173,7 +173,7 @@ def test_supervised_mode_scale_two(tmp_path):
     )
     result = train(cfg)
     assert load_model(result.model_dir).scale == 2
-    assert not (result.model_dir / "generator_ba.pt").exists()
+    assert not (result.model_dir / WEIGHTS["ba"]).exists()
     assert "val_psnr" in result.validation
 
 

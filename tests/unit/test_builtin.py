@@ -14,7 +14,15 @@ from cyclesr_deploy.builtin import (
     resolve_model,
 )
 from cyclesr_deploy.errors import InputError
-from cyclesr_deploy.model import ONNX_FILES, WEIGHTS, load_model
+from cyclesr_deploy.model import (
+    EXPORT_JSON,
+    FROZEN_ONNX,
+    MODEL_JSON,
+    ONNX_FILES,
+    ONNX_FP16,
+    WEIGHTS,
+    load_model,
+)
 
 MB = 1e6
 
@@ -24,9 +32,9 @@ def test_builtin_folder_is_complete(name):
     folder = builtin_model(name)
     model = load_model(folder)
     assert model.generator.ngf == 16 and model.generator.n_blocks == 6
-    for f in ("model.json", WEIGHTS["ab"], ONNX_FILES["ab"], "generator.fp16.onnx"):
+    for f in (MODEL_JSON, WEIGHTS["ab"], ONNX_FILES["ab"], ONNX_FP16):
         assert (folder / f).is_file(), f
-    for f in ("train_config.yaml", "train_log.csv", "reference.json", "export.json"):
+    for f in ("train_config.yaml", "train_log.csv", "reference.json", EXPORT_JSON):
         assert (folder / f).is_file(), f
     ref = json.loads((folder / "reference.json").read_text(encoding="utf-8"))
     assert ref["command"].startswith("cyclesr train --config benchmarks/reference/")
@@ -41,8 +49,8 @@ def test_builtin_models_fit_the_size_budget():
 
 def test_default_model_has_the_seam_free_tiling_graphs():
     folder = builtin_model(DEFAULT_MODEL)
-    assert (folder / "generator.stats.onnx").is_file()
-    assert (folder / "generator.tile.onnx").is_file()
+    assert (folder / FROZEN_ONNX["stats"]).is_file()
+    assert (folder / FROZEN_ONNX["tile"]).is_file()
 
 
 def test_resolve_model(tmp_path):

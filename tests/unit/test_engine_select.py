@@ -27,10 +27,20 @@ from cyclesr_deploy.engines.onnxruntime_engine import (
     OnnxRuntimeEngine,
     resolve_providers,
 )
+from cyclesr_deploy.engines.trt_config import TensorRTBuildConfig
 from cyclesr_deploy.errors import InputError, MissingExtraError
 from cyclesr_deploy.export import tensorrt_build as tb
-from cyclesr_deploy.export.trt_config import TensorRTBuildConfig
-from cyclesr_deploy.model import GeneratorConfig, ModelConfig, save_model_config
+from cyclesr_deploy.model import (
+    ENGINES_DIR,
+    FROZEN_ONNX,
+    ONNX_FILES,
+    ONNX_FP16,
+    ORT_TRT_CACHE,
+    WEIGHTS,
+    GeneratorConfig,
+    ModelConfig,
+    save_model_config,
+)
 from cyclesr_deploy.onnx_metadata import OnnxMetadata
 from tests.fakes import (
     analytic_generator,
@@ -48,9 +58,9 @@ def model_dir(tmp_path):
     """A model folder with placeholder artifacts (ONNX files are fake-TensorRT text)."""
     folder = tmp_path / "model"
     save_model_config(folder, ModelConfig(generator=GeneratorConfig(ngf=8, n_blocks=1)))
-    (folder / "generator.onnx").write_text("fake-onnx fp32", encoding="utf-8")
-    (folder / "generator.fp16.onnx").write_text("fake-onnx fp16", encoding="utf-8")
-    (folder / "generator_ab.pt").write_bytes(b"weights")
+    (folder / ONNX_FILES["ab"]).write_text("fake-onnx fp32", encoding="utf-8")
+    (folder / ONNX_FP16).write_text("fake-onnx fp16", encoding="utf-8")
+    (folder / WEIGHTS["ab"]).write_bytes(b"weights")
     return folder
 
 
@@ -189,7 +199,7 @@ def test_mismatching_sidecar_is_rejected_with_rebuild_hint(gpu_machine, model_di
     assert f"cyclesr export tensorrt {model_dir} --tile 128 --batch 2" in why
     assert engine.selection.backend == "onnxruntime"
     assert engine.requested == [TRT_EP, CUDA_EP, CPU_EP]
-    assert engine.precision == "fp16" and engine.onnx_path.name == "generator.fp16.onnx"
+    assert engine.precision == "fp16" and engine.onnx_path.name == ONNX_FP16
 
 
 def test_engine_of_other_precision_only(gpu_machine, model_dir):
@@ -249,7 +259,7 @@ def test_torch_cpu_when_onnxruntime_is_missing(machine, model_dir):
 
 
 def test_onnxruntime_cpu_without_onnx_falls_to_torch(machine, model_dir):
-    (model_dir / "generator.onnx").unlink()
+    (model_dir / ONNX_FILES["ab"]).unlink()
     engine = open_engine(model_dir)
     assert engine.selection.backend == "torch"
     assert dict(engine.selection.rejected)["onnxruntime-cpu"] == (
@@ -284,7 +294,7 @@ def test_selection_describe():
 
 def test_explicit_backends(machine, model_dir):
     ort_engine = open_engine(model_dir, "onnxruntime", precision="fp16", threads=1)
-    assert ort_engine.onnx_path.name == "generator.fp16.onnx" and ort_engine.threads == 1
+    assert ort_engine.onnx_path.name == ONNX_FP16 and ort_engine.threads == 1
     assert ort_engine.selection.reason.startswith("requested (backend='onnxruntime')")
     torch_engine = open_engine(model_dir, "torch", compile=True)
     assert torch_engine.name == "torch[cpu,compiled]" and torch_engine.compile_mode == "default"
@@ -331,7 +341,7 @@ def test_onnxruntime_cpu_build_asked_for_cuda(machine, model_dir):
 
 
 def test_missing_onnx_says_to_export(machine, model_dir):
-    (model_dir / "generator.onnx").unlink()
+    (model_dir / ONNX_FILES["ab"]).unlink()
     with pytest.raises(InputError, match=r"cyclesr export onnx"):
         open_engine(model_dir, "onnxruntime")
 
@@ -342,7 +352,7 @@ def test_tensorrt_on_cpu_is_a_contradiction(machine, model_dir):
 
 
 def test_torch_without_weights(machine, model_dir):
-    (model_dir / "generator_ab.pt").unlink()
+    (model_dir / WEIGHTS["ab"]).unlink()
     with pytest.raises(InputError, match=r"generator_ab\.pt"):
         open_engine(model_dir, "torch")
 
@@ -411,7 +421,7 @@ def test_tensorrt_ep_options(model_dir, monkeypatch):
     session = ort.state.sessions[-1]
     (trt_name, trt_opts), (cuda_name, cuda_opts), (cpu_name, _) = session.requested
     assert (trt_name, cuda_name, cpu_name) == (TRT_EP, CUDA_EP, CPU_EP)
-    cache = model_dir / "engines" / "onnxruntime-trt"
+    cache = model_dir / ENGINES_DIR / ORT_TRT_CACHE
     assert trt_opts["trt_engine_cache_enable"] is True
     assert trt_opts["trt_engine_cache_path"] == str(cache) and cache.is_dir()
     assert trt_opts["trt_fp16_enable"] is True and trt_opts["trt_timing_cache_enable"] is True
@@ -490,3 +500,95 @@ def test_onnxruntime_engine_argument_errors(model_dir, monkeypatch):
     engine = OnnxRuntimeEngine(model_dir)
     with pytest.raises(RuntimeError, match="closed"):
         engine.infer(np.zeros((1, 1, 8, 8), np.float32))
+
+
+# --- the frozen-statistics choice (open_engine(..., tiling=...)) ------------------------------
+
+
+@pytest.fixture
+def frozen_dir(model_dir):
+    """``model_dir`` with the two frozen-statistics graphs (placeholders)."""
+    for name in FROZEN_ONNX.values():
+        (model_dir / name).write_text("fake-onnx fp32 frozen", encoding="utf-8")
+    return model_dir
+
+
+@pytest.fixture
+def never_opened(monkeypatch):
+    """The policy probes: no engine may be opened while choosing."""
+    from cyclesr_deploy.engines.frozen import OnnxFrozenEngine
+
+    def refuse(self):
+        raise AssertionError(f"{type(self).__name__} opened while choosing")
+
+    monkeypatch.setattr(OnnxRuntimeEngine, "open", refuse)
+    monkeypatch.setattr(OnnxFrozenEngine, "open", refuse)
+
+
+def test_untiled_and_naive_runs_get_the_plain_engine(machine, frozen_dir, never_opened):
+    plain = open_engine(frozen_dir)
+    assert isinstance(plain, OnnxRuntimeEngine) and plain.selection.frozen == ""
+    naive = open_engine(frozen_dir, tiling="naive")
+    assert isinstance(naive, OnnxRuntimeEngine)
+    assert "naive" in naive.selection.frozen and not naive.selection.warnings
+
+
+def test_tiled_cpu_run_gets_the_onnx_frozen_engine(machine, frozen_dir, never_opened):
+    from cyclesr_deploy.engines import FrozenStatsEngine
+    from cyclesr_deploy.engines.frozen import OnnxFrozenEngine
+
+    calls = []
+    engine = open_engine(frozen_dir, tiling="auto", stats="whole", frames=lambda: calls.append(1))
+    assert isinstance(engine, OnnxFrozenEngine) and isinstance(engine, FrozenStatsEngine)
+    assert engine.stats == "whole"
+    assert engine.selection.backend == "onnxruntime"
+    assert "frozen" in engine.selection.frozen
+    assert ("tensorrt-frozen", "TensorRT not installed") in engine.selection.rejected
+    assert calls == []  # frame shapes are read only when a TensorRT engine is considered
+
+
+def test_a_gpu_engine_beats_cpu_frozen_statistics(machine, frozen_dir, never_opened, monkeypatch):
+    machine.cuda = 1
+    install_fake_ort(monkeypatch, [CUDA_EP, CPU_EP])
+    engine = open_engine(frozen_dir, tiling="auto")
+    assert isinstance(engine, OnnxRuntimeEngine) and "CUDAExecutionProvider" in engine.requested
+    assert "GPU engine" in engine.selection.frozen
+    # an explicit ONNX Runtime backend keeps the CPU frozen engine (as before)
+    explicit = open_engine(frozen_dir, "onnxruntime", tiling="auto")
+    assert "frozen" in explicit.name
+
+
+def test_missing_graphs_fall_back_with_a_warning_only_when_asked_for(
+    machine, model_dir, never_opened
+):
+    auto = open_engine(model_dir, tiling="auto")
+    assert isinstance(auto, OnnxRuntimeEngine) and not auto.selection.warnings
+    assert "onnxruntime-frozen" in labels(auto)
+    explicit = open_engine(model_dir, "onnxruntime", tiling="auto")
+    (warning,) = explicit.selection.warnings
+    assert f"cyclesr export onnx {model_dir} --overwrite" in warning
+
+
+def test_no_instance_norm_never_freezes(machine, tmp_path, never_opened):
+    folder = tmp_path / "plain"
+    save_model_config(
+        folder, ModelConfig(generator=GeneratorConfig(ngf=8, n_blocks=1, norm="none"))
+    )
+    (folder / ONNX_FILES["ab"]).write_text("fake-onnx fp32", encoding="utf-8")
+    for name in FROZEN_ONNX.values():
+        (folder / name).write_text("fake-onnx fp32 frozen", encoding="utf-8")
+    for tiling in ("auto", "frozen"):
+        engine = open_engine(folder, tiling=tiling)
+        assert isinstance(engine, OnnxRuntimeEngine)
+        assert "InstanceNorm" in engine.selection.frozen
+
+
+def test_tiling_frozen_requires_a_frozen_engine(machine, frozen_dir, never_opened):
+    from cyclesr_deploy.engines.frozen import OnnxFrozenEngine
+
+    assert isinstance(open_engine(frozen_dir, tiling="frozen"), OnnxFrozenEngine)
+    (frozen_dir / FROZEN_ONNX["tile"]).unlink()
+    with pytest.raises(InputError, match=FROZEN_ONNX["tile"].split(".")[1]):
+        open_engine(frozen_dir, "onnxruntime", tiling="frozen")
+    with pytest.raises(InputError, match="tiling must be one of"):
+        open_engine(frozen_dir, tiling="tiles")

@@ -25,7 +25,14 @@ from cyclesr_deploy.export.report import (
     read_export_report,
     write_export_report,
 )
-from cyclesr_deploy.model import GeneratorConfig, ModelConfig, NormalizationConfig
+from cyclesr_deploy.model import (
+    EXPORT_JSON,
+    ONNX_FILES,
+    ONNX_FP16,
+    GeneratorConfig,
+    ModelConfig,
+    NormalizationConfig,
+)
 
 
 def _item(shape=(1, 1, 8, 8)):
@@ -83,33 +90,33 @@ def test_sizes_are_checked_against_the_size_multiple():
 
 
 def test_export_json_merges_entries(tmp_path):
-    for name in ("generator.onnx", "generator.fp16.onnx"):
+    for name in (ONNX_FILES["ab"], ONNX_FP16):
         (tmp_path / name).write_bytes(name.encode())
     case = compare_outputs(_item(), np.zeros((1, 1, 8, 8)), np.zeros((1, 1, 8, 8)))
     fp32 = artifact_entry(
         tmp_path,
-        tmp_path / "generator.onnx",
+        tmp_path / ONNX_FILES["ab"],
         kind="onnx",
         precision="fp32",
         seconds=1.5,
         parity=[case],
     )
-    assert fp32.path == "generator.onnx" and fp32.bytes == len(b"generator.onnx")
+    assert fp32.path == ONNX_FILES["ab"] and fp32.bytes == len(b"generator.onnx")
     write_export_report(tmp_path, ExportReport.of(fp32, versions={"torch": "2"}))
     fp16 = artifact_entry(
-        tmp_path, tmp_path / "generator.fp16.onnx", kind="onnx", precision="fp16", seconds=0.2
+        tmp_path, tmp_path / ONNX_FP16, kind="onnx", precision="fp16", seconds=0.2
     )
     merged = write_export_report(tmp_path, ExportReport.of(fp16, versions={"onnx": "1"}))
-    assert set(merged.artifacts) == {"generator.onnx", "generator.fp16.onnx"}
+    assert set(merged.artifacts) == {ONNX_FILES["ab"], ONNX_FP16}
     assert merged.versions == {"torch": "2", "onnx": "1"}
-    text = (tmp_path / "export.json").read_text()
-    assert json.loads(text)["artifacts"]["generator.onnx"]["parity"][0]["psnr_db"] == "Infinity"
+    text = (tmp_path / EXPORT_JSON).read_text()
+    assert json.loads(text)["artifacts"][ONNX_FILES["ab"]]["parity"][0]["psnr_db"] == "Infinity"
     back = read_export_report(tmp_path)
-    assert back == merged and back.artifacts["generator.onnx"].parity[0].psnr_db == math.inf
+    assert back == merged and back.artifacts[ONNX_FILES["ab"]].parity[0].psnr_db == math.inf
     # a new entry with the same name replaces the old one
     again = fp32.model_copy(update={"seconds": 9.0})
     assert (
-        write_export_report(tmp_path, ExportReport.of(again)).artifacts["generator.onnx"].seconds
+        write_export_report(tmp_path, ExportReport.of(again)).artifacts[ONNX_FILES["ab"]].seconds
         == 9.0
     )
     assert not list(tmp_path.glob("*.part"))
@@ -117,6 +124,6 @@ def test_export_json_merges_entries(tmp_path):
 
 def test_broken_export_json_is_a_clear_error(tmp_path):
     assert read_export_report(tmp_path) == ExportReport()
-    (tmp_path / "export.json").write_text("{")
+    (tmp_path / EXPORT_JSON).write_text("{")
     with pytest.raises(InputError, match=r"not a valid export\.json"):
         read_export_report(tmp_path)

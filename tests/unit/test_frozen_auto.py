@@ -9,23 +9,23 @@ from types import SimpleNamespace
 
 import pytest
 
-from cyclesr_deploy.engines.frozen import (
-    CHECK_FILE,
+from cyclesr_deploy.engines.frozen import _resolve
+from cyclesr_deploy.engines.frozen_stats import (
     CHECK_MIN_PSNR_DB,
     _check_estimate,
-    _resolve,
     estimate_for_model,
 )
 from cyclesr_deploy.errors import InputError
+from cyclesr_deploy.model import FROZEN_CHECK, FROZEN_ONNX, WEIGHTS
 
 
 def _folder(tmp_path, psnr=40.0, weights=b"weights", sha=None, graph=None):
     """A folder with weights (and optionally a stats graph) and a check record of ``psnr``."""
-    (tmp_path / "generator_ab.pt").write_bytes(weights)
-    files = {"generator_ab.pt": sha or hashlib.sha256(weights).hexdigest()}
+    (tmp_path / WEIGHTS["ab"]).write_bytes(weights)
+    files = {WEIGHTS["ab"]: sha or hashlib.sha256(weights).hexdigest()}
     if graph is not None:
-        (tmp_path / "generator.stats.onnx").write_bytes(graph)
-        files["generator.stats.onnx"] = hashlib.sha256(graph).hexdigest()
+        (tmp_path / FROZEN_ONNX["stats"]).write_bytes(graph)
+        files[FROZEN_ONNX["stats"]] = hashlib.sha256(graph).hexdigest()
     record = {
         "schema_version": "1",
         "choice": "crops",  # informative only: the runtime re-applies its threshold
@@ -33,7 +33,7 @@ def _folder(tmp_path, psnr=40.0, weights=b"weights", sha=None, graph=None):
         "min_psnr_db": 47.0,
         "files": files,
     }
-    (tmp_path / CHECK_FILE).write_text(json.dumps(record), encoding="utf-8")
+    (tmp_path / FROZEN_CHECK).write_text(json.dumps(record), encoding="utf-8")
     return tmp_path
 
 
@@ -44,7 +44,7 @@ def _folder(tmp_path, psnr=40.0, weights=b"weights", sha=None, graph=None):
 def test_auto_applies_the_threshold_to_the_checked_psnr(tmp_path, psnr, choice):
     got = estimate_for_model(_folder(tmp_path, psnr), "auto")
     assert (got.estimate, got.warn) == (choice, False)
-    assert f"{psnr:.1f} dB" in got.reason and CHECK_FILE in got.reason
+    assert f"{psnr:.1f} dB" in got.reason and FROZEN_CHECK in got.reason
 
 
 @pytest.mark.parametrize("stats", ["whole", "crops"])
@@ -69,13 +69,13 @@ def test_a_record_for_other_weights_is_ignored_with_a_warning(tmp_path):
 def test_every_file_present_is_compared(tmp_path):
     folder = _folder(tmp_path, 40.0, graph=b"graph")
     assert estimate_for_model(folder).estimate == "whole"
-    (folder / "generator.stats.onnx").write_bytes(b"re-exported graph")
+    (folder / FROZEN_ONNX["stats"]).write_bytes(b"re-exported graph")
     got = estimate_for_model(folder)
     assert (got.estimate, got.warn) == ("crops", True)
-    assert "generator.stats.onnx" in got.reason
-    (folder / "generator.stats.onnx").unlink()  # an ONNX-less folder: the weights still match
+    assert FROZEN_ONNX["stats"] in got.reason
+    (folder / FROZEN_ONNX["stats"]).unlink()  # an ONNX-less folder: the weights still match
     assert estimate_for_model(folder).estimate == "whole"
-    (folder / "generator_ab.pt").unlink()  # nothing left to compare: not trusted
+    (folder / WEIGHTS["ab"]).unlink()  # nothing left to compare: not trusted
     got = estimate_for_model(folder)
     assert (got.estimate, got.warn) == ("crops", True)
     assert "none of its files" in got.reason
@@ -92,7 +92,7 @@ def test_every_file_present_is_compared(tmp_path):
     ],
 )
 def test_an_unreadable_record_falls_back_to_crops_with_a_warning(tmp_path, text):
-    (tmp_path / CHECK_FILE).write_text(text, encoding="utf-8")
+    (tmp_path / FROZEN_CHECK).write_text(text, encoding="utf-8")
     got = estimate_for_model(tmp_path)
     assert (got.estimate, got.warn) == ("crops", True)
     assert "unreadable" in got.reason
@@ -110,7 +110,7 @@ def test_engines_resolve_auto_once_and_log_it(tmp_path, caplog):
     engine = SimpleNamespace(model_dir=folder, stats="auto", _auto=None)
     with caplog.at_level(logging.INFO, logger="cyclesr_deploy.engines.frozen"):
         assert _resolve(engine, None) == "whole"
-        (folder / CHECK_FILE).unlink()  # resolved once per engine: not read again
+        (folder / FROZEN_CHECK).unlink()  # resolved once per engine: not read again
         assert _resolve(engine, None) == "whole"
         assert _resolve(engine, "crops") == "crops"  # an explicit estimate wins
     assert caplog.text.count("-> whole") == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cyclesr_deploy.engines.frozen import (
+from cyclesr_deploy.engines.frozen_stats import (
     BLOCKS,
     MAX_CROPS,
     MAX_TILT,

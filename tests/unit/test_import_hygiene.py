@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 HEAVY = (
     "torch",
@@ -87,3 +89,130 @@ def test_missing_extra_error_names_the_extra():
     )
     assert res.returncode == 0, res.stderr
     assert "pip install 'cyclesr-deploy[cpu]'" in res.stdout
+
+
+# --- the runtime never imports export/ or training/; no import cycle in the package ---------
+
+PACKAGE = "cyclesr_deploy"
+#: sub-packages outside the runtime (export and training build models; cli, bench, synthetic
+#: and metrics are front ends and tools around it)
+NOT_RUNTIME = ("export", "training", "cli", "bench", "synthetic", "metrics")
+
+
+def _package_root() -> Path:
+    import cyclesr_deploy
+
+    return Path(cyclesr_deploy.__file__).parent
+
+
+def _modules() -> dict[str, Path]:
+    """Every module of the package: dotted name -> file."""
+    root = _package_root()
+    found = {}
+    for path in sorted(root.rglob("*.py")):
+        parts = list(path.relative_to(root.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        found[".".join(parts)] = path
+    return found
+
+
+def _runtime_modules() -> list[str]:
+    return [
+        name
+        for name in _modules()
+        if name != PACKAGE
+        and name.split(".")[1] not in NOT_RUNTIME
+        and name != f"{PACKAGE}.__main__"
+    ]
+
+
+def test_runtime_modules_load_no_export_or_training_module():
+    """Import every runtime module (engines.*, tiling, pipeline, frames, io, watch, enhancer,
+    normalization, model, builtin, integrity, runner/manifest when present, ...) in a fresh
+    interpreter: no cyclesr_deploy.export or cyclesr_deploy.training module may get loaded."""
+    runtime = _runtime_modules()
+    assert f"{PACKAGE}.engines.select" in runtime and f"{PACKAGE}.model" in runtime
+    code = textwrap.dedent(
+        f"""
+        import importlib, sys
+        for name in {runtime!r}:
+            importlib.import_module(name)
+        bad = sorted(
+            m for m in sys.modules
+            if m.startswith(('{PACKAGE}.export', '{PACKAGE}.training'))
+        )
+        print('BAD', bad)
+        """
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "BAD []" in res.stdout, res.stdout
+
+
+def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """Package modules that module ``name`` imports: every ``import`` and ``from ... import``
+    statement, module-level and function-local alike (a lazy import still closes a loop when
+    it runs), except those in ``if TYPE_CHECKING:`` blocks (they never run). ``from pkg import
+    sub`` counts ``pkg.sub`` when it is a module, else ``pkg``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    is_package = path.name == "__init__.py"
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            node.body = []
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = name.split(".") if is_package else name.split(".")[:-1]
+                parent = parent[: len(parent) - (node.level - 1)]
+                base = ".".join([*parent, base] if base else parent)
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                found.add(sub if sub in known else base)
+    # importing a.b.c runs a and a.b first: the edge goes to the module named, which is enough
+    return {m for m in found if m in known and m != name}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of ``graph`` as a path [a, b, ..., a], or None (iterative DFS)."""
+    state: dict[str, int] = {}  # 1 on the stack, 2 done
+    for start in sorted(graph):
+        if state.get(start):
+            continue
+        stack = [(start, iter(sorted(graph[start])))]
+        path = [start]
+        state[start] = 1
+        while stack:
+            node, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                state[node] = 2
+                stack.pop()
+                path.pop()
+            elif state.get(child) == 1:
+                return [*path[path.index(child) :], child]
+            elif not state.get(child):
+                state[child] = 1
+                stack.append((child, iter(sorted(graph[child]))))
+                path.append(child)
+    return None
+
+
+def test_find_cycle_reports_the_path():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_no_import_cycle_inside_the_package():
+    """The package's imports (module-level and function-local, see :func:`_imports`) form no
+    cycle: the failure names the path."""
+    modules = _modules()
+    known = set(modules)
+    graph = {name: _imports(name, path, known) for name, path in modules.items()}
+    assert f"{PACKAGE}.engines.frozen_stats" in graph[f"{PACKAGE}.frozen_norm"]  # sanity
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])

@@ -9,6 +9,7 @@ import pytest
 
 from cyclesr_deploy.errors import InputError
 from cyclesr_deploy.model import (
+    MODEL_JSON,
     DiscriminatorConfig,
     GeneratorConfig,
     ModelConfig,
@@ -59,9 +60,9 @@ def test_load_model_errors(tmp_path):
         load_model(tmp_path / "nope")
     with pytest.raises(InputError, match=r"no model\.json"):
         load_model(tmp_path)
-    (tmp_path / "model.json").write_text("{broken")
+    (tmp_path / MODEL_JSON).write_text("{broken")
     with pytest.raises(InputError, match="not valid JSON"):
         load_model(tmp_path)
-    (tmp_path / "model.json").write_text(json.dumps({"generator": {"ngf": -1}}))
+    (tmp_path / MODEL_JSON).write_text(json.dumps({"generator": {"ngf": -1}}))
     with pytest.raises(InputError, match="not a valid model config"):
         load_model(tmp_path)

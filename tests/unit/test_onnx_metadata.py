@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 from cyclesr_deploy.errors import InputError
-from cyclesr_deploy.model import GeneratorConfig, ModelConfig, NormalizationConfig
+from cyclesr_deploy.model import ONNX_FILES, GeneratorConfig, ModelConfig, NormalizationConfig
 from cyclesr_deploy.onnx_metadata import (
     KEY_EXPORT,
     KEY_MODEL,
@@ -102,7 +102,7 @@ def _tiny_onnx(path, props):
 
 def test_read_round_trips_without_torch_or_onnx(tmp_path):
     pytest.importorskip("onnxruntime")
-    path = tmp_path / "generator.onnx"
+    path = tmp_path / ONNX_FILES["ab"]
     _tiny_onnx(path, OnnxMetadata(model=MODEL, export=EXPORT).to_props())
     res = _run_blocked(
         f"""

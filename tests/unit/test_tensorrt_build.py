@@ -18,9 +18,7 @@ from pathlib import Path
 import pytest
 
 from cyclesr_deploy import cuda_runtime
-from cyclesr_deploy.errors import InputError, MissingExtraError
-from cyclesr_deploy.export import tensorrt_build as tb
-from cyclesr_deploy.export.trt_config import (
+from cyclesr_deploy.engines.trt_config import (
     EngineBuildError,
     EngineMismatchError,
     OnnxParseError,
@@ -29,7 +27,16 @@ from cyclesr_deploy.export.trt_config import (
     read_sidecar,
     sha256_file,
 )
-from cyclesr_deploy.model import GeneratorConfig, ModelConfig, save_model_config
+from cyclesr_deploy.errors import InputError, MissingExtraError
+from cyclesr_deploy.export import tensorrt_build as tb
+from cyclesr_deploy.model import (
+    ENGINES_DIR,
+    ONNX_FILES,
+    ONNX_FP16,
+    GeneratorConfig,
+    ModelConfig,
+    save_model_config,
+)
 from tests.fakes import (
     HardwareCompatibilityLevel,
     MemoryPoolType,
@@ -65,8 +72,8 @@ def trt10(monkeypatch, machine):
 def model_dir(tmp_path) -> Path:
     folder = tmp_path / "my model"
     save_model_config(folder, ModelConfig())
-    (folder / "generator.onnx").write_text("fake-onnx fp32", encoding="utf-8")
-    (folder / "generator.fp16.onnx").write_text("fake-onnx fp16", encoding="utf-8")
+    (folder / ONNX_FILES["ab"]).write_text("fake-onnx fp32", encoding="utf-8")
+    (folder / ONNX_FP16).write_text("fake-onnx fp16", encoding="utf-8")
     return folder
 
 
@@ -89,10 +96,10 @@ def calls(trt, name):
 @pytest.mark.parametrize(
     ("version", "precision", "flag_bits", "onnx"),
     [
-        ("10.13.0.35", "fp16", 1 << 1, "generator.fp16.onnx"),  # STRONGLY_TYPED = 1 on TRT 10
-        ("11.0.0", "fp16", 0, "generator.fp16.onnx"),  # strongly typed by default on 11
-        ("10.13.0.35", "fp32", 0, "generator.onnx"),
-        ("11.0.0", "fp32", 0, "generator.onnx"),
+        ("10.13.0.35", "fp16", 1 << 1, ONNX_FP16),  # STRONGLY_TYPED = 1 on TRT 10
+        ("11.0.0", "fp16", 0, ONNX_FP16),  # strongly typed by default on 11
+        ("10.13.0.35", "fp32", 0, ONNX_FILES["ab"]),
+        ("11.0.0", "fp32", 0, ONNX_FILES["ab"]),
     ],
 )
 def test_network_flags_and_onnx_per_version(
@@ -149,7 +156,7 @@ def test_profile_uses_model_size_multiple_and_channels(trt, tmp_path, cache_dir)
     folder = tmp_path / "ba"
     gen = GeneratorConfig(downscale=2, in_channels=2)  # size multiple 8
     save_model_config(folder, ModelConfig(generator=gen))
-    (folder / "generator.fp16.onnx").write_text("fp16 c=2", encoding="utf-8")
+    (folder / ONNX_FP16).write_text("fp16 c=2", encoding="utf-8")
     with pytest.raises(InputError, match=r"multiple of 8.*use 512 or 520"):
         tb.engine_from_onnx(folder, cfg(cache_dir, tile=516))
     assert trt.state.builders == 0  # refused before TensorRT is touched
@@ -215,12 +222,12 @@ def test_timing_cache_disabled(trt, model_dir, tmp_path):
 def test_engine_and_sidecar_written_then_second_build_skipped(trt, model_dir, cache_dir, machine):
     first = tb.engine_from_onnx(model_dir, cfg(cache_dir))
     assert not first.skipped and trt.state.builders == 1
-    assert first.engine_path.parent == model_dir / "engines"
+    assert first.engine_path.parent == model_dir / ENGINES_DIR
     assert first.engine_path.name.startswith(f"nvidia-rtx-a4000-trt{trt.__version__[:6]}")
     sc = read_sidecar(first.sidecar_path)
     assert sc == first.sidecar
     assert sc.engine_sha256 == sha256_file(first.engine_path)
-    assert sc.onnx_sha256 == sha256_file(model_dir / "generator.fp16.onnx")
+    assert sc.onnx_sha256 == sha256_file(model_dir / ONNX_FP16)
     assert (sc.trt_version, sc.gpu_name, sc.compute_capability) == (
         trt.__version__,
         "NVIDIA RTX A4000",
@@ -234,7 +241,7 @@ def test_engine_and_sidecar_written_then_second_build_skipped(trt, model_dir, ca
     assert sc.created.endswith("+00:00") and sc.output_name == "output"
     assert sc.profiles[0].opt == (4, 1, 512, 512)
     assert machine.devices_set == [0]
-    leftovers = [p.name for p in (model_dir / "engines").iterdir()]
+    leftovers = [p.name for p in (model_dir / ENGINES_DIR).iterdir()]
     assert sorted(leftovers) == sorted([first.engine_path.name, first.sidecar_path.name])
 
     second = tb.engine_from_onnx(model_dir, cfg(cache_dir))
@@ -263,7 +270,7 @@ def test_rebuilds_when_the_cached_engine_is_unusable(trt, model_dir, cache_dir, 
     elif damage == "bad-sidecar":
         first.sidecar_path.write_text("{", encoding="utf-8")
     else:
-        (model_dir / "generator.fp16.onnx").write_text("fake-onnx fp16 v2", encoding="utf-8")
+        (model_dir / ONNX_FP16).write_text("fake-onnx fp16 v2", encoding="utf-8")
     again = tb.engine_from_onnx(model_dir, cfg(cache_dir))
     assert not again.skipped and trt.state.builders == 2
     assert (again.engine_path == first.engine_path) is (damage != "onnx")
@@ -292,7 +299,7 @@ def test_sidecar_failure_leaves_no_sidecar_and_next_build_redoes_it(
     monkeypatch.setattr(tb, "write_sidecar", flaky)
     with pytest.raises(OSError, match="disk full"):
         tb.engine_from_onnx(model_dir, cfg(cache_dir))
-    engines = model_dir / "engines"
+    engines = model_dir / ENGINES_DIR
     assert [p.suffix for p in engines.iterdir()] == [".engine"]  # engine first, no sidecar
     res = tb.engine_from_onnx(model_dir, cfg(cache_dir))
     assert not res.skipped and res.sidecar_path.is_file() and trt.state.builders == 2
@@ -308,7 +315,7 @@ def test_engine_write_is_atomic(trt, model_dir, cache_dir, monkeypatch):
 
     def spy(*args, **kwargs):
         data, name = real(*args, **kwargs)
-        seen["engines"] = list((model_dir / "engines").iterdir())
+        seen["engines"] = list((model_dir / ENGINES_DIR).iterdir())
         return data, name
 
     monkeypatch.setattr(tb, "_build", spy)
@@ -316,15 +323,15 @@ def test_engine_write_is_atomic(trt, model_dir, cache_dir, monkeypatch):
         tb.engine_from_onnx(model_dir, cfg(cache_dir))
     # during the build only the lock file existed; the engine appeared whole (renamed .part)
     assert [p.suffix for p in seen["engines"]] == [".lock"]
-    assert not list((model_dir / "engines").glob("*.part"))
-    assert not list((model_dir / "engines").glob("*.lock"))
+    assert not list((model_dir / ENGINES_DIR).glob("*.part"))
+    assert not list((model_dir / ENGINES_DIR).glob("*.lock"))
 
 
 # --- errors -----------------------------------------------------------------------------------
 
 
 def test_parser_errors_name_the_onnx_and_the_node(trt, model_dir, cache_dir):
-    onnx = model_dir / "generator.fp16.onnx"
+    onnx = model_dir / ONNX_FP16
     onnx.write_text("BAD fp16", encoding="utf-8")
     with pytest.raises(OnnxParseError) as info:
         tb.engine_from_onnx(model_dir, cfg(cache_dir))
@@ -332,28 +339,28 @@ def test_parser_errors_name_the_onnx_and_the_node(trt, model_dir, cache_dir):
     assert str(onnx) in msg and f"TensorRT {trt.__version__}" in msg
     assert "node 7 (fancy_7 FancyOp): No importer registered for op: FancyOp" in msg
     assert isinstance(info.value, InputError)
-    assert not list((model_dir / "engines").iterdir())  # no engine, lock released
+    assert not list((model_dir / ENGINES_DIR).iterdir())  # no engine, lock released
 
 
 def test_build_failure_reports_tensorrt_log(trt, model_dir, cache_dir):
     trt.state.build_fails = True
     with pytest.raises(EngineBuildError, match="Insufficient workspace for tactic X"):
         tb.engine_from_onnx(model_dir, cfg(cache_dir))
-    assert not list((model_dir / "engines").iterdir())
+    assert not list((model_dir / ENGINES_DIR).iterdir())
 
 
 def test_fp16_build_refuses_an_fp32_graph(trt, model_dir, cache_dir):
     with pytest.raises(OnnxParseError, match="no FP16 tensor"):
-        tb.engine_from_onnx(model_dir, cfg(cache_dir), onnx_path=model_dir / "generator.onnx")
+        tb.engine_from_onnx(model_dir, cfg(cache_dir), onnx_path=model_dir / ONNX_FILES["ab"])
     with pytest.raises(OnnxParseError, match="has FP16 tensors"):
         tb.engine_from_onnx(
-            model_dir, cfg(cache_dir, precision="fp32"), onnx_path=model_dir / "generator.fp16.onnx"
+            model_dir, cfg(cache_dir, precision="fp32"), onnx_path=model_dir / ONNX_FP16
         )
     assert calls(trt, "build_serialized_network") == []
 
 
 def test_onnx_with_fixed_shape_or_other_input_name(trt, model_dir, cache_dir):
-    onnx = model_dir / "generator.fp16.onnx"
+    onnx = model_dir / ONNX_FP16
     onnx.write_text("fp16 static", encoding="utf-8")
     with pytest.raises(
         InputError, match=r"shape \(1, 1, 64, 64\).*N is fixed at 1, .* needs \[4\]"
@@ -367,7 +374,7 @@ def test_onnx_with_fixed_shape_or_other_input_name(trt, model_dir, cache_dir):
 
 
 def test_missing_onnx_says_to_export_first(trt, model_dir, cache_dir):
-    (model_dir / "generator.fp16.onnx").unlink()
+    (model_dir / ONNX_FP16).unlink()
     with pytest.raises(InputError, match="cyclesr export onnx"):
         tb.engine_from_onnx(model_dir, cfg(cache_dir))
 
@@ -411,7 +418,7 @@ def test_progress_callback_can_cancel(trt, model_dir, cache_dir):
     with pytest.raises(EngineBuildError, match="cancelled"):
         tb.engine_from_onnx(model_dir, cfg(cache_dir), progress=stop_after_first_step)
     assert len(events) == 2  # start, first step (then no more calls)
-    assert not list((model_dir / "engines").iterdir())
+    assert not list((model_dir / ENGINES_DIR).iterdir())
 
 
 def test_progress_callback_exception_is_reraised_after_the_build(trt, model_dir, cache_dir):
@@ -520,7 +527,7 @@ def test_load_engine_refuses_other_tensorrt(monkeypatch, machine, model_dir, cac
 
 def test_load_engine_refuses_changed_onnx_or_tampered_engine(trt, model_dir, cache_dir):
     built = tb.engine_from_onnx(model_dir, cfg(cache_dir))
-    onnx = model_dir / "generator.fp16.onnx"
+    onnx = model_dir / ONNX_FP16
     original = onnx.read_text(encoding="utf-8")
     onnx.write_text("fake-onnx fp16 retrained", encoding="utf-8")
     with pytest.raises(EngineMismatchError, match="changed since the build"):

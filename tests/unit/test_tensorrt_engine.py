@@ -15,10 +15,16 @@ import pytest
 
 from cyclesr_deploy import cuda_runtime
 from cyclesr_deploy.engines import Engine, TensorRTEngine, check_batch_shape
+from cyclesr_deploy.engines.trt_config import EngineMismatchError, TensorRTBuildConfig
 from cyclesr_deploy.errors import InputError, MissingExtraError
 from cyclesr_deploy.export import tensorrt_build as tb
-from cyclesr_deploy.export.trt_config import EngineMismatchError, TensorRTBuildConfig
-from cyclesr_deploy.model import GeneratorConfig, ModelConfig, save_model_config
+from cyclesr_deploy.model import (
+    ONNX_FILES,
+    ONNX_FP16,
+    GeneratorConfig,
+    ModelConfig,
+    save_model_config,
+)
 from tests.fakes import (
     analytic_generator,
     cudaMemcpyKind,
@@ -66,7 +72,7 @@ def model_folder(tmp_path, scale: int = 1):
     save_model_config(
         folder, ModelConfig(generator=GeneratorConfig(ngf=8, n_blocks=1, scale=scale))
     )
-    for name, kind in (("generator.onnx", "fp32"), ("generator.fp16.onnx", "fp16")):
+    for name, kind in ((ONNX_FILES["ab"], "fp32"), (ONNX_FP16, "fp16")):
         (folder / name).write_text(f"fake-onnx {kind} scale={scale}", encoding="utf-8")
     return folder
 

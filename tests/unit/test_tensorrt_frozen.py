@@ -14,14 +14,20 @@ import numpy as np
 import pytest
 
 from cyclesr_deploy.engines import FrozenStatsEngine
-from cyclesr_deploy.engines.frozen import MAX_CROPS
-from cyclesr_deploy.engines.select import find_engine
+from cyclesr_deploy.engines.frozen_stats import MAX_CROPS
 from cyclesr_deploy.engines.tensorrt_frozen import TensorRTFrozenEngine
+from cyclesr_deploy.engines.tensorrt_load import find_engine
+from cyclesr_deploy.engines.trt_config import TensorRTBuildConfig
 from cyclesr_deploy.errors import InputError
 from cyclesr_deploy.export import tensorrt_build as tb
 from cyclesr_deploy.export.tensorrt_frozen import frozen_engines_from_onnx, stats_build_config
-from cyclesr_deploy.export.trt_config import TensorRTBuildConfig
-from cyclesr_deploy.model import GeneratorConfig, ModelConfig, save_model_config
+from cyclesr_deploy.model import (
+    FROZEN_ONNX,
+    ONNX_FILES,
+    GeneratorConfig,
+    ModelConfig,
+    save_model_config,
+)
 from tests.fakes import cudaMemcpyKind, fake_machine, install_fake_cuda, install_fake_trt
 
 L = 8
@@ -54,9 +60,9 @@ def model_folder(tmp_path):
     folder = tmp_path / "model"
     save_model_config(folder, ModelConfig(generator=GeneratorConfig(ngf=8, n_blocks=1)))
     for name, text in (
-        ("generator.onnx", "fake-onnx fp32"),
-        ("generator.stats.onnx", f"fake-onnx fp32 frozen-stats L={L} weights={MAX_CROPS}"),
-        ("generator.tile.onnx", f"fake-onnx fp32 frozen-tile L={L}"),
+        (ONNX_FILES["ab"], "fake-onnx fp32"),
+        (FROZEN_ONNX["stats"], f"fake-onnx fp32 frozen-stats L={L} weights={MAX_CROPS}"),
+        (FROZEN_ONNX["tile"], f"fake-onnx fp32 frozen-tile L={L}"),
     ):
         (folder / name).write_text(text, encoding="utf-8")
     return folder
@@ -68,8 +74,8 @@ CFG = TensorRTBuildConfig(tile=64, batch=4, precision="fp32", timing_cache_dir=N
 def test_builds_both_engines_with_their_profiles(trt, tmp_path):
     folder = model_folder(tmp_path)
     stats, tile = frozen_engines_from_onnx(folder, (126, 126), CFG)
-    assert stats.sidecar.onnx_file == "generator.stats.onnx"
-    assert tile.sidecar.onnx_file == "generator.tile.onnx"
+    assert stats.sidecar.onnx_file == FROZEN_ONNX["stats"]
+    assert tile.sidecar.onnx_file == FROZEN_ONNX["tile"]
     # the frame is padded to the size multiple (4): one static batch-1 profile
     p = stats.sidecar.profiles[0]
     assert p.min == p.opt == p.max == (1, 1, 128, 128)
@@ -92,7 +98,7 @@ def test_refuses_fp16_and_missing_graphs(trt, tmp_path):
     folder = model_folder(tmp_path)
     with pytest.raises(InputError, match="FP32"):
         frozen_engines_from_onnx(folder, (64, 64), CFG.model_copy(update={"precision": "fp16"}))
-    (folder / "generator.tile.onnx").unlink()
+    (folder / FROZEN_ONNX["tile"]).unlink()
     with pytest.raises(InputError, match="cyclesr export onnx"):
         frozen_engines_from_onnx(folder, (64, 64), CFG)
 
@@ -145,7 +151,7 @@ def test_generator_engine_choice_ignores_the_frozen_engines(trt, tmp_path):
     own = tb.engine_from_onnx(folder, CFG)
     frozen_engines_from_onnx(folder, (64, 64), CFG)  # built later: newer files
     assert find_engine(folder).engine_path == own.engine_path
-    tile = find_engine(folder, graph="generator.tile.onnx").engine_path
+    tile = find_engine(folder, graph=FROZEN_ONNX["tile"]).engine_path
     assert tile != own.engine_path
 
 
@@ -167,44 +173,43 @@ def test_export_cli_builds_the_frozen_engines(trt, tmp_path):
     assert res.exit_code == 2 and "FP32" in res.output
 
 
-def test_enhance_auto_prefers_the_tensorrt_frozen_engines(trt, tmp_path):
-    from cyclesr_deploy.cli.enhance import _frozen_engine
+@pytest.fixture
+def one_gpu(monkeypatch):
+    """open_engine's probes see one CUDA device and TensorRT installed."""
+    from cyclesr_deploy.engines import select as sel
+
+    monkeypatch.setattr(sel, "cuda_device_count", lambda: 1)
+    monkeypatch.setattr(sel, "module_available", lambda name: name != "torch")
+
+
+def test_enhance_auto_prefers_the_tensorrt_frozen_engines(trt, one_gpu, tmp_path):
+    from cyclesr_deploy.engines import open_engine
     from cyclesr_deploy.engines.frozen import open_frozen_engine
-    from cyclesr_deploy.model import load_model
-    from cyclesr_deploy.pipeline import EnhanceConfig
 
     folder = model_folder(tmp_path)
-    model = load_model(folder)
-    cfg = EnhanceConfig(tile=64, whole_max_px=0)
-    assert _frozen_engine(folder, model, cfg, "tensorrt", "auto") is None  # none built yet
+    with pytest.raises(InputError, match="no TensorRT engine"):  # none built yet
+        open_engine(folder, "tensorrt", tiling="auto")
     frozen_engines_from_onnx(folder, (128, 128), CFG)
-    engine = _frozen_engine(folder, model, cfg, "auto", "auto")
+    engine = open_engine(folder, tiling="auto")
     assert isinstance(engine, TensorRTFrozenEngine)
+    assert engine.selection.backend == "tensorrt" and "TensorRT" in engine.selection.frozen
     assert isinstance(open_frozen_engine(folder, "tensorrt"), TensorRTFrozenEngine)
     with pytest.raises(InputError, match="fp32 only"):
         open_frozen_engine(folder, "tensorrt", precision="fp16")
 
 
-def test_enhance_falls_back_when_no_statistics_engine_holds_the_inputs(trt, tmp_path, capsys):
-    import tifffile
-
-    from cyclesr_deploy.cli.enhance import _frozen_engine
-    from cyclesr_deploy.model import load_model
-    from cyclesr_deploy.pipeline import EnhanceConfig
+def test_enhance_falls_back_when_no_statistics_engine_holds_the_inputs(
+    trt, one_gpu, tmp_path, caplog
+):
+    from cyclesr_deploy.engines import open_engine
 
     folder = model_folder(tmp_path)
     frozen_engines_from_onnx(folder, (128, 128), CFG)  # static 128 x 128 statistics engine
-    small = tmp_path / "in" / "small.tif"
-    small.parent.mkdir()
-    tifffile.imwrite(small, np.zeros((2, 94, 96), np.uint16))  # pads to 96 x 96
-    cfg = EnhanceConfig(tile=64, whole_max_px=0)
-    model = load_model(folder)
-    other = _frozen_engine(folder, model, cfg, "auto", "auto", [small])
+    other = open_engine(folder, tiling="auto", frames=[(96, 96)])
     assert not isinstance(other, TensorRTFrozenEngine)  # ONNX Runtime's frozen engine instead
-    assert _frozen_engine(folder, model, cfg, "tensorrt", "auto", [small]) is None
-    assert "--frame 96 96" in " ".join(capsys.readouterr().err.split())  # says how to build
-    big = tmp_path / "in" / "big.tif"
-    tifffile.imwrite(big, np.zeros((126, 128), np.uint16))  # pads to 128 x 128
-    engine = _frozen_engine(folder, model, cfg, "auto", "auto", [big])
+    assert "frozen" in other.name and not other.selection.warnings
+    with pytest.raises(InputError, match="no TensorRT engine"):  # no plain engine either
+        open_engine(folder, "tensorrt", tiling="auto", frames=lambda: [(96, 96)])
+    assert "--frame 96 96" in " ".join(caplog.text.split())  # the warning says how to build
+    engine = open_engine(folder, tiling="auto", frames=[(128, 128)])
     assert isinstance(engine, TensorRTFrozenEngine)
-    engine.close()

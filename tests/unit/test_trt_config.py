@@ -12,10 +12,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from cyclesr_deploy.errors import InputError
-from cyclesr_deploy.export.trt_config import (
-    ONNX_FP16,
-    ONNX_FP32,
+from cyclesr_deploy.engines.trt_config import (
     EngineMismatchError,
     EngineSidecar,
     GpuFacts,
@@ -39,6 +36,8 @@ from cyclesr_deploy.export.trt_config import (
     trt_major,
     write_sidecar,
 )
+from cyclesr_deploy.errors import InputError
+from cyclesr_deploy.model import ENGINES_DIR, ONNX_BY_PRECISION
 
 A4000 = GpuFacts(
     name="NVIDIA RTX A4000",
@@ -62,7 +61,7 @@ def make_sidecar(facts: GpuFacts = A4000, build: TensorRTBuildConfig | None = No
         cache_key=cache_key(ONNX_SHA, build, facts),
         engine_file="x.engine",
         engine_sha256="cd" * 32,
-        onnx_file=ONNX_FP16,
+        onnx_file=ONNX_BY_PRECISION["fp16"],
         onnx_sha256=ONNX_SHA,
         precision=build.precision,
         trt_version=facts.trt_version,
@@ -193,12 +192,12 @@ def test_trt_major_rejects_garbage(bad):
 @pytest.mark.parametrize(
     ("version", "precision", "onnx", "strong", "net_flags"),
     [
-        ("10.0.1.6", "fp16", ONNX_FP16, True, ("STRONGLY_TYPED",)),
-        ("10.13.0.35", "fp16", ONNX_FP16, True, ("STRONGLY_TYPED",)),
-        ("11.0.0", "fp16", ONNX_FP16, True, ()),
-        ("11.4.1", "fp16", ONNX_FP16, True, ()),
-        ("10.13.0.35", "fp32", ONNX_FP32, False, ()),
-        ("11.0.0", "fp32", ONNX_FP32, True, ()),
+        ("10.0.1.6", "fp16", ONNX_BY_PRECISION["fp16"], True, ("STRONGLY_TYPED",)),
+        ("10.13.0.35", "fp16", ONNX_BY_PRECISION["fp16"], True, ("STRONGLY_TYPED",)),
+        ("11.0.0", "fp16", ONNX_BY_PRECISION["fp16"], True, ()),
+        ("11.4.1", "fp16", ONNX_BY_PRECISION["fp16"], True, ()),
+        ("10.13.0.35", "fp32", ONNX_BY_PRECISION["fp32"], False, ()),
+        ("11.0.0", "fp32", ONNX_BY_PRECISION["fp32"], True, ()),
     ],
 )
 def test_build_plan(version, precision, onnx, strong, net_flags):
@@ -226,7 +225,7 @@ def test_cache_key_is_stable_across_processes():
     assert len(key) == 64 and int(key, 16) >= 0
     code = textwrap.dedent(
         f"""
-        from cyclesr_deploy.export.trt_config import GpuFacts, TensorRTBuildConfig, cache_key
+        from cyclesr_deploy.engines.trt_config import GpuFacts, TensorRTBuildConfig, cache_key
         facts = GpuFacts.model_validate_json({A4000.model_dump_json()!r})
         print(cache_key({ONNX_SHA!r}, TensorRTBuildConfig(timing_cache_dir=None), facts))
         """
@@ -303,7 +302,7 @@ def test_driver_major_falls_back_to_cuda_driver_version():
 def test_engine_paths_and_names(tmp_path):
     key = cache_key(ONNX_SHA, cfg(), A4000)
     engine, side = engine_paths(tmp_path, key, A4000)
-    assert engine.parent == tmp_path / "engines"
+    assert engine.parent == tmp_path / ENGINES_DIR
     assert engine.name == f"nvidia-rtx-a4000-trt10.13.0-{key[:12]}.engine"
     assert side == engine.with_name(engine.name.replace(".engine", ".json"))
     assert sidecar_path(engine) == side
@@ -412,7 +411,7 @@ def test_rebuild_command_spells_out_non_default_settings():
 
 
 def test_list_engines_skips_broken_entries(tmp_path):
-    folder = tmp_path / "engines"
+    folder = tmp_path / ENGINES_DIR
     folder.mkdir()
     old = make_sidecar(engine_file="old.engine", created="2026-01-01T00:00:00+00:00")
     new = make_sidecar(engine_file="new.engine", created="2026-06-01T00:00:00+00:00")
@@ -445,7 +444,7 @@ def test_trt_modules_import_without_heavy_dependencies():
     code = textwrap.dedent(
         """
         import sys
-        import cyclesr_deploy.export.trt_config
+        import cyclesr_deploy.engines.trt_config
         import cyclesr_deploy.export.tensorrt_build
         import cyclesr_deploy.cuda_runtime
         heavy = ("tensorrt", "torch", "cuda", "onnx", "onnxruntime")

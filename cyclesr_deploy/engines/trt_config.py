@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -36,16 +34,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cyclesr_deploy.errors import InputError
+from cyclesr_deploy.integrity import file_digest, user_cache_dir
+from cyclesr_deploy.model import ENGINES_DIR, ONNX_BY_PRECISION
 
 Precision = Literal["fp16", "fp32"]
 
-#: ONNX file names in a model folder (written by ``cyclesr export onnx``).
-ONNX_FP32 = "generator.onnx"
-ONNX_FP16 = "generator.fp16.onnx"
 #: Name of the generator's input / output tensors in the exported ONNX.
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
-ENGINES_DIR = "engines"
 #: Bump when the build recipe changes in a way that changes engines for the same inputs.
 KEY_VERSION = 1
 SIDECAR_SCHEMA: Literal["1"] = "1"
@@ -77,20 +73,9 @@ class TensorRTVersionError(RuntimeError):
 def default_timing_cache_dir(
     *, platform: str | None = None, env: Mapping[str, str] | None = None, home: Path | None = None
 ) -> Path:
-    """Per-user cache folder for TensorRT timing caches.
-
-    Windows: ``%LOCALAPPDATA%/cyclesr-deploy/trt`` (``~/AppData/Local`` if unset); elsewhere
-    ``$XDG_CACHE_HOME/cyclesr-deploy/trt`` or ``~/.cache/cyclesr-deploy/trt``. The arguments
-    exist for tests; by default they are ``sys.platform``, ``os.environ`` and ``Path.home()``.
-    """
-    platform = sys.platform if platform is None else platform
-    env = os.environ if env is None else env
-    home = Path.home() if home is None else Path(home)
-    if platform.startswith("win"):
-        base = Path(env["LOCALAPPDATA"]) if env.get("LOCALAPPDATA") else home / "AppData" / "Local"
-    else:
-        base = Path(env["XDG_CACHE_HOME"]) if env.get("XDG_CACHE_HOME") else home / ".cache"
-    return base / "cyclesr-deploy" / "trt"
+    """Per-user cache folder for TensorRT timing caches:
+    :func:`~cyclesr_deploy.integrity.user_cache_dir` ``/ "trt"`` (the arguments are its)."""
+    return user_cache_dir(platform=platform, env=env, home=home) / "trt"
 
 
 class TensorRTBuildConfig(BaseModel):
@@ -301,13 +286,16 @@ def build_plan(version: str, precision: Precision) -> BuildPlan:
         return BuildPlan(
             trt_major=major,
             precision=precision,
-            onnx_name=ONNX_FP16,
+            onnx_name=ONNX_BY_PRECISION["fp16"],
             strongly_typed=True,
             network_flags=("STRONGLY_TYPED",) if major == 10 else (),
         )
     if precision == "fp32":
         return BuildPlan(
-            trt_major=major, precision=precision, onnx_name=ONNX_FP32, strongly_typed=major >= 11
+            trt_major=major,
+            precision=precision,
+            onnx_name=ONNX_BY_PRECISION["fp32"],
+            strongly_typed=major >= 11,
         )
     raise InputError(f"precision must be 'fp16' or 'fp32', not {precision!r}")
 
@@ -559,9 +547,5 @@ def list_engines(model_dir: str | Path) -> list[tuple[Path, EngineSidecar]]:
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+    """Hex sha256 of a file (:func:`~cyclesr_deploy.integrity.file_digest`)."""
+    return file_digest(path, chunk)[1]

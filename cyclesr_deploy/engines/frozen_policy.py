@@ -1,0 +1,133 @@
+"""Whether a run gets a frozen-statistics engine, and which: the policy behind
+``open_engine(..., tiling=...)``.
+
+A tiled run of an InstanceNorm generator normalises every tile with its own statistics (seams)
+unless the engine can freeze frame-level statistics
+(:class:`~cyclesr_deploy.engines.base.FrozenStatsEngine`). :func:`choose_frozen` decides, by
+probing (files, sidecars, installed packages, the auto order's plan), never by opening an
+engine to look at it:
+
+* ``tiling="none"`` (untiled run), ``"naive"``, or a generator without InstanceNorm: the plain
+  engine;
+* ``"frozen"``: a frozen-statistics engine of the requested backend (an error when there is
+  none: the message says how to export one);
+* ``"auto"``: TensorRT's two engines when TensorRT, a CUDA device and engines that fit this
+  GPU and every frame size are there (backend auto or tensorrt, precision auto or fp32); else
+  PyTorch's (backend torch); else, with backend auto, the plain engine when the auto order
+  picks a GPU engine (a GPU beats CPU frozen statistics; tiles are then normalised per tile,
+  which the pipeline warns about); else ONNX Runtime's two graphs on the CPU when exported;
+  else the plain engine (with a warning for backend onnxruntime, saying how to export them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cyclesr_deploy.engines.frozen_stats import frozen_graphs_missing
+from cyclesr_deploy.errors import InputError
+from cyclesr_deploy.model import ModelConfig
+
+TILING_MODES: tuple[str, ...] = ("none", "auto", "frozen", "naive")
+NO_TENSORRT = "TensorRT not installed"
+FrameShapes = Sequence[tuple[int, int]] | Callable[[], Sequence[tuple[int, int]]]
+
+
+@dataclass
+class FrozenChoice:
+    """The policy's answer: ``engine`` (a frozen-statistics engine, not opened) or None for the
+    plain engine; ``reason`` (one line), ``rejected`` (candidate, why not) and ``warnings``
+    (for the user: a requested frozen engine that cannot be used)."""
+
+    engine: Any = None
+    reason: str = ""
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _shapes(frames: FrameShapes) -> list[tuple[int, int]]:
+    return list(frames() if callable(frames) else frames)
+
+
+def _tensorrt(
+    model_dir: Path,
+    frames: FrameShapes,
+    installed: Callable[[], bool],
+    no_cuda: Callable[[], str | None],
+) -> tuple[Any, str]:
+    """(TensorRT frozen engine, "") when one fits this machine and every frame, else
+    (None, why not)."""
+    from cyclesr_deploy.engines.frozen import open_frozen_engine
+
+    if not installed():
+        return None, NO_TENSORRT
+    why = no_cuda()
+    if why:
+        return None, why
+    try:
+        engine = open_frozen_engine(model_dir, "tensorrt", frames=_shapes(frames))
+    except (InputError, RuntimeError, OSError) as exc:  # none built, other sizes, other GPU
+        return None, " ".join(str(exc).split())
+    return engine, ""
+
+
+def choose_frozen(
+    model_dir: Path,
+    model: ModelConfig,
+    *,
+    backend: str,
+    precision: str,
+    tiling: str,
+    stats: str,
+    frames: FrameShapes,
+    threads: int | None,
+    gpu_plan: Callable[[], bool],
+    tensorrt_installed: Callable[[], bool],
+    no_cuda: Callable[[], str | None],
+) -> FrozenChoice:
+    """Apply the policy of the module docstring. ``gpu_plan()``: whether ``backend="auto"``
+    would pick a GPU engine (the auto order's plan, probed); ``tensorrt_installed()``;
+    ``no_cuda()``: why no CUDA device is usable, or None; ``frames``: the (H, W) frame sizes,
+    or a function giving them (called only when a TensorRT statistics engine is considered)."""
+    from cyclesr_deploy.engines.frozen import open_frozen_engine
+
+    if tiling not in TILING_MODES:
+        raise InputError(f"tiling must be one of {', '.join(TILING_MODES)}, not {tiling!r}")
+    if tiling == "none":
+        return FrozenChoice(reason="untiled run")
+    if tiling == "naive":
+        return FrozenChoice(reason="--tiling naive: per-tile statistics")
+    if model.generator.norm != "instance":
+        return FrozenChoice(reason="no InstanceNorm: tiles are exact without frozen statistics")
+    kwargs = {"precision": precision, "stats": stats, "threads": threads}
+    if tiling == "frozen":
+        shapes = _shapes(frames) if backend == "tensorrt" else ()
+        engine = open_frozen_engine(model_dir, backend, frames=shapes, **kwargs)
+        return FrozenChoice(engine, f"--tiling frozen: {engine.selection}")
+    choice = FrozenChoice()
+    fp32_ok = precision in ("auto", "fp32")
+    if backend in ("auto", "tensorrt") and fp32_ok:
+        engine, why = _tensorrt(model_dir, frames, tensorrt_installed, no_cuda)
+        if engine is not None:
+            return FrozenChoice(engine, f"tiled run: {engine.selection}")
+        choice.rejected.append(("tensorrt-frozen", why))
+        if backend == "tensorrt" and why != NO_TENSORRT:
+            choice.warnings.append(why)
+    if backend == "torch":
+        engine = open_frozen_engine(model_dir, "torch", **kwargs)
+        return FrozenChoice(engine, f"tiled run: {engine.selection}", choice.rejected)
+    if backend in ("auto", "onnxruntime") and fp32_ok:
+        if backend == "auto" and gpu_plan():
+            choice.reason = "a GPU engine beats CPU frozen statistics (tiles: per-tile statistics)"
+            return choice
+        missing = frozen_graphs_missing(model_dir)
+        if missing is None:
+            engine = open_frozen_engine(model_dir, "onnxruntime", stats=stats, threads=threads)
+            return FrozenChoice(engine, f"tiled run: {engine.selection}", choice.rejected)
+        choice.rejected.append(("onnxruntime-frozen", missing))
+        if backend == "onnxruntime":
+            choice.warnings.append(missing)
+    choice.reason = "no frozen-statistics engine for this backend and precision"
+    return choice
