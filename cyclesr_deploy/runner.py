@@ -160,8 +160,9 @@ class EnhanceConfig(BaseModel):
     @property
     def engine_tiling(self) -> str:
         """What the run asks of the engine factory (``open_engine(..., tiling=)``): ``none``
-        for whole frames (tile 0), else the tiling mode."""
-        return self.tiling_mode if self.tile else "none"
+        for whole frames (tile 0 with ``auto``/``naive``), else the tiling mode (``frozen``
+        needs a frozen-statistics engine even at tile 0: the runner refuses it otherwise)."""
+        return self.tiling_mode if self.tile or self.tiling_mode == "frozen" else "none"
 
 
 assert set(BLENDS) == {"cosine", "gaussian", "constant", "crop"}  # EnhanceConfig.blend in sync
@@ -322,7 +323,7 @@ class FrameRunner:
         model_dir = getattr(engine, "model_dir", None)
         if not hasattr(engine, "stats") or model_dir is None:
             return None
-        from cyclesr_deploy.engines.frozen import estimate_for_model
+        from cyclesr_deploy.engines.frozen_stats import estimate_for_model
 
         choice = estimate_for_model(model_dir, cfg.stats)
         choice.log("frozen statistics")

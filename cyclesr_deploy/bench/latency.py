@@ -299,6 +299,8 @@ def run_latency(
                         precision=precision,  # type: ignore[arg-type]
                         device=s.device,  # type: ignore[arg-type]
                         threads=s.threads,
+                        tiling="auto" if any(tiles) else "none",  # frozen engines for tiles
+                        frames=[frame.shape],
                     )
                     ctx = engine.__enter__()
                 except (InputError, MissingExtraError, RuntimeError, OSError) as exc:

@@ -198,18 +198,17 @@ def enhance(
             )
 
     from cyclesr_deploy.engines import open_engine
+    from cyclesr_deploy.manifest import OutputLock
 
-    # the engine factory decides whether this run gets a frozen-statistics engine (and logs a
-    # warning when a requested one is unusable): pass the tiling mode of a tiled run
-    # (--tiling frozen always asks for one), "none" otherwise
-    run_tiling = cfg.tiling_mode if cfg.tile or cfg.tiling_mode == "frozen" else "none"
     try:
-        with user_errors():
+        with user_errors(), OutputLock(out_dir, command="cyclesr enhance") as lock:
+            # the lock first: a second run into this folder is refused before an engine loads;
+            # the engine factory decides whether the run gets a frozen-statistics engine
             engine_cm = open_engine(
                 model,
                 backend=backend.value,
                 precision=precision.value,
-                tiling=run_tiling,
+                tiling=cfg.engine_tiling,
                 stats=cfg.stats,
                 frames=lambda: _frame_shapes(paths),
             )
@@ -223,7 +222,7 @@ def enhance(
                 )
                 with progress:
                     summary = enhance_files(
-                        paths, out_dir, engine, model_cfg, cfg, on_progress=on_progress
+                        paths, out_dir, engine, model_cfg, cfg, on_progress=on_progress, lock=lock
                     )
     except KeyboardInterrupt:
         err.print(

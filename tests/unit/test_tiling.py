@@ -187,7 +187,7 @@ def test_tiles_read_reflect_padding_only_past_the_frame_end(rng):
 # --- batching, buffers, blender --------------------------------------------------------------
 
 
-def test_batching_across_frames_matches_frame_by_frame(rng):
+def test_stacks_run_frame_by_frame(rng):
     frames = rng.uniform(-1, 1, (2, 1, 150, 230)).astype(np.float32)
     cfg = TilingConfig(tile=96, overlap=32, halo=8, batch_size=3)
     sizes: list[int] = []
@@ -198,19 +198,19 @@ def test_batching_across_frames_matches_frame_by_frame(rng):
 
     stacked = predict_tiled_batch(frames, predict, cfg)
     n_tiles = len(plan_tiles((150, 230), cfg).tiles)
-    assert n_tiles % 3 != 0  # so one batch holds tiles of both frames
-    assert sizes == [3] * (2 * n_tiles // 3) + [2 * n_tiles % 3]
+    assert n_tiles % 3 != 0  # a partial last batch per frame: batches never span two frames
+    assert sizes == ([3] * (n_tiles // 3) + [n_tiles % 3]) * 2
     one_by_one = np.stack([predict_tiled(f, predict, cfg) for f in frames])
     np.testing.assert_array_equal(stacked, one_by_one)
     flat = predict_tiled_batch(frames[:, 0], predict, cfg)  # (N, H, W)
     np.testing.assert_array_equal(flat, one_by_one[:, 0])
 
 
-def test_whole_frames_are_batched_together(rng):
+def test_whole_frames_run_one_per_call(rng):
     frames = rng.uniform(size=(6, 40, 44)).astype(np.float32)
     sizes: list[int] = []
     out = predict_tiled_batch(frames, lambda b: sizes.append(len(b)) or b, config("cosine"))
-    assert sizes == [4, 2]
+    assert sizes == [1] * 6
     np.testing.assert_array_equal(out, frames)
 
 
