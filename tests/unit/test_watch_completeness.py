@@ -77,7 +77,7 @@ def test_unreadable_file_is_not_ready_never_an_error(tmp_path, monkeypatch):
     def locked(*a, **k):
         raise PermissionError(13, "being written by another process")  # as on Windows
 
-    monkeypatch.setattr(watch_mod.tifffile, "TiffFile", locked)
+    monkeypatch.setattr(tifffile, "TiffFile", locked)
     p = probe_pages(path)
     assert p.complete == 0 and "PermissionError" in p.error
     monkeypatch.undo()
