@@ -69,6 +69,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cyclesr_deploy import __version__
 from cyclesr_deploy.engines.base import Engine
+from cyclesr_deploy.enhancer import FrameProcessor
 from cyclesr_deploy.errors import InputError
 from cyclesr_deploy.frames import PageProbe, probe_pages
 from cyclesr_deploy.io import atomic_path
@@ -279,8 +280,6 @@ class _Watch:
         status_every: float,
         on_frame: Callable[[Path, int, float], None] | None = None,
     ) -> None:
-        from cyclesr_deploy.enhancer import FrameProcessor  # the frame runner: one construction
-
         self.in_dir, self.out_dir, self.engine, self.cfg = in_dir, out_dir, engine, cfg
         self.stop, self.on_frame = stop, on_frame
         self.on_status, self.status_every = on_status, status_every
@@ -297,7 +296,7 @@ class _Watch:
         )
         self.state = State(out_dir, cfg, manifest)
         self.scanner = Scanner(in_dir, self.state)
-        runner = FrameProcessor(engine, model, ecfg)
+        runner = FrameProcessor(engine, model, ecfg)  # the frame runner: its one construction
         self.outputs = Outputs(self.state, runner, model.scale, self._done)
         self.backlog = _Backlog(self.state, self.outputs)
         self.latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)

@@ -13,6 +13,7 @@ import numpy as np
 from cyclesr_deploy.errors import InputError
 from cyclesr_deploy.frames import (
     StackAppender,
+    StackInfo,
     open_frames,
     output_info,
     read_page,
@@ -40,10 +41,12 @@ class Outputs:
         src = item.src
         t0 = time.perf_counter()
         try:
-            if src.frame_file:
-                self._frame_file(src)
+            frame, info = self._read(src, item.page)
+            result = self.enhance(frame)  # the one call of the frame runner
+            if info is not None:
+                self._write_frame_file(src, info, result)
             else:
-                self._stack_page(src, item.page)
+                self._append_page(src, result)
         except Exception as exc:  # per file: reported, the watch goes on
             msg = str(exc) if isinstance(exc, (InputError, OSError)) else repr(exc)
             with self.state.lock:
@@ -56,13 +59,19 @@ class Outputs:
                 self.state.manifest.update(src.path, seconds=round(t1 - t0, 4))
         self.on_done(item, t1)
 
-    def _frame_file(self, src: Source) -> None:
-        with open_frames(src.path) as reader:  # the input rules and messages of enhance
+    @staticmethod
+    def _read(src: Source, page: int) -> tuple[np.ndarray, StackInfo | None]:
+        """The frame to enhance, with the file's metadata for a frame file (None for a stack
+        page); the input rules and messages of enhance apply to both."""
+        if not src.frame_file:
+            return read_page(src.path, page), None
+        with open_frames(src.path) as reader:
             info = reader.info
             if info.n_frames != 1:
                 raise InputError(f"{src.path}: expected one frame, found {info.n_frames}")
-            frame = reader.read(0)
-        result = self.enhance(frame)
+            return reader.read(0), info
+
+    def _write_frame_file(self, src: Source, info: StackInfo, result: np.ndarray) -> None:
         write_frames(src.out, output_info(info, self.scale), [result], overwrite=True)
         with self.state.lock:
             src.done = 1
@@ -80,8 +89,7 @@ class Outputs:
                 note=None,
             )
 
-    def _stack_page(self, src: Source, page: int) -> None:
-        result = self.enhance(read_page(src.path, page))
+    def _append_page(self, src: Source, result: np.ndarray) -> None:
         if src.appender is None:
             self._open(src, result.dtype)
         try:

@@ -174,3 +174,53 @@ def test_queue_processes_everything_in_arrival_order(tmp_path, policy):
     final = _run(tmp_path, policy, seen)
     assert seen == [f"a{i:02d}.tif" for i in range(6)]
     assert (final.done, final.skipped) == (6, 0)
+
+
+def test_one_page_in_pieces_is_never_a_stack_nor_read_early(tmp_path):
+    b = io.BytesIO()
+    tifffile.imwrite(b, np.full((32, 32), 5, np.uint16), photometric="minisblack", metadata=None)
+    data = b.getvalue()
+    path = tmp_path / "f.tif"
+    for cut in (len(data) // 3, 2 * len(data) // 3, len(data) - 1):
+        path.write_bytes(data[:cut])
+        probe = probe_pages(path)
+        assert probe.complete == 0 and probe.ifds <= 1, cut  # one IFD: a frame, not a stack
+        assert probe.expected is None
+    path.write_bytes(data)
+    assert (probe_pages(path).complete, probe_pages(path).ifds) == (1, 1)
+
+
+def test_partial_two_channel_ome_is_refused_from_its_announcement(tmp_path):
+    b = io.BytesIO()
+    tifffile.imwrite(b, np.zeros((2, 2, 32, 32), np.uint16), ome=True, metadata={"axes": "TCYX"})
+    path = tmp_path / "c.ome.tif"
+    path.write_bytes(b.getvalue())
+    whole = probe_pages(path).refused
+    assert whole is not None and "2 channels" in whole
+
+
+def test_disk_full_on_a_stack_output_is_a_named_failure(tmp_path, monkeypatch):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    with tifffile.TiffWriter(inp / "s.tif") as tw:
+        for i in range(2):
+            tw.write(np.full((16, 16), i, np.uint16), metadata=None)
+    past = time.time() - 30
+    os.utime(inp / "s.tif", (past, past))
+
+    real_write = tifffile.TiffWriter.write
+
+    def full(self, *a, **k):
+        real_write(self, *a, **k)
+        raise OSError("262144 requested and 214512 written")
+
+    monkeypatch.setattr(tifffile.TiffWriter, "write", full)
+    cfg = WatchConfig(poll=0.02, stable=0.05, idle=0.5, use_events=False, exit_idle=0.3)
+    final = watch_folder(inp, tmp_path / "out", FakeEngine("plus1"), _model(), cfg,
+                         EnhanceConfig(tile=0))  # fmt: skip
+    assert final.failed == 2 and not final.ok
+    entry = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())["files"]
+    error = entry[str((inp / "s.tif").resolve())]["error"]
+    assert "no space left on device" in error and str(tmp_path / "out" / "s.tif") in error
+    assert not (tmp_path / "out" / "s.tif").exists()
+    assert not list((tmp_path / "out").glob("*.part"))
