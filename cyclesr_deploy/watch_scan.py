@@ -94,13 +94,17 @@ class State:
         log.error("%s failed: %s", src.path.name, why)
         src.failed = why
         src.failures = 1 if file_level else src.failures + 1
+        self.record(src, "failed", error=why)
+
+    def record(self, src: Source, status: str, **values: Any) -> None:
+        """The manifest entry of ``src``: ``status``, frames written, the input's identity."""
         self.manifest.update(
             src.path,
-            status="failed",
-            error=why,
+            status=status,
             frames=src.done,
             input_size=src.size,
             input_mtime_ns=src.mtime_ns,
+            **values,
         )
 
 
@@ -248,13 +252,10 @@ class Scanner:
         if src.incomplete != why:
             src.incomplete = why
             log.warning("%s: %s; waiting for it to be completed", src.path.name, why)
-            self.state.manifest.update(
-                src.path,
-                status="incomplete",
+            self.state.record(
+                src,
+                "incomplete",
                 error=why,
-                input_size=src.size,
-                input_mtime_ns=src.mtime_ns,
-                frames=src.done,
                 next_page=src.queued_to,
                 output=str(src.out) if src.done else None,
             )

@@ -12,15 +12,8 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from cyclesr_deploy.cli._common import (
-    EXIT_PARTIAL,
-    STATS_HELP,
-    TILING_HELP,
-    WHOLE_MAX_PX_DEFAULT,
-    WHOLE_MAX_PX_HELP,
-    err,
-    user_errors,
-)
+from cyclesr_deploy.cli import _common as common
+from cyclesr_deploy.cli._common import err, user_errors
 from cyclesr_deploy.cli.enhance import Backend, Normalize, Precision, Tiling
 
 
@@ -64,9 +57,11 @@ def watch(
     overlap: int | None = typer.Option(None, min=0, help="Tile overlap in input px."),
     batch: int = typer.Option(4, min=1, help="Tiles per engine call."),
     normalize: Normalize = typer.Option(Normalize.model, help="Intensity normalization."),
-    tiling: Tiling = typer.Option(Tiling.auto, help=TILING_HELP),
-    stats: str = typer.Option("auto", help=STATS_HELP),
-    whole_max_px: int = typer.Option(WHOLE_MAX_PX_DEFAULT, min=0, help=WHOLE_MAX_PX_HELP),
+    tiling: Tiling = typer.Option(Tiling.auto, help=common.TILING_HELP),
+    stats: str = typer.Option("auto", help=common.STATS_HELP),
+    whole_max_px: int = typer.Option(
+        common.WHOLE_MAX_PX_DEFAULT, min=0, help=common.WHOLE_MAX_PX_HELP
+    ),
     poll: float = typer.Option(0.5, min=0.01, help="Seconds between folder scans."),
     stable: float = typer.Option(
         1.0, min=0.0, help="Seconds a file's size must stay unchanged before it counts as complete."
@@ -198,4 +193,4 @@ def watch(
             f"[red]{final.failed} frame(s) failed[/], {final.incomplete} file(s) incomplete: "
             f"see {escape(str(out_dir))}/cyclesr-manifest.json"
         )
-        raise typer.Exit(EXIT_PARTIAL)
+        raise typer.Exit(common.EXIT_PARTIAL)
