@@ -61,6 +61,7 @@ __all__ = [
     "probe_pages",
     "read_frames",
     "read_page",
+    "read_stack",
     "write_frames",
 ]
 
@@ -296,6 +297,52 @@ def check_memory(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
         )
 
 
+def _open_tiff(path: Path) -> tifffile.TiffFile:
+    """``path`` opened by tifffile with its first series parsed cleanly, else an
+    :class:`InputError` saying why (no such file, not a TIFF, damaged, locked)."""
+    if not path.is_file():
+        raise _err(path, "no such file")
+    tif = None
+    try:
+        with _capture_tifffile_log() as log, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tif = tifffile.TiffFile(path)
+            if not tif.series:
+                raise _err(path, "contains no image")
+            list(tif.series[0].pages)
+        if log.messages:
+            raise _err(
+                path, "damaged or incomplete TIFF (still being written?): " + log.messages[0]
+            )
+        return tif
+    except BaseException as exc:
+        if tif is not None:
+            tif.close()
+        if isinstance(exc, InputError):
+            raise
+        if isinstance(exc, PermissionError):
+            raise _err(path, f"cannot be opened ({exc}); is it still being written?") from exc
+        if isinstance(exc, (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError)):
+            raise _err(path, f"not a readable TIFF ({exc})") from exc
+        raise
+
+
+def read_stack(path: str | Path) -> tuple[np.ndarray, StackInfo]:
+    """The whole first series of ``path`` and its metadata, for tools that take any TIFF
+    (metrics: RGB, other dtypes): the opening, messages and memory check of
+    :class:`FrameReader` without the single-grey-channel rules."""
+    path = Path(path)
+    with _open_tiff(path) as tif:
+        series = tif.series[0]
+        axes, shape, dtype = series.axes, tuple(series.shape), np.dtype(series.dtype)
+        check_memory(path, shape, dtype)
+        try:
+            data = series.asarray().reshape(shape)
+        except (ValueError, OSError, tifffile.TiffFileError) as exc:
+            raise _err(path, f"cannot read the image data ({exc})") from exc
+        return data, _describe(path, tif, axes, shape, dtype)
+
+
 class FrameReader:
     """Frames of a TIFF's first series, read lazily; a context manager (closes the file).
 
@@ -321,29 +368,11 @@ class FrameReader:
 
     def _open(self) -> StackInfo:
         path = self.path
-        if not path.is_file():
-            raise _err(path, "no such file")
-        try:
-            self._file_size = path.stat().st_size
-            with _capture_tifffile_log() as log, warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                self._tif = tif = tifffile.TiffFile(path)
-                if not tif.series:
-                    raise _err(path, "contains no image")
-                series = tif.series[0]
-                axes, shape, dtype = series.axes, tuple(series.shape), np.dtype(series.dtype)
-                pages = list(series.pages)
-            if log.messages:
-                raise _err(
-                    path,
-                    "damaged or incomplete TIFF (still being written?): " + log.messages[0],
-                )
-        except PermissionError as exc:
-            raise _err(path, f"cannot be opened ({exc}); is it still being written?") from exc
-        except (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError) as exc:
-            if isinstance(exc, InputError):
-                raise
-            raise _err(path, f"not a readable TIFF ({exc})") from exc
+        self._tif = tif = _open_tiff(path)
+        self._file_size = path.stat().st_size
+        series = tif.series[0]
+        axes, shape, dtype = series.axes, tuple(series.shape), np.dtype(series.dtype)
+        pages = list(series.pages)
 
         samples = getattr(series.keyframe, "samplesperpixel", 1)
         check_layout(path, axes, shape, dtype, samples)

@@ -162,18 +162,12 @@ def _tag_pixel_size(page: tifffile.TiffPage, imagej: Mapping[str, Any] | None) -
 
 
 def read_tiff(path: str | os.PathLike[str]) -> Image:
-    """Read a whole TIFF/OME-TIFF (first series; singleton axes dropped) with its axes and pixel
-    size in µm (or None), through :class:`cyclesr_deploy.frames.FrameReader`: the same input
-    rules, messages and memory check as every other reader."""
-    from cyclesr_deploy.frames import check_memory, open_frames
+    """Read a whole TIFF/OME-TIFF (first series) with its axes and pixel size in µm (or None),
+    through :func:`cyclesr_deploy.frames.read_stack`: the shared TIFF layer's opening, error
+    messages and memory check (any dtype and channel layout: metrics read RGB files too)."""
+    from cyclesr_deploy.frames import read_stack
 
-    with open_frames(path) as reader:
-        info = reader.info
-        check_memory(reader.path, info.shape, info.dtype)
-        data = np.empty(info.shape, info.dtype)
-        flat = data.reshape(-1, *info.frame_shape)
-        for i in range(info.n_frames):
-            flat[i] = reader.read(i)
+    data, info = read_stack(path)
     desc = {}
     if info.ome_xml:
         m = re.search(r"<Description>(.*?)</Description>", info.ome_xml, re.S)
