@@ -120,6 +120,10 @@ class Outputs:
         app, src.appender = src.appender, None
         if app is None:
             return
+        if src.info is not None:  # the metadata as far as the input is written now
+            latest = output_info(src.info, self.scale, app.info.dtype)
+            if latest.frame_shape == app.info.frame_shape:
+                app.info = latest
         app.close()
         with self.state.lock:
             complete = src.expected is None or src.done + len(src.skipped) >= src.expected

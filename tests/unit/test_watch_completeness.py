@@ -224,3 +224,25 @@ def test_disk_full_on_a_stack_output_is_a_named_failure(tmp_path, monkeypatch):
     assert "no space left on device" in error and str(tmp_path / "out" / "s.tif") in error
     assert not (tmp_path / "out" / "s.tif").exists()
     assert not list((tmp_path / "out").glob("*.part"))
+
+
+def test_announced_tzyx_stack_keeps_its_axes_and_ome_metadata(tmp_path):
+    from cyclesr_deploy.frames import open_frames
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    meta = {"axes": "TZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5}
+    tifffile.imwrite(inp / "s.ome.tif", np.ones((2, 3, 16, 16), np.uint16), ome=True, metadata=meta)
+    past = time.time() - 30
+    os.utime(inp / "s.ome.tif", (past, past))
+    model = ModelConfig(
+        generator=GeneratorConfig(ngf=4, n_blocks=0, scale=2),
+        normalization=NormalizationConfig(low_a=0, high_a=2, low_b=0, high_b=2),
+    )
+    cfg = WatchConfig(poll=0.02, stable=0.05, use_events=False, exit_idle=0.3)
+    final = watch_folder(inp, tmp_path / "out", FakeEngine("nearest2"), model, cfg,
+                         EnhanceConfig(tile=0))  # fmt: skip
+    assert final.done == 6 and final.ok
+    with open_frames(tmp_path / "out" / "s.ome.tif") as reader:
+        assert (reader.info.axes, reader.info.shape) == ("TZYX", (2, 3, 32, 32))
+        assert reader.info.kind == "ome" and reader.info.pixel_size_um == pytest.approx(0.25)
