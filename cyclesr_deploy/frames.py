@@ -1,4 +1,16 @@
-"""Streaming TIFF/OME-TIFF I/O: read a stack one 2-D frame at a time, write one frame at a time.
+"""The TIFF layer: every TIFF the package reads or writes goes through this module (tifffile).
+
+* reading: :class:`FrameReader`/:func:`open_frames` (lazy frames, the input rules of
+  :func:`check_layout`), :func:`read_stack` (a whole series, any layout: ``io.read_tiff``);
+* files still being written: :func:`probe_pages` (complete pages, announced count, refusals)
+  and :func:`read_page` (one complete page of a growing file);
+* writing: :func:`write_frames` (a stack of known size) and :class:`StackAppender` (a stack
+  that grows), both atomic (``name.part``, renamed when complete) and keeping axes, metadata
+  and the pixel size divided by the scale (:func:`output_info`); ``io.write_tiff`` wraps
+  :func:`write_frames`;
+* resources: a frame (or a series read whole) is checked against :func:`available_memory`
+  before anything is decoded; a full disk is reported as "no space left on device" with the
+  file's name (``io.atomic_path``/``io.disk_full``) and the partial file removed.
 
 Reading (:class:`FrameReader`, :func:`open_frames`) never loads a whole stack: the first series is
 validated once (dtype, axes, size, completeness), then each frame is read from its own page (or

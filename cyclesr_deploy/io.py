@@ -1,4 +1,5 @@
-"""TIFF / OME-TIFF reading and atomic writing (tifffile), with physical pixel size.
+"""Whole-image TIFF / OME-TIFF reading and writing (thin wrappers of the TIFF layer,
+:mod:`cyclesr_deploy.frames`), atomic file replacement, pixel-size metadata helpers.
 
 Pixel sizes are in micrometres throughout the package. Writers never overwrite an input in place:
 they write ``<name>.part`` next to the target and rename it over the target only when complete,
@@ -34,7 +35,6 @@ _UNIT_TO_UM = {
     "cm": 1e4,
     "m": 1e6,
 }
-_SUPPORTED_DTYPES = (np.uint8, np.uint16, np.float32)
 
 
 @dataclass
@@ -109,8 +109,6 @@ def write_tiff(
 
     path = Path(path)
     arr = np.asarray(data)
-    if arr.dtype not in _SUPPORTED_DTYPES:
-        raise InputError(f"data: dtype {arr.dtype} not supported; use uint8, uint16 or float32")
     if axes is None:
         axes = {2: "YX", 3: "TYX", 4: "TZYX"}.get(arr.ndim)
         if axes is None:
