@@ -1,4 +1,16 @@
-"""Streaming TIFF/OME-TIFF I/O: read a stack one 2-D frame at a time, write one frame at a time.
+"""The TIFF layer: every TIFF the package reads or writes goes through this module (tifffile).
+
+* reading: :class:`FrameReader`/:func:`open_frames` (lazy frames, the input rules of
+  :func:`check_layout`), :func:`read_stack` (a whole series, any layout: ``io.read_tiff``);
+* files still being written: :func:`probe_pages` (complete pages, announced count, refusals)
+  and :func:`read_page` (one complete page of a growing file);
+* writing: :func:`write_frames` (a stack of known size) and :class:`StackAppender` (a stack
+  that grows), both atomic (``name.part``, renamed when complete) and keeping axes, metadata
+  and the pixel size divided by the scale (:func:`output_info`); ``io.write_tiff`` wraps
+  :func:`write_frames`;
+* resources: a frame (or a series read whole) is checked against :func:`available_memory`
+  before anything is decoded; a full disk is reported as "no space left on device" with the
+  file's name (``io.atomic_path``/``io.disk_full``) and the partial file removed.
 
 Reading (:class:`FrameReader`, :func:`open_frames`) never loads a whole stack: the first series is
 validated once (dtype, axes, size, completeness), then each frame is read from its own page (or
@@ -28,6 +40,8 @@ import contextlib
 import io as _io
 import logging
 import math
+import os
+import sys
 import threading
 import uuid
 import warnings
@@ -42,16 +56,25 @@ import tifffile
 
 from cyclesr_deploy import __version__
 from cyclesr_deploy.errors import InputError
-from cyclesr_deploy.io import _ome_pixel_size, _tag_pixel_size, atomic_path
+from cyclesr_deploy.io import _ome_pixel_size, _tag_pixel_size, atomic_path, disk_full
 
 __all__ = [
     "SUPPORTED_DTYPES",
+    "TIFF_SUFFIXES",
     "Frame",
     "FrameReader",
+    "PageProbe",
+    "StackAppender",
     "StackInfo",
+    "available_memory",
+    "check_layout",
+    "check_memory",
     "open_frames",
     "output_info",
+    "probe_pages",
     "read_frames",
+    "read_page",
+    "read_stack",
     "write_frames",
 ]
 
@@ -63,6 +86,7 @@ SUPPORTED_DTYPES: tuple[np.dtype, ...] = (
 TiffKind = Literal["ome", "imagej", "tiff"]
 
 # axes tifffile's OME writer accepts (TZCYX plus the modulo/extra dimensions it maps)
+TIFF_SUFFIXES = (".tif", ".tiff")  # what counts as a TIFF file name (case-insensitive)
 _OME_AXES = set("TZCYXQRAPHEL")
 # ImageJ metadata kept from input to output (display ranges are dropped: intensities change)
 _IMAGEJ_KEYS = (
@@ -166,6 +190,173 @@ def _err(path: Path, msg: str) -> InputError:
     return InputError(f"{path}: {msg}")
 
 
+def check_layout(
+    path: Path, axes: str, shape: tuple[int, ...], dtype: np.dtype, samples: int = 1
+) -> None:
+    """The input rules every entry point applies (``enhance``, ``watch``, the readers): a
+    supported dtype, one grey channel (no RGB, no C > 1), a non-empty 2-D plane; an
+    :class:`InputError` naming ``path`` otherwise."""
+    if dtype.kind == "c":
+        raise _err(path, f"complex data ({dtype}) is not supported")
+    if dtype not in SUPPORTED_DTYPES:
+        raise _err(path, f"dtype {dtype} is not supported; use uint8, uint16 or float32")
+    if "S" in axes or samples > 1:
+        raise _err(
+            path,
+            f"RGB or multi-sample image (axes {axes}, shape {shape}); the model takes a "
+            "single grey channel: convert or split the channels first",
+        )
+    if "C" in axes:
+        n_c = shape[axes.index("C")]
+        raise _err(path, f"{n_c} channels (axes {axes}); the model takes one: split the channels")
+    if len(shape) < 2 or 0 in shape or not axes.endswith("YX"):
+        raise _err(path, f"not a 2-D image or stack of them (axes {axes}, shape {shape})")
+
+
+def _finish(path: Path, data: np.ndarray, index: int) -> np.ndarray:
+    """``data`` in native byte order; float frames checked for NaN/inf."""
+    if not data.dtype.isnative:
+        data = data.astype(data.dtype.newbyteorder("="))
+    if data.dtype.kind == "f" and not np.isfinite(data).all():
+        bad = "NaN" if np.isnan(data).any() else "infinite"
+        raise _err(path, f"frame {index} contains {bad} values")
+    return data
+
+
+def _first_page(tif: tifffile.TiffFile) -> Any:
+    return tif.pages.first if hasattr(tif.pages, "first") else tif.pages[0]
+
+
+def _describe(
+    path: Path | None,
+    tif: tifffile.TiffFile,
+    axes: str,
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    notes: tuple[str, ...] = (),
+) -> StackInfo:
+    """The :class:`StackInfo` of ``tif``'s first series (metadata of its first page)."""
+    ome_xml = tif.ome_metadata if tif.is_ome else None
+    imagej = tif.imagej_metadata if tif.is_imagej else None
+    first = _first_page(tif)
+    resolution = unit = None
+    x_tag, y_tag = first.tags.get("XResolution"), first.tags.get("YResolution")
+    unit_tag = first.tags.get("ResolutionUnit")
+    unit = int(unit_tag.value) if unit_tag is not None else 2  # TIFF default: inch
+    if x_tag is not None and y_tag is not None and (unit != 1 or imagej):
+        # unit 1 (none) is tifffile's placeholder (1, 1) unless ImageJ gives the unit
+        resolution = (tuple(x_tag.value), tuple(y_tag.value))
+    else:
+        unit = None
+    px = _ome_pixel_size(ome_xml) if ome_xml else None
+    if px is None:
+        px = _tag_pixel_size(first, imagej)
+    kind: TiffKind = "ome" if ome_xml else "imagej" if imagej else "tiff"
+    return StackInfo(
+        path=path,
+        axes=axes,
+        shape=shape,
+        dtype=dtype,
+        kind=kind,
+        pixel_size_um=px,
+        resolution=resolution,  # type: ignore[arg-type]
+        resolution_unit=unit,
+        ome_xml=ome_xml,
+        imagej_metadata=dict(imagej) if imagej else None,
+        notes=notes,
+    )
+
+
+def available_memory() -> int | None:
+    """Bytes of memory a new allocation can get without swapping, or None when unknown.
+
+    Linux: ``MemAvailable`` of /proc/meminfo (free + reclaimable cache); Windows:
+    ``GlobalMemoryStatusEx`` (ctypes); other POSIX: ``os.sysconf`` free pages. No psutil: these
+    three cover the platforms the package runs on without a compiled dependency.
+    """
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    if sys.platform == "win32":
+        import ctypes
+
+        class _Status(ctypes.Structure):
+            _fields_ = [("dwLength", ctypes.c_ulong), ("dwMemoryLoad", ctypes.c_ulong)] + [
+                (name, ctypes.c_ulonglong)
+                for name in ("total", "avail", "pagetotal", "pageavail", "vtotal", "vavail", "x")
+            ]
+
+        status = _Status()
+        status.dwLength = ctypes.sizeof(_Status)
+        if ctypes.windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(status)):  # type: ignore[attr-defined]
+            return int(status.avail)
+        return None
+    with contextlib.suppress(AttributeError, ValueError, OSError):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return None
+
+
+def check_memory(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """Refuse (InputError naming the size) to decode an array of ``shape`` that does not fit in
+    the memory available now; called before anything is allocated."""
+    nbytes = math.prod(int(n) for n in shape) * np.dtype(dtype).itemsize
+    available = available_memory()
+    if available is not None and nbytes > available:
+        dims = " x ".join(str(int(n)) for n in shape)
+        raise _err(
+            path,
+            f"a {dims} {np.dtype(dtype)} image needs {nbytes / 2**30:.1f} GiB to decode but only "
+            f"{available / 2**30:.1f} GiB of memory is available; crop or split it first",
+        )
+
+
+def _open_tiff(path: Path) -> tifffile.TiffFile:
+    """``path`` opened by tifffile with its first series parsed cleanly, else an
+    :class:`InputError` saying why (no such file, not a TIFF, damaged, locked)."""
+    if not path.is_file():
+        raise _err(path, "no such file")
+    tif = None
+    try:
+        with _capture_tifffile_log() as log, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tif = tifffile.TiffFile(path)
+            if not tif.series:
+                raise _err(path, "contains no image")
+            list(tif.series[0].pages)
+        if log.messages:
+            raise _err(
+                path, "damaged or incomplete TIFF (still being written?): " + log.messages[0]
+            )
+        return tif
+    except BaseException as exc:
+        if tif is not None:
+            tif.close()
+        if isinstance(exc, InputError):
+            raise
+        if isinstance(exc, PermissionError):
+            raise _err(path, f"cannot be opened ({exc}); is it still being written?") from exc
+        if isinstance(exc, (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError)):
+            raise _err(path, f"not a readable TIFF ({exc})") from exc
+        raise
+
+
+def read_stack(path: str | Path) -> tuple[np.ndarray, StackInfo]:
+    """The whole first series of ``path`` and its metadata, for tools that take any TIFF
+    (metrics: RGB, other dtypes): the opening, messages and memory check of
+    :class:`FrameReader` without the single-grey-channel rules."""
+    path = Path(path)
+    with _open_tiff(path) as tif:
+        series = tif.series[0]
+        axes, shape, dtype = series.axes, tuple(series.shape), np.dtype(series.dtype)
+        check_memory(path, shape, dtype)
+        try:
+            data = series.asarray().reshape(shape)
+        except (ValueError, OSError, tifffile.TiffFileError) as exc:
+            raise _err(path, f"cannot read the image data ({exc})") from exc
+        return data, _describe(path, tif, axes, shape, dtype)
+
+
 class FrameReader:
     """Frames of a TIFF's first series, read lazily; a context manager (closes the file).
 
@@ -191,60 +382,26 @@ class FrameReader:
 
     def _open(self) -> StackInfo:
         path = self.path
-        if not path.is_file():
-            raise _err(path, "no such file")
-        try:
-            self._file_size = path.stat().st_size
-            with _capture_tifffile_log() as log, warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                self._tif = tif = tifffile.TiffFile(path)
-                if not tif.series:
-                    raise _err(path, "contains no image")
-                series = tif.series[0]
-                axes, shape, dtype = series.axes, tuple(series.shape), np.dtype(series.dtype)
-                pages = list(series.pages)
-                ome_xml = tif.ome_metadata if tif.is_ome else None
-                imagej = tif.imagej_metadata if tif.is_imagej else None
-                first = tif.pages.first if hasattr(tif.pages, "first") else tif.pages[0]
-            if log.messages:
-                raise _err(
-                    path,
-                    "damaged or incomplete TIFF (still being written?): " + log.messages[0],
-                )
-        except PermissionError as exc:
-            raise _err(path, f"cannot be opened ({exc}); is it still being written?") from exc
-        except (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError) as exc:
-            if isinstance(exc, InputError):
-                raise
-            raise _err(path, f"not a readable TIFF ({exc})") from exc
+        self._tif = tif = _open_tiff(path)
+        self._file_size = path.stat().st_size
+        series = tif.series[0]
+        axes, shape, dtype = series.axes, tuple(series.shape), np.dtype(series.dtype)
+        pages = list(series.pages)
 
-        if dtype.kind == "c":
-            raise _err(path, f"complex data ({dtype}) is not supported")
-        if dtype not in SUPPORTED_DTYPES:
-            raise _err(path, f"dtype {dtype} is not supported; use uint8, uint16 or float32")
         samples = getattr(series.keyframe, "samplesperpixel", 1)
-        if "S" in axes or samples > 1:
-            raise _err(
-                path,
-                f"RGB or multi-sample image (axes {axes}, shape {shape}); the model takes a "
-                "single grey channel: convert or split the channels first",
-            )
-        if "C" in axes:
-            n_c = shape[axes.index("C")]
-            raise _err(
-                path, f"{n_c} channels (axes {axes}); the model takes one: split the channels"
-            )
-        if len(shape) < 2 or 0 in shape or not axes.endswith("YX"):
-            raise _err(path, f"not a 2-D image or stack of them (axes {axes}, shape {shape})")
+        check_layout(path, axes, shape, dtype, samples)
 
         notes = []
         if len(tif.series) > 1:
             notes.append(f"only the first of {len(tif.series)} series is processed")
         n_frames = math.prod(shape[:-2])
         plane = shape[-2:]
-        if len(pages) == n_frames and all(
+        streamable = len(pages) == n_frames and all(
             p is not None and tuple(s for s in p.shape if s != 1) == plane for p in pages
-        ):
+        )
+        if streamable or (n_frames > 1 and getattr(series, "dataoffset", None) is not None):
+            check_memory(path, plane, dtype)
+        if streamable:
             self._pages = pages
             for i, page in enumerate(pages):
                 self._check_page_extent(page, i)
@@ -264,6 +421,7 @@ class FrameReader:
                 shape=shape,
             )
         elif math.prod(shape) * dtype.itemsize <= _MAX_NON_STREAMABLE:
+            check_memory(path, shape, dtype)
             try:
                 self._whole = series.asarray().reshape(shape)
             except (ValueError, OSError, tifffile.TiffFileError) as exc:
@@ -276,32 +434,7 @@ class FrameReader:
                 f"{plane[0]}x{plane[1]}) and it is too large to load at once",
             )
 
-        resolution = unit = None
-        x_tag, y_tag = first.tags.get("XResolution"), first.tags.get("YResolution")
-        unit_tag = first.tags.get("ResolutionUnit")
-        unit = int(unit_tag.value) if unit_tag is not None else 2  # TIFF default: inch
-        if x_tag is not None and y_tag is not None and (unit != 1 or imagej):
-            # unit 1 (none) is tifffile's placeholder (1, 1) unless ImageJ gives the unit
-            resolution = (tuple(x_tag.value), tuple(y_tag.value))
-        else:
-            unit = None
-        px = _ome_pixel_size(ome_xml) if ome_xml else None
-        if px is None:
-            px = _tag_pixel_size(first, imagej)
-        kind: TiffKind = "ome" if ome_xml else "imagej" if imagej else "tiff"
-        return StackInfo(
-            path=path,
-            axes=axes,
-            shape=shape,
-            dtype=dtype,
-            kind=kind,
-            pixel_size_um=px,
-            resolution=resolution,  # type: ignore[arg-type]
-            resolution_unit=unit,
-            ome_xml=ome_xml,
-            imagej_metadata=dict(imagej) if imagej else None,
-            notes=tuple(notes),
-        )
+        return _describe(path, tif, axes, shape, dtype, tuple(notes))
 
     def _check_page_extent(self, page: Any, index: int) -> None:
         offsets, counts = page.dataoffsets, page.databytecounts
@@ -335,12 +468,7 @@ class FrameReader:
                 data = self._whole.reshape(-1, *info.frame_shape)[index].copy()
         except (ValueError, OSError, tifffile.TiffFileError, RuntimeError) as exc:
             raise _err(self.path, f"frame {index} cannot be read ({exc})") from exc
-        if not data.dtype.isnative:
-            data = data.astype(data.dtype.newbyteorder("="))
-        if data.dtype.kind == "f" and not np.isfinite(data).all():
-            bad = "NaN" if np.isnan(data).any() else "infinite"
-            raise _err(self.path, f"frame {index} contains {bad} values")
-        return data
+        return _finish(self.path, data, index)
 
     def __iter__(self) -> Iterator[Frame]:
         for i in range(self.info.n_frames):
@@ -370,6 +498,175 @@ def read_frames(path: str | Path) -> Iterator[Frame]:
     """Yield the frames of ``path`` one at a time (the file is closed when the iterator ends)."""
     with FrameReader(path) as reader:
         yield from reader
+
+
+# --- completeness of files being written ---------------------------------------------------------
+@dataclass(frozen=True)
+class PageProbe:
+    """What :func:`probe_pages` found: ``size``/``mtime_ns`` of the file, ``complete`` pages
+    whose IFD parsed and whose data lie inside the file (consecutive from page 0), ``ifds``:
+    page IFDs found (complete or not), ``more``: an IFD after the complete pages exists (so
+    they are final), ``expected``: the page count announced by the metadata (None: not
+    announced), ``error``: why nothing could be parsed (None when the file parsed; may change
+    as the file grows), ``refused``: the file breaks the input rules (:func:`check_layout`,
+    the message ``enhance`` gives), ``info``: the first series' metadata as far as written."""
+
+    size: int
+    mtime_ns: int
+    complete: int
+    more: bool
+    expected: int | None
+    shape: tuple[int, int] | None = None
+    dtype: str | None = None
+    error: str | None = None
+    ifds: int = 0
+    refused: str | None = None
+    info: StackInfo | None = field(default=None, repr=False)
+
+
+def _announced(tif: tifffile.TiffFile) -> tuple[int | None, str | None, tuple[int, ...] | None]:
+    """(frames, axes, shape) announced by the first page's metadata (OME-XML, ImageJ or
+    shaped), each None where not announced; axes/shape without singleton axes."""
+    with contextlib.suppress(Exception):
+        if tif.is_ome:
+            root = ET.fromstring(tif.ome_metadata or "")
+            for el in root.iter():
+                if el.tag.rsplit("}", 1)[-1] == "Pixels":
+                    order = el.get("DimensionOrder", "XYZCT")[::-1]
+                    sizes = {a: int(el.get(f"Size{a}", "1")) for a in order}
+                    channels = [c for c in el if c.tag.endswith("Channel")]
+                    samples = max([int(c.get("SamplesPerPixel", "1")) for c in channels] or [1])
+                    keep = [a for a in order if sizes[a] > 1 or a in "YX"]
+                    axes = "".join(keep) + ("S" if samples > 1 else "")
+                    shape = tuple(sizes[a] for a in keep) + ((samples,) if samples > 1 else ())
+                    return math.prod(sizes[a] for a in "ZTC"), axes, shape
+    with contextlib.suppress(Exception):
+        if tif.is_imagej and tif.imagej_metadata:
+            meta = tif.imagej_metadata
+            n_c = int(meta.get("channels", 1))
+            axes = "CYX" if n_c > 1 else None
+            return int(meta.get("images", 1)), axes, (n_c, 1, 1) if n_c > 1 else None
+    with contextlib.suppress(Exception):
+        if tif.is_shaped and tif.shaped_metadata:
+            meta = tif.shaped_metadata[0]
+            shape = tuple(int(n) for n in meta["shape"])
+            axes = meta.get("axes")
+            if axes and len(axes) == len(shape):
+                keep = [i for i, n in enumerate(shape) if n > 1 or axes[i] in "YXS"]
+                return (
+                    math.prod(shape[:-2]) if len(shape) > 2 else 1,
+                    "".join(axes[i] for i in keep),
+                    tuple(shape[i] for i in keep),
+                )
+            return (math.prod(shape[:-2]) if len(shape) > 2 else 1), None, None
+    return None, None, None
+
+
+def _layout_refusal(path: Path, tif: tifffile.TiffFile, page: Any) -> str | None:
+    """The :func:`check_layout` message for what is known of the file so far, or None."""
+    _, axes, shape = _announced(tif)
+    dtype = np.dtype(page.dtype) if page.dtype is not None else np.dtype("V1")
+    samples = getattr(page, "samplesperpixel", 1)
+    layouts = [("YX" if samples == 1 else "YXS", tuple(page.shape))]
+    if axes and shape:
+        layouts.append((axes, shape))
+    try:
+        for ax, sh in layouts:
+            check_layout(path, ax, sh, dtype, samples)
+    except InputError as exc:
+        return str(exc)
+    return None
+
+
+def probe_pages(path: str | Path, limit: int | None = None) -> PageProbe:
+    """Parse ``path`` page by page (at most ``limit`` + 1 IFDs) without reading pixels; see
+    :class:`PageProbe`. Never raises for a file being written: errors are in ``error``."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except OSError as exc:
+        return PageProbe(-1, -1, 0, False, None, error=f"{type(exc).__name__}: {exc}")
+    size, mtime = st.st_size, st.st_mtime_ns
+    tl = logging.getLogger("tifffile")
+    level = tl.level
+    tl.setLevel(logging.CRITICAL)  # a truncated IFD chain is expected here, not an error
+    try:
+        with warnings.catch_warnings(), tifffile.TiffFile(path) as tif:
+            warnings.simplefilter("ignore")
+            expected = _announced(tif)[0]
+            n, more, ifds, shape, dtype, first = 0, False, 0, None, None, None
+            stop_at = limit if limit is not None else expected
+            while True:
+                try:
+                    page = tif.pages[n]
+                except Exception:  # IndexError, TiffFileError: not there yet
+                    break
+                if page is None:
+                    break
+                if stop_at is not None and n >= stop_at:
+                    more = True
+                    break
+                ifds = n + 1
+                if first is None:
+                    first = page
+                    refused = _layout_refusal(path, tif, page)
+                    if refused is not None:
+                        return PageProbe(size, mtime, 0, False, expected, ifds=1, refused=refused)
+                plane = tuple(s for s in page.shape if s != 1)
+                if shape is None:
+                    shape, dtype = plane, str(np.dtype(page.dtype))
+                elif plane != shape:
+                    more = True  # a different image (thumbnail, new series): stop here
+                    break
+                offsets, counts = page.dataoffsets, page.databytecounts
+                if not offsets or not counts:
+                    break
+                if max(o + c for o, c in zip(offsets, counts, strict=False)) > size:
+                    break
+                n += 1
+            # a page IFD after the complete ones: those are final (sequential writers)
+            with contextlib.suppress(Exception):
+                if not more and len(tif.pages) > n:
+                    more = True
+            info = None
+            if shape is not None and dtype is not None:
+                frames = max(n, 1)
+                axes, full = ("YX", shape) if frames == 1 else ("IYX", (frames, *shape))
+                with contextlib.suppress(Exception):
+                    series = tif.series[0]
+                    if tuple(series.shape[-2:]) == shape:
+                        axes, full = series.axes, tuple(series.shape)
+                info = _describe(path, tif, axes, full, np.dtype(dtype))
+            return PageProbe(size, mtime, n, more, expected, shape, dtype, ifds=ifds, info=info)
+    except Exception as exc:  # anything: not (yet) a readable TIFF
+        return PageProbe(size, mtime, 0, False, None, error=f"{type(exc).__name__}: {exc}")
+    finally:
+        tl.setLevel(level)
+
+
+def read_page(path: str | Path, index: int) -> np.ndarray:
+    """Page ``index`` of a TIFF that may still be growing, as a 2-D array (native byte order),
+    read only when its data lie inside the file; the input rules and the memory check apply."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with warnings.catch_warnings(), tifffile.TiffFile(path) as tif:
+            warnings.simplefilter("ignore")
+            page = tif.pages[index]
+            plane = tuple(int(s) for s in page.shape if s != 1)
+            check_layout(path, "YX", plane, np.dtype(page.dtype), page.samplesperpixel)
+            check_memory(path, plane, np.dtype(page.dtype))
+            ends = [o + c for o, c in zip(page.dataoffsets, page.databytecounts, strict=False)]
+            if not ends or max(ends) > size:
+                raise _err(path, f"incomplete file: page {index} is not completely written")
+            data = page.asarray().reshape(plane)
+    except InputError:
+        raise
+    except PermissionError as exc:
+        raise _err(path, f"cannot be opened ({exc}); is it still being written?") from exc
+    except (tifffile.TiffFileError, ValueError, OSError, IndexError) as exc:
+        raise _err(path, f"page {index} cannot be read ({exc})") from exc
+    return _finish(path, data, index)
 
 
 # --- writing -------------------------------------------------------------------------------------
@@ -479,13 +776,15 @@ def write_frames(
     *,
     overwrite: bool = False,
     bigtiff: bool | None = None,
+    ome_extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``frames`` (2-D arrays, C order over ``info``'s frame axes) to ``target``.
 
     ``info`` describes the *output* (see :func:`output_info`). Frames are consumed and written
     one at a time; the file appears under ``target`` only when all ``info.n_frames`` frames are
     written (``<target>.part`` until then, removed on any error, including one raised by the
-    ``frames`` iterator). ``bigtiff`` None: BigTIFF above 2 GiB.
+    ``frames`` iterator). ``bigtiff`` None: BigTIFF above 2 GiB. ``ome_extra``: more keys for
+    tifffile's OME writer (``Description``, ``UUID``) where a new OME-XML is written.
     """
     target = Path(target)
     if target.exists() and not overwrite:
@@ -495,11 +794,7 @@ def write_frames(
     if bigtiff is None:
         bigtiff = info.nbytes > _BIGTIFF_BYTES
     writer_args: dict[str, Any] = {}
-    kwargs: dict[str, Any] = {"photometric": "minisblack", "software": "cyclesr-deploy"}
-    if info.resolution is not None:
-        kwargs["resolution"] = info.resolution
-        if info.resolution_unit is not None:
-            kwargs["resolutionunit"] = info.resolution_unit
+    kwargs = _page_kwargs(info)
     if info.kind == "ome" and info.ome_xml:
         writer_args.update(bigtiff=bigtiff, ome=False, shaped=False)
         kwargs.update(description=info.ome_xml.encode("utf-8"), metadata=None)
@@ -509,18 +804,118 @@ def write_frames(
         kwargs["metadata"] = {**meta, "axes": info.axes}
     elif set(info.axes) <= _OME_AXES:
         writer_args.update(bigtiff=bigtiff, ome=True)
-        meta: dict[str, Any] = {"axes": info.axes}
-        if info.pixel_size_um:
-            px = float(info.pixel_size_um)
-            meta.update(
-                PhysicalSizeX=px, PhysicalSizeXUnit="µm", PhysicalSizeY=px, PhysicalSizeYUnit="µm"
-            )
-            if info.resolution is None:
-                kwargs.update(resolution=(1e4 / px, 1e4 / px), resolutionunit=3)
-        kwargs["metadata"] = meta
+        kwargs["metadata"] = {"axes": info.axes, **_ome_sizes(info), **(ome_extra or {})}
     else:
         writer_args.update(bigtiff=bigtiff, shaped=True)
         kwargs["metadata"] = {"axes": info.axes}
     with atomic_path(target) as part, tifffile.TiffWriter(part, **writer_args) as tw:
         tw.write(_checked(frames, info), shape=info.shape, dtype=info.dtype, **kwargs)
     return target
+
+
+def _page_kwargs(info: StackInfo) -> dict[str, Any]:
+    """tifffile page arguments every output gets: grey, software, resolution tags (pixels per
+    unit; from the pixel size, per cm, when the input had none)."""
+    kwargs: dict[str, Any] = {"photometric": "minisblack", "software": "cyclesr-deploy"}
+    if info.resolution is not None:
+        kwargs["resolution"] = info.resolution
+        if info.resolution_unit is not None:
+            kwargs["resolutionunit"] = info.resolution_unit
+    elif info.pixel_size_um and info.kind != "imagej":
+        px = float(info.pixel_size_um)
+        kwargs.update(resolution=(1e4 / px, 1e4 / px), resolutionunit=3)
+    return kwargs
+
+
+def _ome_sizes(info: StackInfo) -> dict[str, Any]:
+    if not info.pixel_size_um:
+        return {}
+    px = float(info.pixel_size_um)
+    return {
+        "PhysicalSizeX": px,
+        "PhysicalSizeXUnit": "µm",
+        "PhysicalSizeY": px,
+        "PhysicalSizeYUnit": "µm",
+    }
+
+
+class StackAppender:
+    """A stack whose length is not known up front (a growing acquisition stack), written one
+    frame at a time into ``<target>.part`` and renamed onto ``target`` by :meth:`close`.
+
+    ``info`` describes the output (:func:`output_info` of the input). :meth:`close` writes the
+    OME-XML for the frames written: the input's own (rescaled) OME-XML when they are all of
+    its frames, else the input's frame axis (``T`` for an unnamed one) with the pixel size, so a
+    ``TYX`` input comes out ``TYX`` with its pixel size divided by the scale. Any failure
+    removes the ``.part`` (a full disk says so and names the file).
+    """
+
+    def __init__(self, target: str | Path, info: StackInfo) -> None:
+        self.target, self.info = Path(target), info
+        self.part = self.target.with_name(self.target.name + ".part")
+        self.part.parent.mkdir(parents=True, exist_ok=True)
+        self.part.unlink(missing_ok=True)
+        self.count = 0
+        self._tw: tifffile.TiffWriter | None = tifffile.TiffWriter(self.part, bigtiff=True)
+
+    def append(self, frame: np.ndarray) -> None:
+        arr = np.asarray(frame)
+        if arr.shape != self.info.frame_shape or arr.dtype != self.info.dtype:
+            raise ValueError(
+                f"frame {self.count}: got {arr.dtype} {arr.shape}, expected "
+                f"{self.info.dtype} {self.info.frame_shape}"
+            )
+        kwargs = _page_kwargs(self.info)
+        if self.count == 0:  # replaced by the OME-XML on close
+            kwargs["description"] = "cyclesr-deploy: stack being written"
+        assert self._tw is not None, "appender closed"
+        with self._cleanup():
+            self._tw.write(arr, metadata=None, contiguous=False, **kwargs)
+        self.count += 1
+
+    def _ome_xml(self) -> str:
+        info, n = self.info, self.count
+        if info.kind == "ome" and info.ome_xml and n == info.n_frames:
+            return info.ome_xml
+        if n == info.n_frames and set(info.axes) <= _OME_AXES:
+            axes, shape = info.axes, info.shape
+        else:
+            letter = info.frame_axes if len(info.frame_axes) == 1 else ""
+            axes = (letter if letter in _OME_AXES - set("YX") else "T") + "YX"
+            shape = (n, *info.frame_shape)
+        ome = tifffile.OmeXml(Creator=f"cyclesr-deploy {__version__}")
+        stored = (n, 1, 1, *info.frame_shape, 1)
+        ome.addimage(info.dtype, shape, stored, axes=axes, **_ome_sizes(info))
+        return ome.tostring(declaration=True)
+
+    def close(self) -> Path | None:
+        """Finish the file and rename it onto the target (None when no frame was written)."""
+        if self._tw is None:
+            return self.target if self.count else None
+        with self._cleanup():
+            self._tw.close()
+            self._tw = None
+            if not self.count:
+                self.part.unlink(missing_ok=True)
+                return None
+            tifffile.tiffcomment(self.part, self._ome_xml().encode("utf-8"))
+            self.part.replace(self.target)
+        return self.target
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            if self._tw is not None:
+                self._tw.close()
+        self._tw = None
+        self.part.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def _cleanup(self) -> Iterator[None]:
+        try:
+            yield
+        except BaseException as exc:
+            self.abort()
+            full = disk_full(exc, self.target) if isinstance(exc, OSError) else exc
+            if full is exc:
+                raise
+            raise full from exc

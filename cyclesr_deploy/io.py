@@ -1,4 +1,5 @@
-"""TIFF / OME-TIFF reading and atomic writing (tifffile), with physical pixel size.
+"""Whole-image TIFF / OME-TIFF reading and writing (thin wrappers of the TIFF layer,
+:mod:`cyclesr_deploy.frames`), atomic file replacement, pixel-size metadata helpers.
 
 Pixel sizes are in micrometres throughout the package. Writers never overwrite an input in place:
 they write ``<name>.part`` next to the target and rename it over the target only when complete,
@@ -8,6 +9,7 @@ so a crash leaves either the old file or no file, never half of one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import uuid
@@ -33,7 +35,6 @@ _UNIT_TO_UM = {
     "cm": 1e4,
     "m": 1e6,
 }
-_SUPPORTED_DTYPES = (np.uint8, np.uint16, np.float32)
 
 
 @dataclass
@@ -60,10 +61,25 @@ def atomic_path(target: Path) -> Iterator[Path]:
     try:
         yield part
         part.replace(target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             part.unlink()
-        raise
+        full = disk_full(exc, target) if isinstance(exc, OSError) else exc
+        if full is exc:
+            raise
+        raise full from exc
+
+
+def disk_full(exc: OSError, target: Path) -> OSError:
+    """``exc`` as an ENOSPC error that says "no space left on device" and names ``target``
+    when it is one (errno ENOSPC/EDQUOT, or numpy's and tifffile's short-write message
+    "N requested and M written"); else ``exc`` itself."""
+    short_write = re.search(r"\d+ requested and \d+ written", str(exc)) is not None
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)) or short_write:
+        return OSError(
+            errno.ENOSPC, f"no space left on device (or quota exceeded) writing {target}"
+        )
+    return exc
 
 
 def deterministic_uuid(*parts: object) -> str:
@@ -81,52 +97,33 @@ def write_tiff(
     uid: str | None = None,
     overwrite: bool = True,
 ) -> Path:
-    """Write ``data`` as an OME-TIFF (BigTIFF above 2 GB), atomically.
+    """Write ``data`` as an OME-TIFF (BigTIFF above 2 GB), atomically, through
+    :func:`cyclesr_deploy.frames.write_frames`.
 
     ``axes`` defaults to ``YX``/``TYX``/``TZYX`` by ndim. ``pixel_size_um`` goes into the OME
     PhysicalSizeX/Y (µm) and the TIFF resolution tags. ``description`` entries become OME
     ``MapAnnotation``-free plain key/values in the Image ``Description`` (kept short: provenance).
     ``uid`` fixes the OME UUID (tifffile draws a random one otherwise), for reproducible files.
     """
+    from cyclesr_deploy.frames import StackInfo, write_frames
+
     path = Path(path)
     arr = np.asarray(data)
-    if arr.dtype not in _SUPPORTED_DTYPES:
-        raise InputError(f"data: dtype {arr.dtype} not supported; use uint8, uint16 or float32")
     if axes is None:
         axes = {2: "YX", 3: "TYX", 4: "TZYX"}.get(arr.ndim)
         if axes is None:
             raise InputError(f"data: cannot infer axes for a {arr.ndim}-D array; pass axes=")
     if len(axes) != arr.ndim:
         raise InputError(f"axes {axes!r} does not match data with shape {arr.shape}")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; refusing to overwrite")
-    meta: dict[str, Any] = {"axes": axes}
-    kwargs: dict[str, Any] = {}
-    if pixel_size_um is not None:
-        meta.update(
-            PhysicalSizeX=float(pixel_size_um),
-            PhysicalSizeXUnit="µm",
-            PhysicalSizeY=float(pixel_size_um),
-            PhysicalSizeYUnit="µm",
-        )
-        # resolution tags in pixels per centimetre, read by most viewers that ignore OME
-        kwargs.update(resolution=(1e4 / pixel_size_um, 1e4 / pixel_size_um), resolutionunit=3)
+    extra: dict[str, Any] = {}
     if description:
-        meta["Description"] = "; ".join(f"{k}={v}" for k, v in description.items())
+        extra["Description"] = "; ".join(f"{k}={v}" for k, v in description.items())
     if uid is not None:
-        meta["UUID"] = uid
-    bigtiff = arr.nbytes > 2**31 - 2**25
-    with atomic_path(path) as part:
-        tifffile.imwrite(
-            part,
-            arr,
-            ome=True,
-            bigtiff=bigtiff,
-            photometric="minisblack",
-            metadata=meta,
-            **kwargs,
-        )
-    return path
+        extra["UUID"] = uid
+    px = float(pixel_size_um) if pixel_size_um is not None else None
+    info = StackInfo(None, axes, arr.shape, arr.dtype, pixel_size_um=px)
+    frames = arr.reshape(-1, *arr.shape[-2:])
+    return write_frames(path, info, frames, overwrite=overwrite, ome_extra=extra)
 
 
 def _ome_pixel_size(ome_xml: str) -> float | None:
@@ -163,26 +160,20 @@ def _tag_pixel_size(page: tifffile.TiffPage, imagej: Mapping[str, Any] | None) -
 
 
 def read_tiff(path: str | os.PathLike[str]) -> Image:
-    """Read a whole TIFF/OME-TIFF (first series) with its axes and pixel size in µm (or None)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            data = series.asarray()
-            axes = series.axes
-            px = _ome_pixel_size(tif.ome_metadata) if tif.is_ome and tif.ome_metadata else None
-            if px is None:
-                px = _tag_pixel_size(tif.pages[0], tif.imagej_metadata)
-            desc = {}
-            if tif.is_ome and tif.ome_metadata:
-                m = re.search(r"<Description>(.*?)</Description>", tif.ome_metadata, re.S)
-                if m:
-                    desc = dict(kv.split("=", 1) for kv in m.group(1).split("; ") if "=" in kv)
-    except (tifffile.TiffFileError, ValueError, OSError) as exc:
-        raise InputError(f"{path}: not a readable TIFF ({exc})") from exc
-    return Image(data=data, axes=axes, pixel_size_um=px, metadata=desc, path=path)
+    """Read a whole TIFF/OME-TIFF (first series) with its axes and pixel size in µm (or None),
+    through :func:`cyclesr_deploy.frames.read_stack`: the shared TIFF layer's opening, error
+    messages and memory check (any dtype and channel layout: metrics read RGB files too)."""
+    from cyclesr_deploy.frames import read_stack
+
+    data, info = read_stack(path)
+    desc = {}
+    if info.ome_xml:
+        m = re.search(r"<Description>(.*?)</Description>", info.ome_xml, re.S)
+        if m:
+            desc = dict(kv.split("=", 1) for kv in m.group(1).split("; ") if "=" in kv)
+    return Image(
+        data=data, axes=info.axes, pixel_size_um=info.pixel_size_um, metadata=desc, path=Path(path)
+    )
 
 
 def squeeze_axes(data: np.ndarray, axes: str) -> tuple[np.ndarray, str]:

@@ -39,7 +39,7 @@ from pydantic import BaseModel
 
 from cyclesr_deploy.engines.base import Engine
 from cyclesr_deploy.errors import InputError
-from cyclesr_deploy.frames import StackInfo, open_frames, output_info, write_frames
+from cyclesr_deploy.frames import TIFF_SUFFIXES, StackInfo, open_frames, output_info, write_frames
 from cyclesr_deploy.manifest import (
     MANIFEST_NAME,
     FileResult,
@@ -76,7 +76,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-TIFF_SUFFIXES = (".tif", ".tiff")
 ENHANCE_COMMAND = "cyclesr enhance"  # how a run of enhance_files names itself to a refused run
 _POLL_S = 0.05  # queue wait granularity: how fast stages notice a stop
 

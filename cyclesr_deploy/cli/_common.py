@@ -16,6 +16,27 @@ out = Console()
 EXIT_INPUT = 2  # bad input (same code typer/click use for usage errors)
 EXIT_PARTIAL = 1  # some items failed, the others were processed
 
+# help of the options ``enhance`` and ``watch`` share (the frame runner's settings)
+TILING_HELP = (
+    "InstanceNorm generators cut into tiles: frozen = frame-level statistics for "
+    "every tile (seam-free; TensorRT engines from export tensorrt --frozen, onnxruntime "
+    "with generator.stats/tile.onnx, or torch); naive = "
+    "per-tile statistics; auto = whole-frame inference for frames within --whole-max-px, "
+    "else frozen when available, else naive with a warning."
+)
+STATS_HELP = (
+    "Frozen tiling's statistics estimate (ONNX Runtime, torch; TensorRT always uses "
+    "the whole frame): crops = a pass over crops of ~20 % of the frame, pooled with "
+    "calibrated weights (~0.1-0.15x the tile pass; 47-51 dB vs whole frame on the reference "
+    "model), whole = over the whole frame (exact, costs a whole-frame pass), auto = the "
+    "choice of the model's check (frozen_stats.json from export onnx: crops where they "
+    "reached 47 dB on its check frame, else whole; crops without a check)."
+)
+WHOLE_MAX_PX_HELP = (
+    "--tiling auto: frames up to this many pixels (padded) run whole, untiled (0 = always tile)."
+)
+WHOLE_MAX_PX_DEFAULT = 2048 * 2048  # pipeline.WHOLE_MAX_PX (not imported: the CLI loads lazily)
+
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:

@@ -10,7 +10,16 @@ from rich.markup import escape
 from rich.progress import ProgressColumn, Task
 from rich.text import Text
 
-from cyclesr_deploy.cli._common import EXIT_PARTIAL, err, out, user_errors
+from cyclesr_deploy.cli._common import (
+    EXIT_PARTIAL,
+    STATS_HELP,
+    TILING_HELP,
+    WHOLE_MAX_PX_DEFAULT,
+    WHOLE_MAX_PX_HELP,
+    err,
+    out,
+    user_errors,
+)
 
 EXIT_INTERRUPTED = 130  # the shell's code for SIGINT
 
@@ -103,29 +112,9 @@ def enhance(
     overwrite: bool = typer.Option(
         False, help="Re-process inputs whose output exists (default: skip them)."
     ),
-    tiling: Tiling = typer.Option(
-        Tiling.auto,
-        help="InstanceNorm generators cut into tiles: frozen = frame-level statistics for "
-        "every tile (seam-free; TensorRT engines from export tensorrt --frozen, onnxruntime "
-        "with generator.stats/tile.onnx, or torch); naive = "
-        "per-tile statistics; auto = whole-frame inference for frames within --whole-max-px, "
-        "else frozen when available, else naive with a warning.",
-    ),
-    stats: str = typer.Option(
-        "auto",
-        help="Frozen tiling's statistics estimate (ONNX Runtime, torch; TensorRT always uses "
-        "the whole frame): crops = a pass over crops of ~20 % of the frame, pooled with "
-        "calibrated weights (~0.1-0.15x the tile pass; 47-51 dB vs whole frame on the reference "
-        "model), whole = over the whole frame (exact, costs a whole-frame pass), auto = the "
-        "choice of the model's check (frozen_stats.json from export onnx: crops where they "
-        "reached 47 dB on its check frame, else whole; crops without a check).",
-    ),
-    whole_max_px: int = typer.Option(
-        2048 * 2048,  # pipeline.WHOLE_MAX_PX (not imported: the CLI loads lazily)
-        min=0,
-        help="--tiling auto: frames up to this many pixels (padded) run whole, untiled "
-        "(0 = always tile).",
-    ),
+    tiling: Tiling = typer.Option(Tiling.auto, help=TILING_HELP),
+    stats: str = typer.Option("auto", help=STATS_HELP),
+    whole_max_px: int = typer.Option(WHOLE_MAX_PX_DEFAULT, min=0, help=WHOLE_MAX_PX_HELP),
 ) -> None:
     """Enhance TIFF/OME-TIFF images and stacks (2-D, TYX, ZYX, TZYX), frame by frame.
 
@@ -199,9 +188,10 @@ def enhance(
 
     from cyclesr_deploy.engines import open_engine
     from cyclesr_deploy.manifest import OutputLock
+    from cyclesr_deploy.pipeline import ENHANCE_COMMAND
 
     try:
-        with user_errors(), OutputLock(out_dir, command="cyclesr enhance") as lock:
+        with user_errors(), OutputLock(out_dir, command=ENHANCE_COMMAND) as lock:
             # the lock first: a second run into this folder is refused before an engine loads;
             # the engine factory decides whether the run gets a frozen-statistics engine
             engine_cm = open_engine(

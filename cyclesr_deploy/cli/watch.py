@@ -12,8 +12,9 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
+from cyclesr_deploy.cli import _common as common
 from cyclesr_deploy.cli._common import err, user_errors
-from cyclesr_deploy.cli.enhance import Backend, Normalize, Precision
+from cyclesr_deploy.cli.enhance import Backend, Normalize, Precision, Tiling
 
 
 class WhenBehind(str, Enum):
@@ -56,6 +57,11 @@ def watch(
     overlap: int | None = typer.Option(None, min=0, help="Tile overlap in input px."),
     batch: int = typer.Option(4, min=1, help="Tiles per engine call."),
     normalize: Normalize = typer.Option(Normalize.model, help="Intensity normalization."),
+    tiling: Tiling = typer.Option(Tiling.auto, help=common.TILING_HELP),
+    stats: str = typer.Option("auto", help=common.STATS_HELP),
+    whole_max_px: int = typer.Option(
+        common.WHOLE_MAX_PX_DEFAULT, min=0, help=common.WHOLE_MAX_PX_HELP
+    ),
     poll: float = typer.Option(0.5, min=0.01, help="Seconds between folder scans."),
     stable: float = typer.Option(
         1.0, min=0.0, help="Seconds a file's size must stay unchanged before it counts as complete."
@@ -84,17 +90,26 @@ def watch(
     Frame files (one frame per file) and growing stacks (pages appended) are both handled;
     outputs go to OUT_DIR under the input's name and never appear half written. Stops on
     Ctrl+C (SIGINT) or SIGTERM: the frame in flight is finished, open stacks are closed,
-    the manifest is written and the exit code is 0; running it again resumes without
-    repeating work.
+    the manifest is written; running it again resumes without repeating work. Exit code 0
+    when every frame succeeded, 1 when some failed or stayed incomplete (as enhance), 2 for
+    bad arguments.
     """
     from cyclesr_deploy.builtin import resolve_model
     from cyclesr_deploy.engines import open_engine
     from cyclesr_deploy.model import load_model
-    from cyclesr_deploy.pipeline import EnhanceConfig
+    from cyclesr_deploy.runner import EnhanceConfig
     from cyclesr_deploy.watch import WatchConfig, WatchStatus, watch_folder
 
     with user_errors():
-        ecfg = EnhanceConfig(tile=tile, overlap=overlap, batch=batch, normalize=normalize.value)
+        ecfg = EnhanceConfig(
+            tile=tile,
+            overlap=overlap,
+            batch=batch,
+            normalize=normalize.value,
+            tiling_mode=tiling.value,
+            stats=stats,
+            whole_max_px=whole_max_px,
+        )
         wcfg = WatchConfig(
             poll=poll,
             stable=stable,
@@ -141,7 +156,13 @@ def watch(
     try:
         with (
             user_errors(),
-            open_engine(model, backend=backend.value, precision=precision.value) as engine,
+            open_engine(
+                model,
+                backend=backend.value,
+                precision=precision.value,
+                tiling=ecfg.engine_tiling,
+                stats=ecfg.stats,
+            ) as engine,
         ):
             err.print(f"engine: {escape(engine.name)}; watching {escape(str(in_dir))}")
             if live is not None:
@@ -173,3 +194,9 @@ def watch(
             "[yellow]incomplete files[/] (never completely written): "
             + escape(", ".join(final.incomplete_files))
         )
+    if not final.ok:
+        err.print(
+            f"[red]{final.failed} frame(s) failed[/], {final.incomplete} file(s) incomplete: "
+            f"see {escape(str(out_dir))}/cyclesr-manifest.json"
+        )
+        raise typer.Exit(common.EXIT_PARTIAL)

@@ -13,9 +13,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from cyclesr_deploy.errors import InputError
+from cyclesr_deploy.frames import TIFF_SUFFIXES
 from cyclesr_deploy.io import read_tiff, squeeze_axes
-
-TIFF_SUFFIXES = (".tif", ".tiff")
 
 
 class ItemResult(BaseModel):

@@ -37,11 +37,11 @@ import numpy as np
 import tifffile
 
 from cyclesr_deploy.errors import InputError
+from cyclesr_deploy.frames import TIFF_SUFFIXES
 from cyclesr_deploy.io import _ome_pixel_size, _tag_pixel_size
 
 logger = logging.getLogger("cyclesr_deploy")
 
-TIFF_SUFFIXES = (".tif", ".tiff")
 _MAX_OPEN_FILES = 4  # TIFF file handles kept open per source (multi-page stacks re-parse slowly)
 _MAX_LISTED = 5  # file names quoted in one error or warning
 _RGB_HINT = (

@@ -5,8 +5,10 @@ order; each file's bytes are written in ``chunks`` pieces with ``chunk_pause`` s
 between them, then ``pause`` seconds before the next file. ``kind``: ``frame`` (one page,
 shaped metadata announcing 1 frame), ``stack`` (pages written one by one, IFD + data,
 nothing announced, ``page_pause`` between pages), ``truncated`` (a frame file of which only
-the first half is ever written). Frame *i* of the run holds the value ``base + i`` so that
-outputs identify their input. Spawn-safe: a plain script, no fork.
+the first half is ever written), ``plain`` (one page, no metadata at all, as acquisition
+programs write it). ``chunk_pauses`` (a list) gives each pause between chunks instead;
+``pixel_size`` (µm) writes resolution tags (pixels per cm). Frame *i* of the run holds the
+value ``base + i`` so that outputs identify their input. Spawn-safe: a plain script, no fork.
 """
 
 from __future__ import annotations
@@ -31,13 +33,13 @@ def frame(value: int, size: int) -> np.ndarray:
     return f
 
 
-def _chunks(fh, data: bytes, chunks: int, pause: float) -> None:
+def _chunks(fh, data: bytes, chunks: int, pause: float | list[float]) -> None:
     step = max(1, -(-len(data) // chunks))
-    for i in range(0, len(data), step):
+    for n, i in enumerate(range(0, len(data), step)):
         fh.write(data[i : i + step])
         fh.flush()
         if i + step < len(data):
-            time.sleep(pause)
+            time.sleep(pause[n % len(pause)] if isinstance(pause, list) else pause)
 
 
 def main(plan_path: str) -> None:
@@ -48,7 +50,11 @@ def main(plan_path: str) -> None:
         path = out / spec["name"]
         kind = spec.get("kind", "frame")
         chunks = int(spec.get("chunks", 3))
-        chunk_pause = float(spec.get("chunk_pause", 0.02))
+        chunk_pause = spec.get("chunk_pauses") or float(spec.get("chunk_pause", 0.02))
+        res: dict = {}
+        if spec.get("pixel_size"):
+            ppcm = 1e4 / float(spec["pixel_size"])
+            res = {"resolution": (ppcm, ppcm), "resolutionunit": 3}
         if kind == "stack":
             pages = [frame(v, size) for v in spec["values"]]
             # the whole file, then written page by page (the bytes of page k end at ends[k])
@@ -56,7 +62,7 @@ def main(plan_path: str) -> None:
             ends = []
             with tifffile.TiffWriter(b) as tw:
                 for p in pages:
-                    tw.write(p, photometric="minisblack", metadata=None, contiguous=False)
+                    tw.write(p, photometric="minisblack", metadata=None, contiguous=False, **res)
                     ends.append(b.tell())
             data = b.getvalue()
             start = 0
@@ -68,7 +74,8 @@ def main(plan_path: str) -> None:
                 fh.write(data[start:])
         else:
             b = io.BytesIO()
-            tifffile.imwrite(b, frame(spec["value"], size), photometric="minisblack")
+            meta = {"metadata": None} if kind == "plain" else {}
+            tifffile.imwrite(b, frame(spec["value"], size), photometric="minisblack", **meta, **res)
             data = b.getvalue()
             if kind == "truncated":
                 data = data[: len(data) // 2]

@@ -235,3 +235,160 @@ def test_cli_sigint_finishes_and_exits_0(tmp_path, monkeypatch):
     assert _values(tmp_path / "out" / "x2.tif") == [13]
     assert (tmp_path / "out" / MANIFEST_NAME).is_file()
     assert _no_part(tmp_path / "out")
+
+
+def _model2():  # scale 2 (FakeEngine nearest2): outputs show the pixel size divided by 2
+    return ModelConfig(
+        generator=GeneratorConfig(ngf=4, n_blocks=0, scale=2),
+        normalization=NormalizationConfig(low_a=0, high_a=2, low_b=0, high_b=2),
+    )
+
+
+def test_chunk_written_plain_frames_come_out_as_2d_ome_frames(tmp_path):
+    """Defect (a): one page written in pieces with 0.3-0.8 s pauses is a frame, not a stack."""
+    from cyclesr_deploy.frames import open_frames
+
+    pauses = [0.3, 0.8, 0.5]
+    files = [
+        {"name": f"p{i}.tif", "kind": "plain", "value": 50 + i, "chunks": 4,
+         "chunk_pauses": pauses, "pixel_size": 0.4}
+        for i in range(2)
+    ]  # fmt: skip
+    writer = _start_writer(tmp_path, files)
+    stop = threading.Event()
+    seen: list[tuple[str, int]] = []
+    _stop_when(stop, lambda: writer.poll() is not None and len(seen) >= 2, timeout=30)
+    final = watch_folder(
+        tmp_path / "in",
+        tmp_path / "out",
+        FakeEngine("nearest2"),
+        _model2(),
+        FAST.model_copy(update={"stable": 1.0}),
+        WHOLE,
+        stop=stop,
+        on_frame=lambda p, page, _lat: seen.append((p.name, page)),
+    )
+    assert writer.wait(10) == 0
+    assert seen == [("p0.tif", 0), ("p1.tif", 0)] and final.ok
+    for i in range(2):
+        out = tmp_path / "out" / f"p{i}.tif"
+        with tifffile.TiffFile(out) as tif:
+            assert tif.is_ome and tif.series[0].axes == "YX"
+        with open_frames(out) as reader:  # what `cyclesr enhance` reads
+            assert reader.info.axes == "YX" and reader.info.shape == (128, 128)
+            assert reader.info.pixel_size_um == pytest.approx(0.2)
+            assert int(np.median(reader.read(0))) == 50 + i
+
+
+def test_growing_stack_keeps_axes_and_pixel_size(tmp_path):
+    """Defect (e): a growing stack comes out TYX with the pixel size / scale, never QYX."""
+    from cyclesr_deploy.frames import open_frames
+
+    files = [{"name": "s.tif", "kind": "stack", "values": [10, 11, 12], "pixel_size": 0.3}]
+    writer = _start_writer(tmp_path, files)
+    stop = threading.Event()
+    seen: list[tuple[str, int]] = []
+    _stop_when(stop, lambda: writer.poll() is not None and len(seen) >= 3)
+    final = watch_folder(
+        tmp_path / "in", tmp_path / "out", FakeEngine("nearest2"), _model2(), FAST, WHOLE,
+        stop=stop, on_frame=lambda p, page, _lat: seen.append((p.name, page)),
+    )  # fmt: skip
+    assert final.ok and len(seen) == 3
+    with open_frames(tmp_path / "out" / "s.tif") as reader:
+        assert reader.info.axes == "TYX" and reader.info.shape == (3, 128, 128)
+        assert reader.info.pixel_size_um == pytest.approx(0.15)
+        assert [int(np.median(f.data)) for f in reader] == [10, 11, 12]
+
+
+def _old(path: Path) -> None:
+    past = time.time() - 30
+    os.utime(path, (past, past))
+
+
+def test_unusable_files_fail_by_name_with_enhances_message_and_are_retried(tmp_path):
+    """Defects (b) and (c): C > 1, RGB, zero-byte and non-TIFF files fail (not 'incomplete'
+    forever) with the shared reader's message; a failed file that changes is tried again."""
+    from cyclesr_deploy.errors import InputError
+    from cyclesr_deploy.frames import open_frames
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    two_c = np.zeros((2, 3, 2, 16, 16), np.uint16)
+    tifffile.imwrite(inp / "tzcyx.ome.tif", two_c, ome=True, metadata={"axes": "TZCYX"})
+    tifffile.imwrite(inp / "rgb.tif", np.zeros((16, 16, 3), np.uint8), photometric="rgb")
+    (inp / "empty.tif").write_bytes(b"")
+    (inp / "text.tif").write_bytes(b"this is no TIFF")
+    tifffile.imwrite(inp / "good.tif", np.full((16, 16), 4, np.uint16))
+    for p in inp.iterdir():
+        _old(p)
+    cfg = FAST.model_copy(update={"exit_idle": 0.5})
+    final = watch_folder(inp, tmp_path / "out", FakeEngine("plus1"), _model(), cfg, WHOLE)
+    assert (final.done, final.failed, final.incomplete) == (1, 4, 0) and not final.ok
+    manifest = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())["files"]
+    entries = {Path(k).name: v for k, v in manifest.items()}
+    for name in ("tzcyx.ome.tif", "rgb.tif", "empty.tif", "text.tif"):
+        assert entries[name]["status"] == "failed"
+        with pytest.raises(InputError) as enhance_says:  # what `cyclesr enhance` reports
+            open_frames(inp / name)
+        assert entries[name]["error"] == str(enhance_says.value), name
+    assert "2 channels" in entries["tzcyx.ome.tif"]["error"]
+    assert "RGB" in entries["rgb.tif"]["error"]
+    # the zero-byte file is written later: tried again, done; the run is ok for it
+    tifffile.imwrite(inp / "empty.tif", np.full((16, 16), 8, np.uint16))
+    _old(inp / "empty.tif")
+    final = watch_folder(inp, tmp_path / "out", FakeEngine("plus1"), _model(), cfg, WHOLE)
+    assert _values(tmp_path / "out" / "empty.tif") == [9]
+    manifest = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())["files"]
+    assert manifest[str((inp / "empty.tif").resolve())]["status"] == "done"
+
+
+def test_retry_within_one_run_after_a_failed_file_changes(tmp_path):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    (inp / "late.tif").write_bytes(b"")
+    _old(inp / "late.tif")
+    stop = threading.Event()
+    boxes: dict = {}
+
+    def fix_when_failed() -> bool:
+        st = boxes.get("status")
+        if st is not None and st.failed and not boxes.get("fixed"):
+            tifffile.imwrite(inp / "late.tif", np.full((16, 16), 3, np.uint16))
+            boxes["fixed"] = True
+        return (tmp_path / "out" / "late.tif").exists()
+
+    _stop_when(stop, fix_when_failed)
+    final = watch_folder(
+        inp, tmp_path / "out", FakeEngine("plus1"), _model(), FAST, WHOLE, stop=stop,
+        on_status=lambda s: boxes.__setitem__("status", s), status_every=0.02,
+    )  # fmt: skip
+    assert boxes.get("fixed") and final.failed == 0 and final.ok
+    assert _values(tmp_path / "out" / "late.tif") == [4]
+
+
+@pytest.mark.parametrize("bad", [False, True])
+def test_cli_exit_code_is_partial_when_a_frame_failed(tmp_path, monkeypatch, bad):
+    """Defect (d): exit 0 only when every frame succeeded, else enhance's EXIT_PARTIAL."""
+    from typer.testing import CliRunner
+
+    import cyclesr_deploy.engines as engines
+    import cyclesr_deploy.model as model_mod
+    from cyclesr_deploy.cli import app
+    from cyclesr_deploy.cli._common import EXIT_PARTIAL
+
+    monkeypatch.setattr(engines, "open_engine", lambda *a, **k: FakeEngine("plus1"))
+    monkeypatch.setattr(model_mod, "load_model", lambda _d: _model())
+    inp = tmp_path / "in"
+    inp.mkdir()
+    tifffile.imwrite(inp / "ok.tif", np.full((16, 16), 2, np.uint16))
+    if bad:
+        tifffile.imwrite(inp / "rgb.tif", np.zeros((16, 16, 3), np.uint8), photometric="rgb")
+    for p in inp.iterdir():
+        _old(p)
+    (tmp_path / "m").mkdir()
+    args = ["watch", str(inp), "-o", str(tmp_path / "out"), "--model", str(tmp_path / "m")]
+    args += ["--tile", "0", "--poll", "0.05", "--stable", "0.1", "--polling"]
+    args += ["--exit-idle", "0.5", "--tiling", "naive", "--whole-max-px", "0"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == (EXIT_PARTIAL if bad else 0), result.output
+    assert _values(tmp_path / "out" / "ok.tif") == [3]

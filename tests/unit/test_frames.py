@@ -236,3 +236,98 @@ def test_bigtiff_on_request(tmp_path, rng):
         write_frames(tmp_path / "o.tif", output_info(reader.info), iter(data), bigtiff=True)
     with tifffile.TiffFile(tmp_path / "o.tif") as tif:
         assert tif.is_bigtiff
+
+
+def _huge_header(path, side: int) -> None:
+    """A complete TIFF whose header announces side x side uint16 pixels (one tiny zlib strip)."""
+    tifffile.imwrite(
+        path, np.zeros((16, 16), np.uint16), compression="zlib", metadata=None, rowsperstrip=16
+    )
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        for name in ("ImageWidth", "ImageLength", "RowsPerStrip"):
+            tif.pages[0].tags[name].overwrite(side, dtype="I")
+
+
+def test_frame_larger_than_available_memory_is_refused_before_allocating(tmp_path, monkeypatch):
+    import cyclesr_deploy.frames as frames_mod
+    from cyclesr_deploy import io
+
+    path = tmp_path / "huge.tif"
+    _huge_header(path, 100_000)
+    monkeypatch.setattr(frames_mod, "available_memory", lambda: 8 * 2**30)
+
+    def no_decode(*a, **k):
+        raise AssertionError("pixels decoded")
+
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", no_decode)
+    for read in (open_frames, io.read_tiff, lambda p: frames_mod.read_page(p, 0)):
+        with pytest.raises(InputError, match=r"100000 x 100000 uint16 .* 18\.6 GiB") as info:
+            read(path)
+        assert str(path) in str(info.value)
+
+
+def test_available_memory_is_known_here_and_refuses_a_terabyte_frame(tmp_path):
+    from cyclesr_deploy.frames import available_memory
+
+    assert available_memory() is not None and available_memory() > 2**20
+    path = tmp_path / "tera.tif"
+    _huge_header(path, 1_000_000)  # 1.8 TiB decoded
+    with pytest.raises(InputError, match="1000000 x 1000000"):
+        open_frames(path)
+
+
+def test_growing_stack_appender_keeps_axes_and_pixel_size(tmp_path, rng):
+    from cyclesr_deploy.frames import StackAppender, probe_pages
+
+    data = rng.integers(0, 999, size=(3, 16, 20), dtype=np.uint16)
+    src = tmp_path / "in.ome.tif"
+    meta = {"axes": "TYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5}
+    tifffile.imwrite(src, data, ome=True, metadata=meta)
+    info = output_info(probe_pages(src).info, scale=2)
+    for n in (3, 2):  # all announced frames (the input's OME-XML), or fewer (stopped early)
+        target = tmp_path / f"out{n}.tif"
+        app = StackAppender(target, info)
+        for i in range(n):
+            assert not target.exists()
+            app.append(np.repeat(np.repeat(data[i], 2, 0), 2, 1))
+        assert app.close() == target and not app.part.exists()
+        with open_frames(target) as reader:
+            assert reader.info.axes == ("TYX" if n > 1 else "YX")
+            assert reader.info.shape == (n, 32, 40)
+            assert reader.info.pixel_size_um == pytest.approx(0.25)
+            np.testing.assert_array_equal(reader.read(n - 1)[::2, ::2], data[n - 1])
+
+
+def test_unnamed_page_stack_comes_out_t_with_resolution_pixel_size(tmp_path, rng):
+    from cyclesr_deploy.frames import StackAppender, probe_pages
+
+    src = tmp_path / "plain.tif"
+    with tifffile.TiffWriter(src) as tw:
+        for i in range(2):
+            tw.write(
+                np.full((8, 8), i, np.uint16), metadata=None, resolution=(2e4, 2e4),
+                resolutionunit=3,
+            )  # fmt: skip
+    probe = probe_pages(src)
+    assert probe.ifds == 2 and probe.complete == 2
+    app = StackAppender(tmp_path / "o.tif", output_info(probe.info, scale=1))
+    for i in range(2):
+        app.append(np.full((8, 8), i, np.uint16))
+    with open_frames(app.close()) as reader:
+        assert reader.info.axes == "TYX" and reader.info.pixel_size_um == pytest.approx(0.5)
+
+
+def test_appender_failure_removes_the_part(tmp_path, monkeypatch):
+    from cyclesr_deploy.frames import StackAppender, StackInfo
+
+    info = StackInfo(None, "TYX", (2, 8, 8), np.dtype(np.uint16))
+    app = StackAppender(tmp_path / "o.tif", info)
+    app.append(np.zeros((8, 8), np.uint16))
+
+    def full(*a, **k):
+        raise OSError("262144 requested and 214512 written")
+
+    monkeypatch.setattr(tifffile.TiffWriter, "write", full)
+    with pytest.raises(OSError, match=r"no space left on device .*o\.tif"):
+        app.append(np.zeros((8, 8), np.uint16))
+    assert not app.part.exists() and not (tmp_path / "o.tif").exists()

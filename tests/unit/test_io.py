@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import errno
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,19 +36,46 @@ def test_fixed_uuid_makes_files_byte_identical(tmp_path):
     assert _sha(a) == _sha(b) != _sha(c)
 
 
-def test_failed_write_leaves_previous_file_and_no_part(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "failure",
+    [OSError("262144 requested and 214512 written"), OSError(errno.ENOSPC, "No space left")],
+)
+def test_disk_full_names_the_file_keeps_previous_and_no_part(tmp_path, monkeypatch, failure):
     target = tmp_path / "x.tif"
     io.write_tiff(target, np.zeros((4, 4), np.uint16))
     before = _sha(target)
+    real_write = tifffile.TiffWriter.write
 
-    def boom(path, *a, **k):
-        path.write_bytes(b"half")
-        raise OSError("disk full")
+    def short_write(self, *a, **k):
+        real_write(self, *a, **k)  # some bytes land in the .part, then the disk is full
+        raise failure
 
-    monkeypatch.setattr(tifffile, "imwrite", boom)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr(tifffile.TiffWriter, "write", short_write)
+    with pytest.raises(OSError, match="no space left on device") as info:
         io.write_tiff(target, np.ones((4, 4), np.uint16))
+    assert info.value.errno == errno.ENOSPC and str(target) in str(info.value)
+    assert "requested" not in str(info.value)
     assert _sha(target) == before
+    assert not list(tmp_path.glob("*.part"))
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_real_enospc_from_dev_full(tmp_path):
+    target = tmp_path / "y.tif"
+    (tmp_path / "y.tif.part").symlink_to("/dev/full")  # every write: ENOSPC
+    with pytest.raises(OSError, match="no space left on device") as info:
+        io.write_tiff(target, np.ones((256, 256), np.uint16))
+    assert str(target) in str(info.value)
+    assert not target.exists() and not list(tmp_path.glob("*.part"))
+
+
+def test_other_write_errors_are_not_called_disk_full(tmp_path, monkeypatch):
+    def fail(self, *a, **k):
+        raise OSError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(tifffile.TiffWriter, "write", fail)
+    with pytest.raises(OSError, match="Permission denied"):
+        io.write_tiff(tmp_path / "z.tif", np.ones((4, 4), np.uint16))
     assert not list(tmp_path.glob("*.part"))
 
 

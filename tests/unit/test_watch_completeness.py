@@ -77,7 +77,7 @@ def test_unreadable_file_is_not_ready_never_an_error(tmp_path, monkeypatch):
     def locked(*a, **k):
         raise PermissionError(13, "being written by another process")  # as on Windows
 
-    monkeypatch.setattr(watch_mod.tifffile, "TiffFile", locked)
+    monkeypatch.setattr(tifffile, "TiffFile", locked)
     p = probe_pages(path)
     assert p.complete == 0 and "PermissionError" in p.error
     monkeypatch.undo()
@@ -174,3 +174,75 @@ def test_queue_processes_everything_in_arrival_order(tmp_path, policy):
     final = _run(tmp_path, policy, seen)
     assert seen == [f"a{i:02d}.tif" for i in range(6)]
     assert (final.done, final.skipped) == (6, 0)
+
+
+def test_one_page_in_pieces_is_never_a_stack_nor_read_early(tmp_path):
+    b = io.BytesIO()
+    tifffile.imwrite(b, np.full((32, 32), 5, np.uint16), photometric="minisblack", metadata=None)
+    data = b.getvalue()
+    path = tmp_path / "f.tif"
+    for cut in (len(data) // 3, 2 * len(data) // 3, len(data) - 1):
+        path.write_bytes(data[:cut])
+        probe = probe_pages(path)
+        assert probe.complete == 0 and probe.ifds <= 1, cut  # one IFD: a frame, not a stack
+        assert probe.expected is None
+    path.write_bytes(data)
+    assert (probe_pages(path).complete, probe_pages(path).ifds) == (1, 1)
+
+
+def test_partial_two_channel_ome_is_refused_from_its_announcement(tmp_path):
+    b = io.BytesIO()
+    tifffile.imwrite(b, np.zeros((2, 2, 32, 32), np.uint16), ome=True, metadata={"axes": "TCYX"})
+    path = tmp_path / "c.ome.tif"
+    path.write_bytes(b.getvalue())
+    whole = probe_pages(path).refused
+    assert whole is not None and "2 channels" in whole
+
+
+def test_disk_full_on_a_stack_output_is_a_named_failure(tmp_path, monkeypatch):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    with tifffile.TiffWriter(inp / "s.tif") as tw:
+        for i in range(2):
+            tw.write(np.full((16, 16), i, np.uint16), metadata=None)
+    past = time.time() - 30
+    os.utime(inp / "s.tif", (past, past))
+
+    real_write = tifffile.TiffWriter.write
+
+    def full(self, *a, **k):
+        real_write(self, *a, **k)
+        raise OSError("262144 requested and 214512 written")
+
+    monkeypatch.setattr(tifffile.TiffWriter, "write", full)
+    cfg = WatchConfig(poll=0.02, stable=0.05, idle=0.5, use_events=False, exit_idle=0.3)
+    final = watch_folder(inp, tmp_path / "out", FakeEngine("plus1"), _model(), cfg,
+                         EnhanceConfig(tile=0))  # fmt: skip
+    assert final.failed == 2 and not final.ok
+    entry = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())["files"]
+    error = entry[str((inp / "s.tif").resolve())]["error"]
+    assert "no space left on device" in error and str(tmp_path / "out" / "s.tif") in error
+    assert not (tmp_path / "out" / "s.tif").exists()
+    assert not list((tmp_path / "out").glob("*.part"))
+
+
+def test_announced_tzyx_stack_keeps_its_axes_and_ome_metadata(tmp_path):
+    from cyclesr_deploy.frames import open_frames
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    meta = {"axes": "TZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5}
+    tifffile.imwrite(inp / "s.ome.tif", np.ones((2, 3, 16, 16), np.uint16), ome=True, metadata=meta)
+    past = time.time() - 30
+    os.utime(inp / "s.ome.tif", (past, past))
+    model = ModelConfig(
+        generator=GeneratorConfig(ngf=4, n_blocks=0, scale=2),
+        normalization=NormalizationConfig(low_a=0, high_a=2, low_b=0, high_b=2),
+    )
+    cfg = WatchConfig(poll=0.02, stable=0.05, use_events=False, exit_idle=0.3)
+    final = watch_folder(inp, tmp_path / "out", FakeEngine("nearest2"), model, cfg,
+                         EnhanceConfig(tile=0))  # fmt: skip
+    assert final.done == 6 and final.ok
+    with open_frames(tmp_path / "out" / "s.ome.tif") as reader:
+        assert (reader.info.axes, reader.info.shape) == ("TZYX", (2, 3, 32, 32))
+        assert reader.info.kind == "ome" and reader.info.pixel_size_um == pytest.approx(0.25)

@@ -1,0 +1,166 @@
+"""Watch mode, output side: enhance a queued page and write it (a frame file's output, or the
+next page of a growing stack's ``.part``), and record it (see :mod:`cyclesr_deploy.watch`)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from cyclesr_deploy.errors import InputError
+from cyclesr_deploy.frames import (
+    StackAppender,
+    StackInfo,
+    open_frames,
+    output_info,
+    read_page,
+    write_frames,
+)
+from cyclesr_deploy.watch_scan import Item, Source, State
+
+log = logging.getLogger("cyclesr_deploy.watch")
+
+
+class Outputs:
+    """Turns backlog items into written outputs with ``enhance`` (2-D frame in, enhanced frame
+    out: the frame runner); every output goes through :mod:`cyclesr_deploy.frames`."""
+
+    def __init__(
+        self,
+        state: State,
+        enhance: Callable[[np.ndarray], np.ndarray],
+        scale: int,
+        on_done: Callable[[Item, float], None],
+    ) -> None:
+        self.state, self.enhance, self.scale, self.on_done = state, enhance, scale, on_done
+
+    def process(self, item: Item) -> None:
+        src = item.src
+        t0 = time.perf_counter()
+        try:
+            frame, info = self._read(src, item.page)
+            result = self.enhance(frame)  # the one call of the frame runner
+            if info is not None:
+                self._write_frame_file(src, info, result)
+            else:
+                self._append_page(src, result)
+        except Exception as exc:  # per file: reported, the watch goes on
+            msg = str(exc) if isinstance(exc, (InputError, OSError)) else repr(exc)
+            with self.state.lock:
+                self.state.fail(src, f"page {item.page}: {msg}", file_level=bool(src.frame_file))
+            return
+        t1 = time.perf_counter()
+        with self.state.lock:
+            src.seconds += t1 - t0
+            if src.frame_file:
+                self.state.manifest.update(src.path, seconds=round(t1 - t0, 4))
+        self.on_done(item, t1)
+
+    @staticmethod
+    def _read(src: Source, page: int) -> tuple[np.ndarray, StackInfo | None]:
+        """The frame to enhance, with the file's metadata for a frame file (None for a stack
+        page); the input rules and messages of enhance apply to both."""
+        if not src.frame_file:
+            return read_page(src.path, page), None
+        with open_frames(src.path) as reader:
+            info = reader.info
+            if info.n_frames != 1:
+                raise InputError(f"{src.path}: expected one frame, found {info.n_frames}")
+            return reader.read(0), info
+
+    def _write_frame_file(self, src: Source, info: StackInfo, result: np.ndarray) -> None:
+        write_frames(src.out, output_info(info, self.scale), [result], overwrite=True)
+        with self.state.lock:
+            src.done = 1
+            src.closed = True
+            self.state.manifest.update(
+                src.path,
+                status="done",
+                output=str(src.out),
+                frames=1,
+                next_page=1,
+                input_size=src.size,
+                input_mtime_ns=src.mtime_ns,
+                seconds=round(src.seconds, 4),
+                error=None,
+                note=None,
+            )
+
+    def _append_page(self, src: Source, result: np.ndarray) -> None:
+        if src.appender is None:
+            self._open(src, result.dtype)
+        try:
+            src.appender.append(result)
+        except BaseException:  # the .part is gone: back to what the output holds
+            src.appender = None
+            src.done = _pages(src.out)
+            raise
+        with self.state.lock:
+            src.done += 1
+            self.record_stack(src, status="partial")
+
+    def _open(self, src: Source, dtype: np.dtype) -> None:
+        if src.info is None:
+            raise InputError(f"{src.path}: no metadata read yet")
+        app = StackAppender(src.out, output_info(src.info, self.scale, dtype))
+        try:
+            if src.out.exists():  # the pages of an earlier run or close: copied first
+                with open_frames(src.out) as reader:
+                    for frame in reader:
+                        app.append(frame.data)
+        except BaseException:
+            app.abort()
+            raise
+        src.appender = app
+
+    def close_stack(self, src: Source) -> None:
+        app, src.appender = src.appender, None
+        if app is None:
+            return
+        if src.info is not None:  # the metadata as far as the input is written now
+            latest = output_info(src.info, self.scale, app.info.dtype)
+            if latest.frame_shape == app.info.frame_shape:
+                app.info = latest
+        app.close()
+        with self.state.lock:
+            complete = src.expected is None or src.done + len(src.skipped) >= src.expected
+            self.record_stack(src, status="done" if complete else "partial")
+            self.state.manifest.save(force=True)
+
+    def record_stack(self, src: Source, status: str) -> None:
+        note = None
+        if src.skipped:
+            status = "partial"
+            note = (
+                f"{len(src.skipped)} page(s) skipped (--when-behind latest): the output holds "
+                "the others; re-run 'cyclesr enhance --overwrite' on it for all pages"
+            )
+        self.state.manifest.update(
+            src.path,
+            status=status,
+            output=str(src.out) if src.done else None,
+            frames=src.done,
+            next_page=src.done + len(src.skipped),
+            skipped_pages=src.skipped,
+            note=note,
+            error=src.incomplete if status == "incomplete" else None,
+            input_size=src.size,
+            input_mtime_ns=src.mtime_ns,
+            seconds=round(src.seconds, 4),
+        )
+
+    def remove_stale_parts(self, out_dir: Path, keep: str) -> None:
+        for p in out_dir.glob("*.part"):
+            if p.name != keep:
+                log.info("removing %s left by an interrupted run", p.name)
+            p.unlink(missing_ok=True)
+
+
+def _pages(path: Path) -> int:
+    if not path.exists():
+        return 0
+    with open_frames(path) as reader:
+        return reader.info.n_frames
