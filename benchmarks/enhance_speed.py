@@ -45,9 +45,9 @@ from cyclesr_deploy.bench.latency import engine_batches
 from cyclesr_deploy.engines import open_engine
 from cyclesr_deploy.model import ModelConfig, load_model
 from cyclesr_deploy.normalization import IntensityMapping
-from cyclesr_deploy.pipeline import EnhanceConfig, enhance_files
-from cyclesr_deploy.runner import FrameRunner
-from cyclesr_deploy.tiling import TiledPredictor, plan_tiles
+from cyclesr_deploy.runtime.pipeline import EnhanceConfig, enhance_files
+from cyclesr_deploy.runtime.runner import FrameRunner
+from cyclesr_deploy.runtime.tiling import TiledPredictor, plan_tiles
 
 
 def train_tiny(root: Path, ngf: int, blocks: int, steps: int) -> Path:

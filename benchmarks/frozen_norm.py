@@ -45,8 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine
 
 from cyclesr_deploy.engines.frozen_stats import CHECK_MIN_PSNR_DB
-from cyclesr_deploy.export.frozen_check import CHECK_SIZES, check_frames
-from cyclesr_deploy.frozen_norm import (
+from cyclesr_deploy.engines.frozen_torch import (
     check_crops_estimate,
     compute_statistics,
     crops_for,
@@ -56,10 +55,11 @@ from cyclesr_deploy.frozen_norm import (
     psnr_range2,
     set_mode,
 )
+from cyclesr_deploy.export.frozen_check import CHECK_SIZES, check_frames
 from cyclesr_deploy.model import WEIGHTS, GeneratorConfig, load_model
 from cyclesr_deploy.nets import build_generator
+from cyclesr_deploy.runtime.tiling import TilingConfig
 from cyclesr_deploy.synthetic import SynthConfig, simulate_pair
-from cyclesr_deploy.tiling import TilingConfig
 
 REFERENCE = Path(__file__).resolve().parents[1] / "cyclesr_deploy" / "models" / "reference-cyclegan"
 

@@ -167,7 +167,7 @@ def clean_reference(root: Path) -> dict:
     averages it away (L1-supervised) is not."""
     import numpy as np
 
-    from cyclesr_deploy.io import write_tiff
+    from cyclesr_deploy.images import write_tiff
     from cyclesr_deploy.synthetic import SynthConfig
     from cyclesr_deploy.synthetic.acquire import expected_photons
     from cyclesr_deploy.synthetic.simulate import _signal, render_ground_truth

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _machine import machine
 
-from cyclesr_deploy.tiling import TiledPredictor, TilingConfig
+from cyclesr_deploy.runtime.tiling import TiledPredictor, TilingConfig
 
 LOW, HIGH = 0.0, 65535.0  # uint16 -> [-1, 1] mapping (the model's fixed normalization)
 

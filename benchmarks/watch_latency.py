@@ -3,7 +3,7 @@
     python benchmarks/watch_latency.py [--out benchmarks/results/watch_latency.json]
 
 A writer process (spawned) writes uint16 frame files (``--size``², shaped TIFF) into a
-folder at a fixed rate, each file in 4 chunks; :func:`cyclesr_deploy.watch.watch_folder`
+folder at a fixed rate, each file in 4 chunks; :func:`cyclesr_deploy.runtime.watch.watch_folder`
 enhances them with a fixed-cost engine (``--engine-ms`` of sleep per call, identity output,
 numpy only), so the numbers measure the watch machinery (scan, completeness wait, TIFF read,
 tiling/mapping, atomic write, manifest) around an engine of known speed. Scenarios:
@@ -42,11 +42,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine
 
 from cyclesr_deploy.engines.base import TensorSpec
-from cyclesr_deploy.frames import open_frames, output_info, write_frames
 from cyclesr_deploy.model import GeneratorConfig, ModelConfig, NormalizationConfig
-from cyclesr_deploy.pipeline import EnhanceConfig
-from cyclesr_deploy.runner import FrameRunner
-from cyclesr_deploy.watch import WatchConfig, watch_folder
+from cyclesr_deploy.runtime.pipeline import EnhanceConfig
+from cyclesr_deploy.runtime.runner import FrameRunner
+from cyclesr_deploy.runtime.tiff import open_frames, output_info, write_frames
+from cyclesr_deploy.runtime.watch import WatchConfig, watch_folder
 
 
 class SleepEngine:

@@ -6,8 +6,41 @@ subpackages that need them, and their absence raises :class:`MissingExtraError` 
 
 from __future__ import annotations
 
+from typing import Any
+
 from cyclesr_deploy.errors import InputError, MissingExtraError
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["InputError", "MissingExtraError", "__version__"]
+__all__ = [
+    "EnhanceConfig",
+    "Enhancer",
+    "FrameRunner",
+    "InputError",
+    "MissingExtraError",
+    "__version__",
+    "enhance_files",
+    "open_engine",
+]
+
+# The Python API, imported on first use (``from cyclesr_deploy import Enhancer``).
+_LAZY = {
+    "Enhancer": "cyclesr_deploy.runtime.enhancer",
+    "EnhanceConfig": "cyclesr_deploy.runtime.runner",
+    "FrameRunner": "cyclesr_deploy.runtime.runner",
+    "enhance_files": "cyclesr_deploy.runtime.pipeline",
+    "open_engine": "cyclesr_deploy.engines",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cyclesr_deploy' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from cyclesr_deploy.io import atomic_path, read_tiff, write_tiff
+from cyclesr_deploy.images import read_tiff, write_tiff
+from cyclesr_deploy.io import atomic_path
 
 # the metrics of the demo table: key of QualityReport -> (column title, format)
 METRICS: dict[str, tuple[str, str]] = {
@@ -166,7 +167,7 @@ def run_demo(
     from cyclesr_deploy.errors import InputError
     from cyclesr_deploy.metrics import evaluate
     from cyclesr_deploy.model import load_model
-    from cyclesr_deploy.pipeline import EnhanceConfig, enhance_files
+    from cyclesr_deploy.runtime.pipeline import EnhanceConfig, enhance_files
     from cyclesr_deploy.synthetic import SynthConfig
     from cyclesr_deploy.synthetic.timeseries import simulate_time_series
 

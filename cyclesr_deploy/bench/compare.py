@@ -30,7 +30,7 @@ def frames_from_dir(folder: str | Path, model: ModelConfig, limit: int | None = 
     """2-D planes of the TIFFs in ``folder`` as ParityInputs (1 x C x H x W, model units via
     the model's intensity mapping), cropped to the model's size multiple."""
     from cyclesr_deploy.export.parity import ParityInput
-    from cyclesr_deploy.io import read_tiff
+    from cyclesr_deploy.images import read_tiff
     from cyclesr_deploy.normalization import IntensityMapping
 
     folder = Path(folder)

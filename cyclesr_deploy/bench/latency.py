@@ -4,10 +4,11 @@ For each backend x precision x tile (x batch), and whole-frame when asked, on on
 frame of ``frame_size``²: ``warmup`` untimed runs, then ``repeats`` timed runs of
 
 * ``engine_only``: ``FrameRunner.infer`` over the tile batches of the frame (built beforehand
-  by the same :class:`~cyclesr_deploy.runner.FrameRunner` that ``cyclesr enhance`` uses: plan,
-  tiles, the model's intensity mapping; the statistics pass of frozen tiling included);
-* ``end_to_end``: :func:`~cyclesr_deploy.pipeline.enhance_files` on a uint16 TIFF of the frame
-  (TIFF read, normalization, tiling, engine, blending, uint16, TIFF write, manifest).
+  by the same :class:`~cyclesr_deploy.runtime.runner.FrameRunner` that ``cyclesr enhance``
+  uses: plan, tiles, the model's intensity mapping; the statistics pass of frozen tiling
+  included);
+* ``end_to_end``: :func:`~cyclesr_deploy.runtime.pipeline.enhance_files` on a uint16 TIFF of
+  the frame (TIFF read, normalization, tiling, engine, blending, uint16, TIFF write, manifest).
 
 Both run the same plan: a tile row tiles the frame (frozen statistics where the engine has
 them, else naive tiles; never ``auto``'s whole-frame shortcut), tile 0 runs it whole. Batches
@@ -143,7 +144,7 @@ def _stats(samples_s: Sequence[float], frames: int, px: int, flops: float) -> di
 
 
 def engine_batches(runner: Any, frame: np.ndarray) -> list[tuple[Any, Any]]:
-    """The (work, batch) pairs that ``runner`` (:class:`~cyclesr_deploy.runner.FrameRunner`)
+    """The (work, batch) pairs that ``runner`` (:class:`~cyclesr_deploy.runtime.runner.FrameRunner`)
     hands its engine for ``frame``: ``runner.infer`` over them is the engine alone, statistics
     pass of frozen tiling included."""
     work = runner.start(frame)
@@ -153,7 +154,7 @@ def engine_batches(runner: Any, frame: np.ndarray) -> list[tuple[Any, Any]]:
 def end_to_end(src: Path, dst: Path, engine: Any, model: ModelConfig, cfg: Any) -> list[Path]:
     """``enhance_files`` of ``src`` into ``dst`` (the benchmark's end-to-end path, that of
     ``cyclesr enhance``); raises when a file failed. Returns the outputs."""
-    from cyclesr_deploy.pipeline import enhance_files
+    from cyclesr_deploy.runtime.pipeline import enhance_files
 
     summary = enhance_files([src], dst, engine, model, cfg)
     if not summary.ok:
@@ -203,8 +204,8 @@ def _measure(
     s: LatencySettings,
     work: Path,
 ) -> dict[str, Any]:
-    from cyclesr_deploy.io import write_tiff
-    from cyclesr_deploy.runner import EnhanceConfig, FrameRunner
+    from cyclesr_deploy.images import write_tiff
+    from cyclesr_deploy.runtime.runner import EnhanceConfig, FrameRunner
 
     # a tile row tiles every frame (never the whole-frame shortcut of ``auto``): frozen
     # statistics where the engine has them, else naive; tile 0 runs the frame whole

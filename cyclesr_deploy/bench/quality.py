@@ -35,7 +35,7 @@ QUALITY_COLUMNS = [
 
 
 def _plane(path: Path) -> tuple[np.ndarray, float | None]:
-    from cyclesr_deploy.io import read_image2d
+    from cyclesr_deploy.images import read_image2d
 
     img = read_image2d(path)
     return np.asarray(img.data, dtype=np.float32), img.pixel_size_um

@@ -65,7 +65,7 @@ def _fmt_s(seconds: float) -> str:
 
 def _frame_shapes(paths: list[Path]) -> list[tuple[int, int]]:
     """(H, W) of every readable input (headers only; unreadable files fail later, per file)."""
-    from cyclesr_deploy.frames import open_frames
+    from cyclesr_deploy.runtime.tiff import open_frames
 
     shapes = set()
     for path in paths:
@@ -135,7 +135,7 @@ def enhance(
 
     from cyclesr_deploy.builtin import resolve_model
     from cyclesr_deploy.model import load_model
-    from cyclesr_deploy.pipeline import (
+    from cyclesr_deploy.runtime.pipeline import (
         EnhanceConfig,
         ProgressEvent,
         check_paths,
@@ -187,8 +187,8 @@ def enhance(
             )
 
     from cyclesr_deploy.engines import open_engine
-    from cyclesr_deploy.manifest import OutputLock
-    from cyclesr_deploy.pipeline import ENHANCE_COMMAND
+    from cyclesr_deploy.runtime.manifest import OutputLock
+    from cyclesr_deploy.runtime.pipeline import ENHANCE_COMMAND
 
     try:
         with user_errors(), OutputLock(out_dir, command=ENHANCE_COMMAND) as lock:

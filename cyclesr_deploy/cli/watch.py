@@ -97,8 +97,8 @@ def watch(
     from cyclesr_deploy.builtin import resolve_model
     from cyclesr_deploy.engines import open_engine
     from cyclesr_deploy.model import load_model
-    from cyclesr_deploy.runner import EnhanceConfig
-    from cyclesr_deploy.watch import WatchConfig, WatchStatus, watch_folder
+    from cyclesr_deploy.runtime.runner import EnhanceConfig
+    from cyclesr_deploy.runtime.watch import WatchConfig, WatchStatus, watch_folder
 
     with user_errors():
         ecfg = EnhanceConfig(

@@ -110,7 +110,7 @@ class Engine(Protocol):
 class FrozenStatsEngine(Engine, Protocol):
     """Optional capability: an engine that runs an InstanceNorm generator with frame-level
     statistics, so that tiles of one frame are normalised alike (seam-free tiling; see
-    :mod:`cyclesr_deploy.frozen_norm`). Implemented by
+    :mod:`cyclesr_deploy.engines.frozen_torch`). Implemented by
     :mod:`cyclesr_deploy.engines.frozen`; the pipeline checks ``isinstance(engine,
     FrozenStatsEngine)``. Its ``infer`` is plain per-sample InstanceNorm inference."""
 

@@ -4,13 +4,13 @@ Both implement :class:`~cyclesr_deploy.engines.base.FrozenStatsEngine`: the pipe
 the statistics of each whole (normalized, size-multiple padded) frame once with
 ``frame_statistics`` and runs every tile batch of that frame with ``infer_with_stats``. With a
 halo >= the receptive-field half-width the tiled output then equals whole-frame inference up to
-float rounding (:mod:`cyclesr_deploy.frozen_norm`).
+float rounding (:mod:`cyclesr_deploy.engines.frozen_torch`).
 
 * :class:`OnnxFrozenEngine`: two ONNX Runtime sessions, ``generator.stats.onnx`` (frame ->
   stats) and ``generator.tile.onnx`` (tiles, stats -> output), written by
   :mod:`cyclesr_deploy.export.frozen_onnx`; FP32.
 * :class:`TorchFrozenEngine`: :class:`~cyclesr_deploy.engines.torch_engine.TorchEngine` with its
-  InstanceNorms swapped for :class:`~cyclesr_deploy.frozen_norm.FrozenInstanceNorm`.
+  InstanceNorms swapped for :class:`~cyclesr_deploy.engines.frozen_torch.FrozenInstanceNorm`.
 
 ``infer`` (no statistics given) is plain InstanceNorm inference, sample by sample, so both are
 complete engines for whole-frame runs too. :func:`open_frozen_engine` picks one for a backend.
@@ -236,8 +236,8 @@ class OnnxFrozenEngine:
 
 class TorchFrozenEngine(TorchEngine):
     """:class:`~cyclesr_deploy.engines.TorchEngine` (same arguments and buffer contract) whose
-    InstanceNorms are :class:`~cyclesr_deploy.frozen_norm.FrozenInstanceNorm`: ``infer`` runs
-    them in mode ``"instance"``, ``infer_with_stats`` in mode ``"frozen"``."""
+    InstanceNorms are :class:`~cyclesr_deploy.engines.frozen_torch.FrozenInstanceNorm`:
+    ``infer`` runs them in mode ``"instance"``, ``infer_with_stats`` in mode ``"frozen"``."""
 
     def __init__(self, model_dir: str | Path, **kwargs: Any) -> None:
         super().__init__(model_dir, **kwargs)
@@ -247,7 +247,7 @@ class TorchFrozenEngine(TorchEngine):
         self._layers: list[Any] = []
 
     def _load_network(self) -> Any:
-        from cyclesr_deploy.frozen_norm import freeze_instance_norms
+        from cyclesr_deploy.engines.frozen_torch import freeze_instance_norms
 
         net = super()._load_network()
         self._layers = freeze_instance_norms(net)
@@ -261,7 +261,7 @@ class TorchFrozenEngine(TorchEngine):
     def frame_statistics(self, frame_nchw: np.ndarray, stats: str | None = None) -> np.ndarray:
         """Statistics of a padded (1, C, H, W) frame, estimated as ``stats`` (default
         ``self.stats``) says."""
-        from cyclesr_deploy.frozen_norm import compute_statistics
+        from cyclesr_deploy.engines.frozen_torch import compute_statistics
 
         if self._module is None:
             raise RuntimeError(f"{self.name} is closed; use it inside a with block")
@@ -272,7 +272,7 @@ class TorchFrozenEngine(TorchEngine):
         return packed.cpu().numpy()
 
     def infer_with_stats(self, batch: np.ndarray, stats: np.ndarray) -> np.ndarray:
-        from cyclesr_deploy.frozen_norm import load_packed, packed_length, set_mode
+        from cyclesr_deploy.engines.frozen_torch import load_packed, packed_length, set_mode
 
         load_packed(self._layers, _check_stats(stats, packed_length(self._layers)))
         set_mode(self._layers, "frozen")

@@ -2,8 +2,8 @@
 
 The one place for the statistics' estimate and geometry, shared by the engines
 (:mod:`cyclesr_deploy.engines.frozen`, :mod:`cyclesr_deploy.engines.tensorrt_frozen`), the torch
-layer (:mod:`cyclesr_deploy.frozen_norm`) and the exporters; it imports none of them (no import
-cycle) and no torch.
+layer (:mod:`cyclesr_deploy.engines.frozen_torch`) and the exporters; it imports none of them
+(no import cycle) and no torch.
 
 Statistics estimate (``engine.stats``, set by the pipeline from ``EnhanceConfig.stats``):
 ``"auto"`` (default) = the one the model folder's check chose (:func:`estimate_for_model`,
@@ -55,7 +55,7 @@ def frozen_graphs_missing(model_dir: str | Path) -> str | None:
     )
 
 
-# ---- crop geometry of the "crops" estimate (torch-free; cyclesr_deploy.frozen_norm uses it) ----
+# ---- crop geometry of the "crops" estimate (torch-free; engines.frozen_torch uses it) ----
 
 Layout = Literal["spread", "cells"]
 

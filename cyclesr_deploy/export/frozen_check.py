@@ -1,7 +1,7 @@
 """Per-model check of the crops statistics estimate, the record behind ``--stats auto``.
 
 How closely frozen statistics estimated from crops (~20 % of a frame,
-:func:`cyclesr_deploy.frozen_norm.statistics_from_crops`) reproduce whole-frame inference
+:func:`cyclesr_deploy.engines.frozen_torch.statistics_from_crops`) reproduce whole-frame inference
 depends on the network, not only on the frame: on the trained reference CycleGAN 47-51 dB at
 1024^2 and 2048^2, on a randomly initialised canonical generator ~40 dB, because there the
 statistics error of every layer counts (``benchmarks/results/frozen_norm.md``). No cheap
@@ -74,7 +74,7 @@ def check_frames(
     of it); else synthetic LR frames of ``sizes`` px
     (:func:`~cyclesr_deploy.synthetic.simulate_pair`, seed :data:`CHECK_SEED`)."""
     if path is not None:
-        from cyclesr_deploy.io import read_image2d
+        from cyclesr_deploy.images import read_image2d
 
         raw = read_image2d(path, "check frame").data
         source: dict[str, Any] = {"source": str(path), "shape": list(raw.shape)}
@@ -106,9 +106,9 @@ def check_model(
     frame."""
     import torch
 
+    from cyclesr_deploy.engines.frozen_torch import check_crops_estimate
     from cyclesr_deploy.export.onnx_export import load_generator, versions
     from cyclesr_deploy.export.report import utc_now
-    from cyclesr_deploy.frozen_norm import check_crops_estimate
     from cyclesr_deploy.integrity import file_digest
     from cyclesr_deploy.io import atomic_path
 

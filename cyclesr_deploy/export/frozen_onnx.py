@@ -1,12 +1,13 @@
 """Two ONNX graphs for tiled inference with frame-level InstanceNorm statistics (issue 6).
 
-:mod:`cyclesr_deploy.frozen_norm` runs two passes in PyTorch; this module exports them:
+:mod:`cyclesr_deploy.engines.frozen_torch` runs two passes in PyTorch; this module exports them:
 
 * ``generator.stats.onnx`` (:func:`stats_onnx_from_checkpoint`): input ``input``
   (N x C x H x W float32 in [-1, 1], N, H and W dynamic; H, W multiples of the size multiple),
   output ``stats`` (L,) float32: the packed vector ``[mean_0, var_0, mean_1, var_1, ...]`` that the
   generator's InstanceNorm layers see on the whole frame (biased variance, as
-  :func:`cyclesr_deploy.frozen_norm.record_statistics` / ``compute_statistics(..., "whole")``).
+  :func:`cyclesr_deploy.engines.frozen_torch.record_statistics` /
+  ``compute_statistics(..., "whole")``).
   Feed it a whole frame (exact statistics), or a batch of N equal crops of one frame: the
   statistics are then pooled over the batch at every layer, the pixels of sub-block (i, j) of
   crop n weighted by ``weights[n, i, j]`` (second input, (MAX_CROPS, BLOCKS, BLOCKS) float32:
@@ -104,7 +105,8 @@ _log = logging.getLogger(__name__)
 
 def _instance_norms(net: nn.Module) -> list[tuple[nn.Module, str, nn.InstanceNorm2d]]:
     """(parent, attribute, layer) of every InstanceNorm2d in module order (the order of
-    :func:`cyclesr_deploy.frozen_norm.freeze_instance_norms`, hence of the packed vector)."""
+    :func:`cyclesr_deploy.engines.frozen_torch.freeze_instance_norms`, hence of the packed
+    vector)."""
     where: dict[int, tuple[nn.Module, str]] = {}
     for parent in net.modules():
         for name, child in parent.named_children():
@@ -141,7 +143,7 @@ class _RecordingNorm(nn.Module):
         self._shared = shared
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from cyclesr_deploy.frozen_norm import weighted_statistics
+        from cyclesr_deploy.engines.frozen_torch import weighted_statistics
 
         weights = self._shared.weights
         assert weights is not None
@@ -436,7 +438,7 @@ def _torch_stats(
 ) -> np.ndarray:
     """frozen_norm's statistics of the batch ``x`` pooled with ``weights`` (N, B, B) (mode
     ``"pool"``; N = 1 with equal weights: exact)."""
-    from cyclesr_deploy.frozen_norm import _run, freeze_instance_norms, packed_statistics
+    from cyclesr_deploy.engines.frozen_torch import _run, freeze_instance_norms, packed_statistics
 
     net = load_generator(model_dir, model, direction)
     layers = freeze_instance_norms(net)
@@ -617,7 +619,7 @@ def tile_onnx_from_checkpoint(
     of another frame: max abs error <= ``tolerance`` (output units), else ParityError. An
     existing file is replaced only with ``overwrite=True`` (else InputError).
     """
-    from cyclesr_deploy.frozen_norm import (
+    from cyclesr_deploy.engines.frozen_torch import (
         compute_statistics,
         freeze_instance_norms,
         load_packed,

@@ -13,8 +13,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from cyclesr_deploy.errors import InputError
-from cyclesr_deploy.frames import TIFF_SUFFIXES
-from cyclesr_deploy.io import read_tiff, squeeze_axes
+from cyclesr_deploy.images import read_tiff, squeeze_axes
+from cyclesr_deploy.runtime.tiff import TIFF_SUFFIXES
 
 
 class ItemResult(BaseModel):

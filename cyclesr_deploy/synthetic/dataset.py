@@ -36,7 +36,8 @@ import numpy as np
 
 from cyclesr_deploy import __version__
 from cyclesr_deploy.errors import InputError
-from cyclesr_deploy.io import atomic_path, deterministic_uuid, write_tiff
+from cyclesr_deploy.images import write_tiff
+from cyclesr_deploy.io import atomic_path, deterministic_uuid
 from cyclesr_deploy.synthetic.config import SynthConfig, as_config
 from cyclesr_deploy.synthetic.simulate import child, simulate_sample
 

@@ -37,8 +37,7 @@ import numpy as np
 import tifffile
 
 from cyclesr_deploy.errors import InputError
-from cyclesr_deploy.frames import TIFF_SUFFIXES
-from cyclesr_deploy.io import _ome_pixel_size, _tag_pixel_size
+from cyclesr_deploy.runtime.tiff import TIFF_SUFFIXES, ome_pixel_size, tag_pixel_size
 
 logger = logging.getLogger("cyclesr_deploy")
 
@@ -170,9 +169,9 @@ def _index_file(path: Path, name: str) -> _FileInfo:
                         f"truncated: image data ends at byte {end} but the file has {size} bytes"
                     )
             keysize = int(np.prod(series.keyframe.shape))
-            px = _ome_pixel_size(tif.ome_metadata) if tif.is_ome and tif.ome_metadata else None
+            px = ome_pixel_size(tif.ome_metadata) if tif.is_ome and tif.ome_metadata else None
             if px is None:
-                px = _tag_pixel_size(tif.pages[0], tif.imagej_metadata)
+                px = tag_pixel_size(tif.pages[0], tif.imagej_metadata)
     except (_Unreadable, InputError):
         raise
     except Exception as exc:  # tifffile raises many types on garbage input

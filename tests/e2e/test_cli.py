@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cyclesr_deploy import io
+from cyclesr_deploy import images
 from cyclesr_deploy.cli import app
 
 runner = CliRunner()
@@ -34,7 +34,7 @@ def test_synth_writes_layout_and_reports_psf(dataset):
         assert len(list((dataset / split).glob("*.tif"))) == n
     manifest = json.loads((dataset / "dataset.json").read_text())
     assert manifest["config"]["size"] == 96
-    img = io.read_tiff(dataset / "testA" / "0000.tif")
+    img = images.read_tiff(dataset / "testA" / "0000.tif")
     assert img.data.shape == (96, 96) and img.data.dtype == np.uint16
     assert img.pixel_size_um == pytest.approx(manifest["config"]["hr_pixel_nm"] / 1000)
 
@@ -79,7 +79,7 @@ def test_metrics_single_file_identical_gives_infinite_psnr(dataset, tmp_path):
 
 
 def test_metrics_mismatched_shapes_fail_and_write_nothing(dataset, tmp_path):
-    small = io.write_tiff(tmp_path / "small.tif", np.zeros((64, 64), np.uint16))
+    small = images.write_tiff(tmp_path / "small.tif", np.zeros((64, 64), np.uint16))
     out = tmp_path / "m.json"
     res = runner.invoke(
         app, ["metrics", str(small), str(dataset / "testB" / "0000.tif"), "--json", str(out)]
@@ -92,8 +92,8 @@ def test_metrics_mismatched_shapes_fail_and_write_nothing(dataset, tmp_path):
 def test_metrics_keeps_going_past_a_bad_pair(dataset, tmp_path):
     pred = tmp_path / "pred"
     for i in range(3):
-        src = io.read_tiff(dataset / "testA" / f"{i:04d}.tif")
-        io.write_tiff(pred / f"{i:04d}.tif", src.data, pixel_size_um=src.pixel_size_um)
+        src = images.read_tiff(dataset / "testA" / f"{i:04d}.tif")
+        images.write_tiff(pred / f"{i:04d}.tif", src.data, pixel_size_um=src.pixel_size_um)
     (pred / "0001.tif").write_bytes(b"truncated by the microscope")
     out = tmp_path / "m.json"
     res = runner.invoke(app, ["metrics", str(pred), str(dataset / "testB"), "--json", str(out)])
@@ -107,8 +107,8 @@ def test_metrics_keeps_going_past_a_bad_pair(dataset, tmp_path):
 def test_metrics_stack_is_evaluated_per_plane(tmp_path, rng):
     gt = rng.random((2, 64, 64)).astype(np.float32)
     pred = np.clip(gt + 0.05, 0, 1).astype(np.float32)
-    g = io.write_tiff(tmp_path / "gt.tif", gt)
-    p = io.write_tiff(tmp_path / "p.tif", pred)
+    g = images.write_tiff(tmp_path / "gt.tif", gt)
+    p = images.write_tiff(tmp_path / "p.tif", pred)
     out = tmp_path / "m.json"
     res = runner.invoke(app, ["metrics", str(p), str(g), "--json", str(out), "--per-image"])
     assert res.exit_code == 0, res.output
@@ -139,7 +139,7 @@ def test_metrics_repeat_adds_frc_and_rejects_mismatch(dataset, tmp_path):
     assert res.exit_code == 0, res.output
     report = json.loads(out.read_text())["items"][0]["report"]
     assert report["frc_cutoff"] is not None and report["frc_resolution"] is not None
-    stack = io.write_tiff(tmp_path / "st.tif", np.zeros((2, 96, 96), np.uint16))
+    stack = images.write_tiff(tmp_path / "st.tif", np.zeros((2, 96, 96), np.uint16))
     res = runner.invoke(app, ["metrics", str(a), str(a), "--repeat", str(stack)])
     assert res.exit_code == 2
     assert "--repeat has shape" in res.output
@@ -147,9 +147,9 @@ def test_metrics_repeat_adds_frc_and_rejects_mismatch(dataset, tmp_path):
 
 def test_metrics_reports_unmatched_names_and_pixel_size_override(dataset, tmp_path):
     pred = tmp_path / "pred"
-    src = io.read_tiff(dataset / "testA" / "0000.tif")
-    io.write_tiff(pred / "0000.tif", src.data)
-    io.write_tiff(pred / "extra.tif", src.data)
+    src = images.read_tiff(dataset / "testA" / "0000.tif")
+    images.write_tiff(pred / "0000.tif", src.data)
+    images.write_tiff(pred / "extra.tif", src.data)
     out = tmp_path / "m.json"
     args = ["metrics", str(pred), str(dataset / "testB"), "--json", str(out), "--pixel-size", "0.1"]
     res = runner.invoke(app, args)

@@ -11,9 +11,9 @@ import tifffile
 from typer.testing import CliRunner
 
 from cyclesr_deploy.cli import app
-from cyclesr_deploy.manifest import LOCK_NAME
 from cyclesr_deploy.model import GeneratorConfig, ModelConfig, save_model_config
-from cyclesr_deploy.pipeline import MANIFEST_NAME
+from cyclesr_deploy.runtime.manifest import LOCK_NAME
+from cyclesr_deploy.runtime.pipeline import MANIFEST_NAME
 from tests.conftest import FakeEngine
 
 runner = CliRunner()

@@ -15,7 +15,7 @@ import pytest
 
 from cyclesr_deploy.engines import select as sel
 from cyclesr_deploy.model import GeneratorConfig
-from cyclesr_deploy.tiling import TilingConfig
+from cyclesr_deploy.runtime.tiling import TilingConfig
 
 pytestmark = pytest.mark.gpu
 
@@ -61,7 +61,7 @@ def test_whole_frame_statistics_make_cuda_tiling_exact(torch_cuda, no_tf32, size
     """Tiled (halo >= receptive-field half-width) with whole-frame statistics vs whole frame,
     both on CUDA in FP32 without TF32: within 1e-4, as on the CPU; naive tiling is reported."""
     torch = torch_cuda
-    from cyclesr_deploy.frozen_norm import predict_tiled_frozen
+    from cyclesr_deploy.engines.frozen_torch import predict_tiled_frozen
     from cyclesr_deploy.nets import build_generator
 
     gen_cfg = GeneratorConfig()  # canonical ngf 64, 9 blocks, random weights

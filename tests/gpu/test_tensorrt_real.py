@@ -177,7 +177,7 @@ def test_frozen_statistics_engines_make_tiling_match_the_whole_frame(trt, model_
     )
     from cyclesr_deploy.export.tensorrt_frozen import frozen_engines_from_onnx
     from cyclesr_deploy.model import load_model
-    from cyclesr_deploy.tiling import TilingConfig, predict_tiled
+    from cyclesr_deploy.runtime.tiling import TilingConfig, predict_tiled
 
     stats_onnx_from_checkpoint(model_dir, overwrite=True)
     tile_onnx_from_checkpoint(model_dir, overwrite=True)

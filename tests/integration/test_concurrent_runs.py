@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from cyclesr_deploy.manifest import LOCK_INFO_NAME, LOCK_NAME, MANIFEST_NAME
+from cyclesr_deploy.runtime.manifest import LOCK_INFO_NAME, LOCK_NAME, MANIFEST_NAME
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,7 +28,7 @@ _PAUSED_CLI = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from cyclesr_deploy import manifest
+    from cyclesr_deploy.runtime import manifest
 
     go = Path(sys.argv.pop(1))
     acquire = manifest.OutputLock.acquire

@@ -19,7 +19,7 @@ pytest.importorskip("onnxruntime")
 from cyclesr_deploy.builtin import DEFAULT_MODEL, builtin_model
 from cyclesr_deploy.cli import app
 from cyclesr_deploy.model import load_model
-from cyclesr_deploy.runner import EnhanceConfig, FrameRunner
+from cyclesr_deploy.runtime.runner import EnhanceConfig, FrameRunner
 
 SHAPES = {"f512": (512, 512), "f1024": (1024, 1024), "f2048x1536": (2048, 1536)}
 BIG = {"f4096": (4096, 4096)}
@@ -57,7 +57,7 @@ def _doors(tmp_path, model_dir, shapes):
     """The outputs of each entry point for the frames of ``shapes`` (default settings)."""
     from cyclesr_deploy.bench.latency import end_to_end
     from cyclesr_deploy.engines import open_engine
-    from cyclesr_deploy.enhancer import Enhancer
+    from cyclesr_deploy.runtime.enhancer import Enhancer
 
     frames = _write_inputs(tmp_path / "in", shapes)
     results: dict[str, dict[str, np.ndarray]] = {}

@@ -280,14 +280,14 @@ def test_unknown_backend(model_dir):
 def test_onnxruntime_and_torch_agree_through_the_full_pipeline(model_dir, tmp_path, tile):
     """enhance_files with each CPU backend on the same float32 stack: outputs agree <= 1e-4
     (float32 output keeps the engines' difference visible; uint16 would round it away)."""
-    from cyclesr_deploy import io
+    from cyclesr_deploy import images
     from cyclesr_deploy.engines import open_engine
     from cyclesr_deploy.model import load_model
-    from cyclesr_deploy.pipeline import EnhanceConfig, enhance_files
+    from cyclesr_deploy.runtime.pipeline import EnhanceConfig, enhance_files
     from cyclesr_deploy.synthetic import SynthConfig, simulate_pair
 
     frames = np.stack([simulate_pair(SynthConfig(size=128), s).lr for s in (1, 2, 3)])
-    src = io.write_tiff(tmp_path / "in" / "stack.tif", frames.astype(np.float32))
+    src = images.write_tiff(tmp_path / "in" / "stack.tif", frames.astype(np.float32))
     model = load_model(model_dir)
     cfg = EnhanceConfig(tile=tile, batch=2)
     outputs = {}
@@ -295,7 +295,7 @@ def test_onnxruntime_and_torch_agree_through_the_full_pipeline(model_dir, tmp_pa
         with open_engine(model_dir, backend, device="cpu") as engine:
             summary = enhance_files([src], tmp_path / backend, engine, model, cfg)
         assert summary.ok, summary.files[0].error
-        outputs[backend] = io.read_tiff(summary.files[0].output).data
+        outputs[backend] = images.read_tiff(summary.files[0].output).data
     assert outputs["torch"].shape == frames.shape
     scale = float(np.abs(outputs["torch"]).max())
     np.testing.assert_allclose(outputs["onnxruntime"], outputs["torch"], rtol=0, atol=1e-4 * scale)

@@ -38,8 +38,8 @@ from cyclesr_deploy.model import (
     load_model,
     save_model_config,
 )
-from cyclesr_deploy.pipeline import EnhanceConfig, enhance_files
-from cyclesr_deploy.tiling import TilingConfig
+from cyclesr_deploy.runtime.pipeline import EnhanceConfig, enhance_files
+from cyclesr_deploy.runtime.tiling import TilingConfig
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +88,12 @@ def test_check_writes_a_record_tied_to_the_files(folder):
 def test_check_psnr_is_the_frozen_tile_pass_psnr(folder, frames_1024):
     """The check scores the frozen *whole-frame* pass with the crops statistics; with a halo
     covering the receptive field the frozen tile pass gives the same PSNR."""
+    from cyclesr_deploy.engines.frozen_torch import (
+        check_crops_estimate,
+        predict_tiled_frozen,
+        psnr_range2,
+    )
     from cyclesr_deploy.export.onnx_export import load_generator
-    from cyclesr_deploy.frozen_norm import check_crops_estimate, predict_tiled_frozen, psnr_range2
 
     model = load_model(folder)
     x = frames_1024[0][0]
@@ -161,7 +165,7 @@ def test_enhance_follows_the_check_within_the_budget(
     assert manifest["stats_estimate"]["estimate"] == "whole"
     assert FROZEN_CHECK in manifest["stats_estimate"]["reason"]
     # a frame over the whole-frame budget: crops, with a warning (memory of a whole pass)
-    with caplog.at_level(logging.WARNING, logger="cyclesr_deploy.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="cyclesr_deploy.runtime.pipeline"):
         over, _ = _enhance(folder, stack, tmp_path / "over", whole_max_px=256 * 256)
     np.testing.assert_array_equal(over, crops)
     assert caplog.text.count("exceeds --whole-max-px") == 1  # once per run, not per frame

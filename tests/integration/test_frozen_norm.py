@@ -1,4 +1,5 @@
-"""Two-pass tiled inference with frame-level InstanceNorm statistics (cyclesr_deploy.frozen_norm).
+"""Two-pass tiled inference with frame-level InstanceNorm statistics
+(cyclesr_deploy.engines.frozen_torch).
 
 Module fixtures: the tiny CycleGAN trained for two steps (ngf 4, 1 block, RF 41 px) and a random
 canonical-architecture generator at reduced width (ngf 8, 3 blocks, RF 73 px). Frames are
@@ -15,8 +16,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from cyclesr_deploy.errors import InputError  # noqa: E402
-from cyclesr_deploy.frozen_norm import (  # noqa: E402
+from cyclesr_deploy.engines.frozen_torch import (  # noqa: E402
     FrozenInstanceNorm,
     freeze_instance_norms,
     load_packed,
@@ -27,10 +27,11 @@ from cyclesr_deploy.frozen_norm import (  # noqa: E402
     statistics_from_crops,
     statistics_from_thumbnail,
 )
+from cyclesr_deploy.errors import InputError  # noqa: E402
 from cyclesr_deploy.model import WEIGHTS, GeneratorConfig, load_model  # noqa: E402
 from cyclesr_deploy.nets import build_generator  # noqa: E402
+from cyclesr_deploy.runtime.tiling import TilingConfig  # noqa: E402
 from cyclesr_deploy.synthetic import SynthConfig, simulate_pair  # noqa: E402
-from cyclesr_deploy.tiling import TilingConfig  # noqa: E402
 
 EXACT_TOL = 1e-4  # max abs, FP32, output range [-1, 1]
 
@@ -258,7 +259,7 @@ def test_calibrated_crops_pool_with_weights_and_equal_crops_do_not(random_gen, f
 @pytest.mark.parametrize("shape", [(3, 5, 32, 48), (2, 4, 30, 37)])  # equal / uneven blocks
 def test_weighted_statistics_match_a_per_pixel_computation(shape):
     from cyclesr_deploy.engines.frozen_stats import block_index
-    from cyclesr_deploy.frozen_norm import weighted_statistics
+    from cyclesr_deploy.engines.frozen_torch import weighted_statistics
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=g) * 3 + 10  # an offset: cancellation would show

@@ -27,6 +27,13 @@ from cyclesr_deploy.engines.frozen_stats import (  # noqa: E402
     crops_for,
     padded_weights,
 )
+from cyclesr_deploy.engines.frozen_torch import (  # noqa: E402
+    compute_statistics,
+    freeze_instance_norms,
+    load_packed,
+    packed_length,
+    set_mode,
+)
 from cyclesr_deploy.errors import InputError  # noqa: E402
 from cyclesr_deploy.export.frozen_onnx import (  # noqa: E402
     KEY_FROZEN_STATS,
@@ -37,17 +44,10 @@ from cyclesr_deploy.export.frozen_onnx import (  # noqa: E402
 )
 from cyclesr_deploy.export.onnx_export import load_generator  # noqa: E402
 from cyclesr_deploy.export.parity import ort_session  # noqa: E402
-from cyclesr_deploy.frozen_norm import (  # noqa: E402
-    compute_statistics,
-    freeze_instance_norms,
-    load_packed,
-    packed_length,
-    set_mode,
-)
 from cyclesr_deploy.model import load_model  # noqa: E402
 from cyclesr_deploy.onnx_metadata import read_onnx_metadata  # noqa: E402
+from cyclesr_deploy.runtime.tiling import TilingConfig, predict_tiled  # noqa: E402
 from cyclesr_deploy.synthetic import SynthConfig, simulate_pair  # noqa: E402
-from cyclesr_deploy.tiling import TilingConfig, predict_tiled  # noqa: E402
 
 STATS_TOL = 1e-5  # max abs, relative to the vector's largest magnitude
 EXACT_TOL = 1e-4  # max abs, output range [-1, 1]

@@ -27,7 +27,7 @@ from cyclesr_deploy.engines.frozen import (
 )
 from cyclesr_deploy.errors import InputError
 from cyclesr_deploy.model import load_model
-from cyclesr_deploy.pipeline import EnhanceConfig, enhance_files
+from cyclesr_deploy.runtime.pipeline import EnhanceConfig, enhance_files
 from cyclesr_deploy.synthetic import SynthConfig, simulate_pair
 
 EXACT = 1e-4  # of the output range
@@ -100,7 +100,7 @@ def test_auto_picks_frozen_when_available(setup, reference, caplog):
     tiled = {"tile": 96, "batch": 4, "whole_max_px": 0}
     auto = _run(setup, OnnxFrozenEngine(setup["folder"]), "auto", **tiled)
     assert _err(auto, reference) < EXACT
-    with caplog.at_level(logging.WARNING, logger="cyclesr_deploy.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="cyclesr_deploy.runtime.pipeline"):
         plain = OnnxRuntimeEngine(setup["folder"], providers="cpu")
         naive = _run(setup, plain, "auto-naive", **tiled)
     assert _err(naive, reference) > 1e-2
@@ -110,7 +110,7 @@ def test_auto_picks_frozen_when_available(setup, reference, caplog):
 def test_auto_runs_frames_within_the_budget_whole(setup, reference, caplog):
     # a 256 x 256 frame within the default budget: whole-frame inference even with a plain
     # engine and 96-px tiles (exact, no per-tile warning); over a 128 x 128 budget it is tiled
-    with caplog.at_level(logging.WARNING, logger="cyclesr_deploy.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="cyclesr_deploy.runtime.pipeline"):
         plain = OnnxRuntimeEngine(setup["folder"], providers="cpu")
         auto = _run(setup, plain, "auto-whole", tile=96, batch=4)
     assert _err(auto, reference) < EXACT

@@ -21,8 +21,8 @@ import pytest
 import tifffile
 
 from cyclesr_deploy.model import GeneratorConfig, ModelConfig, NormalizationConfig
-from cyclesr_deploy.pipeline import MANIFEST_NAME, EnhanceConfig
-from cyclesr_deploy.watch import WatchConfig, watch_folder
+from cyclesr_deploy.runtime.pipeline import MANIFEST_NAME, EnhanceConfig
+from cyclesr_deploy.runtime.watch import WatchConfig, watch_folder
 from tests.conftest import FakeEngine
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -246,7 +246,7 @@ def _model2():  # scale 2 (FakeEngine nearest2): outputs show the pixel size div
 
 def test_chunk_written_plain_frames_come_out_as_2d_ome_frames(tmp_path):
     """Defect (a): one page written in pieces with 0.3-0.8 s pauses is a frame, not a stack."""
-    from cyclesr_deploy.frames import open_frames
+    from cyclesr_deploy.runtime.tiff import open_frames
 
     pauses = [0.3, 0.8, 0.5]
     files = [
@@ -282,7 +282,7 @@ def test_chunk_written_plain_frames_come_out_as_2d_ome_frames(tmp_path):
 
 def test_growing_stack_keeps_axes_and_pixel_size(tmp_path):
     """Defect (e): a growing stack comes out TYX with the pixel size / scale, never QYX."""
-    from cyclesr_deploy.frames import open_frames
+    from cyclesr_deploy.runtime.tiff import open_frames
 
     files = [{"name": "s.tif", "kind": "stack", "values": [10, 11, 12], "pixel_size": 0.3}]
     writer = _start_writer(tmp_path, files)
@@ -309,7 +309,7 @@ def test_unusable_files_fail_by_name_with_enhances_message_and_are_retried(tmp_p
     """Defects (b) and (c): C > 1, RGB, zero-byte and non-TIFF files fail (not 'incomplete'
     forever) with the shared reader's message; a failed file that changes is tried again."""
     from cyclesr_deploy.errors import InputError
-    from cyclesr_deploy.frames import open_frames
+    from cyclesr_deploy.runtime.tiff import open_frames
 
     inp = tmp_path / "in"
     inp.mkdir()

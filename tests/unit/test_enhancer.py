@@ -9,11 +9,11 @@ import pytest
 
 import cyclesr_deploy.engines as engines
 import cyclesr_deploy.model as model_mod
-from cyclesr_deploy.enhancer import Enhancer
 from cyclesr_deploy.errors import InputError
 from cyclesr_deploy.model import GeneratorConfig, ModelConfig, NormalizationConfig
-from cyclesr_deploy.pipeline import EnhanceConfig, enhance_files
-from cyclesr_deploy.runner import FrameRunner
+from cyclesr_deploy.runtime.enhancer import Enhancer
+from cyclesr_deploy.runtime.pipeline import EnhanceConfig, enhance_files
+from cyclesr_deploy.runtime.runner import FrameRunner
 from tests.conftest import FakeEngine
 
 

@@ -1,4 +1,4 @@
-"""Streaming TIFF reading and writing (cyclesr_deploy.frames)."""
+"""Streaming TIFF reading and writing (cyclesr_deploy.runtime.tiff)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 import tifffile
 
 from cyclesr_deploy.errors import InputError
-from cyclesr_deploy.frames import open_frames, output_info, read_frames, write_frames
-from cyclesr_deploy.io import read_tiff
+from cyclesr_deploy.images import read_tiff
+from cyclesr_deploy.runtime.tiff import open_frames, output_info, read_frames, write_frames
 
 
 def _data(rng, shape, dtype):
@@ -249,8 +249,8 @@ def _huge_header(path, side: int) -> None:
 
 
 def test_frame_larger_than_available_memory_is_refused_before_allocating(tmp_path, monkeypatch):
-    import cyclesr_deploy.frames as frames_mod
-    from cyclesr_deploy import io
+    import cyclesr_deploy.runtime.tiff as frames_mod
+    from cyclesr_deploy import images
 
     path = tmp_path / "huge.tif"
     _huge_header(path, 100_000)
@@ -260,14 +260,14 @@ def test_frame_larger_than_available_memory_is_refused_before_allocating(tmp_pat
         raise AssertionError("pixels decoded")
 
     monkeypatch.setattr(tifffile.TiffPage, "asarray", no_decode)
-    for read in (open_frames, io.read_tiff, lambda p: frames_mod.read_page(p, 0)):
+    for read in (open_frames, images.read_tiff, lambda p: frames_mod.read_page(p, 0)):
         with pytest.raises(InputError, match=r"100000 x 100000 uint16 .* 18\.6 GiB") as info:
             read(path)
         assert str(path) in str(info.value)
 
 
 def test_available_memory_is_known_here_and_refuses_a_terabyte_frame(tmp_path):
-    from cyclesr_deploy.frames import available_memory
+    from cyclesr_deploy.runtime.tiff import available_memory
 
     assert available_memory() is not None and available_memory() > 2**20
     path = tmp_path / "tera.tif"
@@ -277,7 +277,7 @@ def test_available_memory_is_known_here_and_refuses_a_terabyte_frame(tmp_path):
 
 
 def test_growing_stack_appender_keeps_axes_and_pixel_size(tmp_path, rng):
-    from cyclesr_deploy.frames import StackAppender, probe_pages
+    from cyclesr_deploy.runtime.tiff import StackAppender, probe_pages
 
     data = rng.integers(0, 999, size=(3, 16, 20), dtype=np.uint16)
     src = tmp_path / "in.ome.tif"
@@ -299,7 +299,7 @@ def test_growing_stack_appender_keeps_axes_and_pixel_size(tmp_path, rng):
 
 
 def test_unnamed_page_stack_comes_out_t_with_resolution_pixel_size(tmp_path, rng):
-    from cyclesr_deploy.frames import StackAppender, probe_pages
+    from cyclesr_deploy.runtime.tiff import StackAppender, probe_pages
 
     src = tmp_path / "plain.tif"
     with tifffile.TiffWriter(src) as tw:
@@ -318,7 +318,7 @@ def test_unnamed_page_stack_comes_out_t_with_resolution_pixel_size(tmp_path, rng
 
 
 def test_appender_failure_removes_the_part(tmp_path, monkeypatch):
-    from cyclesr_deploy.frames import StackAppender, StackInfo
+    from cyclesr_deploy.runtime.tiff import StackAppender, StackInfo
 
     info = StackInfo(None, "TYX", (2, 8, 8), np.dtype(np.uint16))
     app = StackAppender(tmp_path / "o.tif", info)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from cyclesr_deploy import io
+from cyclesr_deploy import images, io
 from cyclesr_deploy.errors import InputError
 
 
@@ -18,8 +18,8 @@ def _sha(path):
 
 def test_roundtrip_keeps_data_axes_pixel_size_and_description(tmp_path, rng):
     data = rng.integers(0, 65535, size=(3, 32, 40), dtype=np.uint16)
-    path = io.write_tiff(tmp_path / "s.tif", data, pixel_size_um=0.045, description={"seed": 7})
-    img = io.read_tiff(path)
+    path = images.write_tiff(tmp_path / "s.tif", data, pixel_size_um=0.045, description={"seed": 7})
+    img = images.read_tiff(path)
     np.testing.assert_array_equal(img.data, data)
     assert img.axes == "TYX"
     assert img.pixel_size_um == pytest.approx(0.045)
@@ -30,9 +30,9 @@ def test_roundtrip_keeps_data_axes_pixel_size_and_description(tmp_path, rng):
 def test_fixed_uuid_makes_files_byte_identical(tmp_path):
     data = np.arange(64, dtype=np.uint8).reshape(8, 8)
     uid = io.deterministic_uuid(3, "a")
-    a = io.write_tiff(tmp_path / "a.tif", data, uid=uid)
-    b = io.write_tiff(tmp_path / "b.tif", data, uid=uid)
-    c = io.write_tiff(tmp_path / "c.tif", data, uid=io.deterministic_uuid(4, "a"))
+    a = images.write_tiff(tmp_path / "a.tif", data, uid=uid)
+    b = images.write_tiff(tmp_path / "b.tif", data, uid=uid)
+    c = images.write_tiff(tmp_path / "c.tif", data, uid=io.deterministic_uuid(4, "a"))
     assert _sha(a) == _sha(b) != _sha(c)
 
 
@@ -42,7 +42,7 @@ def test_fixed_uuid_makes_files_byte_identical(tmp_path):
 )
 def test_disk_full_names_the_file_keeps_previous_and_no_part(tmp_path, monkeypatch, failure):
     target = tmp_path / "x.tif"
-    io.write_tiff(target, np.zeros((4, 4), np.uint16))
+    images.write_tiff(target, np.zeros((4, 4), np.uint16))
     before = _sha(target)
     real_write = tifffile.TiffWriter.write
 
@@ -52,7 +52,7 @@ def test_disk_full_names_the_file_keeps_previous_and_no_part(tmp_path, monkeypat
 
     monkeypatch.setattr(tifffile.TiffWriter, "write", short_write)
     with pytest.raises(OSError, match="no space left on device") as info:
-        io.write_tiff(target, np.ones((4, 4), np.uint16))
+        images.write_tiff(target, np.ones((4, 4), np.uint16))
     assert info.value.errno == errno.ENOSPC and str(target) in str(info.value)
     assert "requested" not in str(info.value)
     assert _sha(target) == before
@@ -64,7 +64,7 @@ def test_real_enospc_from_dev_full(tmp_path):
     target = tmp_path / "y.tif"
     (tmp_path / "y.tif.part").symlink_to("/dev/full")  # every write: ENOSPC
     with pytest.raises(OSError, match="no space left on device") as info:
-        io.write_tiff(target, np.ones((256, 256), np.uint16))
+        images.write_tiff(target, np.ones((256, 256), np.uint16))
     assert str(target) in str(info.value)
     assert not target.exists() and not list(tmp_path.glob("*.part"))
 
@@ -75,21 +75,21 @@ def test_other_write_errors_are_not_called_disk_full(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tifffile.TiffWriter, "write", fail)
     with pytest.raises(OSError, match="Permission denied"):
-        io.write_tiff(tmp_path / "z.tif", np.ones((4, 4), np.uint16))
+        images.write_tiff(tmp_path / "z.tif", np.ones((4, 4), np.uint16))
     assert not list(tmp_path.glob("*.part"))
 
 
 def test_refuses_overwrite_when_asked(tmp_path):
-    target = io.write_tiff(tmp_path / "x.tif", np.zeros((4, 4), np.uint8))
+    target = images.write_tiff(tmp_path / "x.tif", np.zeros((4, 4), np.uint8))
     with pytest.raises(FileExistsError):
-        io.write_tiff(target, np.zeros((4, 4), np.uint8), overwrite=False)
+        images.write_tiff(target, np.zeros((4, 4), np.uint8), overwrite=False)
 
 
 def test_unsupported_dtype_and_bad_axes_are_input_errors(tmp_path):
     with pytest.raises(InputError, match="dtype"):
-        io.write_tiff(tmp_path / "x.tif", np.zeros((4, 4), np.int64))
+        images.write_tiff(tmp_path / "x.tif", np.zeros((4, 4), np.int64))
     with pytest.raises(InputError, match="axes"):
-        io.write_tiff(tmp_path / "x.tif", np.zeros((4, 4), np.uint8), axes="TYX")
+        images.write_tiff(tmp_path / "x.tif", np.zeros((4, 4), np.uint8), axes="TYX")
     assert not (tmp_path / "x.tif").exists()
 
 
@@ -102,24 +102,24 @@ def test_imagej_resolution_is_read(tmp_path):
         resolution=(1 / 0.1, 1 / 0.1),
         metadata={"unit": "um"},
     )
-    assert io.read_tiff(path).pixel_size_um == pytest.approx(0.1)
+    assert images.read_tiff(path).pixel_size_um == pytest.approx(0.1)
 
 
 def test_read_image2d_drops_singletons_and_rejects_stacks(tmp_path):
-    one = io.write_tiff(tmp_path / "one.tif", np.zeros((1, 8, 8), np.uint16))
-    assert io.read_image2d(one).data.shape == (8, 8)
-    stack = io.write_tiff(tmp_path / "st.tif", np.zeros((2, 8, 8), np.uint16))
+    one = images.write_tiff(tmp_path / "one.tif", np.zeros((1, 8, 8), np.uint16))
+    assert images.read_image2d(one).data.shape == (8, 8)
+    stack = images.write_tiff(tmp_path / "st.tif", np.zeros((2, 8, 8), np.uint16))
     with pytest.raises(InputError, match="2-D"):
-        io.read_image2d(stack, name="GT")
+        images.read_image2d(stack, name="GT")
 
 
 def test_missing_and_garbage_files_are_input_errors(tmp_path):
     with pytest.raises(InputError, match="no such file"):
-        io.read_tiff(tmp_path / "nope.tif")
+        images.read_tiff(tmp_path / "nope.tif")
     bad = tmp_path / "bad.tif"
     bad.write_bytes(b"not a tiff at all")
     with pytest.raises(InputError, match="not a readable TIFF"):
-        io.read_tiff(bad)
+        images.read_tiff(bad)
 
 
 @pytest.mark.parametrize(("unit", "value", "expected_um"), [("nm", 45.0, 0.045), ("μm", 0.2, 0.2)])
@@ -127,4 +127,4 @@ def test_ome_pixel_size_units_are_converted(tmp_path, unit, value, expected_um):
     path = tmp_path / "u.ome.tif"
     meta = {"axes": "YX", "PhysicalSizeX": value, "PhysicalSizeXUnit": unit}
     tifffile.imwrite(path, np.zeros((8, 8), np.uint16), ome=True, metadata=meta)
-    assert io.read_tiff(path).pixel_size_um == pytest.approx(expected_um)
+    assert images.read_tiff(path).pixel_size_um == pytest.approx(expected_um)

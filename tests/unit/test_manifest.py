@@ -1,5 +1,5 @@
-"""The output folder's manifest and lock (cyclesr_deploy.manifest), and enhance_files' use of
-the lock (fake engine, numpy only)."""
+"""The output folder's manifest and lock (cyclesr_deploy.runtime.manifest), and enhance_files'
+use of the lock (fake engine, numpy only)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ import pytest
 import tifffile
 
 from cyclesr_deploy.errors import InputError
-from cyclesr_deploy.manifest import (
+from cyclesr_deploy.model import GeneratorConfig, ModelConfig
+from cyclesr_deploy.runtime.manifest import (
     LOCK_INFO_NAME,
     LOCK_NAME,
     MANIFEST_NAME,
@@ -26,8 +27,7 @@ from cyclesr_deploy.manifest import (
     OutputLock,
     manifest_header,
 )
-from cyclesr_deploy.model import GeneratorConfig, ModelConfig
-from cyclesr_deploy.pipeline import EnhanceConfig, collect_inputs, enhance_files
+from cyclesr_deploy.runtime.pipeline import EnhanceConfig, collect_inputs, enhance_files
 from tests.conftest import FakeEngine
 
 REPO = Path(__file__).resolve().parents[2]
@@ -159,7 +159,7 @@ def test_lock_is_released_on_interrupt(tmp_path):
 _HOLDER = textwrap.dedent(
     """
     import sys, time
-    from cyclesr_deploy.manifest import OutputLock
+    from cyclesr_deploy.runtime.manifest import OutputLock
     lock = OutputLock(sys.argv[1], command="cyclesr enhance")
     lock.acquire()
     print("held", flush=True)

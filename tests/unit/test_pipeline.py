@@ -12,17 +12,17 @@ import tifffile
 from pydantic import ValidationError
 
 from cyclesr_deploy.errors import InputError
-from cyclesr_deploy.frames import FrameReader
-from cyclesr_deploy.manifest import LOCK_NAME
 from cyclesr_deploy.model import GeneratorConfig, ModelConfig, NormalizationConfig
 from cyclesr_deploy.normalization import IntensityMapping, frame_percentiles
-from cyclesr_deploy.pipeline import (
+from cyclesr_deploy.runtime.manifest import LOCK_NAME
+from cyclesr_deploy.runtime.pipeline import (
     MANIFEST_NAME,
     EnhanceConfig,
     collect_inputs,
     enhance_files,
 )
-from cyclesr_deploy.runner import FrameRunner
+from cyclesr_deploy.runtime.runner import FrameRunner
+from cyclesr_deploy.runtime.tiff import FrameReader
 from tests.conftest import FakeEngine
 
 TILED = EnhanceConfig(tile=16, overlap=8, batch=3, whole_max_px=0)  # tiles even where whole fits
@@ -371,7 +371,7 @@ def test_flat_frame_mapping_is_finite():
 
 def test_fit_to_engine_caps_batch_and_tile_for_static_engines():
     from cyclesr_deploy.engines.base import TensorSpec
-    from cyclesr_deploy.pipeline import EnhanceConfig, fit_to_engine
+    from cyclesr_deploy.runtime.pipeline import EnhanceConfig, fit_to_engine
 
     def spec(max_batch=None, max_tile=None, min_tile=None):
         return TensorSpec(
@@ -400,7 +400,7 @@ def test_cli_whole_frame_budget_default_is_the_pipelines():
     import inspect
 
     from cyclesr_deploy.cli.enhance import enhance
-    from cyclesr_deploy.pipeline import WHOLE_MAX_PX
+    from cyclesr_deploy.runtime.pipeline import WHOLE_MAX_PX
 
     default = inspect.signature(enhance).parameters["whole_max_px"].default
     assert default.default == WHOLE_MAX_PX == EnhanceConfig().whole_max_px

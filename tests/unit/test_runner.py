@@ -9,7 +9,7 @@ import pytest
 
 from cyclesr_deploy.errors import InputError
 from cyclesr_deploy.model import GeneratorConfig, ModelConfig, NormalizationConfig
-from cyclesr_deploy.runner import EnhanceConfig, FrameRunner
+from cyclesr_deploy.runtime.runner import EnhanceConfig, FrameRunner
 from tests.conftest import FakeEngine
 
 
@@ -92,7 +92,7 @@ def test_frames_below_the_minimum_are_refused_clearly(shape):
 
 def test_naive_tiling_warns_once(caplog):
     model = _model()
-    with caplog.at_level(logging.WARNING, logger="cyclesr_deploy.runner"):
+    with caplog.at_level(logging.WARNING, logger="cyclesr_deploy.runtime.runner"):
         runner = FrameRunner(
             FakeEngine(), model, EnhanceConfig(tiling_mode="naive", tile=32, overlap=8)
         )
@@ -101,7 +101,7 @@ def test_naive_tiling_warns_once(caplog):
     warnings = [r for r in caplog.records if "naive" in r.getMessage()]
     assert len(warnings) == 1 and "seam" in warnings[0].getMessage()
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="cyclesr_deploy.runner"):
+    with caplog.at_level(logging.WARNING, logger="cyclesr_deploy.runtime.runner"):
         FrameRunner(
             FakeEngine(), _model("none"), EnhanceConfig(tiling_mode="naive", tile=32, overlap=8)
         )
@@ -110,7 +110,7 @@ def test_naive_tiling_warns_once(caplog):
 
 def test_auto_without_frozen_engine_warns_once_and_tiles(caplog):
     runner = FrameRunner(FakeEngine(), _model(), EnhanceConfig(tile=32, overlap=8, whole_max_px=0))
-    with caplog.at_level(logging.WARNING, logger="cyclesr_deploy.runner"):
+    with caplog.at_level(logging.WARNING, logger="cyclesr_deploy.runtime.runner"):
         assert runner.plan((64, 96)).mode == "tiles"
         assert runner.plan((96, 96)).mode == "tiles"
     assert sum("frozen" in r.getMessage() for r in caplog.records) == 1

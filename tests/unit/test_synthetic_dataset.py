@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cyclesr_deploy.errors import InputError
-from cyclesr_deploy.io import read_tiff
+from cyclesr_deploy.images import read_tiff
 from cyclesr_deploy.synthetic import SynthConfig, generate_dataset
 from cyclesr_deploy.synthetic.dataset import SPLITS
 from cyclesr_deploy.synthetic.simulate import child, simulate_sample

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cyclesr_deploy.errors import InputError
-from cyclesr_deploy.tiling import (
+from cyclesr_deploy.runtime.tiling import (
     BLENDS,
     Blender,
     TiledPredictor,

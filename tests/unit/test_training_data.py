@@ -11,7 +11,7 @@ import pytest
 import tifffile
 
 from cyclesr_deploy.errors import InputError
-from cyclesr_deploy.io import write_tiff
+from cyclesr_deploy.images import write_tiff
 from cyclesr_deploy.model import NormalizationConfig
 from cyclesr_deploy.synthetic import SynthConfig, generate_dataset
 from cyclesr_deploy.training.data import (

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import tifffile
 
-import cyclesr_deploy.watch as watch_mod
+import cyclesr_deploy.runtime.watch as watch_mod
 from cyclesr_deploy.model import GeneratorConfig, ModelConfig, NormalizationConfig
-from cyclesr_deploy.pipeline import MANIFEST_NAME, EnhanceConfig, enhance_files
-from cyclesr_deploy.watch import WatchConfig, probe_pages, watch_folder
+from cyclesr_deploy.runtime.pipeline import MANIFEST_NAME, EnhanceConfig, enhance_files
+from cyclesr_deploy.runtime.watch import WatchConfig, probe_pages, watch_folder
 from tests.conftest import FakeEngine
 
 
@@ -227,7 +227,7 @@ def test_disk_full_on_a_stack_output_is_a_named_failure(tmp_path, monkeypatch):
 
 
 def test_announced_tzyx_stack_keeps_its_axes_and_ome_metadata(tmp_path):
-    from cyclesr_deploy.frames import open_frames
+    from cyclesr_deploy.runtime.tiff import open_frames
 
     inp = tmp_path / "in"
     inp.mkdir()

@@ -2,15 +2,15 @@
 
 :func:`watch_folder` runs two threads:
 
-* the **scanner** (background thread, :class:`~cyclesr_deploy.watch_scan.Scanner`) lists
+* the **scanner** (background thread, :class:`~cyclesr_deploy.runtime.watch_scan.Scanner`) lists
   the input folder (``os.scandir``) every ``poll`` seconds (and at once on a filesystem
   event when the optional ``watchdog`` package is installed and ``use_events``). It
   decides when pages are complete (below) and appends references to them, in the order
   they became complete, to the backlog;
 * the **worker** (the calling thread, where the engine was entered) takes one page at a
   time from the backlog (:class:`_Backlog`), reads it, enhances it
-  (:class:`~cyclesr_deploy.runner.FrameRunner`) and writes it
-  (:class:`~cyclesr_deploy.watch_output.Outputs`). Only the page being processed is in
+  (:class:`~cyclesr_deploy.runtime.runner.FrameRunner`) and writes it
+  (:class:`~cyclesr_deploy.runtime.watch_output.Outputs`). Only the page being processed is in
   memory: the backlog holds (file, page) references, the pixels stay on disk, so memory is
   bounded however far behind the engine is.
 
@@ -22,19 +22,20 @@ pieces is one frame, never a stack: a stack needs a second page IFD). Any parse 
 error (Windows refuses reads of a file being written) means "not ready yet" while the file
 changes. A file that stops changing (``stable`` s) and is no readable single-channel TIFF
 (zero bytes, not a TIFF, RGB, C > 1, an unsupported dtype) fails with the message ``cyclesr
-enhance`` gives (the same checks, :func:`~cyclesr_deploy.frames.check_layout`; manifest
+enhance`` gives (the same checks, :func:`~cyclesr_deploy.runtime.tiff.check_layout`; manifest
 ``failed``, counted as failed) and is tried again if it changes. A readable TIFF whose data
 stay short (truncated) is reported ``incomplete`` and watched again if it changes.
 
 Files. A file whose TIFF metadata announce one frame (or holds one page and announces
-nothing) is a frame file: its output is written with :func:`~cyclesr_deploy.frames.write_frames`
-(``name.part`` then renamed; metadata carried over). Any other file is a growing stack: its
-enhanced pages are appended to ``OUT/name.part`` as they complete, and the ``.part`` is
-renamed to ``OUT/name`` when the announced number of pages is reached, after ``idle``
-seconds without growth, or when the watch stops; so an output is never observed half
-written. If the stack grows again later, the pages so far are copied into a new ``.part``
-and the new pages appended (:class:`~cyclesr_deploy.frames.StackAppender`: OME-TIFF with the
-input's axes, ``T`` for unnamed pages, and the pixel size divided by the scale).
+nothing) is a frame file: its output is written with
+:func:`~cyclesr_deploy.runtime.tiff.write_frames` (``name.part`` then renamed; metadata
+carried over). Any other file is a growing stack: its enhanced pages are appended to
+``OUT/name.part`` as they complete, and the ``.part`` is renamed to ``OUT/name`` when the
+announced number of pages is reached, after ``idle`` seconds without growth, or when the watch
+stops; so an output is never observed half written. If the stack grows again later, the pages
+so far are copied into a new ``.part`` and the new pages appended
+(:class:`~cyclesr_deploy.runtime.tiff.StackAppender`: OME-TIFF with the input's axes, ``T``
+for unnamed pages, and the pixel size divided by the scale).
 
 Backlog policy (``when_behind``): ``queue`` processes every page in order; a backlog above
 ``queue_size`` is logged as a warning (nothing is ever dropped). ``latest`` always takes the
@@ -68,12 +69,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cyclesr_deploy.engines.base import Engine
 from cyclesr_deploy.errors import InputError
-from cyclesr_deploy.frames import PageProbe, probe_pages
-from cyclesr_deploy.manifest import MANIFEST_NAME, Manifest, OutputLock, manifest_header
 from cyclesr_deploy.model import ModelConfig
-from cyclesr_deploy.runner import EnhanceConfig, FrameRunner
-from cyclesr_deploy.watch_output import Outputs
-from cyclesr_deploy.watch_scan import Close, Item, Scanner, State
+from cyclesr_deploy.runtime.manifest import MANIFEST_NAME, Manifest, OutputLock, manifest_header
+from cyclesr_deploy.runtime.runner import EnhanceConfig, FrameRunner
+from cyclesr_deploy.runtime.tiff import PageProbe, probe_pages
+from cyclesr_deploy.runtime.watch_output import Outputs
+from cyclesr_deploy.runtime.watch_scan import Close, Item, Scanner, State
 
 __all__ = [
     "PageProbe",

@@ -11,8 +11,9 @@ memory stays bounded whatever the stack length::
       -> blend thread   FrameWork.add / result: blended, back to the input dtype (clip, round)
       -> writer thread  write_frames: <name>.part, renamed when complete; manifest
 
-The stages are those of :class:`~cyclesr_deploy.runner.FrameRunner` (the one frame runner that
-``watch`` and ``Enhancer`` call frame by frame), so a frame comes out bit-identical either way.
+The stages are those of :class:`~cyclesr_deploy.runtime.runner.FrameRunner` (the one frame
+runner that ``watch`` and ``Enhancer`` call frame by frame), so a frame comes out bit-identical
+either way.
 
 Errors are per file: an exception in any stage marks that file failed (its ``.part`` is
 removed), the stages drop its remaining items, and the next file goes on. KeyboardInterrupt
@@ -39,8 +40,8 @@ from pydantic import BaseModel
 
 from cyclesr_deploy.engines.base import Engine
 from cyclesr_deploy.errors import InputError
-from cyclesr_deploy.frames import TIFF_SUFFIXES, StackInfo, open_frames, output_info, write_frames
-from cyclesr_deploy.manifest import (
+from cyclesr_deploy.model import ModelConfig
+from cyclesr_deploy.runtime.manifest import (
     MANIFEST_NAME,
     FileResult,
     Manifest,
@@ -48,15 +49,21 @@ from cyclesr_deploy.manifest import (
     Status,
     manifest_header,
 )
-from cyclesr_deploy.manifest import utc_now as _now
-from cyclesr_deploy.model import ModelConfig
-from cyclesr_deploy.runner import (
+from cyclesr_deploy.runtime.manifest import utc_now as _now
+from cyclesr_deploy.runtime.runner import (
     WHOLE_MAX_PX,
     EnhanceConfig,
     FrameRunner,
     FrameWork,
     TileBatch,
     fit_to_engine,
+)
+from cyclesr_deploy.runtime.tiff import (
+    TIFF_SUFFIXES,
+    StackInfo,
+    open_frames,
+    output_info,
+    write_frames,
 )
 
 __all__ = [
@@ -249,34 +256,20 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-class _Run:
-    """One run of the staged pipeline over ``jobs``."""
+class _Stages:
+    """Threads joined by bounded queues that give up when the run stops: ``stop`` (fatal error
+    or hard stop) ends every stage, ``stop_up`` (an interrupt) only those before the engine
+    (``up``), while the stages after it finish complete files."""
 
-    def __init__(
-        self,
-        jobs: list[_Job],
-        runner: FrameRunner,
-        manifest: Manifest,
-        on_progress: Callable[[ProgressEvent], None] | None,
-        results: dict[int, FileResult],
-    ) -> None:
-        self.jobs, self.runner, self.cfg = jobs, runner, runner.cfg
-        self.manifest, self.on_progress, self.results = manifest, on_progress, results
+    def __init__(self, queue_size: int) -> None:
         self.stop = threading.Event()
         self.stop_up = threading.Event()
-        self._in_engine: _Job | None = None  # between its start and end in the engine stage
         self.fatal: list[BaseException] = []
-        self._threads: dict[str, threading.Thread] = {}
-        size = self.cfg.queue_size
-        self.q_read: queue.Queue[Any] = queue.Queue(size)
-        self.q_prep: queue.Queue[Any] = queue.Queue(size)
-        self.q_infer: queue.Queue[Any] = queue.Queue(size)
-        self.q_out: queue.Queue[Any] = queue.Queue(size)
-        self.frames_done = 0
-        self.megapixels = 0.0
+        self.q_read: queue.Queue[Any] = queue.Queue(queue_size)
+        self.q_prep: queue.Queue[Any] = queue.Queue(queue_size)
+        self.q_infer: queue.Queue[Any] = queue.Queue(queue_size)
+        self.q_out: queue.Queue[Any] = queue.Queue(queue_size)
 
-    # queue helpers that give up when the run stops (``up``: a stage before the engine, which
-    # also stops on an interrupt while the stages after the engine finish complete files)
     def _stopped(self, up: bool) -> bool:
         return self.stop.is_set() or (up and self.stop_up.is_set())
 
@@ -306,6 +299,27 @@ class _Run:
                 self.stop.set()
 
         return run
+
+
+class _Run(_Stages):
+    """One run of the staged pipeline over ``jobs``: the frame runner's stages (prep, engine,
+    blend) between a reader and a writer thread."""
+
+    def __init__(
+        self,
+        jobs: list[_Job],
+        runner: FrameRunner,
+        manifest: Manifest,
+        on_progress: Callable[[ProgressEvent], None] | None,
+        results: dict[int, FileResult],
+    ) -> None:
+        super().__init__(runner.cfg.queue_size)
+        self.jobs, self.runner, self.cfg = jobs, runner, runner.cfg
+        self.manifest, self.on_progress, self.results = manifest, on_progress, results
+        self._in_engine: _Job | None = None  # between its start and end in the engine stage
+        self._threads: dict[str, threading.Thread] = {}
+        self.frames_done = 0
+        self.megapixels = 0.0
 
     def run(self) -> None:
         stages = {"reader": self._reader, "prep": self._prep}
@@ -598,7 +612,7 @@ def enhance_files(
 ) -> EnhanceSummary:
     """Enhance each TIFF of ``inputs`` with ``engine`` (entered by the caller) into ``out_dir``.
 
-    The run holds ``out_dir``'s :class:`~cyclesr_deploy.manifest.OutputLock` from before the
+    The run holds ``out_dir``'s :class:`~cyclesr_deploy.runtime.manifest.OutputLock` from before the
     manifest is read to the end (also on errors and interrupts): a run into a folder that
     another run holds raises InputError naming the holder and writes nothing. ``lock``: that
     lock, already held by the caller (e.g. taken before opening a slow engine, so that a second

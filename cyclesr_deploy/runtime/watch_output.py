@@ -1,5 +1,6 @@
 """Watch mode, output side: enhance a queued page and write it (a frame file's output, or the
-next page of a growing stack's ``.part``), and record it (see :mod:`cyclesr_deploy.watch`)."""
+next page of a growing stack's ``.part``), and record it (see
+:mod:`cyclesr_deploy.runtime.watch`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from cyclesr_deploy.errors import InputError
-from cyclesr_deploy.frames import (
+from cyclesr_deploy.runtime.tiff import (
     StackAppender,
     StackInfo,
     open_frames,
@@ -19,14 +20,14 @@ from cyclesr_deploy.frames import (
     read_page,
     write_frames,
 )
-from cyclesr_deploy.watch_scan import Item, Source, State
+from cyclesr_deploy.runtime.watch_scan import Item, Source, State
 
-log = logging.getLogger("cyclesr_deploy.watch")
+log = logging.getLogger("cyclesr_deploy.runtime.watch")
 
 
 class Outputs:
     """Turns backlog items into written outputs with ``enhance`` (2-D frame in, enhanced frame
-    out: the frame runner); every output goes through :mod:`cyclesr_deploy.frames`."""
+    out: the frame runner); every output goes through :mod:`cyclesr_deploy.runtime.tiff`."""
 
     def __init__(
         self,

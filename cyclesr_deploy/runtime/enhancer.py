@@ -1,6 +1,6 @@
 """Enhance frames from Python: one frame at a time, a stream of them, or inside acquisition.
 
-    from cyclesr_deploy.enhancer import Enhancer
+    from cyclesr_deploy.runtime.enhancer import Enhancer
     with Enhancer("models/my-model", backend="auto") as enhancer:
         hr = enhancer(lr)                        # (H, W) -> (H*s, W*s), same dtype
         for hr in enhancer.stream(frames):       # any iterable of frames, lazily
@@ -18,7 +18,7 @@ napari: ``enhancer`` is a plain ``ndarray -> ndarray`` function (2-D frame, or a
 last two axes are Y and X), so it can be used directly as a magicgui/napari function
 ``def sr(image: ImageData) -> ImageData: return enhancer(image)``.
 
-Frames go through :class:`~cyclesr_deploy.runner.FrameRunner`, the one frame runner of
+Frames go through :class:`~cyclesr_deploy.runtime.runner.FrameRunner`, the one frame runner of
 ``cyclesr enhance`` and ``cyclesr watch``: the same settings give bit-identical output.
 """
 
@@ -34,7 +34,7 @@ import numpy as np
 from cyclesr_deploy.engines.base import Engine
 from cyclesr_deploy.errors import InputError
 from cyclesr_deploy.model import ModelConfig
-from cyclesr_deploy.runner import WHOLE_MAX_PX, EnhanceConfig, FrameRunner
+from cyclesr_deploy.runtime.runner import WHOLE_MAX_PX, EnhanceConfig, FrameRunner
 
 __all__ = ["Enhancer"]
 

@@ -44,7 +44,7 @@ from cyclesr_deploy.engines.base import (
 from cyclesr_deploy.errors import InputError
 from cyclesr_deploy.model import ModelConfig
 from cyclesr_deploy.normalization import IntensityMapping
-from cyclesr_deploy.tiling import (
+from cyclesr_deploy.runtime.tiling import (
     BLENDS,
     Blender,
     TilePlan,

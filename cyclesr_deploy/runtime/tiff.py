@@ -1,12 +1,12 @@
 """The TIFF layer: every TIFF the package reads or writes goes through this module (tifffile).
 
 * reading: :class:`FrameReader`/:func:`open_frames` (lazy frames, the input rules of
-  :func:`check_layout`), :func:`read_stack` (a whole series, any layout: ``io.read_tiff``);
+  :func:`check_layout`), :func:`read_stack` (a whole series, any layout: ``images.read_tiff``);
 * files still being written: :func:`probe_pages` (complete pages, announced count, refusals)
   and :func:`read_page` (one complete page of a growing file);
 * writing: :func:`write_frames` (a stack of known size) and :class:`StackAppender` (a stack
   that grows), both atomic (``name.part``, renamed when complete) and keeping axes, metadata
-  and the pixel size divided by the scale (:func:`output_info`); ``io.write_tiff`` wraps
+  and the pixel size divided by the scale (:func:`output_info`); ``images.write_tiff`` wraps
   :func:`write_frames`;
 * resources: a frame (or a series read whole) is checked against :func:`available_memory`
   before anything is decoded; a full disk is reported as "no space left on device" with the
@@ -46,7 +46,7 @@ import threading
 import uuid
 import warnings
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -56,11 +56,12 @@ import tifffile
 
 from cyclesr_deploy import __version__
 from cyclesr_deploy.errors import InputError
-from cyclesr_deploy.io import _ome_pixel_size, _tag_pixel_size, atomic_path, disk_full
+from cyclesr_deploy.io import atomic_path, disk_full
 
 __all__ = [
     "SUPPORTED_DTYPES",
     "TIFF_SUFFIXES",
+    "UNIT_TO_UM",
     "Frame",
     "FrameReader",
     "PageProbe",
@@ -69,12 +70,14 @@ __all__ = [
     "available_memory",
     "check_layout",
     "check_memory",
+    "ome_pixel_size",
     "open_frames",
     "output_info",
     "probe_pages",
     "read_frames",
     "read_page",
     "read_stack",
+    "tag_pixel_size",
     "write_frames",
 ]
 
@@ -86,6 +89,19 @@ SUPPORTED_DTYPES: tuple[np.dtype, ...] = (
 TiffKind = Literal["ome", "imagej", "tiff"]
 
 # axes tifffile's OME writer accepts (TZCYX plus the modulo/extra dimensions it maps)
+UNIT_TO_UM = {
+    "nm": 1e-3,
+    "µm": 1.0,  # MICRO SIGN U+00B5
+    "μm": 1.0,  # GREEK SMALL LETTER MU U+03BC
+    "um": 1.0,
+    "micron": 1.0,
+    "\\u00B5m": 1.0,
+    "mm": 1e3,
+    "cm": 1e4,
+    "m": 1e6,
+}
+
+
 TIFF_SUFFIXES = (".tif", ".tiff")  # what counts as a TIFF file name (case-insensitive)
 _OME_AXES = set("TZCYXQRAPHEL")
 # ImageJ metadata kept from input to output (display ranges are dropped: intensities change)
@@ -102,7 +118,7 @@ _IMAGEJ_KEYS = (
     "tunit",
     "zunit",
 )
-_BIGTIFF_BYTES = 2**31 - 2**25  # as io.write_tiff: above ~2 GiB
+_BIGTIFF_BYTES = 2**31 - 2**25  # as images.write_tiff: above ~2 GiB
 _MAX_NON_STREAMABLE = (
     2**30
 )  # layouts that cannot be read frame by frame are loaded whole up to 1 GiB
@@ -190,6 +206,41 @@ def _err(path: Path, msg: str) -> InputError:
     return InputError(f"{path}: {msg}")
 
 
+def ome_pixel_size(ome_xml: str) -> float | None:
+    """The pixel size in µm of the first ``Pixels`` of an OME-XML, or None."""
+    try:
+        root = ET.fromstring(ome_xml)
+    except ET.ParseError:
+        return None
+    for el in root.iter():
+        if el.tag.endswith("Pixels") and "PhysicalSizeX" in el.attrib:
+            unit = el.attrib.get("PhysicalSizeXUnit", "µm")
+            scale = UNIT_TO_UM.get(unit)
+            return float(el.attrib["PhysicalSizeX"]) * scale if scale else None
+    return None
+
+
+def tag_pixel_size(page: tifffile.TiffPage, imagej: Mapping[str, Any] | None) -> float | None:
+    """The pixel size in µm from a page's resolution tags (and ImageJ unit), or None."""
+    tag = page.tags.get("XResolution")
+    if tag is None:
+        return None
+    num, den = tag.value
+    if num == 0:
+        return None
+    px_per_unit = num / den
+    unit_tag = page.tags.get("ResolutionUnit")
+    unit = int(unit_tag.value) if unit_tag is not None else 2
+    if imagej and imagej.get("unit"):
+        scale = UNIT_TO_UM.get(str(imagej["unit"]).strip())
+        return (1.0 / px_per_unit) * scale if scale else None
+    if unit == 3:  # centimetre
+        return 1e4 / px_per_unit
+    if unit == 2 and px_per_unit not in (72.0, 96.0, 300.0, 1.0):  # inch; skip screen-DPI defaults
+        return 25400.0 / px_per_unit
+    return None
+
+
 def check_layout(
     path: Path, axes: str, shape: tuple[int, ...], dtype: np.dtype, samples: int = 1
 ) -> None:
@@ -248,9 +299,9 @@ def _describe(
         resolution = (tuple(x_tag.value), tuple(y_tag.value))
     else:
         unit = None
-    px = _ome_pixel_size(ome_xml) if ome_xml else None
+    px = ome_pixel_size(ome_xml) if ome_xml else None
     if px is None:
-        px = _tag_pixel_size(first, imagej)
+        px = tag_pixel_size(first, imagej)
     kind: TiffKind = "ome" if ome_xml else "imagej" if imagej else "tiff"
     return StackInfo(
         path=path,

@@ -1,5 +1,5 @@
 """Watch mode, input side: what is known of each watched file, and the scanner that finds
-complete pages and queues them in arrival order (see :mod:`cyclesr_deploy.watch`)."""
+complete pages and queues them in arrival order (see :mod:`cyclesr_deploy.runtime.watch`)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from cyclesr_deploy.errors import InputError
-from cyclesr_deploy.frames import TIFF_SUFFIXES, StackInfo, open_frames, probe_pages
+from cyclesr_deploy.runtime.tiff import TIFF_SUFFIXES, StackInfo, open_frames, probe_pages
 
-log = logging.getLogger("cyclesr_deploy.watch")
+log = logging.getLogger("cyclesr_deploy.runtime.watch")
 
 
 @dataclass(eq=False)
@@ -108,7 +108,7 @@ class State:
 
 
 class Scanner:
-    """Lists the input folder, probes files (:func:`~cyclesr_deploy.frames.probe_pages`),
+    """Lists the input folder, probes files (:func:`~cyclesr_deploy.runtime.tiff.probe_pages`),
     queues complete pages in arrival order, reports incomplete and unusable files."""
 
     def __init__(self, in_dir: Path, state: State) -> None:

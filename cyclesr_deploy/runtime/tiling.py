@@ -595,7 +595,7 @@ class TiledPredictor:
     ``self(frame)``: (C, H, W) or (H, W) -> (C', H*s, W*s) or (H*s, W*s) float32;
     ``self.stack(frames)``: (N, C, H, W) or (N, H, W), frame by frame, up to
     ``config.batch_size`` tiles of a frame per ``predict`` call. Not thread-safe: one per
-    thread. (The runtime's frames go through :class:`cyclesr_deploy.runner.FrameRunner`,
+    thread. (The runtime's frames go through :class:`cyclesr_deploy.runtime.runner.FrameRunner`,
     which gathers with the same :func:`gather_batches`.)
     """
 

@@ -44,7 +44,7 @@ from cyclesr_deploy.engines.frozen_stats import (
     crops_for,
 )
 from cyclesr_deploy.errors import InputError
-from cyclesr_deploy.tiling import TilingConfig, predict_tiled
+from cyclesr_deploy.runtime.tiling import TilingConfig, predict_tiled
 
 __all__ = [
     "CROP_AREA",
@@ -586,7 +586,7 @@ def predict_tiled_frozen(
 
     Pass 1 computes the statistics (``stats``: ``"whole"`` exact, ``"crops"`` from ``n_crops``
     crops of ``crop`` px, ``"thumbnail"`` from the frame downsampled by ``factor``; or a given
-    ``packed`` vector); pass 2 runs :func:`cyclesr_deploy.tiling.predict_tiled` with the
+    ``packed`` vector); pass 2 runs :func:`cyclesr_deploy.runtime.tiling.predict_tiled` with the
     generator in mode ``"frozen"`` on tile batches. ``stats="tile"`` is naive tiling (per-tile
     instance norm) for comparison. The generator's norms are swapped in place
     (:func:`freeze_instance_norms`) and left in mode ``"instance"``. Returns the tiled output
