@@ -146,6 +146,9 @@ class OnnxFrozenEngine:
         """Create both sessions (idempotent) and check that their statistics layouts agree."""
         if self._tile is not None:
             return
+        plain = self.model_dir / ONNX_FILES["ab"]
+        if plain.is_file():  # infer() opens it on first use: refuse a changed one before any work
+            ModelFolder(self.model_dir).verify(plain)
         stats = self._session(self.model_dir / FROZEN_ONNX["stats"])
         tile = self._session(self.model_dir / FROZEN_ONNX["tile"])
         infos = []

@@ -77,13 +77,16 @@ def test_swapped_onnx_is_refused_before_any_output(tmp_path):
 
     frame = tmp_path / "in" / "frame.tif"
     frame.parent.mkdir()
-    tifffile.imwrite(frame, np.full((64, 64), 1000, np.uint16))
-    out = tmp_path / "out"
-    args = ["enhance", str(frame), "-o", str(out), "--model", str(folder), "--tile", "0"]
-    res = CliRunner().invoke(app, [*args, "--backend", "onnxruntime", "--precision", "fp32"])
-    assert res.exit_code == 2, res.output
-    assert f"{folder.name}/{ONNX_FILES['ab']}" in "".join(res.output.split())  # rich wraps
-    assert not out.exists() or not list(out.glob("*.tif*"))
+    tifffile.imwrite(frame, np.full((400, 400), 1000, np.uint16))
+    # whole frames, the default settings (a frozen-statistics engine that would open the plain
+    # graph only at its first whole frame), and frozen tiles of every frame
+    for i, extra in enumerate(([], ["--tile", "0"], ["--tile", "160", "--whole-max-px", "0"])):
+        out = tmp_path / f"out{i}"
+        args = ["enhance", str(frame), "-o", str(out), "--model", str(folder), *extra]
+        res = CliRunner().invoke(app, [*args, "--backend", "onnxruntime", "--precision", "fp32"])
+        assert res.exit_code == 2, (extra, res.output)
+        assert f"{folder.name}/{ONNX_FILES['ab']}" in "".join(res.output.split())  # rich wraps
+        assert not out.exists() or not list(out.glob("*.tif*"))
 
 
 def test_every_graph_the_engine_opens_is_checked(tmp_path):
