@@ -351,11 +351,7 @@ class _Watch:
             with contextlib.suppress(Exception):
                 observer.stop()
         for src in list(self.state.sources.values()):
-            try:
-                self.outputs.close_stack(src)
-            except Exception as exc:  # e.g. disk full: the stack is reported failed
-                with self.state.lock:
-                    self.state.fail(src, str(exc), file_level=False)
+            self.outputs.close_stack(src)  # a failure is the stack's, recorded there
         with self.state.lock:
             self.state.manifest.save(force=True)
 

@@ -118,6 +118,8 @@ class Outputs:
         src.appender = app
 
     def close_stack(self, src: Source) -> None:
+        """Rename the stack's ``.part`` onto its output; a failure (e.g. disk full) is recorded
+        as the stack's failure, with the pages its output still holds, and the watch goes on."""
         app, src.appender = src.appender, None
         if app is None:
             return
@@ -125,7 +127,15 @@ class Outputs:
             latest = output_info(src.info, self.scale, app.info.dtype)
             if latest.frame_shape == app.info.frame_shape:
                 app.info = latest
-        app.close()
+        try:
+            app.close()
+        except Exception as exc:  # the .part is gone: back to what the output holds
+            with self.state.lock:
+                src.done = _pages(src.out)
+                self.state.fail(src, str(exc), file_level=False)
+                self.state.manifest.update(src.path, output=str(src.out) if src.done else None)
+                self.state.manifest.save(force=True)
+            return
         with self.state.lock:
             complete = src.expected is None or src.done + len(src.skipped) >= src.expected
             self.record_stack(src, status="done" if complete else "partial")

@@ -226,6 +226,39 @@ def test_disk_full_on_a_stack_output_is_a_named_failure(tmp_path, monkeypatch):
     assert not list((tmp_path / "out").glob("*.part"))
 
 
+def test_a_stack_that_cannot_be_closed_is_a_named_failure_and_the_watch_goes_on(
+    tmp_path, monkeypatch
+):
+    from cyclesr_deploy.runtime.tiff import StackAppender
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    with tifffile.TiffWriter(inp / "s.tif") as tw:  # a stack: closed after idle
+        for i in range(2):
+            tw.write(np.full((16, 16), i, np.uint16), metadata=None)
+    tifffile.imwrite(inp / "f.tif", np.full((16, 16), 7, np.uint16), photometric="minisblack")
+    past = time.time() - 30
+    for name in ("s.tif", "f.tif"):
+        os.utime(inp / name, (past, past))
+
+    def full(self):
+        self.abort()
+        raise OSError(28, "no space left on device (or quota exceeded) writing s.tif")
+
+    monkeypatch.setattr(StackAppender, "close", full)
+    cfg = WatchConfig(poll=0.02, stable=0.05, idle=0.2, use_events=False, exit_idle=0.6)
+    final = watch_folder(inp, tmp_path / "out", FakeEngine("plus1"), _model(), cfg,
+                         EnhanceConfig(tile=0))  # fmt: skip
+    assert not final.ok
+    files = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())["files"]
+    stack = files[str((inp / "s.tif").resolve())]
+    assert stack["status"] == "failed" and "no space left" in stack["error"]
+    assert stack["frames"] == 0 and stack["output"] is None  # nothing was renamed
+    assert files[str((inp / "f.tif").resolve())]["status"] == "done"  # the watch went on
+    assert (tmp_path / "out" / "f.tif").exists() and not (tmp_path / "out" / "s.tif").exists()
+    assert not list((tmp_path / "out").glob("*.part"))
+
+
 def test_announced_tzyx_stack_keeps_its_axes_and_ome_metadata(tmp_path):
     from cyclesr_deploy.runtime.tiff import open_frames
 
