@@ -12,7 +12,8 @@ engine to look at it:
 * ``"frozen"``: a frozen-statistics engine of the requested backend (an error when there is
   none: the message says how to export one);
 * ``"auto"``: TensorRT's two engines when TensorRT, a CUDA device and engines that fit this
-  GPU and every frame size are there (backend auto or tensorrt, precision auto or fp32); else
+  GPU and every frame size (``frames``; not taken when the sizes are unknown, as for
+  ``watch`` and ``Enhancer``) are there (backend auto or tensorrt, precision auto or fp32); else
   PyTorch's (backend torch); else, with backend auto, the plain engine when the auto order
   picks a GPU engine (a GPU beats CPU frozen statistics; tiles are then normalised per tile,
   which the pipeline warns about); else ONNX Runtime's two graphs on the CPU when exported;
@@ -32,6 +33,10 @@ from cyclesr_deploy.model import ModelConfig
 
 TILING_MODES: tuple[str, ...] = ("none", "auto", "frozen", "naive")
 NO_TENSORRT = "TensorRT not installed"
+UNKNOWN_FRAMES = (
+    "frame sizes unknown before the run (its statistics engine holds fixed sizes): pass "
+    "frames=, or --tiling frozen to use the TensorRT frozen engines anyway"
+)
 FrameShapes = Sequence[tuple[int, int]] | Callable[[], Sequence[tuple[int, int]]]
 
 
@@ -66,8 +71,11 @@ def _tensorrt(
     why = no_cuda()
     if why:
         return None, why
+    shapes = _shapes(frames)
+    if not shapes:  # watch, Enhancer: a statistics engine holds fixed frame sizes only
+        return None, UNKNOWN_FRAMES
     try:
-        engine = open_frozen_engine(model_dir, "tensorrt", frames=_shapes(frames))
+        engine = open_frozen_engine(model_dir, "tensorrt", frames=shapes)
     except (InputError, RuntimeError, OSError) as exc:  # none built, other sizes, other GPU
         return None, " ".join(str(exc).split())
     return engine, ""

@@ -592,3 +592,29 @@ def test_tiling_frozen_requires_a_frozen_engine(machine, frozen_dir, never_opene
         open_engine(frozen_dir, "onnxruntime", tiling="frozen")
     with pytest.raises(InputError, match="tiling must be one of"):
         open_engine(frozen_dir, tiling="tiles")
+
+
+def test_tensorrt_frozen_engines_need_known_frame_sizes(frozen_dir, monkeypatch):
+    """watch and Enhancer do not know their frame sizes up front: TensorRT's statistics engines
+    (fixed sizes) are not taken for them under auto, so every door gets the same engine."""
+    import cyclesr_deploy.engines.frozen as frozen_mod
+    from cyclesr_deploy.engines.frozen_policy import UNKNOWN_FRAMES, choose_frozen
+    from cyclesr_deploy.model import load_model
+
+    opened = []
+
+    def fake_open(model_dir, backend, **kwargs):
+        opened.append((backend, kwargs.get("frames")))
+        return types.SimpleNamespace(selection=f"fake {backend} frozen")
+
+    monkeypatch.setattr(frozen_mod, "open_frozen_engine", fake_open)
+    common = dict(
+        backend="auto", precision="auto", tiling="auto", stats="auto", threads=None,
+        gpu_plan=lambda: True, tensorrt_installed=lambda: True, no_cuda=lambda: None,
+    )  # fmt: skip
+    model = load_model(frozen_dir)
+    unknown = choose_frozen(frozen_dir, model, frames=(), **common)
+    assert unknown.engine is None and ("tensorrt-frozen", UNKNOWN_FRAMES) in unknown.rejected
+    assert opened == []
+    known = choose_frozen(frozen_dir, model, frames=[(1024, 1024)], **common)
+    assert known.engine is not None and opened == [("tensorrt", [(1024, 1024)])]

@@ -190,8 +190,10 @@ def test_enhance_auto_prefers_the_tensorrt_frozen_engines(trt, one_gpu, tmp_path
     with pytest.raises(InputError, match="no TensorRT engine"):  # none built yet
         open_engine(folder, "tensorrt", tiling="auto")
     frozen_engines_from_onnx(folder, (128, 128), CFG)
-    engine = open_engine(folder, tiling="auto")
+    engine = open_engine(folder, tiling="auto", frames=[(128, 128)])
     assert isinstance(engine, TensorRTFrozenEngine)
+    unknown = open_engine(folder, tiling="auto")  # watch, Enhancer: frame sizes unknown
+    assert not isinstance(unknown, TensorRTFrozenEngine)
     assert engine.selection.backend == "tensorrt" and "TensorRT" in engine.selection.frozen
     assert isinstance(open_frozen_engine(folder, "tensorrt"), TensorRTFrozenEngine)
     with pytest.raises(InputError, match="fp32 only"):
