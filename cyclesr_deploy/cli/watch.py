@@ -97,8 +97,15 @@ def watch(
     from cyclesr_deploy.builtin import resolve_model
     from cyclesr_deploy.engines import open_engine
     from cyclesr_deploy.model import load_model
+    from cyclesr_deploy.runtime.manifest import OutputLock
     from cyclesr_deploy.runtime.runner import EnhanceConfig
-    from cyclesr_deploy.runtime.watch import WatchConfig, WatchStatus, watch_folder
+    from cyclesr_deploy.runtime.watch import (
+        WATCH_COMMAND,
+        WatchConfig,
+        WatchStatus,
+        check_watch_paths,
+        watch_folder,
+    )
 
     with user_errors():
         ecfg = EnhanceConfig(
@@ -123,6 +130,7 @@ def watch(
         model_cfg = load_model(model)
         if ecfg.tile:
             ecfg.tiling(model_cfg)
+        check_watch_paths(in_dir, out_dir)
 
     stop = threading.Event()
 
@@ -156,6 +164,7 @@ def watch(
     try:
         with (
             user_errors(),
+            OutputLock(out_dir, command=WATCH_COMMAND) as lock,  # refused before an engine loads
             open_engine(
                 model,
                 backend=backend.value,
@@ -178,6 +187,7 @@ def watch(
                     stop=stop,
                     on_status=on_status,
                     status_every=0.25 if live is not None else status_every,
+                    lock=lock,
                 )
             finally:
                 if live is not None:

@@ -122,14 +122,14 @@ class Enhancer:
         return self.model.scale
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
-        if self._closed:
-            raise RuntimeError("Enhancer is closed")
         frame = np.asarray(frame)
         if frame.ndim < 2:
             raise InputError(f"expected a frame (H, W) or a stack (..., H, W), got {frame.shape}")
         if frame.dtype.kind == "f" and not np.isfinite(frame).all():
             raise InputError("the frame contains NaN or infinite values")
         with self._lock:
+            if self._closed:
+                raise RuntimeError("Enhancer is closed")
             if frame.ndim == 2:
                 return self.runner(frame)
             flat = frame.reshape(-1, *frame.shape[-2:])
@@ -157,9 +157,10 @@ class Enhancer:
         return out, meta
 
     def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._engine_cm.__exit__(None, None, None)
+        with self._lock:  # never while another thread is in a call
+            if not self._closed:
+                self._closed = True
+                self._engine_cm.__exit__(None, None, None)
 
     def __enter__(self) -> Enhancer:
         return self

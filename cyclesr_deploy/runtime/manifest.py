@@ -24,6 +24,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +44,7 @@ __all__ = [
     "Manifest",
     "OutputLock",
     "Status",
+    "held",
     "manifest_header",
     "utc_now",
 ]
@@ -259,3 +261,17 @@ class OutputLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+@contextlib.contextmanager
+def held(out_dir: Path, lock: OutputLock | None, command: str) -> Iterator[None]:
+    """Hold ``out_dir``'s lock for a run: the caller's ``lock`` (already held, e.g. taken
+    before a slow engine loads, so that a second run is refused at once; it must be that
+    folder's) or a new one, named ``command``, released at the end."""
+    if lock is None:
+        with OutputLock(out_dir, command=command):
+            yield
+        return
+    if not lock.held or lock.out_dir.resolve() != Path(out_dir).resolve():
+        raise ValueError(f"lock: not held, or not the lock of {out_dir}")
+    yield

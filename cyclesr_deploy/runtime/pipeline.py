@@ -47,6 +47,7 @@ from cyclesr_deploy.runtime.manifest import (
     Manifest,
     OutputLock,
     Status,
+    held,
     manifest_header,
 )
 from cyclesr_deploy.runtime.manifest import utc_now as _now
@@ -546,18 +547,6 @@ class _Run(_Stages):
             self.on_progress(event)
 
 
-@contextlib.contextmanager
-def _held(out_dir: Path, lock: OutputLock | None) -> Iterator[None]:
-    """Hold ``out_dir``'s lock: the caller's ``lock`` (held, on that folder) or a new one."""
-    if lock is None:
-        with OutputLock(out_dir, command=ENHANCE_COMMAND):
-            yield
-        return
-    if not lock.held or lock.out_dir.resolve() != out_dir.resolve():
-        raise ValueError(f"lock: not held, or not the lock of {out_dir}")
-    yield
-
-
 def _triage(
     paths: list[Path],
     out_dir: Path,
@@ -635,7 +624,9 @@ def enhance_files(
     estimate = runner.estimate
     if estimate is not None:
         header["stats_estimate"] = {"estimate": estimate.estimate, "reason": estimate.reason}
-    with _held(out_dir, lock):  # before the manifest is read, until the last file is recorded
+    with held(
+        out_dir, lock, ENHANCE_COMMAND
+    ):  # before the manifest is read, until the last file is recorded
         manifest = Manifest(out_dir, header)
         results: dict[int, FileResult] = {}
         jobs = _triage(paths, out_dir, cfg, manifest, results)

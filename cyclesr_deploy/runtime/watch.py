@@ -70,7 +70,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from cyclesr_deploy.engines.base import Engine
 from cyclesr_deploy.errors import InputError
 from cyclesr_deploy.model import ModelConfig
-from cyclesr_deploy.runtime.manifest import MANIFEST_NAME, Manifest, OutputLock, manifest_header
+from cyclesr_deploy.runtime.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    OutputLock,
+    held,
+    manifest_header,
+)
 from cyclesr_deploy.runtime.runner import EnhanceConfig, FrameRunner
 from cyclesr_deploy.runtime.tiff import PageProbe, probe_pages
 from cyclesr_deploy.runtime.watch_output import Outputs
@@ -391,6 +397,14 @@ class _Watch:
             return None
 
 
+def check_watch_paths(in_dir: Path, out_dir: Path) -> None:
+    """InputError unless ``in_dir`` is a folder and ``out_dir`` is another one."""
+    if not Path(in_dir).is_dir():
+        raise InputError(f"IN_DIR {in_dir}: not a folder")
+    if Path(in_dir).resolve() == Path(out_dir).resolve():
+        raise InputError("the output folder must differ from the watched folder")
+
+
 def watch_folder(
     in_dir: str | Path,
     out_dir: str | Path,
@@ -403,18 +417,18 @@ def watch_folder(
     on_status: Callable[[WatchStatus], None] | None = None,
     status_every: float = 1.0,
     on_frame: Callable[[Path, int, float], None] | None = None,
+    lock: OutputLock | None = None,
 ) -> WatchStatus:
     """Enhance the TIFFs written into ``in_dir`` into ``out_dir`` until ``stop`` is set (or
     ``cfg.exit_idle``); ``engine`` is entered by the caller and runs in this thread.
     ``on_status`` gets a :class:`WatchStatus` every ``status_every`` s and ``on_frame`` gets
-    (input path, page, latency s) after each written frame, both from this thread.
+    (input path, page, latency s) after each written frame, both from this thread. The run
+    holds ``out_dir``'s :class:`~cyclesr_deploy.runtime.manifest.OutputLock` (``lock``: already
+    held by the caller; None: taken here); a folder another run holds is refused (InputError).
     Returns the final status. See the module docstring for completeness, policies, resume."""
     in_dir, out_dir = Path(in_dir), Path(out_dir)
-    if not in_dir.is_dir():
-        raise InputError(f"IN_DIR {in_dir}: not a folder")
-    if in_dir.resolve() == out_dir.resolve():
-        raise InputError("the output folder must differ from the watched folder")
-    with OutputLock(out_dir, command=WATCH_COMMAND):  # before the manifest is read
+    check_watch_paths(in_dir, out_dir)
+    with held(out_dir, lock, WATCH_COMMAND):  # before the manifest is read
         run = _Watch(
             in_dir,
             out_dir,

@@ -241,3 +241,20 @@ def test_enhance_holds_the_lock_while_it_runs_and_accepts_the_callers(tmp_path):
         assert summary.ok and lock.held  # the caller's lock stays the caller's
     with pytest.raises(ValueError, match="not held"):
         enhance_files([src], out, FakeEngine(), _model(), lock=OutputLock(out, command="x"))
+
+
+def test_watch_holds_the_same_lock(tmp_path):
+    from cyclesr_deploy.runtime.watch import WatchConfig, watch_folder
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    cfg = WatchConfig(poll=0.02, stable=0.05, use_events=False, exit_idle=0.1)
+    with OutputLock(out, command="cyclesr enhance") as lock:
+        with pytest.raises(InputError, match=r"in use by cyclesr enhance \(pid"):
+            watch_folder(inp, out, FakeEngine(), _model(), cfg)
+        assert not (out / MANIFEST_NAME).exists()
+        # a lock the caller holds (the CLI takes it before the engine loads) is used as is
+        assert watch_folder(inp, out, FakeEngine(), _model(), cfg, lock=lock).ok
+    assert (out / MANIFEST_NAME).exists()
+    with OutputLock(out, command="cyclesr watch"):  # released at the end of the watch
+        pass
