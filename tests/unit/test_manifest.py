@@ -258,3 +258,23 @@ def test_watch_holds_the_same_lock(tmp_path):
     assert (out / MANIFEST_NAME).exists()
     with OutputLock(out, command="cyclesr watch"):  # released at the end of the watch
         pass
+
+
+def test_a_file_system_without_locks_runs_unlocked_with_a_warning(tmp_path, monkeypatch, caplog):
+    import filelock
+
+    def unsupported(self, *args, **kwargs):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(filelock.FileLock, "acquire", unsupported)
+    with caplog.at_level(logging.WARNING), OutputLock(tmp_path / "out", command="x") as lock:
+        assert lock.held
+    assert "cannot lock files" in caplog.text
+    assert not lock.held
+
+    def other(self, *args, **kwargs):
+        raise OSError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(filelock.FileLock, "acquire", other)
+    with pytest.raises(PermissionError), OutputLock(tmp_path / "out2", command="x"):
+        pass
