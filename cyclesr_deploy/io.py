@@ -13,6 +13,13 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+PART_SUFFIX = ".part"  # an output being written: renamed onto the target when complete
+
+
+def part_path(target: Path) -> Path:
+    """Where ``target`` is written before it is complete (``<name>.part`` beside it)."""
+    return Path(target).with_name(Path(target).name + PART_SUFFIX)
+
 
 @contextlib.contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
@@ -23,7 +30,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    part = target.with_name(target.name + ".part")
+    part = part_path(target)
     try:
         yield part
         part.replace(target)

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 from cyclesr_deploy.errors import InputError
 from cyclesr_deploy.images import read_tiff, squeeze_axes
+from cyclesr_deploy.io import PART_SUFFIX
 from cyclesr_deploy.runtime.tiff import TIFF_SUFFIXES
 
 
@@ -50,7 +51,7 @@ def _tiffs(folder: Path) -> dict[str, Path]:
     return {
         p.name: p
         for p in sorted(folder.iterdir())
-        if p.is_file() and p.suffix.lower() in TIFF_SUFFIXES and not p.name.endswith(".part")
+        if p.is_file() and p.suffix.lower() in TIFF_SUFFIXES and not p.name.endswith(PART_SUFFIX)
     }
 
 

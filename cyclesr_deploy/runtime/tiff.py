@@ -56,7 +56,7 @@ import tifffile
 
 from cyclesr_deploy import __version__
 from cyclesr_deploy.errors import InputError
-from cyclesr_deploy.io import atomic_path, disk_full
+from cyclesr_deploy.io import atomic_path, disk_full, part_path
 
 __all__ = [
     "SUPPORTED_DTYPES",
@@ -903,7 +903,7 @@ class StackAppender:
 
     def __init__(self, target: str | Path, info: StackInfo) -> None:
         self.target, self.info = Path(target), info
-        self.part = self.target.with_name(self.target.name + ".part")
+        self.part = part_path(self.target)
         self.part.parent.mkdir(parents=True, exist_ok=True)
         self.part.unlink(missing_ok=True)
         self.count = 0

@@ -71,7 +71,6 @@ from cyclesr_deploy.engines.base import Engine
 from cyclesr_deploy.errors import InputError
 from cyclesr_deploy.model import ModelConfig
 from cyclesr_deploy.runtime.manifest import (
-    MANIFEST_NAME,
     Manifest,
     OutputLock,
     held,
@@ -318,7 +317,7 @@ class _Watch:
 
     def run(self) -> WatchStatus:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.outputs.remove_stale_parts(self.out_dir, keep=MANIFEST_NAME + ".part")
+        self.outputs.remove_stale_parts(self.out_dir)
         observer = self._start_events() if self.cfg.use_events else None
         scanner = threading.Thread(target=self._scanner, name="cyclesr-watch-scan", daemon=True)
         scanner.start()

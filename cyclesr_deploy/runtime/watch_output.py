@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from cyclesr_deploy.errors import InputError
+from cyclesr_deploy.io import PART_SUFFIX
 from cyclesr_deploy.runtime.tiff import (
     StackAppender,
     StackInfo,
@@ -163,10 +164,11 @@ class Outputs:
             seconds=round(src.seconds, 4),
         )
 
-    def remove_stale_parts(self, out_dir: Path, keep: str) -> None:
-        for p in out_dir.glob("*.part"):
-            if p.name != keep:
-                log.info("removing %s left by an interrupted run", p.name)
+    def remove_stale_parts(self, out_dir: Path) -> None:
+        """Remove the ``.part`` files of a killed run (this run holds the folder's lock, so no
+        other run is writing them)."""
+        for p in out_dir.glob("*" + PART_SUFFIX):
+            log.info("removing %s left by an interrupted run", p.name)
             p.unlink(missing_ok=True)
 
 

@@ -400,7 +400,9 @@ def test_cli_whole_frame_budget_default_is_the_pipelines():
     import inspect
 
     from cyclesr_deploy.cli.enhance import enhance
+    from cyclesr_deploy.cli.watch import watch
     from cyclesr_deploy.runtime.pipeline import WHOLE_MAX_PX
 
-    default = inspect.signature(enhance).parameters["whole_max_px"].default
-    assert default.default == WHOLE_MAX_PX == EnhanceConfig().whole_max_px
+    for command in (enhance, watch):
+        default = inspect.signature(command).parameters["whole_max_px"].default
+        assert default.default == WHOLE_MAX_PX == EnhanceConfig().whole_max_px
