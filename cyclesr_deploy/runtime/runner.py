@@ -299,12 +299,6 @@ class FrameRunner:
         if self.tiling is not None:
             batch = spec.shape[0] or cfg.batch
             check_batch_shape(spec, (batch, 1, *self.tiling.tile_shape), name="--tile/--batch")
-            if cfg.tiling_mode == "naive" and self.instance_norm:
-                log.warning(
-                    "--tiling naive: tiles of frames larger than one tile are normalised "
-                    "independently (InstanceNorm): brightness steps at tile borders are likely; "
-                    "use --tiling auto or frozen for seam-free output"
-                )
         self.estimate = self._resolve_estimate()
         self.mapping = IntensityMapping.from_config(model.normalization)
         self._plans: dict[tuple[int, int], FramePlan] = {}
@@ -371,6 +365,13 @@ class FrameRunner:
             mode = "frozen"
         else:
             mode = "tiles"
+            if cfg.tiling_mode == "naive" and self.instance_norm:
+                self._warn_once(
+                    "naive",
+                    "--tiling naive: the tiles of a frame are normalised independently "
+                    "(InstanceNorm): brightness steps at tile borders are likely; use --tiling "
+                    "auto or frozen for seam-free output",
+                )
         batch = spec.shape[0] or (1 if whole else min(cfg.batch, len(tiles.tiles)))
         check_batch_shape(spec, (batch, spec.channels, *tiles.tile_shape), name=f"frame {shape}")
         stats = None

@@ -90,21 +90,20 @@ def test_frames_below_the_minimum_are_refused_clearly(shape):
     assert runner(np.zeros((5, 5), np.uint16)).shape == (5, 5)
 
 
-def test_naive_tiling_warns_once(caplog):
-    model = _model()
+def test_naive_tiling_warns_once_when_it_tiles(caplog):
+    cfg = EnhanceConfig(tiling_mode="naive", tile=32, overlap=8)
     with caplog.at_level(logging.WARNING, logger="cyclesr_deploy.runtime.runner"):
-        runner = FrameRunner(
-            FakeEngine(), model, EnhanceConfig(tiling_mode="naive", tile=32, overlap=8)
-        )
+        runner = FrameRunner(FakeEngine(), _model(), cfg)
+        runner(np.zeros((32, 32), np.uint16))  # one tile: nothing to warn about
+        assert not caplog.records
         runner(np.zeros((64, 96), np.uint16))
-        runner(np.zeros((64, 96), np.uint16))
+        runner(np.zeros((96, 96), np.uint16))  # another tiled shape: no second warning
     warnings = [r for r in caplog.records if "naive" in r.getMessage()]
-    assert len(warnings) == 1 and "seam" in warnings[0].getMessage()
+    assert len(warnings) == 1 and "brightness steps" in warnings[0].getMessage()
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="cyclesr_deploy.runtime.runner"):
-        FrameRunner(
-            FakeEngine(), _model("none"), EnhanceConfig(tiling_mode="naive", tile=32, overlap=8)
-        )
+        runner = FrameRunner(FakeEngine(), _model("none"), cfg)
+        runner(np.zeros((64, 96), np.uint16))
     assert not caplog.records  # no InstanceNorm: tiles are exact, nothing to warn about
 
 
@@ -122,3 +121,41 @@ def test_bad_frames_are_refused():
         runner(np.zeros((2, 8, 8), np.uint16))
     with pytest.raises(InputError, match="int32"):
         runner(np.zeros((8, 8), np.int32))
+
+
+def test_interleaved_frames_keep_their_own_statistics_and_blenders(rng):
+    """As in the pipeline: frame B starts before frame A is blended; each keeps its statistics
+    (frozen) and its blender, and both equal a frame-at-a-time run."""
+    cfg = EnhanceConfig(tile=32, overlap=8, tiling_mode="frozen", batch=2)
+    a = rng.integers(0, 30000, (64, 96)).astype(np.uint16)
+    b = rng.integers(30000, 60000, (64, 96)).astype(np.uint16)
+    alone = FrameRunner(FakeFrozen(), _model(), cfg)
+    want_a, want_b = alone(a), alone(b)
+    runner = FrameRunner(FakeFrozen(), _model(), cfg)
+    work_a, work_b = runner.start(a, 0), runner.start(b, 1)
+    pending = []
+    for pair in zip(work_a.batches(), work_b.batches(), strict=True):
+        for work, batch in zip((work_a, work_b), pair, strict=True):
+            pending.append((work, batch, runner.infer(work, batch).copy()))
+    for work, batch, y in reversed(pending):  # blended in another order than inferred
+        work.add(batch, y)
+    np.testing.assert_array_equal(work_a.result(), want_a)
+    np.testing.assert_array_equal(work_b.result(), want_b)
+    assert len(runner.plan(a.shape)._blenders) == 2  # both blenders back in the pool
+
+
+def test_a_stack_through_the_pipeline_equals_frame_by_frame(tmp_path, rng):
+    import tifffile
+
+    from cyclesr_deploy.runtime.pipeline import enhance_files
+
+    stack = rng.integers(0, 60000, (3, 64, 96)).astype(np.uint16)
+    src = tmp_path / "in" / "s.tif"
+    src.parent.mkdir()
+    tifffile.imwrite(src, stack, photometric="minisblack")
+    cfg = EnhanceConfig(tile=32, overlap=8, tiling_mode="frozen", batch=2, queue_size=1)
+    enhance_files([src], tmp_path / "out", FakeFrozen(), _model(), cfg)
+    runner = FrameRunner(FakeFrozen(), _model(), cfg)
+    out = tifffile.imread(tmp_path / "out" / "s.tif")
+    for i in range(3):
+        np.testing.assert_array_equal(out[i], runner(stack[i]))
