@@ -53,30 +53,33 @@ def _outputs(folder, names):
     return {n: tifffile.imread(folder / f"{n}.tif") for n in names}
 
 
-def _doors(tmp_path, model_dir, shapes):
-    """The outputs of each entry point for the frames of ``shapes`` (default settings)."""
+def _doors(tmp_path, model_dir, shapes, whole_max_px=None):
+    """The outputs of each entry point for the frames of ``shapes`` (default settings, or
+    ``--whole-max-px``)."""
     from cyclesr_deploy.bench.latency import end_to_end
     from cyclesr_deploy.engines import open_engine
     from cyclesr_deploy.runtime.enhancer import Enhancer
 
     frames = _write_inputs(tmp_path / "in", shapes)
     results: dict[str, dict[str, np.ndarray]] = {}
+    settings = {} if whole_max_px is None else {"whole_max_px": whole_max_px}
+    extra = [] if whole_max_px is None else ["--whole-max-px", str(whole_max_px)]
 
     res = cli.invoke(app, ["enhance", str(tmp_path / "in"), "-o", str(tmp_path / "enh"),
-                           "--model", str(model_dir)])  # fmt: skip
+                           "--model", str(model_dir), *extra])  # fmt: skip
     assert res.exit_code == 0, res.output
     results["enhance"] = _outputs(tmp_path / "enh", frames)
 
     res = cli.invoke(app, ["watch", str(tmp_path / "in"), "-o", str(tmp_path / "watch"),
                            "--model", str(model_dir), "--exit-idle", "1", "--poll", "0.05",
-                           "--stable", "0.1", "--polling"])  # fmt: skip
+                           "--stable", "0.1", "--polling", *extra])  # fmt: skip
     assert res.exit_code == 0, res.output
     results["watch"] = _outputs(tmp_path / "watch", frames)
 
-    with Enhancer(model_dir) as enhancer:
+    with Enhancer(model_dir, **settings) as enhancer:
         results["Enhancer"] = {n: enhancer(f) for n, f in frames.items()}
 
-    cfg = EnhanceConfig(overwrite=True)
+    cfg = EnhanceConfig(overwrite=True, **settings)
     model = load_model(model_dir)
     with open_engine(model_dir, tiling=cfg.engine_tiling, stats=cfg.stats) as engine:
         bench = {}
@@ -120,4 +123,14 @@ def test_model_without_instance_norm_all_doors_bit_identical(tmp_path):
     shapes = {**SHAPES, **BIG}
     frames, results, plans = _doors(tmp_path, model_dir, shapes)
     assert plans["f512"] == "whole" and plans["f4096"] == "tiles"
+    _assert_identical(frames, results, load_model(model_dir).scale)
+
+
+@pytest.mark.slow
+def test_default_model_frozen_tiles_all_doors_bit_identical(tmp_path):
+    """--whole-max-px 0: every frame larger than a tile runs in frozen-statistics tiles."""
+    model_dir = builtin_model(DEFAULT_MODEL)
+    shapes = {"f1024": (1024, 1024), "f600x900": (600, 900)}
+    frames, results, plans = _doors(tmp_path, model_dir, shapes, whole_max_px=0)
+    assert set(plans.values()) == {"frozen"}
     _assert_identical(frames, results, load_model(model_dir).scale)

@@ -219,3 +219,27 @@ def test_no_import_cycle_inside_the_package():
     assert f"{PACKAGE}.engines.frozen_stats" in graph[f"{PACKAGE}.engines.frozen_torch"]  # sanity
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_no_runtime_module_reaches_export_or_training_even_lazily():
+    """The static import graph (function-local imports included, which the import-time test
+    above cannot see until they run): no path from a runtime module to export/ or training/;
+    the failure names the path."""
+    modules = _modules()
+    known = set(modules)
+    graph = {name: _imports(name, path, known) for name, path in modules.items()}
+    forbidden = (f"{PACKAGE}.export", f"{PACKAGE}.training")
+    for start in _runtime_modules():
+        parent = {start: ""}
+        todo = [start]
+        while todo:
+            node = todo.pop()
+            if node.startswith(forbidden):
+                path = [node]
+                while parent[path[-1]]:
+                    path.append(parent[path[-1]])
+                raise AssertionError("runtime reaches " + " <- ".join(path))
+            for child in graph[node]:
+                if child not in parent:
+                    parent[child] = node
+                    todo.append(child)
