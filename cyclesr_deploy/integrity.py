@@ -1,7 +1,8 @@
 """Integrity of a model folder's artifacts: sha256 against ``export.json``, digests cached.
 
 ``export.json`` (written by ``cyclesr export``) records each artifact's size and sha256.
-Before an engine opens an artifact (ONNX graph, weights, TensorRT engine) it calls
+Before an engine opens an artifact (every ONNX graph it may run, the torch weights, a TensorRT
+engine's source ONNX; the engine bytes themselves are checked against their sidecar) it calls
 :meth:`cyclesr_deploy.model.ModelFolder.verify`, which lands here:
 
 * recorded and equal: the file is used;

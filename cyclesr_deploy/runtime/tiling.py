@@ -80,7 +80,7 @@ class TilingConfig:
 
     ``tile`` is an int or (height, width); ``overlap`` is between neighbouring tiles; ``halo`` is
     the zero-weight margin of the cosine blend (ignored by the others); ``batch_size`` is tiles
-    per ``predict`` call (tiles of consecutive frames share batches); ``sigma_scale`` is the
+    per ``predict`` call (the tiles of one frame; batches never span frames); ``sigma_scale`` is the
     Gaussian blend's sigma per tile length.
     """
 
