@@ -10,6 +10,10 @@ float32 frame, tile 512, overlap 64 and 128. All rows of one overlap are timed r
   16-px halo, gaussian, crop; ``_new_output``: a new output array per frame (as MONAI does);
 * ``ours_uint16_<blend>``: uint16 frame -> float32 in [-1, 1] -> tiles -> back to uint16 (clip,
   round), i.e. the runtime's per-frame CPU work around the engine;
+* ``runner_uint16_cosine``: the same uint16 round trip through the runtime's own
+  :class:`~cyclesr_deploy.runtime.runner.FrameRunner` (what ``cyclesr enhance``, ``watch`` and
+  ``Enhancer`` run per frame) with an identity engine, for a model without InstanceNorm (tiles,
+  cosine blend, halo from the overlap, a new output per frame);
 * ``monai_gaussian``: MONAI ``sliding_window_inference(mode="gaussian")`` at the same roi and
   overlap (5 x 5 windows at both overlaps, as ours), torch with one thread (benchmark-only
   dependency: ``pip install monai``; skipped if missing); ``monai_uint16_gaussian`` adds the
@@ -36,6 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _machine import machine
 
+from cyclesr_deploy.engines.base import TensorSpec
+from cyclesr_deploy.model import GeneratorConfig, ModelConfig, NormalizationConfig
+from cyclesr_deploy.runtime.runner import EnhanceConfig, FrameRunner
 from cyclesr_deploy.runtime.tiling import TiledPredictor, TilingConfig
 
 LOW, HIGH = 0.0, 65535.0  # uint16 -> [-1, 1] mapping (the model's fixed normalization)
@@ -89,6 +96,31 @@ def identity(batch: np.ndarray) -> np.ndarray:
     return batch
 
 
+class IdentityEngine:
+    """An Engine that returns its input (the tiler's and runner's own cost only)."""
+
+    name = "identity"
+    input_spec = TensorSpec(
+        name="input",
+        shape=(None, 1, None, None),
+        dtype=np.dtype(np.float32),
+        size_multiple=4,
+        scale=1,
+    )
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        return batch
+
+
+def frame_runner(tile: int, overlap: int) -> FrameRunner:
+    model = ModelConfig(
+        generator=GeneratorConfig(ngf=4, n_blocks=0, norm="none"),
+        normalization=NormalizationConfig(low_a=LOW, high_a=HIGH, low_b=LOW, high_b=HIGH),
+    )
+    cfg = EnhanceConfig(tile=tile, overlap=overlap, blend="cosine", batch=4)
+    return FrameRunner(IdentityEngine(), model, cfg)  # type: ignore[arg-type]
+
+
 def _monai_version() -> str | None:
     try:
         import monai
@@ -121,6 +153,10 @@ def measure(
         if name != "crop":  # a new output array per frame, as MONAI allocates
             runs[f"ours_{name}_new_output"] = lambda tiled=tiled: tiled(frame)
         runs[f"ours_uint16_{name}"] = end_to_end
+    runner = frame_runner(tile, overlap)
+    assert runner.plan(frame_u16.shape[-2:]).mode == "tiles"
+    assert np.abs(runner(frame_u16[0]).astype(np.int64) - frame_u16[0]).max() <= 1
+    runs["runner_uint16_cosine"] = lambda: runner(frame_u16[0])
     try:
         import torch
         from monai.inferers import sliding_window_inference
@@ -154,8 +190,8 @@ def measure(
                 rows[name]["ratio_vs_monai"] = round(
                     rows[name]["mpx_per_s"] / rows["monai_gaussian"]["mpx_per_s"], 2
                 )
-        for name in blends:
-            ours16 = rows[f"ours_uint16_{name}"]
+        for name in [*(f"ours_uint16_{b}" for b in blends), "runner_uint16_cosine"]:
+            ours16 = rows[name]
             ours16["ratio_vs_monai_uint16"] = round(
                 ours16["mpx_per_s"] / rows["monai_uint16_gaussian"]["mpx_per_s"], 2
             )
