@@ -103,7 +103,7 @@ def enhance(
     overlap: int | None = typer.Option(
         None, min=0, help="Overlap between tiles in input px (default: from the receptive field)."
     ),
-    batch: int = typer.Option(4, min=1, help="Tiles per engine call (across frames of a stack)."),
+    batch: int = typer.Option(4, min=1, help="Tiles per engine call (the tiles of one frame)."),
     normalize: Normalize = typer.Option(
         Normalize.model,
         help="Intensity normalization: model = the training data's percentiles; frame = "
