@@ -356,7 +356,10 @@ class _Watch:
             with contextlib.suppress(Exception):
                 observer.stop()
         for src in list(self.state.sources.values()):
-            self.outputs.close_stack(src)  # a failure is the stack's, recorded there
+            try:  # a failure is the stack's, recorded there; the other stacks still close
+                self.outputs.close_stack(src)
+            except Exception as exc:
+                log.error("%s: closing its output failed: %s", src.path.name, exc)
         with self.state.lock:
             self.state.manifest.save(force=True)
 

@@ -96,13 +96,27 @@ class Outputs:
             self._open(src, result.dtype)
         try:
             src.appender.append(result)
-        except BaseException:  # the .part is gone: back to what the output holds
+        except BaseException:
             src.appender = None
-            src.done = _pages(src.out)
+            with self.state.lock:
+                self._part_lost(src)
             raise
         with self.state.lock:
             src.done += 1
             self.record_stack(src, status="partial")
+
+    def _part_lost(self, src: Source) -> None:
+        """The stack's ``.part`` is gone (a failed append or close): back to the pages its
+        output holds, and the pages after them are queued again (in order: output page k stays
+        input page k), so that nothing is left out, in this run or after a restart."""
+        try:
+            src.done = _pages(src.out)
+        except Exception as exc:  # an unreadable earlier output: redo the stack from page 0
+            log.error("%s: cannot read %s (%s)", src.path.name, src.out.name, exc)
+            src.done = 0
+        src.queued_to = src.done + len(src.skipped)
+        src.closed = False
+        self.state.manifest.update(src.path, frames=src.done, next_page=src.queued_to)
 
     def _open(self, src: Source, dtype: np.dtype) -> None:
         if src.info is None:
@@ -130,12 +144,15 @@ class Outputs:
                 app.info = latest
         try:
             app.close()
-        except Exception as exc:  # the .part is gone: back to what the output holds
+        except Exception as exc:
             with self.state.lock:
-                src.done = _pages(src.out)
+                self._part_lost(src)
                 self.state.fail(src, str(exc), file_level=False)
                 self.state.manifest.update(src.path, output=str(src.out) if src.done else None)
-                self.state.manifest.save(force=True)
+                try:
+                    self.state.manifest.save(force=True)
+                except OSError as save_exc:  # e.g. the same full disk: saved again at the end
+                    log.error("%s: manifest not saved: %s", src.path.name, save_exc)
             return
         with self.state.lock:
             complete = src.expected is None or src.done + len(src.skipped) >= src.expected
