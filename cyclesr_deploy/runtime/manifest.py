@@ -171,16 +171,6 @@ class Manifest:
         self._saved, self._dirty = time.monotonic(), False
 
 
-_NO_LOCKS = {getattr(errno, n) for n in ("ENOSYS", "ENOLCK", "EOPNOTSUPP") if hasattr(errno, n)}
-
-
-class _NoLock:
-    """Stands in for the OS lock on a file system that has none (a warning says so)."""
-
-    def release(self) -> None:
-        pass
-
-
 class OutputLock:
     """Exclusive use of the output folder ``out_dir`` by one run (a context manager).
 
@@ -225,7 +215,7 @@ class OutputLock:
         if self.held:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        lock: Any = FileLock(self.path, timeout=0, thread_local=False)
+        lock = FileLock(self.path, timeout=0, thread_local=False)
         try:
             lock.acquire()
         except Timeout:
@@ -233,16 +223,11 @@ class OutputLock:
                 f"output folder {self.out_dir} is in use by {self.describe(self.holder())}; "
                 "wait for that run to end or choose another output folder"
             ) from None
-        except (NotImplementedError, OSError) as exc:  # a file system without locks (some
-            if isinstance(exc, OSError) and exc.errno not in _NO_LOCKS:  # SMB/FUSE mounts)
-                raise
-            log.warning(
-                "%s: this file system cannot lock files (%s); running without the output "
-                "folder's lock: make sure no other run writes into this folder",
-                self.out_dir,
-                exc,
-            )
-            lock = _NoLock()
+        except OSError as exc:  # filelock itself falls back to a lock file where the file
+            raise InputError(  # system has no flock; anything else: say which folder
+                f"output folder {self.out_dir}: cannot lock it ({exc}); choose an output folder "
+                "on a local disk"
+            ) from exc
         self._lock = lock
         stale = self.holder()
         if stale is not None:

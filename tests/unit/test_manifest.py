@@ -260,21 +260,16 @@ def test_watch_holds_the_same_lock(tmp_path):
         pass
 
 
-def test_a_file_system_without_locks_runs_unlocked_with_a_warning(tmp_path, monkeypatch, caplog):
+def test_a_folder_that_cannot_be_locked_is_refused_naming_it(tmp_path, monkeypatch):
+    """filelock falls back to a lock file itself where the file system has no flock; any other
+    failure to lock (e.g. ENOLCK on a network share) is refused, never run unlocked."""
     import filelock
 
-    def unsupported(self, *args, **kwargs):
-        raise OSError(errno.ENOSYS, "Function not implemented")
+    def no_locks(self, *args, **kwargs):
+        raise OSError(errno.ENOLCK, "No locks available")
 
-    monkeypatch.setattr(filelock.FileLock, "acquire", unsupported)
-    with caplog.at_level(logging.WARNING), OutputLock(tmp_path / "out", command="x") as lock:
-        assert lock.held
-    assert "cannot lock files" in caplog.text
-    assert not lock.held
-
-    def other(self, *args, **kwargs):
-        raise OSError(errno.EACCES, "Permission denied")
-
-    monkeypatch.setattr(filelock.FileLock, "acquire", other)
-    with pytest.raises(PermissionError), OutputLock(tmp_path / "out2", command="x"):
-        pass
+    monkeypatch.setattr(filelock.FileLock, "acquire", no_locks)
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match=r"cannot lock it .*No locks available") as err:
+        OutputLock(out, command="x").acquire()
+    assert str(out) in str(err.value)
