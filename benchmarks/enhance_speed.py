@@ -130,7 +130,8 @@ def main() -> None:
         tifffile.imwrite(src, stack, ome=True, photometric="minisblack", metadata={"axes": "TYX"})
         configs = {
             "default_tile_512": EnhanceConfig(overwrite=True),
-            "tile_256": EnhanceConfig(tile=256, overwrite=True),
+            # a 512^2 frame fits the auto whole-frame budget: --whole-max-px 0 makes it tile
+            "tile_256": EnhanceConfig(tile=256, whole_max_px=0, overwrite=True),
         }
         results: dict[str, dict] = {}
         with open_engine(model_dir, backend="onnxruntime", device="cpu") as engine:

@@ -14,7 +14,7 @@ Per model and size, against whole-frame inference (per-frame instance norm):
 
 * PSNR(tiled, whole) in dB (range 2) and max abs error of naive tiling (per-tile statistics)
   and of frozen statistics from each estimate: ``whole`` (exact), ``crops_default``
-  (``frozen_norm.crops_for`` crops pooled with calibrated weights, the default),
+  (``engines.frozen_stats.crops_for`` crops pooled with calibrated weights, the default),
   ``crops_uniform`` (the same crops pooled equally, as before calibration), a thumbnail
   (masked pooling and other crop sets: git history of ``results/frozen_norm.md``);
   tiling = ``TilingConfig.for_model(RF, tile=512)`` (cosine blend, batch 4);
@@ -250,7 +250,7 @@ def markdown(rows: list[dict[str, object]]) -> str:
     ]
     lines.append(
         "Estimates (parameters of the last row that has them; `crops_default` = "
-        "`frozen_norm.crops_for`): " + "; ".join(specs) + "."
+        "`engines.frozen_stats.crops_for`): " + "; ".join(specs) + "."
     )
     checks = {r["model"]: r["auto"] for r in rows if "auto" in r}
     lines.append("")

@@ -16,7 +16,7 @@ engine to look at it:
   ``watch`` and ``Enhancer``) are there (backend auto or tensorrt, precision auto or fp32); else
   PyTorch's (backend torch); else, with backend auto, the plain engine when the auto order
   picks a GPU engine (a GPU beats CPU frozen statistics; tiles are then normalised per tile,
-  which the pipeline warns about); else ONNX Runtime's two graphs on the CPU when exported;
+  which the frame runner warns about); else ONNX Runtime's two graphs on the CPU when exported;
   else the plain engine (with a warning for backend onnxruntime, saying how to export them).
 """
 
@@ -34,8 +34,8 @@ from cyclesr_deploy.model import ModelConfig
 TILING_MODES: tuple[str, ...] = ("none", "auto", "frozen", "naive")
 NO_TENSORRT = "TensorRT not installed"
 UNKNOWN_FRAMES = (
-    "frame sizes unknown before the run (its statistics engine holds fixed sizes): pass "
-    "frames=, or --tiling frozen to use the TensorRT frozen engines anyway"
+    "frame sizes unknown before the run (watch, Enhancer; its statistics engine holds fixed "
+    "sizes): use --tiling frozen (tiling='frozen') to take the TensorRT frozen engines anyway"
 )
 FrameShapes = Sequence[tuple[int, int]] | Callable[[], Sequence[tuple[int, int]]]
 

@@ -365,15 +365,15 @@ class FrameRunner:
             mode = "frozen"
         else:
             mode = "tiles"
-            if cfg.tiling_mode == "naive" and self.instance_norm:
-                self._warn_once(
-                    "naive",
-                    "--tiling naive: the tiles of a frame are normalised independently "
-                    "(InstanceNorm): brightness steps at tile borders are likely; use --tiling "
-                    "auto or frozen for seam-free output",
-                )
         batch = spec.shape[0] or (1 if whole else min(cfg.batch, len(tiles.tiles)))
         check_batch_shape(spec, (batch, spec.channels, *tiles.tile_shape), name=f"frame {shape}")
+        if mode == "tiles" and cfg.tiling_mode == "naive" and self.instance_norm:
+            self._warn_once(
+                "naive",
+                "--tiling naive: the tiles of a frame are normalised independently "
+                "(InstanceNorm): brightness steps at tile borders are likely; use --tiling "
+                "auto or frozen for seam-free output",
+            )
         stats = None
         if mode == "frozen":
             untiled = cfg.model_copy(update={"tile": 0}).tiling(self.model, shape)
