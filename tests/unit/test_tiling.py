@@ -50,7 +50,8 @@ def test_identity_and_nearest_x2_reproduce_the_frame(rng, blend, shape, scale):
     frame = rng.uniform(-1, 1, shape).astype(np.float32)
     out = predict_tiled(frame, identity if scale == 1 else nearest_x2, config(blend, scale=scale))
     assert out.shape == (shape[0] * scale, shape[1] * scale) and out.dtype == np.float32
-    assert np.abs(out - upsample(frame, scale)).max() <= 1e-6
+    # float32 accumulation: with a 0.95 overlap up to ~16 tiles add into one pixel (1.1e-6 seen)
+    assert np.abs(out - upsample(frame, scale)).max() <= 4e-6
 
 
 @pytest.mark.parametrize("blend", BLENDS)
@@ -115,7 +116,8 @@ def test_any_geometry_covers_and_reconstructs(
     assert (plan.weight_sum() > 0).all()
     frame = np.random.default_rng(height * 1000 + width).uniform(-1, 1, (height, width))
     out = predict_tiled(frame.astype(np.float32), identity if scale == 1 else nearest_x2, cfg)
-    assert np.abs(out - upsample(frame, scale)).max() <= 1e-6
+    # float32 accumulation: with a 0.95 overlap up to ~16 tiles add into one pixel (1.1e-6 seen)
+    assert np.abs(out - upsample(frame, scale)).max() <= 4e-6
 
 
 @pytest.mark.parametrize("blend", BLENDS)
