@@ -39,6 +39,8 @@ def _panel(status):  # a rich renderable for the live display
     )
     table.add_row("incomplete files", f"{status.incomplete} {escape(incomplete)}".strip())
     table.add_row("latency p50 / p95", f"{ms(status.p50)} / {ms(status.p95)}")
+    table.add_row("  split (p50)", status.split_text())
+    table.add_row("complete by", status.rules_text())
     table.add_row("frames/s", f"{status.fps:.2f}")
     table.add_row("backend", escape(status.backend))
     table.add_row("", "stopping..." if status.stopping else "Ctrl+C to stop")
@@ -62,9 +64,15 @@ def watch(
     whole_max_px: int = typer.Option(
         common.WHOLE_MAX_PX_DEFAULT, min=0, help=common.WHOLE_MAX_PX_HELP
     ),
-    poll: float = typer.Option(0.5, min=0.01, help="Seconds between folder scans."),
+    poll: float = typer.Option(
+        0.5, min=0.01, help="Seconds between folder scans (besides the filesystem events)."
+    ),
     stable: float = typer.Option(
-        1.0, min=0.0, help="Seconds a file's size must stay unchanged before it counts as complete."
+        1.0,
+        min=0.0,
+        help="Seconds a file's size must stay unchanged before it counts as complete; only for "
+        "files whose completeness cannot be known otherwise (no page count announced, not "
+        "renamed into place).",
     ),
     idle: float = typer.Option(
         30.0, min=0.1, help="Close (rename) a growing stack's output after this many idle seconds."
@@ -76,7 +84,10 @@ def watch(
     ),
     queue_size: int = typer.Option(64, min=1, help="Backlog (frames) that triggers a warning."),
     polling: bool = typer.Option(
-        False, "--polling", help="Polling only, no filesystem events (network shares)."
+        False,
+        "--polling",
+        help="Polling only, no filesystem events (network shares deliver none; renamed files "
+        "then wait --stable unless their metadata announce the page count).",
     ),
     exit_idle: float | None = typer.Option(
         None, min=0.1, help="Stop by itself after this many seconds with nothing to do."

@@ -3,8 +3,9 @@
 :func:`watch_folder` runs two threads:
 
 * the **scanner** (background thread, :class:`~cyclesr_deploy.runtime.watch_scan.Scanner`) lists
-  the input folder (``os.scandir``) every ``poll`` seconds (and at once on a filesystem
-  event when the optional ``watchdog`` package is installed and ``use_events``). It
+  the input folder (``os.scandir``) at once on every filesystem event (``watchdog``: inotify,
+  ReadDirectoryChangesW, FSEvents; ``use_events``, the default) and every ``poll`` seconds
+  in any case (the fallback, and the only way on network shares: ``--polling``). It
   decides when pages are complete (below) and appends references to them, in the order
   they became complete, to the backlog;
 * the **worker** (the calling thread, where the engine was entered) takes one page at a
@@ -15,10 +16,20 @@
   bounded however far behind the engine is.
 
 Completeness (never read a half-written file). A file is parsed page by page with tifffile;
-page *k* counts as complete when its IFD parses, its pixel data lie inside the file and
-either a later page's IFD already exists (sequential writers append IFD + data page by page)
-or the file's size and mtime have not changed for ``stable`` seconds (one page written in
-pieces is one frame, never a stack: a stack needs a second page IFD). Any parse or permission
+page *k* can only count as complete when its IFD parses and its pixel data lie inside the
+file (writers write sequentially, so those bytes are written). It then counts as complete by
+the first rule that holds (``Item.rule``; the live status counts pages per rule, the manifest
+says ``complete_by``): ``announced``: the metadata announce the page count (OME-XML
+SizeZ*T*C, ImageJ ``images=``, tifffile's shaped ``shape``) and that many pages lie wholly
+inside the file, so nothing can follow; ``renamed``: the file appeared by rename (a
+filesystem event; the atomic temp-name-then-rename write) and has not changed since;
+``next-page``: a later page's IFD exists (sequential writers append IFD + data page by page);
+``stable``: the file's size and mtime have not changed for ``stable`` seconds, the only rule
+left for a file that announces nothing and was written in place (a plain one-page TIFF: one
+frame, or the first page of a stack still to grow? Its data can be inside the file before the
+writer is done; one page written in pieces is one frame, never a stack: a stack needs a
+second page IFD). An announced stack whose count is not reached stays open. Any parse or
+permission
 error (Windows refuses reads of a file being written) means "not ready yet" while the file
 changes. A file that stops changing (``stable`` s) and is no readable single-channel TIFF
 (zero bytes, not a TIFF, RGB, C > 1, an unsupported dtype) fails with the message ``cyclesr
@@ -56,6 +67,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -78,8 +90,8 @@ from cyclesr_deploy.runtime.manifest import (
 )
 from cyclesr_deploy.runtime.runner import EnhanceConfig, FrameRunner
 from cyclesr_deploy.runtime.tiff import PageProbe, probe_pages
-from cyclesr_deploy.runtime.watch_output import Outputs
-from cyclesr_deploy.runtime.watch_scan import Close, Item, Scanner, State
+from cyclesr_deploy.runtime.watch_output import PHASES, Outputs
+from cyclesr_deploy.runtime.watch_scan import RULES, Close, Item, Scanner, State
 
 __all__ = [
     "PageProbe",
@@ -103,7 +115,8 @@ class WatchConfig(BaseModel):
     same before its last page counts as complete; ``idle``: seconds without growth after
     which a stack's output is closed (renamed); ``when_behind``: ``queue`` or ``latest``;
     ``queue_size``: backlog (pages) above which a warning is logged; ``use_events``: wake on
-    watchdog events when installed (polling always runs); ``exit_idle``: stop by itself
+    filesystem events (watchdog) and take a rename as completeness (polling always runs; off:
+    polling only, for network shares, which deliver no events); ``exit_idle``: stop by itself
     after that many seconds with nothing new and nothing pending (None: run until stopped).
     """
 
@@ -123,7 +136,9 @@ class WatchStatus:
     """A snapshot for the live display: frames ``seen`` (complete pages found), ``done``
     (written), ``queued`` (backlog), ``skipped`` (latest policy), ``failed``, files
     ``incomplete`` (stable but truncated), latency arrival -> written p50/p95 (s), frames/s
-    over the last 10 s, the engine's name."""
+    over the last 10 s, the engine's name; ``split``: p50 (s) of each phase of the latency
+    (:data:`~cyclesr_deploy.runtime.watch_output.PHASES`: wait = arrival -> judged complete,
+    queue, read, compute, write); ``rules``: pages per completeness rule that judged them."""
 
     seen: int
     done: int
@@ -138,6 +153,8 @@ class WatchStatus:
     elapsed: float
     incomplete_files: tuple[str, ...] = ()
     stopping: bool = False
+    split: tuple[tuple[str, float], ...] = ()
+    rules: tuple[tuple[str, int], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -151,8 +168,19 @@ class WatchStatus:
         return (
             f"in {self.seen}, done {self.done}, queued {self.queued}, skipped {self.skipped}, "
             f"failed {self.failed}, incomplete {self.incomplete}; latency p50 {ms(self.p50)} "
-            f"p95 {ms(self.p95)}; {self.fps:.2f} frames/s; {self.backend}"
+            f"p95 {ms(self.p95)} ({self.split_text()}); complete by {self.rules_text()}; "
+            f"{self.fps:.2f} frames/s; {self.backend}"
         )
+
+    def split_text(self) -> str:
+        """``wait 3 / queue 0 / read 4 / compute 180 / write 9 ms`` (p50 of each phase)."""
+        if not self.split:
+            return "-"
+        return " / ".join(f"{k} {v * 1000:.0f}" for k, v in self.split) + " ms"
+
+    def rules_text(self) -> str:
+        """``announced 12, stable 1``: pages per completeness rule."""
+        return ", ".join(f"{k} {n}" for k, n in self.rules) or "-"
 
 
 class _Backlog:
@@ -253,14 +281,16 @@ class _Watch:
         self.outputs = Outputs(self.state, runner, model.scale, self._done)
         self.backlog = _Backlog(self.state, self.outputs)
         self.latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
+        self.splits: deque[tuple[float, ...]] = deque(maxlen=_LATENCY_WINDOW)
         self.done_times: deque[float] = deque()
         self.t_start = time.perf_counter()
         self.scanner_error: BaseException | None = None
 
-    def _done(self, item: Item, t1: float) -> None:
+    def _done(self, item: Item, t1: float, split: dict[str, float]) -> None:
         with self.state.lock:
             self.state.done += 1
             self.latencies.append(t1 - item.arrival)
+            self.splits.append(tuple(split[k] for k in PHASES))
             self.done_times.append(t1)
             self.state.last_activity = t1
         if self.on_frame is not None:
@@ -298,6 +328,7 @@ class _Watch:
                 self.done_times.popleft()
             window = min(_RATE_WINDOW_S, now - self.t_start)
             lat = np.array(self.latencies) if self.latencies else None
+            split = np.median(np.array(self.splits), axis=0) if self.splits else ()
             incomplete = tuple(s.path.name for s in state.sources.values() if s.incomplete)
             return WatchStatus(
                 seen=state.seen,
@@ -313,6 +344,8 @@ class _Watch:
                 elapsed=now - self.t_start,
                 incomplete_files=incomplete,
                 stopping=self.stop.is_set(),
+                split=tuple((k, float(v)) for k, v in zip(PHASES, split, strict=False)),
+                rules=tuple((r, state.rules[r]) for r in RULES if state.rules[r]),
             )
 
     def run(self) -> WatchStatus:
@@ -325,7 +358,7 @@ class _Watch:
         try:
             while True:
                 item = self.backlog.take(self.stop)
-                now = time.perf_counter()
+                now = time.perf_counter()  # taken: the end of the item's queue time
                 if self.on_status is not None and now >= next_status:
                     self.on_status(self.status())
                     next_status = now + self.status_every
@@ -338,7 +371,7 @@ class _Watch:
                 elif isinstance(item, Close):
                     self.outputs.close_stack(item.src)
                 else:
-                    self.outputs.process(item)
+                    self.outputs.process(item, now)
         finally:
             self._finish(scanner, observer)
         if self.scanner_error is not None:
@@ -376,16 +409,25 @@ class _Watch:
             )
 
     def _start_events(self) -> Any:
-        """Wake the scanner on filesystem events when watchdog is installed (optional)."""
+        """Wake the scanner on every filesystem event and tell it which files were renamed
+        into place (watchdog, a dependency: imported here, ~25 ms). Polling goes on anyway;
+        without events (no watchdog, no notifications on this filesystem) it is all there is."""
         try:
             from watchdog.events import FileSystemEventHandler  # type: ignore[import-not-found]
             from watchdog.observers import Observer  # type: ignore[import-not-found]
-        except ImportError:
+        except ImportError as exc:  # a plain dependency: only a broken install lands here
+            log.warning(
+                "filesystem events unavailable (%s); polling every %s s", exc, self.cfg.poll
+            )
             return None
-        wake = self.state.wake
+        wake, moved, folder = self.state.wake, self.state.moved, self.in_dir.resolve()
 
         class _Handler(FileSystemEventHandler):  # type: ignore[misc]
             def on_any_event(self, event: Any) -> None:
+                if event.event_type == "moved" and not event.is_directory:
+                    dest = Path(os.fsdecode(event.dest_path))
+                    if dest.parent.resolve() == folder:
+                        moved.append(dest.name)
                 wake.set()
 
         try:

@@ -25,6 +25,10 @@ from cyclesr_deploy.runtime.watch_scan import Item, Source, State
 
 log = logging.getLogger("cyclesr_deploy.runtime.watch")
 
+# A frame's latency, in order: arrival (last bytes seen) -> judged complete -> taken by the
+# worker -> read -> enhanced (the frame runner) -> written (output renamed / page appended).
+PHASES = ("wait", "queue", "read", "compute", "write")
+
 
 class Outputs:
     """Turns backlog items into written outputs with ``enhance`` (2-D frame in, enhanced frame
@@ -35,16 +39,21 @@ class Outputs:
         state: State,
         enhance: Callable[[np.ndarray], np.ndarray],
         scale: int,
-        on_done: Callable[[Item, float], None],
+        on_done: Callable[[Item, float, dict[str, float]], None],
     ) -> None:
         self.state, self.enhance, self.scale, self.on_done = state, enhance, scale, on_done
 
-    def process(self, item: Item) -> None:
+    def process(self, item: Item, taken: float) -> None:
+        """Read, enhance and write ``item`` (taken from the backlog at ``taken``); its latency
+        split (:data:`PHASES`) goes to the manifest (``latency_s``, the file's last page) and
+        to ``on_done`` with the rule that judged it complete (``complete_by``)."""
         src = item.src
         t0 = time.perf_counter()
         try:
             frame, info = self._read(src, item.page)
+            t_read = time.perf_counter()
             result = self.enhance(frame)  # the one call of the frame runner
+            t_comp = time.perf_counter()
             if info is not None:
                 self._write_frame_file(src, info, result)
             else:
@@ -55,11 +64,26 @@ class Outputs:
                 self.state.fail(src, f"page {item.page}: {msg}", file_level=bool(src.frame_file))
             return
         t1 = time.perf_counter()
+        split = dict(
+            zip(
+                PHASES,
+                (
+                    item.judged - item.arrival,
+                    taken - item.judged,
+                    t_read - t0,
+                    t_comp - t_read,
+                    t1 - t_comp,
+                ),
+                strict=True,
+            )
+        )
         with self.state.lock:
             src.seconds += t1 - t0
+            values = {"latency_s": {k: round(max(v, 0.0), 4) for k, v in split.items()}}
             if src.frame_file:
-                self.state.manifest.update(src.path, seconds=round(t1 - t0, 4))
-        self.on_done(item, t1)
+                values["seconds"] = round(t1 - t0, 4)
+            self.state.manifest.update(src.path, complete_by=item.rule, **values)
+        self.on_done(item, t1, split)
 
     @staticmethod
     def _read(src: Source, page: int) -> tuple[np.ndarray, StackInfo | None]:

@@ -45,6 +45,8 @@ class Source:
     observed: int = 0  # pages whose data were seen complete
     arrivals: dict[int, float] = field(default_factory=dict)
     seconds: float = 0.0
+    renamed: bool = False  # appeared by rename (a filesystem event) and unchanged since
+    rule: str | None = None  # the completeness rule that decided the last queued page
 
     def retry(self) -> None:
         """Forget a failure of a file that changed since (nothing of it was written)."""
@@ -54,11 +56,21 @@ class Source:
         self.closed = False
 
 
+# The completeness rules (which one decided a page: live status and manifest "complete_by").
+RULE_RENAMED = "renamed"  # the file appeared by rename: its size is final when it appears
+RULE_ANNOUNCED = "announced"  # the metadata's page count is reached, every page inside the file
+RULE_NEXT_PAGE = "next-page"  # a later page's IFD exists (sequential writers): this page is final
+RULE_STABLE = "stable"  # size and mtime unchanged for ``stable`` s (nothing else can tell)
+RULES = (RULE_RENAMED, RULE_ANNOUNCED, RULE_NEXT_PAGE, RULE_STABLE)
+
+
 @dataclass(eq=False)
 class Item:
     src: Source
     page: int
-    arrival: float
+    arrival: float  # when the page's last bytes were seen
+    judged: float = 0.0  # when it was judged complete (queued)
+    rule: str = RULE_STABLE
 
 
 @dataclass(eq=False)
@@ -75,6 +87,8 @@ class State:
         self.work = threading.Condition(self.lock)
         self.wake = threading.Event()
         self.backlog: collections.deque[Item | Close] = collections.deque()
+        self.moved: collections.deque[str] = collections.deque()  # names renamed into place
+        self.rules: collections.Counter[str] = collections.Counter()  # pages per rule
         self.ready: list[tuple[float, int, float, Item | Close]] = []
         self.sources: dict[str, Source] = {}
         self.seen = self.done = self.skipped = 0
@@ -157,6 +171,9 @@ class Scanner:
             found.append((st.st_mtime_ns, name, e.path, st))
         found.sort()  # new files get their arrival rank by mtime, then name
         sources = self.state.sources
+        moved = set()
+        while self.state.moved:  # filled by the event thread (deque: thread-safe)
+            moved.add(self.state.moved.popleft())
         for _mtime, name, path, st in found:
             src = sources.get(name)
             if src is None:
@@ -167,22 +184,25 @@ class Scanner:
                     log.info("%s changed: trying it again", name)
                     src.retry()
                 src.size, src.mtime_ns, src.changed_at = st.st_size, st.st_mtime_ns, now
-                src.probed_stable = False
+                src.probed_stable = src.renamed = False
                 self.state.last_activity = now
+            if name in moved:  # renamed into place: final as it is now (until it changes)
+                src.renamed = True
 
     def update(self, src: Source, now: float) -> float | None:
         """Probe ``src`` when needed and queue its complete pages; returns when it should be
         looked at again (a stability deadline) or None."""
         if src.failed and src.frame_file is not False:
             return None
-        stable = now - src.changed_at >= self.cfg.stable
+        waited = now - src.changed_at >= self.cfg.stable
+        stable = waited or src.renamed  # final: nothing more will be written
         key = (src.size, src.mtime_ns)
         if src.probed == key and (src.probed_stable or not stable):
             return None if src.probed_stable else src.changed_at + self.cfg.stable
         probe = probe_pages(src.path)
         if (probe.size, probe.mtime_ns) != key:  # changed since the scan
             src.size, src.mtime_ns, src.changed_at = probe.size, probe.mtime_ns, now
-            src.probed_stable = False
+            src.probed_stable = src.renamed = False
             return now + self.cfg.stable
         src.probed, src.probed_stable = key, stable
         src.expected = probe.expected
@@ -191,14 +211,17 @@ class Scanner:
             if stable:  # stopped changing and is no usable TIFF: the reader's own message
                 self.state.fail(src, probe.refused or self._why(src, probe.error), file_level=True)
             return None if stable else src.changed_at + self.cfg.stable
-        self._queue(src, probe, stable)
-        if stable:
-            self._check_complete(src, probe)
+        self._queue(src, probe, now, RULE_STABLE if waited else RULE_RENAMED if stable else None)
+        if stable or (src.expected is not None and src.queued_to >= src.expected):
+            self._check_complete(src, probe)  # (an announced count reached: complete now)
         if (
             src.frame_file is False
             and not src.closed
             and src.queued_to > 0
-            and (src.expected is not None and src.queued_to >= src.expected)
+            and (
+                (src.expected is not None and src.queued_to >= src.expected)
+                or (src.renamed and src.queued_to >= probe.complete)
+            )
         ):
             self.state.ready.append((src.changed_at, src.seq, math.inf, Close(src)))
             src.closed = True
@@ -213,11 +236,20 @@ class Scanner:
             return str(exc)
         return f"{src.path}: not a readable TIFF ({error})"
 
-    def _queue(self, src: Source, probe: Any, stable: bool) -> None:
+    def _queue(self, src: Source, probe: Any, now: float, final_rule: str | None) -> None:
+        """Queue the pages of ``src`` that are complete; ``final_rule``: the file is final as
+        it is (``stable`` or ``renamed``), None while it may still be written."""
         n = probe.complete
         if probe.expected is not None:
             n = min(n, probe.expected)
-        final = n if (stable or probe.more) else max(0, n - 1)
+        announced = probe.expected is not None and n >= probe.expected  # every page inside
+        if announced:  # said first: the rule a user can rely on without --stable
+            final, rule = n, RULE_ANNOUNCED
+        elif final_rule is not None:
+            final, rule = n, final_rule
+        else:  # the pages before a later page's IFD; the last one only when one follows
+            final, rule = (n if probe.more else max(0, n - 1)), RULE_NEXT_PAGE
+        stable = final_rule is not None
         if src.frame_file is None:
             if probe.expected is not None:
                 src.frame_file = probe.expected == 1
@@ -234,9 +266,12 @@ class Scanner:
             src.closed = False
             for page in range(src.queued_to, final):
                 arrival = src.arrivals.pop(page, src.changed_at)
-                self.state.ready.append((arrival, src.seq, page, Item(src, page, arrival)))
+                why = rule if page == final - 1 else RULE_NEXT_PAGE
+                item = Item(src, page, arrival, now, why)
+                self.state.ready.append((arrival, src.seq, page, item))
+                self.state.rules[why] += 1
                 self.state.seen += 1
-            src.queued_to = final
+            src.queued_to, src.rule = final, rule
 
     def _check_complete(self, src: Source, probe: Any) -> None:
         wanted = probe.expected
@@ -272,8 +307,10 @@ class Scanner:
 
     def release(self, now: float) -> None:
         """Move ready pages to the backlog in arrival order: a page is held while another
-        file, changed before the page arrived, may still turn out complete (for at most
-        ``stable`` s), so that the backlog is in the order the data landed."""
+        file, changed before the page arrived, holds complete data not judged final yet (for
+        at most ``stable`` s), so that the backlog is in the order the data landed. A file
+        whose complete pages are all queued holds nothing back: its next page can only
+        arrive later."""
         state = self.state
         if not state.ready:
             return
@@ -281,7 +318,9 @@ class Scanner:
         unstable = [
             (s.changed_at, s.seq)
             for s in state.sources.values()
-            if now - s.changed_at < self.cfg.stable and not s.failed
+            if now - s.changed_at < self.cfg.stable
+            and not s.failed
+            and (s.probed != (s.size, s.mtime_ns) or s.observed > s.queued_to)
         ]
         keep = []
         for entry in state.ready:

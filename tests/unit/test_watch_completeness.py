@@ -27,9 +27,9 @@ def _model():
     )
 
 
-def _frame_bytes(value: int = 5) -> bytes:
+def _frame_bytes(value: int = 5, **kwargs) -> bytes:
     b = io.BytesIO()
-    tifffile.imwrite(b, np.full((32, 32), value, np.uint16), photometric="minisblack")
+    tifffile.imwrite(b, np.full((32, 32), value, np.uint16), photometric="minisblack", **kwargs)
     return b.getvalue()
 
 
@@ -89,7 +89,8 @@ def test_unreadable_file_is_not_ready_never_an_error(tmp_path, monkeypatch):
 def test_size_must_be_stable_before_the_last_page_counts(tmp_path):
     (tmp_path / "in").mkdir()
     path = tmp_path / "in" / "f.tif"
-    path.write_bytes(_frame_bytes(9))  # complete, but just written
+    # complete, just written, announcing nothing: a frame or the first page of a stack?
+    path.write_bytes(_frame_bytes(9, metadata=None))
     written: list[float] = []
     stop = threading.Event()
     t0 = time.perf_counter()
