@@ -183,17 +183,28 @@ def _weights(v: Any, folder: ModelFolder, model: ModelConfig, with_torch: bool):
     return v.WeightsDescr(**entries)
 
 
-def _describe(v, folder, model, *, stage: Path, min_size, test_size, authors, with_torch):
-    """The ModelDescr, its test tensors, cover and README written into ``stage``."""
+def _tensor(v: Any, kind: str, tensor_id: str, image: np.ndarray, stage: Path, **fields: Any):
+    """The input or output (``kind``) tensor description, its test tensor (``test_<kind>.npy``,
+    with batch and channel axes) and sample (``sample_<kind>.tif``) written into ``stage``."""
     import tifffile
 
+    test, sample = stage / f"test_{kind}.npy", stage / f"sample_{kind}.tif"
+    np.save(test, image[None, None])
+    tifffile.imwrite(sample, image)
+    descr = v.InputTensorDescr if kind == "input" else v.OutputTensorDescr
+    return descr(
+        id=v.TensorId(tensor_id),
+        test_tensor=v.FileDescr(source=test),
+        sample_tensor=v.FileDescr(source=sample),
+        **fields,
+    )
+
+
+def _describe(v, folder, model, *, stage: Path, min_size, test_size, authors, with_torch):
+    """The ModelDescr, its test tensors, cover and README written into ``stage``."""
     from cyclesr_deploy.export.bioimageio_docs import PAPER, PAPER_DOI, readme, write_cover
 
     lr, hr = _test_tensors(folder, model, test_size)
-    np.save(stage / "test_input.npy", lr[None, None])
-    np.save(stage / "test_output.npy", hr[None, None])
-    tifffile.imwrite(stage / "sample_input.tif", lr)
-    tifffile.imwrite(stage / "sample_output.tif", hr)
     cover = write_cover(stage / "cover.png", lr, hr)
     halo = _halo(model)
     tolerance = package_tolerance(model)
@@ -223,24 +234,8 @@ def _describe(v, folder, model, *, stage: Path, min_size, test_size, authors, wi
         documentation=v.FileDescr(source=doc),
         covers=[v.FileDescr(source=cover)],
         tags=list(TAGS),
-        inputs=[
-            v.InputTensorDescr(
-                id=v.TensorId(INPUT_ID),
-                axes=in_axes,
-                test_tensor=v.FileDescr(source=stage / "test_input.npy"),
-                sample_tensor=v.FileDescr(source=stage / "sample_input.tif"),
-                preprocessing=pre,
-            )
-        ],
-        outputs=[
-            v.OutputTensorDescr(
-                id=v.TensorId(OUTPUT_ID),
-                axes=out_axes,
-                test_tensor=v.FileDescr(source=stage / "test_output.npy"),
-                sample_tensor=v.FileDescr(source=stage / "sample_output.tif"),
-                postprocessing=post,
-            )
-        ],
+        inputs=[_tensor(v, "input", INPUT_ID, lr, stage, axes=in_axes, preprocessing=pre)],
+        outputs=[_tensor(v, "output", OUTPUT_ID, hr, stage, axes=out_axes, postprocessing=post)],
         weights=_weights(v, folder, model, with_torch),
         config=v.Config(
             bioimageio=v.BioimageioConfig(
