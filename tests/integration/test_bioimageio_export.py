@@ -187,3 +187,41 @@ def test_cli_refuses_to_overwrite_and_reports_failure(tmp_path, offline, monkeyp
     )
     assert res.exit_code == 0, res.output
     assert zipfile.is_zipfile(out)
+
+
+def test_scale_2_model_gets_output_pixel_size_and_halo_of_the_hr_grid(tmp_path, offline):
+    """A random scale-2 generator (ngf 4, 1 block): output y/x twice the input's, pixel size
+    halved, halo in output pixels; bioimageio.core's test passes for both weight formats."""
+    pytest.importorskip("torch")
+    import torch
+    from bioimageio.spec import load_description
+
+    from cyclesr_deploy.export import onnx_from_checkpoint
+    from cyclesr_deploy.export.bioimageio import export_bioimageio
+    from cyclesr_deploy.model import (
+        GeneratorConfig,
+        ModelConfig,
+        NormalizationConfig,
+        Provenance,
+        save_model_config,
+    )
+    from cyclesr_deploy.nets import build_generator
+
+    folder = tmp_path / "s2"
+    cfg = ModelConfig(
+        name="s2",
+        generator=GeneratorConfig(ngf=4, n_blocks=1, scale=2),
+        normalization=NormalizationConfig(low_a=100, high_a=4000, low_b=0, high_b=3000),
+        provenance=Provenance(pixel_size_um_a=0.08, pixel_size_um_b=0.04),
+    )
+    save_model_config(folder, cfg)
+    net = build_generator(cfg.generator, generator=torch.Generator().manual_seed(0))
+    torch.save(net.state_dict(), ModelFolder(folder).weights("ab"))
+    onnx_from_checkpoint(folder, dynamo=False, parity_sizes=[(1, 64, 64)], synthetic_sizes=[])
+    res = export_bioimageio(folder, tmp_path / "s2.zip", min_size=64, test_size=64)
+    assert res.tests == {"pytorch_state_dict": "passed", "onnx": "passed"}
+    descr = load_description(res.path)
+    y_in, y_out = descr.inputs[0].axes[2], descr.outputs[0].axes[2]
+    assert (y_in.scale, y_out.scale) == (0.08, 0.04)
+    assert y_out.halo == res.halo == (cfg.receptive_field // 2) * 2
+    assert y_out.size.get_size(y_out, y_in, n=0) == 128
