@@ -225,3 +225,17 @@ def test_scale_2_model_gets_output_pixel_size_and_halo_of_the_hr_grid(tmp_path, 
     assert (y_in.scale, y_out.scale) == (0.08, 0.04)
     assert y_out.halo == res.halo == (cfg.receptive_field // 2) * 2
     assert y_out.size.get_size(y_out, y_in, n=0) == 128
+
+
+def test_unpackageable_models_are_refused_before_anything_runs(tmp_path, offline):
+    from cyclesr_deploy.export.bioimageio import export_bioimageio
+    from cyclesr_deploy.model import MODEL_JSON
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / MODEL_JSON).write_bytes((builtin_model(MODEL) / MODEL_JSON).read_bytes())
+    with pytest.raises(InputError, match="cyclesr export onnx"):
+        export_bioimageio(bare, tmp_path / "a.zip")
+    with pytest.raises(InputError, match="--min-size 100: must be a multiple of 4 and larger"):
+        export_bioimageio(MODEL, tmp_path / "b.zip", min_size=100)
+    assert _leftovers(tmp_path, {"bare", "bioimageio-cache"}) == []
