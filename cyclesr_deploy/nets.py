@@ -15,10 +15,14 @@ in [-1, 1].
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
 import torch
 from torch import nn
 
-from cyclesr_deploy.model import DiscriminatorConfig, GeneratorConfig
+if TYPE_CHECKING:  # annotations only: this file runs without cyclesr_deploy (BMZ packages)
+    from cyclesr_deploy.model import DiscriminatorConfig, GeneratorConfig
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -203,6 +207,14 @@ def build_generator(
     """A ResnetGenerator initialised N(0, 0.02). Build G (``generator_ab``, LR -> HR) from the
     model's ``GeneratorConfig`` and F (``generator_ba``, HR -> LR) from ``cfg.inverse()``."""
     return init_weights(ResnetGenerator(cfg), generator=generator)
+
+
+def resnet_generator(**config: Any) -> ResnetGenerator:
+    """A ResnetGenerator from every field of a ``GeneratorConfig`` given as keywords
+    (``model.json``'s ``generator``), without cyclesr_deploy installed: the architecture entry
+    point of the BioImage Model Zoo packages (``cyclesr export bioimageio``), which ship this
+    file as source. Weights are left as constructed; load a state dict into it."""
+    return ResnetGenerator(SimpleNamespace(**config))  # type: ignore[arg-type]
 
 
 def build_discriminator(

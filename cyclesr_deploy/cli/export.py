@@ -301,3 +301,37 @@ def check_cmd(model_dir: Path = _MODEL, check_frame: Path | None = _CHECK_FRAME)
             )
         _check(model_dir, table, frames)
     out.print(table)
+
+
+@app.command("bioimageio")
+def bioimageio_cmd(
+    model: str = typer.Argument(..., help="Model folder or built-in model name."),
+    output: Path = typer.Option(
+        ..., "--out", "-o", help="The package: a .zip file, or a folder for any other name."
+    ),
+    author: list[str] = typer.Option(
+        None, "--author", help="An author's name (repeat for several; default: the project)."
+    ),
+    min_size: int | None = typer.Option(
+        None, help="Smallest y/x tools may feed, px (default 256); sizes grow in steps of 4."
+    ),
+    test_size: int | None = typer.Option(None, help="Test tensors' y/x, px (default 256)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing package."),
+) -> None:
+    """BioImage Model Zoo package (bioimageio.spec 0.5): ONNX + PyTorch weights, the model's
+    normalization, halo, test tensors from this runtime, cover, README; written only after
+    bioimageio.core's offline CPU test passes (extra `bioimageio`)."""
+    from cyclesr_deploy.export.bioimageio import export_bioimageio
+
+    options = {"min_size": min_size, "test_size": test_size, "authors": tuple(author or ())}
+    status = err.status("building and testing the BioImage Model Zoo package ...")
+    with _export_errors(), status:
+        res = export_bioimageio(
+            model, output, overwrite=overwrite, **{k: v for k, v in options.items() if v}
+        )
+    tests = ", ".join(f"{fmt} {status}" for fmt, status in res.tests.items())
+    out.print(
+        f"{escape(str(res.path))}: bioimageio model {res.format_version}, halo {res.halo} px, "
+        f"bioimageio.core test: {tests} ({res.seconds:.1f} s)",
+        highlight=False,
+    )

@@ -18,6 +18,7 @@ from cyclesr_deploy.errors import require
 if TYPE_CHECKING:
     from cyclesr_deploy.engines.tensorrt_load import load_engine
     from cyclesr_deploy.engines.trt_config import TensorRTBuildConfig
+    from cyclesr_deploy.export.bioimageio import BioimageioExport, export_bioimageio
     from cyclesr_deploy.export.fp16 import Fp16Export, fp16_onnx_from_onnx
     from cyclesr_deploy.export.onnx_export import OnnxExport, onnx_from_checkpoint
     from cyclesr_deploy.export.parity import (
@@ -50,6 +51,8 @@ _LAZY: dict[str, tuple[str, tuple[str, ...]]] = {
     "fp16_onnx_from_onnx": ("fp16", ("onnx", "onnxconverter_common")),
     "Fp16Export": ("fp16", ("onnx", "onnxconverter_common")),
     "ExportError": ("parity", ()),
+    "export_bioimageio": ("bioimageio", ()),  # requires the ``bioimageio`` extra itself
+    "BioimageioExport": ("bioimageio", ()),
     "ParityError": ("parity", ()),
     "compare_outputs": ("parity", ()),
     "random_inputs": ("parity", ()),
@@ -64,6 +67,7 @@ _LAZY: dict[str, tuple[str, tuple[str, ...]]] = {
 
 __all__ = [
     "ArtifactEntry",
+    "BioimageioExport",
     "EngineBuild",
     "ExportError",
     "ExportReport",
@@ -74,6 +78,7 @@ __all__ = [
     "TensorRTBuildConfig",
     "compare_outputs",
     "engine_from_onnx",
+    "export_bioimageio",
     "fp16_onnx_from_onnx",
     "load_engine",
     "onnx_from_checkpoint",

@@ -19,6 +19,7 @@ HEAVY = (
     "matplotlib",
     "watchdog",
     "yaml",
+    "bioimageio",
 )
 
 # Block the heavy modules as if they were not installed, then run the given code.
@@ -55,6 +56,7 @@ def test_import_package_and_cli_pull_no_heavy_dependency():
         import cyclesr_deploy.runtime.tiling, cyclesr_deploy.runtime.enhancer
         import cyclesr_deploy.runtime.watch
         import cyclesr_deploy.bench, cyclesr_deploy.export, cyclesr_deploy.model
+        import cyclesr_deploy.export.bioimageio, cyclesr_deploy.export.bioimageio_docs
         import cyclesr_deploy.onnx_metadata
         loaded = sorted(m for m in sys.modules if m.split('.')[0] in HEAVY)
         print('LOADED', loaded)
@@ -76,6 +78,21 @@ def test_cli_help_works_with_core_only():
     assert res.returncode == 0, res.stderr
     for command in ("synth", "metrics", "demo"):
         assert command in res.stdout
+
+
+def test_bioimageio_export_without_the_extra_names_it():
+    res = _run(
+        """
+        from cyclesr_deploy.errors import MissingExtraError
+        from cyclesr_deploy.export.bioimageio import export_bioimageio
+        try:
+            export_bioimageio('reference-cyclegan', 'never-written.zip')
+        except MissingExtraError as exc:
+            print('MSG', exc)
+        """
+    )
+    assert res.returncode == 0, res.stderr
+    assert "pip install 'cyclesr-deploy[bioimageio]'" in res.stdout
 
 
 def test_missing_extra_error_names_the_extra():
