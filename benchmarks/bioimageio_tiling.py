@@ -38,12 +38,12 @@ BLOCK_PARAMETERS = (10, 64)  # bioimageio.core's default n, and larger blocks
 def frames(model) -> dict[str, np.ndarray]:
     from skimage import data
 
+    from cyclesr_deploy.normalization import stretch_to_range
     from cyclesr_deploy.synthetic import SynthConfig, simulate_pair
 
     n = model.normalization
     cell = data.cell().astype(np.float32)[:, :548]
-    lo, hi = np.percentile(cell, [n.pmin, n.pmax])
-    cell = (cell - lo) / (hi - lo) * (n.high_a - n.low_a) + n.low_a
+    cell = stretch_to_range(cell, n.low_a, n.high_a, n.pmin, n.pmax)
     return {
         "synthetic LR 1024x1024 (seed 1)": simulate_pair(SynthConfig(size=1024, seed=1)).lr,
         "skimage data.cell() 660x548": cell,

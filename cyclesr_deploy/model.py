@@ -151,8 +151,30 @@ class GeneratorConfig(_Strict):
         ``tests/unit/test_nets.py``). 121 px for resnet_6blocks, 169 px for resnet_9blocks
         (scale 1); 165 px for resnet_9blocks with scale 2 (pixel_shuffle head).
         """
-        # (kind, kernel) from input to output; kinds: conv (stride 1, "same"), down (conv3 s2
-        # p1), convT (k3 s2 p1 op1), x2 (nearest x2 or PixelShuffle(2))
+        widest = 0
+        for phase in range(4 * self.size_multiple):  # output pixels 0..: covers every phase
+            lo, hi = self._input_span(phase)
+            widest = max(widest, hi - lo + 1)
+        return widest
+
+    @property
+    def halo(self) -> int:
+        """Output pixels per side whose input span reaches past the edge of an input tile
+        (tile aligned to ``size_multiple``): the largest left and right extent, found with the
+        index arithmetic of :attr:`receptive_field`, rounded up to a multiple of ``scale`` (so
+        that the input-side halo is whole pixels). Not half the receptive field: spans are
+        off-centre for the x2 stages (117 left vs 115 right output px for resnet_6blocks with
+        scale 2). Checked by perturbing input pixels in ``tests/unit/test_nets.py``.
+        """
+        m, s = self.size_multiple, self.scale
+        n = (self.receptive_field // m + 2) * m  # an input tile wider than any span
+        left = max(o for o in range(-s * n, s * n) if self._input_span(o)[0] < 0) + 1
+        right = s * n - min(o for o in range(0, 2 * s * n) if self._input_span(o)[1] >= n)
+        return -(-max(left, right) // s) * s
+
+    def _layers(self) -> list[tuple[str, int]]:
+        """(kind, kernel) from input to output; kinds: conv (stride 1, "same"), down (conv3 s2
+        p1), convT (k3 s2 p1 op1), x2 (nearest x2 or PixelShuffle(2))."""
         resize_conv = [("x2", 0), ("conv", 3)]
         up = [("convT", 3)] if self.upsample == "transpose" else resize_conv
         n_down = 2 if self.downscale == 1 else 3
@@ -161,20 +183,21 @@ class GeneratorConfig(_Strict):
         if self.scale == 2:
             layers += [("conv", 3), ("x2", 0)] if self.head == "pixel_shuffle" else resize_conv
         layers.append(("conv", 7))
-        widest = 0
-        for phase in range(4 * self.size_multiple):  # output pixels 0..: covers every phase
-            lo = hi = phase
-            for kind, kernel in reversed(layers):
-                if kind == "conv":
-                    lo, hi = lo - kernel // 2, hi + kernel // 2
-                elif kind == "down":  # out o <- in 2o-1 .. 2o+1
-                    lo, hi = 2 * lo - 1, 2 * hi + 1
-                elif kind == "convT":  # out o <- in i with 2i - 1 + k = o, k in 0..2
-                    lo, hi = lo // 2, (hi + 1) // 2
-                else:  # out o <- in o // 2
-                    lo, hi = lo // 2, hi // 2
-            widest = max(widest, hi - lo + 1)
-        return widest
+        return layers
+
+    def _input_span(self, out_index: int) -> tuple[int, int]:
+        """(first, last) input index that output pixel ``out_index`` depends on (no borders)."""
+        lo = hi = out_index
+        for kind, kernel in reversed(self._layers()):
+            if kind == "conv":
+                lo, hi = lo - kernel // 2, hi + kernel // 2
+            elif kind == "down":  # out o <- in 2o-1 .. 2o+1
+                lo, hi = 2 * lo - 1, 2 * hi + 1
+            elif kind == "convT":  # out o <- in i with 2i - 1 + k = o, k in 0..2
+                lo, hi = lo // 2, (hi + 1) // 2
+            else:  # out o <- in o // 2
+                lo, hi = lo // 2, hi // 2
+        return lo, hi
 
 
 class DiscriminatorConfig(_Strict):

@@ -172,6 +172,17 @@ def frame_percentiles(x: np.ndarray, pmin: float, pmax: float) -> tuple[float, f
     return out[0], out[1]
 
 
+def stretch_to_range(
+    image: np.ndarray, low: float, high: float, pmin: float, pmax: float
+) -> np.ndarray:
+    """``image`` as float32, mapped linearly so that its ``pmin``/``pmax`` percentiles land on
+    ``low``/``high``: a stand-in frame in a model's input range (a model's normalization
+    config gives all four), for test tensors and benchmarks."""
+    lo, hi = frame_percentiles(image, pmin, pmax)
+    gain = (high - low) / max(hi - lo, 1e-12)
+    return ((np.asarray(image, np.float64) - lo) * gain + low).astype(np.float32)
+
+
 class IntensityMapping:
     """Raw intensities <-> the generator's [-1, 1], as ``NormalizationConfig.to_model`` /
     ``from_model`` (bit-identical float32 arithmetic), with in-place variants for buffers.
@@ -218,6 +229,13 @@ class IntensityMapping:
         if not hi > lo:
             hi = lo + 1.0
         return cls(lo, hi, lo, hi)
+
+    def scale_linear(self) -> tuple[tuple[float, float], tuple[float, float]]:
+        """((gain, offset) of :meth:`before`, (gain, offset) of :meth:`after` for float
+        output): each a single ``x * gain + offset``, with this mapping's float32 constants."""
+        before = (float(self._in_scale), -float(self._in_offset))
+        after = (float(self._out_scale), float(self._out_scale) + float(self._out_offset))
+        return before, after
 
     def before(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Raw -> float32 model range; ``out`` (float32, may be ``x`` itself) is filled."""

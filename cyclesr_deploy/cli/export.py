@@ -316,14 +316,30 @@ def bioimageio_cmd(
         None, help="Smallest y/x tools may feed, px (default 256); sizes grow in steps of 4."
     ),
     test_size: int | None = typer.Option(None, help="Test tensors' y/x, px (default 256)."),
-    overwrite: bool = typer.Option(False, help="Replace an existing package."),
+    name: str | None = typer.Option(
+        None, help="Package name: 5-128 letters, digits, `_+- ()` (default: 'cyclesr MODEL-NAME')."
+    ),
+    license: str | None = typer.Option(
+        None,
+        "--license",
+        help="SPDX licence id of the weights (required, except MIT for the built-in models).",
+    ),
+    overwrite: bool = typer.Option(
+        False, help="Replace an existing package (file or package folder)."
+    ),
 ) -> None:
     """BioImage Model Zoo package (bioimageio.spec 0.5): ONNX + PyTorch weights, the model's
     normalization, halo, test tensors from this runtime, cover, README; written only after
     bioimageio.core's offline CPU test passes (extra `bioimageio`)."""
     from cyclesr_deploy.export.bioimageio import export_bioimageio
 
-    options = {"min_size": min_size, "test_size": test_size, "authors": tuple(author or ())}
+    options = {
+        "min_size": min_size,
+        "test_size": test_size,
+        "authors": tuple(author or ()),
+        "name": name,
+        "license": license,
+    }
     status = err.status("building and testing the BioImage Model Zoo package ...")
     with _export_errors(), status:
         res = export_bioimageio(

@@ -19,6 +19,7 @@ PAPER = (
     "49(20), 5775-5778."
 )
 PAPER_DOI = "10.1364/OL.537713"
+MODE_TITLE = {"cyclegan": "CycleGAN (unpaired)", "supervised": "Supervised (paired)"}
 COVER_SIDE = 256  # px per panel of the cover (input | output): 512 x 256, 2:1
 
 
@@ -62,7 +63,7 @@ def readme(
     to ``cyclesr enhance``, tiling in other tools, a Validation section and the citation."""
     n, g, p = model.normalization, model.generator, model.provenance
     tested = ", ".join(f"{fmt}: {status}" for fmt, status in tests.items()) or "not run"
-    return f"""# {model.name}: CycleGAN super-resolution for confocal microscopy
+    return f"""# {model.name}: {MODE_TITLE[p.mode]} super-resolution for confocal microscopy
 
 A ResNet generator (ngf {g.ngf}, {g.n_blocks} residual blocks, {g.norm} normalization, scale
 {g.scale}) that maps a low-resolution (LR: open pinhole, low dose) confocal image to a
@@ -83,10 +84,44 @@ Trujillo et al., Optics Letters 2024 (doi:{PAPER_DOI}).
   generator's (-1, 1) to the HR domain's {n.low_b:g} .. {n.high_b:g}. `cyclesr enhance` does the
   same and then, for integer input, rounds to the input's type; here the output stays float32
   (round it yourself for uint16: the tanh output never leaves {n.low_b:g} .. {n.high_b:g}).
-- halo: {halo} px per side (half the receptive field of {model.receptive_field} input px,
-  times the scale).
+- halo: {halo} output px per side (the farthest an output pixel's inputs reach past a tile
+  edge, receptive field {model.receptive_field} input px, rounded up to a multiple of the
+  scale).
+- axis `scale` (pixel size): the LR pixel size rounded to float32 precision (6e-8 relative),
+  so that the spec's halo and size arithmetic comes out whole.
 
-## Differences from `cyclesr enhance` in other tools
+{_tiling(model)}
+## Validation
+
+The test input is a synthetic LR confocal frame ({test_shape[-2]} x {test_shape[-1]} px,
+`cyclesr_deploy.synthetic`) mapped linearly onto the model's LR range (its {n.pmin:g} / {n.pmax:g}
+percentiles onto {n.low_a:g} / {n.high_a:g}); the test output is what the cyclesr-deploy
+runtime (ONNX Runtime, CPU, the frame run whole) produced for it. At
+export, `bioimageio.core`'s `test_description` ran on this package offline on the CPU
+({tested}) and the export would have failed otherwise.
+Tolerance: a pixel fails when |difference| > {tolerance["absolute_tolerance"]:.3g} (absolute,
+1e-4 of the output range) + {tolerance["relative_tolerance"]:g} x |expected| (relative); at most
+{tolerance["mismatched_elements_per_million"]:g} failing pixels per million pass.
+The model's quality on held-out synthetic data (PSNR,
+SSIM, background noise, resolution) is in the cyclesr-deploy README (`cyclesr bench quality`);
+check it on paired LR/HR acquisitions of your own before trusting it on your samples.
+
+## Citation
+
+{PAPER} doi:{PAPER_DOI}
+"""
+
+
+def _tiling(model: ModelConfig) -> str:
+    """The README section on tiled prediction in other tools, by normalization layer."""
+    if model.generator.norm != "instance":
+        return """## Tiling in other tools
+
+The generator has no normalization layers: a tool that tiles (bioimage.io core's blockwise
+prediction, deepImageJ's patches, ilastik) with at least the halo above gets the whole-image
+output, apart from float rounding.
+"""
+    return """## Differences from `cyclesr enhance` in other tools
 
 The generator uses InstanceNorm: every layer normalizes its features with the mean and
 variance of the whole image it is given. A tool that tiles (bioimage.io core's blockwise
@@ -97,19 +132,4 @@ the tile's content. `cyclesr enhance` runs frames up to 2048 x 2048 px whole, an
 frames with frozen frame-level statistics (no seams). For results that match `cyclesr enhance`,
 run the image whole (largest tile your memory allows); the cyclesr-deploy README states the
 PSNR of bioimage.io core's default tiled prediction against the whole-image output.
-
-## Validation
-
-The test input is a synthetic LR confocal frame ({test_shape[-2]} x {test_shape[-1]} px,
-`cyclesr_deploy.synthetic`); the test output is what the cyclesr-deploy runtime (ONNX Runtime,
-CPU, the frame run whole) produced for it. At export, `bioimageio.core`'s `test_description`
-ran on this package offline on the CPU ({tested}) and the export would have failed otherwise.
-Tolerance: absolute {tolerance["absolute_tolerance"]:.3g} (1e-4 of the output range), relative
-{tolerance["relative_tolerance"]:g}. The model's quality on held-out synthetic data (PSNR,
-SSIM, background noise, resolution) is in the cyclesr-deploy README (`cyclesr bench quality`);
-check it on paired LR/HR acquisitions of your own before trusting it on your samples.
-
-## Citation
-
-{PAPER} doi:{PAPER_DOI}
 """

@@ -21,6 +21,7 @@ from cyclesr_deploy.model import (
     ONNX_FILES,
     ONNX_FP16,
     WEIGHTS,
+    ModelFolder,
     load_model,
 )
 
@@ -63,3 +64,12 @@ def test_resolve_model(tmp_path):
         resolve_model(tmp_path / "missing")
     with pytest.raises(InputError, match="no built-in model 'x'"):
         builtin_model("x")
+
+
+@pytest.mark.parametrize("name", BUILTIN_MODELS)
+def test_builtin_weights_load_on_the_cpu_without_map_location(name):
+    """Saved with CPU tensors: torch.load without map_location works on machines without CUDA
+    (the BMZ package's PyTorch weights are this file)."""
+    torch = pytest.importorskip("torch")
+    state = torch.load(ModelFolder(builtin_model(name)).weights("ab"), weights_only=True)
+    assert {t.device.type for t in state.values()} == {"cpu"}

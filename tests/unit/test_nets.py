@@ -191,3 +191,51 @@ def test_count_trainable_only():
         p.requires_grad_(False)
     assert count_parameters(g, trainable_only=True) == 0
     assert count_parameters(g) > 0
+
+
+def _measured_halo(net: nn.Module, cfg: GeneratorConfig) -> tuple[int, int]:
+    """(left, right) output px per side that an input tile edge at column ``a`` (a multiple
+    of the size multiple, mid-image) reaches, by perturbation: +1 on each input column j, one
+    copy each; left = the last output column that some j < a changes, + 1, - scale * a; right
+    = scale * a - the first output column that some j >= a changes."""
+    m, s = cfg.size_multiple, cfg.scale
+    width = (cfg.receptive_field // m + 2) * m * 2
+    a = width // 2 // m * m
+    x = torch.rand(
+        1, 1, 4 * m, width, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+    )
+    batch = (x + 0.5).repeat(width + 1, 1, 1, 1)  # last copy unperturbed
+    batch[torch.arange(width), 0, :, torch.arange(width)] += 1.0
+    with torch.no_grad():
+        out = net(batch)[:, 0]
+    changed = ((out[:-1] - out[-1:]).abs() > 1e-12).any(dim=1)  # [input column, output column]
+    left = int(torch.nonzero(changed[:a].any(dim=0)).max()) + 1 - s * a
+    right = s * a - int(torch.nonzero(changed[a:].any(dim=0)).min())
+    return left, right
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(n_blocks=1),
+        dict(n_blocks=1, scale=2),
+        dict(n_blocks=1, upsample="resize_conv"),
+        dict(n_blocks=1, scale=2, upsample="resize_conv"),
+        dict(n_blocks=0, scale=2, upsample="resize_conv", head="resize_conv"),
+    ],
+)
+def test_generator_halo_covers_the_measured_reach_of_a_tile_edge(kwargs):
+    cfg = GeneratorConfig(ngf=2, norm="none", **kwargs)
+    net = _positive_constant_weights(ResnetGenerator(cfg))
+    left, right = _measured_halo(net, cfg)
+    s = cfg.scale
+    assert cfg.halo == -(-max(left, right) // s) * s  # the smallest multiple of the scale
+    assert cfg.halo % s == 0 and min(left, right) > 0
+
+
+def test_canonical_halos():
+    """Half the receptive field falls short where the span is off-centre (x2 stages)."""
+    assert GeneratorConfig(n_blocks=9).halo == 83
+    assert GeneratorConfig(n_blocks=6, scale=2).halo == 118  # 117 needed, half the RF: 116
+    assert GeneratorConfig(n_blocks=6, upsample="resize_conv").halo == 62  # 60
+    assert GeneratorConfig(n_blocks=6, scale=2, upsample="resize_conv").halo == 124  # 120
