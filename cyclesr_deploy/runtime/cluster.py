@@ -251,15 +251,16 @@ def local_cluster(n_workers: int, gpus: Sequence[str] | None = None) -> Any:
     return distributed.SpecCluster(workers=workers, scheduler=scheduler, name="cyclesr")
 
 
-def jobqueue_cluster(config: Path) -> Any:
-    """The dask-jobqueue cluster a configuration file describes (see docs/scale-out.md)::
+def load_cluster_file(config: Path) -> tuple[Any, dict[str, Any], int]:
+    """The dask-jobqueue cluster class, its keyword arguments and the number of jobs a cluster
+    file gives (see docs/scale-out.md and docs/examples/slurm-gpu.yaml)::
 
-    kind: slurm          # slurm | pbs | lsf | sge | htcondor
-    jobs: 4              # jobs to start (one worker per job: processes 1)
-    cluster:             # the keyword arguments of dask_jobqueue.<Kind>Cluster
-      cores: 8
-      memory: 32GB
-      ...
+        kind: slurm          # slurm | pbs | lsf | sge | htcondor
+        jobs: 4              # jobs to start (one worker per job: processes 1, cores 1)
+        cluster:             # the keyword arguments of dask_jobqueue.<Kind>Cluster
+          job_cpu: 8
+          memory: 32GB
+          ...
     """
     import yaml  # a dependency of dask
 
@@ -280,7 +281,13 @@ def jobqueue_cluster(config: Path) -> Any:
     }
     if kind not in classes:
         raise InputError(f"--cluster {config}: kind {kind!r} is not one of {sorted(classes)}")
-    cluster = getattr(jobqueue, classes[kind])(**kwargs)
+    return getattr(jobqueue, classes[kind]), kwargs, jobs
+
+
+def jobqueue_cluster(config: Path) -> Any:
+    """The cluster of a cluster file (:func:`load_cluster_file`), its jobs submitted."""
+    cls, kwargs, jobs = load_cluster_file(config)
+    cluster = cls(**kwargs)
     cluster.scale(jobs=jobs)
     return cluster
 
@@ -517,8 +524,8 @@ class _ClusterRun:
 
     def _block_done(self, f: _File, index: int) -> None:
         f.blocks_done.add(index)
+        self._record_partial(f)  # recorded before anything else can stop the client
         self._frames(f, self._block_frames(index, f.info.n_frames))
-        self._record_partial(f)
 
     def _frames(self, f: _File, n: int) -> None:
         mpx = f.info.frame_shape[0] * f.info.frame_shape[1] / 1e6
