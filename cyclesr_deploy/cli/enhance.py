@@ -198,6 +198,8 @@ def enhance(
 
     from cyclesr_deploy.builtin import resolve_model
     from cyclesr_deploy.model import load_model
+    from cyclesr_deploy.runtime.cluster import check_cluster
+    from cyclesr_deploy.runtime.formats import check_extras
     from cyclesr_deploy.runtime.pipeline import (
         EnhanceConfig,
         ProgressEvent,
@@ -209,6 +211,9 @@ def enhance(
         model = resolve_model(model)
         paths = collect_inputs(inputs)
         check_paths(paths, out_dir, output_format.value)
+        check_extras(paths, output_format.value)
+        if cluster is not None:
+            check_cluster(cluster)  # a bad spec, or no dask: exit 2 before anything loads
         cfg = EnhanceConfig(
             tile=tile,
             overlap=overlap,

@@ -64,6 +64,7 @@ from cyclesr_deploy.runtime.tiff import StackInfo, output_info
 __all__ = [
     "CLUSTER_COMMAND",
     "EngineRecipe",
+    "check_cluster",
     "connect",
     "enhance_on_cluster",
     "local_cluster",
@@ -313,6 +314,15 @@ def parse_cluster(spec: str) -> tuple[str, Any]:
         f"--cluster {spec}: use local:N, a scheduler address (tcp://host:port) or a "
         "dask-jobqueue cluster file (.yaml)"
     )
+
+
+def check_cluster(spec: str) -> None:
+    """InputError for a bad ``--cluster`` spec; MissingExtraError (naming the ``dask`` extra)
+    when dask.distributed (or dask-jobqueue for a cluster file) is missing."""
+    kind, _ = parse_cluster(spec)
+    require("distributed", "dask", _PURPOSE)
+    if kind == "jobqueue":
+        require("dask_jobqueue", "dask", "a jobqueue cluster file")
 
 
 @contextlib.contextmanager

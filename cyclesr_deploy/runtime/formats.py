@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from cyclesr_deploy.errors import require
 from cyclesr_deploy.runtime.omezarr import ZARR_SUFFIX, ZarrFrameReader, is_zarr, write_zarr
 from cyclesr_deploy.runtime.tiff import TIFF_SUFFIXES, StackInfo
 from cyclesr_deploy.runtime.tiff import open_frames as open_tiff
@@ -23,6 +24,7 @@ __all__ = [
     "OUTPUT_FORMATS",
     "ZARR_SUFFIX",
     "OutputFormat",
+    "check_extras",
     "is_input",
     "is_zarr",
     "open_frames",
@@ -39,6 +41,14 @@ def is_input(path: Path) -> bool:
     if path.name.startswith("."):
         return False
     return (path.is_file() and path.suffix.lower() in TIFF_SUFFIXES) or is_zarr(path)
+
+
+def check_extras(inputs: Iterable[Path], output_format: str = "same") -> None:
+    """Raise MissingExtraError (naming the ``zarr`` extra) before any work when an input or
+    the output is OME-Zarr and zarr or ome-zarr-models is missing."""
+    if output_format == "zarr" or any(is_zarr(p) for p in inputs):
+        for module in ("zarr", "ome_zarr_models"):
+            require(module, "zarr", "OME-Zarr input and output")
 
 
 def open_frames(path: str | Path) -> Any:
