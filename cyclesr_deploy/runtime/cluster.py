@@ -40,6 +40,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +141,23 @@ _ENGINES: dict[Any, Any] = {}  # recipe -> entered engine, one per worker proces
 _RUNNERS: dict[Any, FrameRunner] = {}  # (recipe, settings) -> runner
 _STACK = contextlib.ExitStack()  # closes the engines when the worker process exits
 _LOCK = threading.Lock()  # one frame at a time per engine, whatever the worker's threads
+_READERS: OrderedDict[tuple[str, int, int], Any] = OrderedDict()  # the last inputs read
+_READERS_KEPT = 4
+
+
+def _reader(path: str) -> Any:
+    """An open reader of ``path`` (kept while the file's size and mtime stay the same): the
+    blocks of a stack read its header once per worker, not once per block (a TIFF's header
+    lists every page). Call with ``_LOCK`` held."""
+    st = Path(path).stat()
+    key = (path, st.st_size, st.st_mtime_ns)
+    reader = _READERS.pop(key, None)
+    if reader is None:
+        reader = open_frames(path)
+        while len(_READERS) >= _READERS_KEPT:
+            _READERS.popitem(last=False)[1].close()
+    _READERS[key] = reader
+    return reader
 
 
 def worker_runner(recipe: EngineRecipe, cfg: EnhanceConfig) -> FrameRunner:
@@ -191,7 +209,8 @@ def _enhanced(runner: FrameRunner, reader: Any, path: str, index: int) -> Any:
 def run_block(block: Block, recipe: EngineRecipe, cfg: EnhanceConfig) -> int:
     """A task (runs on a worker): enhance the block's frames and write them; the number of
     frames enhanced."""
-    with _LOCK, open_frames(block.input) as reader:
+    with _LOCK:
+        reader = _reader(block.input)
         runner = worker_runner(recipe, cfg)
         if block.zarr is not None:
             for i in range(block.start, block.stop):
