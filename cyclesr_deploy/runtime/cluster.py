@@ -252,21 +252,33 @@ def cpu_threads(n_workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, n_workers))
 
 
-def local_cluster(n_workers: int, gpus: Sequence[str] | None = None) -> Any:
-    """``n_workers`` worker processes on this machine (one thread each): pinned one per GPU
-    (``CUDA_VISIBLE_DEVICES``, round robin) where GPUs are visible, else with their engine's
-    CPU threads capped (``OMP_NUM_THREADS``) so that workers x threads <= cores."""
-    distributed = require("distributed", "dask", _PURPOSE)
-    gpus = visible_gpus() if gpus is None else list(gpus)
+def worker_env(n_workers: int, gpus: Sequence[str]) -> list[dict[str, str]]:
+    """The environment of each of ``n_workers`` local workers: one GPU each, round robin
+    (``CUDA_VISIBLE_DEVICES``; the engine then sees it as device 0) where ``gpus`` are given;
+    the CPU threads capped so that workers x threads <= cores (``OMP_NUM_THREADS``)."""
     threads = str(cpu_threads(n_workers))
-    workers = {}
+    envs = []
     for i in range(n_workers):
         env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
         env["DASK_LOGGING__DISTRIBUTED"] = "warning"  # the scheduler's chatter, not the errors
         if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
-        options = {"nthreads": 1, "env": env, "name": f"cyclesr-{i}"}
-        workers[f"cyclesr-{i}"] = {"cls": distributed.Nanny, "options": options}
+            env["CUDA_VISIBLE_DEVICES"] = str(gpus[i % len(gpus)])
+        envs.append(env)
+    return envs
+
+
+def local_cluster(n_workers: int, gpus: Sequence[str] | None = None) -> Any:
+    """``n_workers`` worker processes on this machine, one thread each, with the environment
+    of :func:`worker_env` (``gpus``: the visible GPUs when None)."""
+    distributed = require("distributed", "dask", _PURPOSE)
+    gpus = visible_gpus() if gpus is None else list(gpus)
+    workers = {
+        f"cyclesr-{i}": {
+            "cls": distributed.Nanny,
+            "options": {"nthreads": 1, "env": env, "name": f"cyclesr-{i}"},
+        }
+        for i, env in enumerate(worker_env(n_workers, gpus))
+    }
     scheduler = {"cls": distributed.Scheduler, "options": {"dashboard": False}}
     return distributed.SpecCluster(workers=workers, scheduler=scheduler, name="cyclesr")
 
@@ -415,11 +427,7 @@ def enhance_on_cluster(
     with held(out_dir, lock, CLUSTER_COMMAND):
         manifest = Manifest(out_dir, header, interval=_SAVE_S)
         results: dict[int, FileResult] = {}
-        jobs = triage(paths, out_dir, cfg, manifest, results)
-        manifest.save(force=True)
-        for i in sorted(results):
-            if on_progress is not None:
-                on_progress(ProgressEvent("end", paths[i], result=results[i]))
+        jobs = triage(paths, out_dir, cfg, manifest, results, on_progress)
         run = _ClusterRun(recipe, cfg, model, manifest, results, on_progress, block)
         try:
             if jobs:

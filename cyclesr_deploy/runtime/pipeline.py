@@ -554,9 +554,26 @@ def triage(
     cfg: EnhanceConfig,
     manifest: Manifest,
     results: dict[int, FileResult],
+    on_progress: Callable[[ProgressEvent], None] | None = None,
 ) -> list[_Job]:
     """The jobs to run; inputs that cannot be read or whose output exists get their result
-    in ``results`` (failed / skipped, recorded in ``manifest``)."""
+    in ``results`` (failed / skipped, recorded in ``manifest``, saved, and an ``end`` event
+    each to ``on_progress``)."""
+    jobs = _triage(paths, out_dir, cfg, manifest, results)
+    manifest.save(force=True)
+    for i in sorted(results):
+        if on_progress is not None:
+            on_progress(ProgressEvent("end", paths[i], result=results[i]))
+    return jobs
+
+
+def _triage(
+    paths: list[Path],
+    out_dir: Path,
+    cfg: EnhanceConfig,
+    manifest: Manifest,
+    results: dict[int, FileResult],
+) -> list[_Job]:
     input_set = {p.resolve() for p in paths}
     jobs: list[_Job] = []
     for i, p in enumerate(paths):
@@ -630,11 +647,7 @@ def enhance_files(
     ):  # before the manifest is read, until the last file is recorded
         manifest = Manifest(out_dir, header)
         results: dict[int, FileResult] = {}
-        jobs = triage(paths, out_dir, cfg, manifest, results)
-        manifest.save(force=True)
-        for i in sorted(results):
-            if on_progress is not None:
-                on_progress(ProgressEvent("end", paths[i], result=results[i]))
+        jobs = triage(paths, out_dir, cfg, manifest, results, on_progress)
         run = _Run(jobs, runner, manifest, on_progress, results)
         if jobs:
             run.run()

@@ -188,6 +188,26 @@ def test_bad_frame_fails_its_file_names_the_frame_others_go_on(client, inputs, t
     assert not (tmp_path / "out" / "bad.zarr").exists()
 
 
+def test_local_workers_get_one_gpu_each_or_a_share_of_the_cores(monkeypatch):
+    from cyclesr_deploy.runtime import cluster
+
+    envs = cluster.worker_env(4, ["0", "1", "2", "3"])
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0", "1", "2", "3"]
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in cluster.worker_env(4, ["2", "5"])] == [
+        "2", "5", "2", "5",
+    ]  # fmt: skip
+    monkeypatch.setattr(cluster.os, "cpu_count", lambda: 8)
+    envs = cluster.worker_env(3, [])
+    assert all("CUDA_VISIBLE_DEVICES" not in e and e["OMP_NUM_THREADS"] == "2" for e in envs)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,3")
+    assert cluster.visible_gpus() == ["1", "3"]
+    recipe = EngineRecipe.for_run(MODEL, "local:4", "auto", "auto", EnhanceConfig(), [(8, 8)])
+    assert recipe.threads is None  # GPUs: the engine's own default
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    recipe = EngineRecipe.for_run(MODEL, "local:4", "auto", "auto", EnhanceConfig(), [(8, 8)])
+    assert recipe.threads == 2 and recipe.frames == ((8, 8),)
+
+
 def test_cluster_specs_and_the_example_slurm_file():
     assert parse_cluster("local:4") == ("local", 4)
     assert parse_cluster("tcp://10.0.0.1:8786") == ("address", "tcp://10.0.0.1:8786")
