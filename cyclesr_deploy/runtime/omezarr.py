@@ -268,6 +268,9 @@ class ZarrFrameReader:
         self.close()
 
 
+_OPEN: dict[tuple[str, tuple[int, ...], str], Any] = {}  # the level 0 this process writes
+
+
 class ZarrOutput:
     """An OME-Zarr output being written: ``create`` makes ``<target>.part`` with its level 0,
     ``write(i, frame)`` stores frame ``i`` (any process may write any frames: chunks hold one
@@ -293,6 +296,7 @@ class ZarrOutput:
         zarr = _zarr()
         if self.part.exists():
             shutil.rmtree(self.part)
+        _OPEN.clear()
         group = zarr.open_group(str(self.part), mode="w", zarr_format=3)
         shape = self.axes.shape
         chunks = (*(1,) * (len(shape) - 2), *(min(n, _CHUNK_YX) for n in shape[-2:]))
@@ -305,13 +309,16 @@ class ZarrOutput:
             dimension_names=self.axes.names,
         )
 
-    def _array(self, level: int = 0) -> Any:
-        if level == 0 and self._level0 is not None:
-            return self._level0
-        arr = _zarr().open_array(str(self.part / str(level)), mode="r+")
-        if level == 0:
-            self._level0 = arr
-        return arr
+    def _array(self) -> Any:
+        """Level 0, opened once per process (a cluster worker writes many blocks of it)."""
+        if self._level0 is None:
+            key = (str(self.part), self.axes.shape, self.dtype.str)
+            self._level0 = _OPEN.get(key)
+            if self._level0 is None:
+                self._level0 = _zarr().open_array(str(self.part / "0"), mode="r+")
+                _OPEN.clear()  # the output being written now; earlier ones are finished
+                _OPEN[key] = self._level0
+        return self._level0
 
     def write(self, index: int, frame: np.ndarray) -> None:
         arr = np.asarray(frame)
