@@ -578,7 +578,7 @@ class _ClusterRun:
             job.path,
             input=str(job.path),
             output=str(job.out),
-            status="partial",
+            status="partial" if f.error is None else "failed",
             settings=self.digest,
             block=self.block,
             n_blocks=-(-f.info.n_frames // self.block),
