@@ -236,6 +236,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--frames", type=int, default=240)
     parser.add_argument("--overhead-frames", type=int, default=16)
+    parser.add_argument("--overhead-reps", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cluster_scaling.json"))
     args = parser.parse_args()
     load_before = os.getloadavg()
@@ -245,7 +246,7 @@ def main() -> None:
             "machine": machine(),
             "load_avg_before": [round(x, 2) for x in load_before],
             "scheduling": scheduling(root, args.reps, args.frames),
-            "overhead": overhead(root, args.reps, args.overhead_frames),
+            "overhead": overhead(root, args.overhead_reps, args.overhead_frames),
             "memory": memory(root, (16, 64, 256)),
             "not_measured": "two workers on one GPU vs one: no GPU on this machine",
         }

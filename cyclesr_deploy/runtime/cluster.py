@@ -195,15 +195,47 @@ class Block:
         return self.stop - self.start
 
 
-def _enhanced(runner: FrameRunner, reader: Any, path: str, index: int) -> Any:
-    """Frame ``index`` through the runner; any error names the file and the frame."""
+@contextlib.contextmanager
+def _frame_named(path: str, index: int) -> Iterator[None]:
+    """Any error inside becomes an InputError naming the file and the frame."""
     try:
-        return runner(reader.read(index))
+        yield
     except Exception as exc:
         text = str(exc).removeprefix(f"{path}: ")
         if not text.startswith(f"frame {index}"):
             text = f"frame {index}: {text if isinstance(exc, InputError) else repr(exc)}"
         raise InputError(f"{path}: {text}") from None
+
+
+def _enhanced(runner: FrameRunner, reader: Any, path: str, index: int) -> Any:
+    """Frame ``index`` through the runner; any error names the file and the frame."""
+    with _frame_named(path, index):
+        return runner(reader.read(index))
+
+
+def _run_zarr_block(block: Block, runner: FrameRunner, reader: Any) -> None:
+    """The block's frames through the runner, frame after frame, while one I/O thread reads
+    the next frame and writes the previous one (as the pipeline's reader and writer threads
+    overlap the engine)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    out = block.zarr
+    assert out is not None
+    with ThreadPoolExecutor(1, thread_name_prefix="cyclesr-block-io") as io:
+        ahead = io.submit(reader.read, block.start)
+        written = None
+        for i in range(block.start, block.stop):
+            with _frame_named(block.input, i):
+                frame = ahead.result()
+            if i + 1 < block.stop:
+                ahead = io.submit(reader.read, i + 1)
+            with _frame_named(block.input, i):
+                result = runner(frame)
+            if written is not None:
+                written.result()
+            written = io.submit(out.write, i, result)
+        if written is not None:
+            written.result()
 
 
 def run_block(block: Block, recipe: EngineRecipe, cfg: EnhanceConfig) -> int:
@@ -213,8 +245,7 @@ def run_block(block: Block, recipe: EngineRecipe, cfg: EnhanceConfig) -> int:
         reader = _reader(block.input)
         runner = worker_runner(recipe, cfg)
         if block.zarr is not None:
-            for i in range(block.start, block.stop):
-                block.zarr.write(i, _enhanced(runner, reader, block.input, i))
+            _run_zarr_block(block, runner, reader)
         else:
             assert block.target is not None and block.out_info is not None
             frames = (_enhanced(runner, reader, block.input, i) for i in range(block.stop))
