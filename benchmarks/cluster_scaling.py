@@ -1,7 +1,8 @@
 """The cluster path (``cyclesr enhance --cluster``, issue 16): scheduling efficiency, per-frame
 overhead against plain ``enhance``, and peak memory per worker against stack length.
 
-    python benchmarks/cluster_scaling.py [--reps 3] [--out benchmarks/results/cluster_scaling.json]
+    python benchmarks/cluster_scaling.py [--reps 3] [--frames 480]
+        [--parts scheduling,overhead,memory] [--out benchmarks/results/cluster_scaling.json]
 
 1. **Scheduling efficiency**: an engine with a fixed latency (100 ms per call: it sleeps, so N
    worker processes may exceed the cores) behind the real FrameRunner, one call per 64^2 frame;
@@ -234,26 +235,35 @@ def memory(root: Path, lengths: tuple[int, ...]) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--frames", type=int, default=240)
+    parser.add_argument("--frames", type=int, default=480)
     parser.add_argument("--overhead-frames", type=int, default=16)
     parser.add_argument("--overhead-reps", type=int, default=5)
+    parser.add_argument(
+        "--parts", default="scheduling,overhead,memory", help="comma-separated; others kept"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cluster_scaling.json"))
     args = parser.parse_args()
-    load_before = os.getloadavg()
+    parts = args.parts.split(",")
+    result = json.loads(args.out.read_text()) if args.out.is_file() and len(parts) < 3 else {}
+    result["machine"] = machine()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        result = {
-            "machine": machine(),
-            "load_avg_before": [round(x, 2) for x in load_before],
-            "scheduling": scheduling(root, args.reps, args.frames),
-            "overhead": overhead(root, args.overhead_reps, args.overhead_frames),
-            "memory": memory(root, (16, 64, 256)),
-            "not_measured": "two workers on one GPU vs one: no GPU on this machine",
-        }
-    result["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
+        for part in parts:  # each part records the load it ran under
+            load = [round(x, 2) for x in os.getloadavg()]
+            if part == "scheduling":
+                result[part] = scheduling(root, args.reps, args.frames)
+            elif part == "overhead":
+                result[part] = overhead(root, args.overhead_reps, args.overhead_frames)
+            elif part == "memory":
+                result[part] = memory(root, (16, 64, 256))
+            else:
+                raise SystemExit(f"--parts: unknown part {part!r}")
+            result[part]["load_avg_before"] = load
+            result[part]["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
+    result["not_measured"] = "two workers on one GPU vs one: no GPU on this machine"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps({k: result[k] for k in ("scheduling", "overhead", "memory")}, indent=2))
+    print(json.dumps({k: result[k] for k in parts}, indent=2))
 
 
 if __name__ == "__main__":
