@@ -291,7 +291,6 @@ def worker_env(n_workers: int, gpus: Sequence[str]) -> list[dict[str, str]]:
     envs = []
     for i in range(n_workers):
         env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-        env["DASK_LOGGING__DISTRIBUTED"] = "warning"  # the scheduler's chatter, not the errors
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(gpus[i % len(gpus)])
         envs.append(env)
@@ -306,7 +305,8 @@ def local_cluster(n_workers: int, gpus: Sequence[str] | None = None) -> Any:
     workers = {
         f"cyclesr-{i}": {
             "cls": distributed.Nanny,
-            "options": {"nthreads": 1, "env": env, "name": f"cyclesr-{i}"},
+            # silence_logs: the workers' start/stop chatter (warnings and errors still show)
+            "options": {"nthreads": 1, "env": env, "name": f"cyclesr-{i}", "silence_logs": 30},
         }
         for i, env in enumerate(worker_env(n_workers, gpus))
     }
