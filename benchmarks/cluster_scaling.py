@@ -34,14 +34,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import cloudpickle
 import numpy as np
 import tifffile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import watch_latency
 from benchmarks._machine import machine
+from benchmarks.watch_latency import SleepEngine
 from cyclesr_deploy.builtin import DEFAULT_MODEL, builtin_model
-from cyclesr_deploy.engines.base import TensorSpec
 from cyclesr_deploy.runtime.cluster import (
     EngineRecipe,
     enhance_on_cluster,
@@ -50,29 +52,8 @@ from cyclesr_deploy.runtime.cluster import (
 from cyclesr_deploy.runtime.runner import EnhanceConfig
 
 MODEL = str(builtin_model(DEFAULT_MODEL))
-
-
-class SleepEngine:
-    """A fixed-latency engine: ``infer`` sleeps ``latency`` s and returns its input."""
-
-    name = "sleep"
-
-    def __init__(self, latency: float) -> None:
-        self.latency = latency
-        self.input_spec = TensorSpec(
-            name="input", shape=(None, 1, None, None), dtype=np.dtype(np.float32),
-            size_multiple=4, scale=1,
-        )  # fmt: skip
-
-    def __enter__(self) -> SleepEngine:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        time.sleep(self.latency)
-        return batch
+# the workers get the fixed-latency engine by value (they need not find the benchmarks folder)
+cloudpickle.register_pickle_by_value(watch_latency)
 
 
 @dataclass(frozen=True)
