@@ -172,6 +172,58 @@ def test_client_stopped_then_rerun_computes_only_what_is_missing(client, inputs,
 
 
 @pytest.mark.slow
+def test_client_killed_then_the_same_command_resumes(client, tmp_path):
+    """``cyclesr enhance --cluster tcp://...`` in a subprocess, killed (SIGKILL) once the
+    manifest records finished blocks: the same command again computes only the others."""
+    import subprocess
+    import sys
+    import time
+
+    rng = np.random.default_rng(5)
+    data = rng.integers(200, 3000, (1, 256, 256)) + rng.integers(0, 400, (40, 256, 256))
+    src = tmp_path / "in" / "long.tif"
+    src.parent.mkdir()
+    tifffile.imwrite(src, data.astype(np.uint16), photometric="minisblack")
+    out = tmp_path / "out"
+    args = ["enhance", str(src), "-o", str(out), "--cluster", client.scheduler.address,
+            "--output-format", "zarr", "--block", "2"]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cyclesr_deploy", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+    )
+    recorded: list[int] = []
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        with_entries = (out / MANIFEST_NAME).is_file() and json.loads(
+            (out / MANIFEST_NAME).read_text() or "{}"
+        ).get("files")
+        entry = next(iter(with_entries.values()), {}) if with_entries else {}
+        if len(entry.get("blocks_done", ())) >= 2:
+            proc.kill()
+            proc.wait()
+            recorded = entry["blocks_done"]
+            break
+        time.sleep(0.02)
+    assert recorded, "the run ended before the test could kill it"
+    entry = next(iter(json.loads((out / MANIFEST_NAME).read_text())["files"].values()))
+    recorded = entry["blocks_done"]  # what the killed client had saved
+    assert entry["status"] == "partial" and len(recorded) < 20
+
+    from typer.testing import CliRunner
+
+    from cyclesr_deploy.cli import app
+
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert f"{40 - 2 * len(recorded)} frame(s)" in res.output  # only the missing blocks
+    cfg = EnhanceConfig(output_format="zarr")
+    _single([src], tmp_path / "single", cfg)
+    _same_outputs(tmp_path / "single", out)
+
+
+@pytest.mark.slow
 def test_bad_frame_fails_its_file_names_the_frame_others_go_on(client, inputs, tmp_path):
     bad = np.random.default_rng(3).random((6, *SHAPE)).astype(np.float32)
     bad[4, 5, 6] = np.nan

@@ -151,3 +151,22 @@ def test_not_an_ome_zarr_is_an_input_error(tmp_path):
     (folder / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group"}')
     with pytest.raises(InputError, match="not a readable OME-Zarr image"):
         open_frames(folder)
+
+
+def test_existing_zarr_output_is_skipped_or_replaced_whole(tmp_path, rng):
+    src = _write(tmp_path / "in" / "s.tif", _stack(rng, (2, 16, 16)), "TYX")
+    cfg = EnhanceConfig(output_format="zarr")
+    out = tmp_path / "out" / "s.ome.zarr"
+    assert enhance_files([src], tmp_path / "out", FakeEngine("identity"), _model(), cfg).ok
+    again = enhance_files([src], tmp_path / "out", FakeEngine("plus1"), _model(), cfg)
+    assert again.files[0].status == "skipped"
+    before = _validated(out)
+    cfg = cfg.model_copy(update={"overwrite": True, "pyramid": 1})
+    assert enhance_files([src], tmp_path / "out", FakeEngine("identity"), _model(), cfg).ok
+    assert len(_validated(out).ome_attributes.multiscales[0].datasets) == 2  # replaced whole
+    assert len(before.ome_attributes.multiscales[0].datasets) == 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        ".cyclesr-output.lock",
+        "cyclesr-manifest.json",
+        "s.ome.zarr",
+    ]  # no .part, no old copy left
