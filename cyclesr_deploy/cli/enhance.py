@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.markup import escape
@@ -48,6 +49,12 @@ class Tiling(str, Enum):
     naive = "naive"
 
 
+class OutputFormat(str, Enum):
+    same = "same"
+    tiff = "tiff"
+    zarr = "zarr"
+
+
 class _RateColumn(ProgressColumn):
     """Frames/s from rich's speed estimate, and Mpx/s from the megapixels done so far."""
 
@@ -65,7 +72,7 @@ def _fmt_s(seconds: float) -> str:
 
 def _frame_shapes(paths: list[Path]) -> list[tuple[int, int]]:
     """(H, W) of every readable input (headers only; unreadable files fail later, per file)."""
-    from cyclesr_deploy.runtime.tiff import open_frames
+    from cyclesr_deploy.runtime.formats import open_frames
 
     shapes = set()
     for path in paths:
@@ -77,9 +84,49 @@ def _frame_shapes(paths: list[Path]) -> list[tuple[int, int]]:
     return sorted(shapes)
 
 
+def _enhance_here(
+    paths: list[Path],
+    out_dir: Path,
+    model: Path,
+    model_cfg: Any,
+    cfg: Any,
+    backend: Backend,
+    precision: Precision,
+    progress: Any,
+    on_progress: Any,
+    lock: Any,
+) -> Any:
+    """The single-process run: one engine in this process, the staged pipeline (the engine
+    factory decides whether the run gets a frozen-statistics engine)."""
+    from cyclesr_deploy.engines import open_engine
+    from cyclesr_deploy.runtime.pipeline import enhance_files
+
+    engine_cm = open_engine(
+        model,
+        backend=backend.value,
+        precision=precision.value,
+        tiling=cfg.engine_tiling,
+        stats=cfg.stats,
+        frames=lambda: _frame_shapes(paths),
+    )
+    with engine_cm as engine:
+        selection = getattr(engine, "selection", None)
+        reason = getattr(selection, "reason", selection)
+        err.print(
+            f"engine: {escape(engine.name)}" + (f" ({escape(str(reason))})" if reason else ""),
+            highlight=False,
+        )
+        with progress:
+            return enhance_files(
+                paths, out_dir, engine, model_cfg, cfg, on_progress=on_progress, lock=lock
+            )
+
+
 def enhance(
     inputs: list[str] = typer.Argument(
-        ..., help="TIFF files, folders (their .tif/.tiff files, not recursive) or glob patterns."
+        ...,
+        help="TIFF files, OME-Zarr images (*.zarr), folders (their .tif/.tiff files and *.zarr "
+        "images, not recursive) or glob patterns.",
     ),
     out_dir: Path = typer.Option(
         ..., "-o", "--out", help="Output folder (created; must not be an input's folder)."
@@ -115,6 +162,22 @@ def enhance(
     tiling: Tiling = typer.Option(Tiling.auto, help=TILING_HELP),
     stats: str = typer.Option("auto", help=STATS_HELP),
     whole_max_px: int = typer.Option(WHOLE_MAX_PX_DEFAULT, min=0, help=WHOLE_MAX_PX_HELP),
+    output_format: OutputFormat = typer.Option(
+        OutputFormat.same,
+        help="Output format: same as the input, tiff (OME-TIFF) or zarr (OME-Zarr NGFF 0.5).",
+    ),
+    pyramid: int = typer.Option(
+        0, min=0, max=16, help="OME-Zarr outputs: extra pyramid levels (each 2x smaller)."
+    ),
+    cluster: str | None = typer.Option(
+        None,
+        help="Run on a Dask cluster: local:N (N worker processes; one per GPU), a scheduler "
+        "address (tcp://host:port) or a dask-jobqueue cluster file (.yaml); needs the dask "
+        "extra. See docs/scale-out.md.",
+    ),
+    block: int = typer.Option(
+        8, min=1, help="--cluster: frames per task for OME-Zarr outputs (TIFF: one file a task)."
+    ),
 ) -> None:
     """Enhance TIFF/OME-TIFF images and stacks (2-D, TYX, ZYX, TZYX), frame by frame.
 
@@ -135,18 +198,22 @@ def enhance(
 
     from cyclesr_deploy.builtin import resolve_model
     from cyclesr_deploy.model import load_model
+    from cyclesr_deploy.runtime.cluster import check_cluster
+    from cyclesr_deploy.runtime.formats import check_extras
     from cyclesr_deploy.runtime.pipeline import (
         EnhanceConfig,
         ProgressEvent,
         check_paths,
         collect_inputs,
-        enhance_files,
     )
 
     with user_errors():
         model = resolve_model(model)
         paths = collect_inputs(inputs)
-        check_paths(paths, out_dir)
+        check_paths(paths, out_dir, output_format.value)
+        check_extras(paths, output_format.value)
+        if cluster is not None:
+            check_cluster(cluster)  # a bad spec, or no dask: exit 2 before anything loads
         cfg = EnhanceConfig(
             tile=tile,
             overlap=overlap,
@@ -156,6 +223,8 @@ def enhance(
             tiling_mode=tiling.value,
             stats=stats,
             whole_max_px=whole_max_px,
+            output_format=output_format.value,
+            pyramid=pyramid,
         )
         model_cfg = load_model(model)
         if cfg.tile:
@@ -186,34 +255,29 @@ def enhance(
                 highlight=False,
             )
 
-    from cyclesr_deploy.engines import open_engine
     from cyclesr_deploy.runtime.manifest import OutputLock
     from cyclesr_deploy.runtime.pipeline import ENHANCE_COMMAND
 
     try:
         with user_errors(), OutputLock(out_dir, command=ENHANCE_COMMAND) as lock:
-            # the lock first: a second run into this folder is refused before an engine loads;
-            # the engine factory decides whether the run gets a frozen-statistics engine
-            engine_cm = open_engine(
-                model,
-                backend=backend.value,
-                precision=precision.value,
-                tiling=cfg.engine_tiling,
-                stats=cfg.stats,
-                frames=lambda: _frame_shapes(paths),
-            )
-            with engine_cm as engine:
-                selection = getattr(engine, "selection", None)
-                reason = getattr(selection, "reason", selection)
-                err.print(
-                    f"engine: {escape(engine.name)}"
-                    + (f" ({escape(str(reason))})" if reason else ""),
-                    highlight=False,
+            # the lock first: a second run into this folder is refused before an engine loads
+            if cluster is not None:  # the workers open the engines, the client none
+                from cyclesr_deploy.runtime.cluster import EngineRecipe, enhance_on_cluster
+
+                recipe = EngineRecipe.for_run(
+                    model, cluster, backend.value, precision.value, cfg, _frame_shapes(paths)
                 )
+                err.print(f"cluster: {escape(cluster)}", highlight=False)
                 with progress:
-                    summary = enhance_files(
-                        paths, out_dir, engine, model_cfg, cfg, on_progress=on_progress, lock=lock
-                    )
+                    summary = enhance_on_cluster(
+                        paths, out_dir, recipe, cfg, cluster=cluster, block=block,
+                        on_progress=on_progress, lock=lock,
+                    )  # fmt: skip
+            else:
+                summary = _enhance_here(
+                    paths, out_dir, model, model_cfg, cfg, backend, precision, progress,
+                    on_progress, lock,
+                )  # fmt: skip
     except KeyboardInterrupt:
         err.print(
             "[yellow]interrupted[/]: finished outputs are kept, the one in progress was "

@@ -7,11 +7,14 @@ goes through these modules, and only these (docs/architecture.md draws the path 
 * :mod:`~cyclesr_deploy.runtime.tiling`: tile plans, the gather loop and the blender (numpy);
 * :mod:`~cyclesr_deploy.runtime.tiff`: the TIFF layer (reading, complete-page detection,
   writing frames and growing stacks with their metadata);
+* :mod:`~cyclesr_deploy.runtime.omezarr`: the OME-Zarr layer (the same reader/writer interface;
+  zarr imported lazily), :mod:`~cyclesr_deploy.runtime.formats`: which layer a path belongs to;
 * :mod:`~cyclesr_deploy.runtime.manifest`: the output folder's manifest and lock;
 * :mod:`~cyclesr_deploy.runtime.pipeline` (files, threads and bounded queues),
   :mod:`~cyclesr_deploy.runtime.watch` (+ ``watch_scan``, ``watch_output``: files arriving
-  during acquisition) and :mod:`~cyclesr_deploy.runtime.enhancer` (frames in memory) only
-  schedule runner calls.
+  during acquisition), :mod:`~cyclesr_deploy.runtime.cluster` (Dask workers, dask imported
+  lazily) and :mod:`~cyclesr_deploy.runtime.enhancer` (frames in memory) only schedule runner
+  calls.
 
 Engines come from :func:`cyclesr_deploy.engines.open_engine` (the one engine factory) and model
 folders from :mod:`cyclesr_deploy.model`. The runtime never imports ``export/`` or

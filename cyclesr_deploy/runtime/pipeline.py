@@ -41,6 +41,8 @@ from pydantic import BaseModel
 from cyclesr_deploy.engines.base import Engine
 from cyclesr_deploy.errors import InputError
 from cyclesr_deploy.model import ModelConfig
+from cyclesr_deploy.runtime.formats import is_input, is_zarr, open_frames, write_frames
+from cyclesr_deploy.runtime.formats import output_path as _format_output_path
 from cyclesr_deploy.runtime.manifest import (
     MANIFEST_NAME,
     FileResult,
@@ -59,13 +61,7 @@ from cyclesr_deploy.runtime.runner import (
     TileBatch,
     fit_to_engine,
 )
-from cyclesr_deploy.runtime.tiff import (
-    TIFF_SUFFIXES,
-    StackInfo,
-    open_frames,
-    output_info,
-    write_frames,
-)
+from cyclesr_deploy.runtime.tiff import TIFF_SUFFIXES, StackInfo, output_info
 
 __all__ = [
     "MANIFEST_NAME",
@@ -80,6 +76,7 @@ __all__ = [
     "enhance_files",
     "fit_to_engine",
     "output_path",
+    "triage",
 ]
 
 log = logging.getLogger(__name__)
@@ -121,14 +118,11 @@ class ProgressEvent:
 
 
 # --- inputs and outputs --------------------------------------------------------------------------
-def _is_tiff(path: Path) -> bool:
-    return path.suffix.lower() in TIFF_SUFFIXES and not path.name.startswith(".")
-
-
 def collect_inputs(specs: Sequence[str | Path]) -> list[Path]:
-    """Expand files, folders (their .tif/.tiff files, not recursive) and glob patterns into a
-    sorted-per-argument, de-duplicated list of files. Raises InputError for a path that does
-    not exist or a pattern/folder that matches no TIFF."""
+    """Expand files, OME-Zarr folders (``*.zarr``), folders (their .tif/.tiff files and
+    ``*.zarr`` folders, not recursive) and glob patterns into a sorted-per-argument,
+    de-duplicated list of inputs. Raises InputError for a path that does not exist or a
+    pattern/folder that matches no input."""
     found: list[Path] = []
     for spec in specs:
         text = str(spec)
@@ -136,14 +130,16 @@ def collect_inputs(specs: Sequence[str | Path]) -> list[Path]:
         if any(c in text for c in "*?["):
             anchor = Path(path.anchor) if path.is_absolute() else Path()
             pattern = str(path.relative_to(path.anchor)) if path.is_absolute() else text
-            matches = sorted(p for p in anchor.glob(pattern) if p.is_file() and _is_tiff(p))
+            matches = sorted(p for p in anchor.glob(pattern) if is_input(p))
             if not matches:
-                raise InputError(f"INPUT {text}: the pattern matches no .tif/.tiff file")
+                raise InputError(f"INPUT {text}: the pattern matches no .tif/.tiff file or .zarr")
             found += matches
+        elif is_zarr(path):
+            found.append(path)
         elif path.is_dir():
-            matches = sorted(p for p in path.iterdir() if p.is_file() and _is_tiff(p))
+            matches = sorted(p for p in path.iterdir() if is_input(p))
             if not matches:
-                raise InputError(f"INPUT {text}: the folder holds no .tif/.tiff file")
+                raise InputError(f"INPUT {text}: the folder holds no .tif/.tiff file or .zarr")
             found += matches
         elif path.is_file():
             found.append(path)
@@ -155,7 +151,7 @@ def collect_inputs(specs: Sequence[str | Path]) -> list[Path]:
     return list(unique.values())
 
 
-def check_paths(inputs: Sequence[Path], out_dir: Path) -> None:
+def check_paths(inputs: Sequence[Path], out_dir: Path, output_format: str = "same") -> None:
     """Raise InputError when there are no inputs, when ``out_dir`` is the folder of an input
     (outputs keep the input's name) or when two inputs would write the same output."""
     if not inputs:
@@ -168,16 +164,16 @@ def check_paths(inputs: Sequence[Path], out_dir: Path) -> None:
                 f"output folder {out_dir} is the folder of input {p}; choose another -o folder "
                 "(inputs are never overwritten)"
             )
-        if p.name in names and names[p.name].resolve() != p.resolve():
-            raise InputError(
-                f"inputs {names[p.name]} and {p} would both write {p.name} into {out_dir}"
-            )
-        names[p.name] = p
+        name = output_path(p, out_dir, output_format).name
+        if name in names and names[name].resolve() != p.resolve():
+            raise InputError(f"inputs {names[name]} and {p} would both write {name} into {out_dir}")
+        names[name] = p
 
 
-def output_path(input_path: Path, out_dir: Path) -> Path:
-    """Where ``input_path``'s result goes: the same file name in ``out_dir``."""
-    return Path(out_dir) / Path(input_path).name
+def output_path(input_path: Path, out_dir: Path, output_format: str = "same") -> Path:
+    """Where ``input_path``'s result goes: the same name in ``out_dir`` (another format:
+    ``<stem>.ome.zarr`` or ``<stem>.ome.tif``, see ``formats.output_path``)."""
+    return _format_output_path(input_path, out_dir, output_format)
 
 
 # --- pipeline messages ---------------------------------------------------------------------------
@@ -505,7 +501,12 @@ class _Run(_Stages):
 
         try:
             write_frames(
-                job.out, out_info, frames(), overwrite=self.cfg.overwrite, bigtiff=self.cfg.bigtiff
+                job.out,
+                out_info,
+                frames(),
+                overwrite=self.cfg.overwrite,
+                bigtiff=self.cfg.bigtiff,
+                pyramid=self.cfg.pyramid,
             )
         except Exception as exc:
             job.fail(exc)
@@ -547,6 +548,25 @@ class _Run(_Stages):
             self.on_progress(event)
 
 
+def triage(
+    paths: list[Path],
+    out_dir: Path,
+    cfg: EnhanceConfig,
+    manifest: Manifest,
+    results: dict[int, FileResult],
+    on_progress: Callable[[ProgressEvent], None] | None = None,
+) -> list[_Job]:
+    """The jobs to run; inputs that cannot be read or whose output exists get their result
+    in ``results`` (failed / skipped, recorded in ``manifest``, saved, and an ``end`` event
+    each to ``on_progress``)."""
+    jobs = _triage(paths, out_dir, cfg, manifest, results)
+    manifest.save(force=True)
+    for i in sorted(results):
+        if on_progress is not None:
+            on_progress(ProgressEvent("end", paths[i], result=results[i]))
+    return jobs
+
+
 def _triage(
     paths: list[Path],
     out_dir: Path,
@@ -554,12 +574,10 @@ def _triage(
     manifest: Manifest,
     results: dict[int, FileResult],
 ) -> list[_Job]:
-    """The jobs to run; inputs that cannot be read or whose output exists get their result
-    in ``results`` (failed / skipped, recorded in ``manifest``)."""
     input_set = {p.resolve() for p in paths}
     jobs: list[_Job] = []
     for i, p in enumerate(paths):
-        out = output_path(p, out_dir)
+        out = output_path(p, out_dir, cfg.output_format)
         try:
             st = p.stat()
             size, mtime = st.st_size, st.st_mtime_ns
@@ -616,9 +634,9 @@ def enhance_files(
     start = time.perf_counter()
     out_dir = Path(out_dir)
     paths = [Path(p) for p in inputs]
-    check_paths(paths, out_dir)
     runner = FrameRunner(engine, model, cfg)  # validates the settings against the engine
     cfg = runner.cfg
+    check_paths(paths, out_dir, cfg.output_format)
 
     header = manifest_header(model.name, engine.name, cfg.model_dump(mode="json"))
     estimate = runner.estimate
@@ -629,11 +647,7 @@ def enhance_files(
     ):  # before the manifest is read, until the last file is recorded
         manifest = Manifest(out_dir, header)
         results: dict[int, FileResult] = {}
-        jobs = _triage(paths, out_dir, cfg, manifest, results)
-        manifest.save(force=True)
-        for i in sorted(results):
-            if on_progress is not None:
-                on_progress(ProgressEvent("end", paths[i], result=results[i]))
+        jobs = triage(paths, out_dir, cfg, manifest, results, on_progress)
         run = _Run(jobs, runner, manifest, on_progress, results)
         if jobs:
             run.run()

@@ -119,6 +119,10 @@ class EnhanceConfig(BaseModel):
     tiling_mode: Literal["auto", "frozen", "naive"] = "auto"
     whole_max_px: int = Field(default=WHOLE_MAX_PX, ge=0)
     stats: Literal["auto", "crops", "whole"] = "auto"
+    # files (OME-Zarr, issue 16): the output format (same as the input, tiff or zarr) and the
+    # pyramid levels of a Zarr output (each 2x smaller, from the stored full resolution)
+    output_format: Literal["same", "tiff", "zarr"] = "same"
+    pyramid: int = Field(default=0, ge=0, le=16)
 
     def tiling(self, model: ModelConfig, frame_shape: Sequence[int] | None = None) -> TilingConfig:
         """The tiling for ``model``: ``tile > 0`` from its receptive field (``overlap``

@@ -145,6 +145,8 @@ class StackInfo:
     ome_xml: str | None = None
     imagej_metadata: dict[str, Any] | None = field(default=None, repr=False)
     notes: tuple[str, ...] = ()
+    # an OME-Zarr input's NGFF axes (runtime.omezarr.NgffAxes), carried to a Zarr output
+    ngff: Any = field(default=None, repr=False)
 
     @property
     def frame_shape(self) -> tuple[int, int]:
@@ -740,6 +742,7 @@ def output_info(info: StackInfo, scale: int = 1, dtype: np.dtype | None = None) 
         resolution_unit=info.resolution_unit,
         ome_xml=_rescale_ome(info.ome_xml, info, scale, dtype) if info.ome_xml else None,
         imagej_metadata=info.imagej_metadata,
+        ngff=info.ngff.scaled(scale) if info.ngff is not None else None,
     )
 
 

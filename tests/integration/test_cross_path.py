@@ -1,7 +1,8 @@
 """Every door into the runtime gives the same frame, bit for bit, for the same settings.
 
-``cyclesr enhance`` (CLI), ``cyclesr watch`` (CLI), the Python ``Enhancer`` and ``cyclesr bench
-latency``'s end-to-end path, on 512^2, 1024^2, 2048x1536 and 4096^2 uint16 frames made from a
+``cyclesr enhance`` (CLI), ``cyclesr enhance --cluster local:1 --output-format zarr`` (a Dask
+worker process writing OME-Zarr), ``cyclesr watch`` (CLI), the Python ``Enhancer`` and ``cyclesr
+bench latency``'s end-to-end path, on 512^2, 1024^2, 2048x1536 and 4096^2 uint16 frames made from a
 real micrograph (scikit-image's ``data.cell()``): with the default built-in model (InstanceNorm;
 the 4096^2 frame is tiled with frozen statistics, the others run whole) and with a model without
 InstanceNorm (independent tiles). Each door opens its own engine with the same factory.
@@ -53,6 +54,13 @@ def _outputs(folder, names):
     return {n: tifffile.imread(folder / f"{n}.tif") for n in names}
 
 
+def _zarr_frame(path):
+    from cyclesr_deploy.runtime.formats import open_frames
+
+    with open_frames(path) as reader:
+        return reader.read(0)
+
+
 def _doors(tmp_path, model_dir, shapes, whole_max_px=None):
     """The outputs of each entry point for the frames of ``shapes`` (default settings, or
     ``--whole-max-px``)."""
@@ -69,6 +77,14 @@ def _doors(tmp_path, model_dir, shapes, whole_max_px=None):
                            "--model", str(model_dir), *extra])  # fmt: skip
     assert res.exit_code == 0, res.output
     results["enhance"] = _outputs(tmp_path / "enh", frames)
+
+    res = cli.invoke(app, ["enhance", str(tmp_path / "in"), "-o", str(tmp_path / "cluster"),
+                           "--model", str(model_dir), "--cluster", "local:1",
+                           "--output-format", "zarr", *extra])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    results["enhance --cluster"] = {
+        n: _zarr_frame(tmp_path / "cluster" / f"{n}.ome.zarr") for n in frames
+    }
 
     res = cli.invoke(app, ["watch", str(tmp_path / "in"), "-o", str(tmp_path / "watch"),
                            "--model", str(model_dir), "--exit-idle", "1", "--poll", "0.05",

@@ -20,6 +20,12 @@ HEAVY = (
     "watchdog",
     "yaml",
     "bioimageio",
+    "zarr",
+    "ome_zarr",
+    "ome_zarr_models",
+    "dask",
+    "distributed",
+    "dask_jobqueue",
 )
 
 # Block the heavy modules as if they were not installed, then run the given code.
@@ -55,6 +61,8 @@ def test_import_package_and_cli_pull_no_heavy_dependency():
         import cyclesr_deploy.engines, cyclesr_deploy.runtime.pipeline, cyclesr_deploy.runtime.tiff
         import cyclesr_deploy.runtime.tiling, cyclesr_deploy.runtime.enhancer
         import cyclesr_deploy.runtime.watch
+        import cyclesr_deploy.runtime.formats, cyclesr_deploy.runtime.omezarr
+        import cyclesr_deploy.runtime.cluster
         import cyclesr_deploy.bench, cyclesr_deploy.export, cyclesr_deploy.model
         import cyclesr_deploy.export.bioimageio, cyclesr_deploy.export.bioimageio_docs
         import cyclesr_deploy.onnx_metadata
@@ -107,6 +115,29 @@ def test_missing_extra_error_names_the_extra():
     )
     assert res.returncode == 0, res.stderr
     assert "pip install 'cyclesr-deploy[cpu]'" in res.stdout
+
+
+def test_cluster_and_zarr_without_their_extras_name_the_extra(tmp_path):
+    """``--cluster`` without dask and an OME-Zarr output without zarr: exit 2, the message
+    names the extra to install; nothing is written."""
+    import numpy as np
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "a.tif", np.zeros((16, 16), np.uint16))
+    out = tmp_path / "out"
+    for extra, args in (("dask", ["--cluster", "local:1"]), ("zarr", ["--output-format", "zarr"])):
+        res = _run(
+            f"""
+            import sys
+            from cyclesr_deploy.cli import app
+            sys.argv = ['cyclesr', 'enhance', {str(tmp_path / "a.tif")!r}, '-o', {str(out)!r},
+                        *{args!r}]
+            app()
+            """
+        )
+        assert res.returncode == 2, res.stderr
+        assert f"pip install 'cyclesr-deploy[{extra}]'" in " ".join(res.stderr.split())
+        assert not (out / "a.ome.zarr").exists() and not (out / "a.tif").exists()
 
 
 # --- the runtime never imports export/ or training/; no import cycle in the package ---------

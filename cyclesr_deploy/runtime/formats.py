@@ -1,0 +1,95 @@
+"""Which file layer a path belongs to: TIFF (:mod:`~cyclesr_deploy.runtime.tiff`) or OME-Zarr
+(:mod:`~cyclesr_deploy.runtime.omezarr`, which imports zarr only when a ``*.zarr`` path is met).
+
+The pipeline and the cluster path open inputs with :func:`open_frames` and write outputs with
+:func:`write_frames`, so neither cares about the format. ``output_format``: ``same`` (TIFF in ->
+TIFF out, Zarr in -> Zarr out), ``tiff`` or ``zarr``; :func:`output_path` names the output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from cyclesr_deploy.errors import require
+from cyclesr_deploy.runtime.omezarr import ZARR_SUFFIX, ZarrFrameReader, is_zarr, write_zarr
+from cyclesr_deploy.runtime.tiff import TIFF_SUFFIXES, StackInfo
+from cyclesr_deploy.runtime.tiff import open_frames as open_tiff
+from cyclesr_deploy.runtime.tiff import write_frames as write_tiff
+
+__all__ = [
+    "OUTPUT_FORMATS",
+    "ZARR_SUFFIX",
+    "OutputFormat",
+    "check_extras",
+    "is_input",
+    "is_zarr",
+    "open_frames",
+    "output_path",
+    "write_frames",
+]
+
+OutputFormat = Literal["same", "tiff", "zarr"]
+OUTPUT_FORMATS: tuple[str, ...] = ("same", "tiff", "zarr")
+
+
+def is_input(path: Path) -> bool:
+    """A file or folder a folder input contributes: a TIFF file or an OME-Zarr folder."""
+    if path.name.startswith("."):
+        return False
+    return (path.is_file() and path.suffix.lower() in TIFF_SUFFIXES) or is_zarr(path)
+
+
+def check_extras(inputs: Iterable[Path], output_format: str = "same") -> None:
+    """Raise MissingExtraError (naming the ``zarr`` extra) before any work when an input or
+    the output is OME-Zarr and zarr or ome-zarr-models is missing."""
+    if output_format == "zarr" or any(is_zarr(p) for p in inputs):
+        for module in ("zarr", "ome_zarr_models"):
+            require(module, "zarr", "OME-Zarr input and output")
+
+
+def open_frames(path: str | Path) -> Any:
+    """A frame reader (``info``, ``read(i)``, context manager) for a TIFF or an OME-Zarr."""
+    if is_zarr(path):
+        return ZarrFrameReader(path)
+    return open_tiff(path)
+
+
+def _stem(name: str) -> str:
+    """``name`` without its image suffixes (``.ome.tif``, ``.tiff``, ``.ome.zarr``, ``.zarr``)."""
+    low = name.lower()
+    for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr", *TIFF_SUFFIXES, ZARR_SUFFIX):
+        if low.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def output_path(input_path: str | Path, out_dir: str | Path, fmt: str = "same") -> Path:
+    """Where ``input_path``'s result goes in ``out_dir``: the same name for the same format,
+    else ``<stem>.ome.zarr`` (Zarr output) or ``<stem>.ome.tif`` (TIFF output)."""
+    name = Path(input_path).name
+    zarr_in = Path(input_path).suffix.lower() == ZARR_SUFFIX
+    if fmt == "same" or (fmt == "zarr") == zarr_in:
+        return Path(out_dir) / name
+    if fmt == "zarr":
+        return Path(out_dir) / f"{_stem(name)}.ome{ZARR_SUFFIX}"
+    return Path(out_dir) / f"{_stem(name)}.ome.tif"
+
+
+def write_frames(
+    target: str | Path,
+    info: StackInfo,
+    frames: Iterable[np.ndarray],
+    *,
+    overwrite: bool = False,
+    bigtiff: bool | None = None,
+    pyramid: int = 0,
+) -> Path:
+    """Write ``frames`` to ``target`` in the format its name says (``*.zarr``: OME-Zarr with
+    ``pyramid`` extra levels; else TIFF), atomically (see the two layers)."""
+    if Path(target).suffix.lower() == ZARR_SUFFIX:
+        return write_zarr(target, info, frames, overwrite=overwrite, pyramid=pyramid)
+    return write_tiff(target, info, frames, overwrite=overwrite, bigtiff=bigtiff)
