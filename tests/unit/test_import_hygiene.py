@@ -53,7 +53,8 @@ def test_import_package_and_cli_pull_no_heavy_dependency():
         import cyclesr_deploy.io, cyclesr_deploy.normalization
         import cyclesr_deploy.engines, cyclesr_deploy.runtime.pipeline, cyclesr_deploy.runtime.tiff
         import cyclesr_deploy.runtime.tiling, cyclesr_deploy.runtime.enhancer
-        import cyclesr_deploy.runtime.watch
+        import cyclesr_deploy.runtime.watch, cyclesr_deploy.runtime.acquisition
+        import cyclesr_deploy.napari, cyclesr_deploy.napari._work
         import cyclesr_deploy.bench, cyclesr_deploy.export, cyclesr_deploy.model
         import cyclesr_deploy.onnx_metadata
         loaded = sorted(m for m in sys.modules if m.split('.')[0] in HEAVY)
@@ -78,6 +79,30 @@ def test_cli_help_works_with_core_only():
         assert command in res.stdout
 
 
+GUI = ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "superqt", "vispy", "magicgui")
+
+
+def test_package_cli_and_hook_import_neither_napari_nor_qt():
+    """napari and Qt load only when napari asks for the widget (cyclesr_deploy.napari._widget):
+    not with the package, the CLI, the acquisition hook or the plugin's Qt-free parts."""
+    res = _run(
+        f"""
+        import sys
+        import cyclesr_deploy, cyclesr_deploy.cli, cyclesr_deploy.runtime.acquisition
+        import cyclesr_deploy.napari, cyclesr_deploy.napari._work
+        from cyclesr_deploy.cli import app
+        sys.argv = ['cyclesr', '--help']
+        try:
+            app()
+        except SystemExit:
+            pass
+        print('GUI', sorted(m for m in sys.modules if m.split('.')[0] in {GUI!r}))
+        """
+    )
+    assert res.returncode == 0, res.stderr
+    assert "GUI []" in res.stdout, res.stdout
+
+
 def test_missing_extra_error_names_the_extra():
     res = _run(
         """
@@ -96,8 +121,8 @@ def test_missing_extra_error_names_the_extra():
 
 PACKAGE = "cyclesr_deploy"
 #: sub-packages outside the runtime (export and training build models; cli, bench, synthetic
-#: and metrics are front ends and tools around it)
-NOT_RUNTIME = ("export", "training", "cli", "bench", "synthetic", "metrics")
+#: metrics and the napari plugin are front ends and tools around it)
+NOT_RUNTIME = ("export", "training", "cli", "bench", "synthetic", "metrics", "napari")
 
 
 def _package_root() -> Path:
