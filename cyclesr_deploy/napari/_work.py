@@ -15,7 +15,7 @@ import numpy as np
 from cyclesr_deploy.builtin import DEFAULT_MODEL
 from cyclesr_deploy.errors import InputError
 from cyclesr_deploy.runtime.enhancer import Enhancer
-from cyclesr_deploy.runtime.runner import DTYPES
+from cyclesr_deploy.runtime.runner import DTYPES, WHOLE_MAX_PX
 
 __all__ = [
     "Settings",
@@ -42,6 +42,7 @@ class Settings:
     tile: int = 512
     overlap: int | None = None
     tiling: str = "auto"
+    whole_max_px: int = WHOLE_MAX_PX  # not in the form: the default of cyclesr enhance
 
     def open(self) -> Enhancer:
         """The Enhancer for these settings (loads the engine: call it off the UI thread)."""
@@ -51,6 +52,7 @@ class Settings:
             tile=self.tile,
             overlap=self.overlap,
             tiling=self.tiling,  # type: ignore[arg-type]
+            whole_max_px=self.whole_max_px,
         )
 
 
