@@ -111,7 +111,11 @@ class CycleSRWidget(QWidget):
         buttons.addWidget(self.cancel_button)
         self.progress = QProgressBar()
         self.progress.setFormat("%v / %m frames")
-        self.follow = QCheckBox("Follow: enhance the frame on screen and new frames (live)")
+        self.follow = QCheckBox("Follow (live)")
+        self.follow.setToolTip(
+            "enhance the frame on screen as you move through T/Z, and each frame appended to "
+            "the layer (live viewing during an acquisition); newest request first"
+        )
         self.follow.toggled.connect(self._on_follow)
         self.status = QLabel()
         self.status.setWordWrap(True)
