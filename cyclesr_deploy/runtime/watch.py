@@ -235,6 +235,7 @@ class _Backlog:
 
     def skip(self, item: Item) -> None:
         """Record ``item`` as skipped (the engine was behind; it is never enhanced)."""
+        item.frame = None  # pixels held in memory (acquisition hook): dropped
         src = item.src
         src.skipped.append(item.page)
         self.state.skipped += 1

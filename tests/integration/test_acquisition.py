@@ -181,3 +181,25 @@ def test_engine_open_failure_raises_in_the_constructor_and_frees_the_folder(tmp_
         AcquisitionHook(tmp_path, model="no-such-model")
     with AcquisitionHook(tmp_path, engine=FakeEngine(), model_config=_model()):
         pass  # the folder was released
+
+
+def test_the_camera_may_reuse_its_buffer_and_our_buffers_are_reused(tmp_path):
+    engine = GatedEngine()
+    cfg = HookConfig(queue_size=4)
+    hook = AcquisitionHook(tmp_path, engine=engine, model_config=_model(), enhance=WHOLE,
+                           config=cfg)  # fmt: skip
+    camera = _frame(0)
+    for i in range(3):
+        camera[:] = 50 + i  # one buffer, overwritten for each frame, as a camera driver does
+        assert hook(camera, {})[0] is camera
+    engine.gate.set()
+    assert hook.flush(timeout=20)
+    for i in range(30):  # many more frames: the pool stays bounded, buffers are reused
+        camera[:] = 60 + i
+        hook(camera, {})
+        assert hook.flush(timeout=20)
+    report = hook.close()
+    assert report.done == 33
+    assert _values(tmp_path / "acquisition.ome.tif") == [51, 52, 53, *range(61, 91)]
+    (slots,) = hook._slots.values()
+    assert len(slots) <= cfg.queue_size + 2
