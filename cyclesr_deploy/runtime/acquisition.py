@@ -30,8 +30,9 @@ every frame in order, holding at most ``queue_size`` frames in memory; when the 
 ``when_full="skip"`` (default) records the new frame as skipped (never enhanced, its raw frame
 still saved by pycro-manager, so ``cyclesr enhance`` can do it later) and the acquisition goes
 on at full speed, while ``when_full="wait"`` makes the acquisition wait for room (nothing
-skipped, the camera slowed). ``latest`` always enhances the newest frame and skips the older
-waiting ones (live viewing). Skips are counted, warned about and written to the manifest.
+skipped, the camera slowed). ``latest`` always enhances the newest frame: a new frame skips
+the one waiting (live viewing; at most one frame waits, whatever ``queue_size``). Skips are
+counted, warned about and written to the manifest.
 
 :meth:`AcquisitionHook.close` (or leaving ``with``) refuses new frames, waits until the queue
 is done, closes the stacks, releases the output folder and returns the final
@@ -198,10 +199,11 @@ class AcquisitionHook:
         with the state's lock held)."""
         assert self.worker is not None
         state, backlog = self.worker.state, self.worker.backlog
-        if len(state.backlog) >= self.cfg.queue_size:
-            if self.cfg.when_behind == "latest":  # the oldest waiting frame makes room
+        if self.cfg.when_behind == "latest":  # only the newest waits: the others never run
+            while state.backlog:
                 backlog.skip(state.backlog.popleft())  # type: ignore[arg-type]
-            elif self.cfg.when_full == "skip":
+        elif len(state.backlog) >= self.cfg.queue_size:
+            if self.cfg.when_full == "skip":
                 self._warn_full("skipping new frames (when_full='skip')")
                 backlog.skip(item)
                 return
