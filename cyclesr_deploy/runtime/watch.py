@@ -348,17 +348,11 @@ class _Watch(WatchWorker):
     def __init__(
         self,
         in_dir: Path,
-        out_dir: Path,
-        engine: Engine,
-        model: ModelConfig,
-        cfg: WatchConfig,
-        ecfg: EnhanceConfig,
-        stop: threading.Event,
         on_status: Callable[[WatchStatus], None] | None,
         status_every: float,
-        on_frame: Callable[[Path, int, float], None] | None = None,
+        *worker: Any,
     ) -> None:
-        super().__init__(out_dir, engine, model, cfg, ecfg, stop, on_frame)
+        super().__init__(*worker)  # out_dir, engine, model, cfg, ecfg, stop, on_frame
         self.in_dir = in_dir
         self.on_status, self.status_every = on_status, status_every
         self.scanner = Scanner(in_dir, self.state)
@@ -507,14 +501,14 @@ def watch_folder(
     with held(out_dir, lock, WATCH_COMMAND):  # before the manifest is read
         run = _Watch(
             in_dir,
+            on_status,
+            status_every,
             out_dir,
             engine,
             model,
             cfg or WatchConfig(),
             enhance or EnhanceConfig(),
             stop or threading.Event(),
-            on_status,
-            status_every,
             on_frame,
         )
         return run.run()
