@@ -264,4 +264,8 @@ class CycleSRWidget(QWidget):
     def closeEvent(self, event: Any) -> None:
         self.follower.stop()
         self.cancel()
+        with self._enhancer_lock:
+            enhancer, self._enhancer = self._enhancer, None
+        if enhancer is not None:  # released once a frame in flight is done, off the UI thread
+            threading.Thread(target=enhancer.close, daemon=True).start()
         super().closeEvent(event)
