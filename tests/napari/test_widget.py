@@ -169,6 +169,7 @@ def test_sample_data_and_manifest():
 
     manifest = PluginManifest.from_file(Path(pkg.__file__).parent / "napari.yaml")
     assert manifest.name == "cyclesr-deploy"
+    manifest.validate_imports()  # every python_name resolves
     ids = {c.id for c in manifest.contributions.commands}
     assert {"cyclesr-deploy.widget", "cyclesr-deploy.sample_frame"} <= ids
     ((frame, meta, kind),) = sample_frame()
