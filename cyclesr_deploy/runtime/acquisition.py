@@ -129,8 +129,7 @@ class AcquisitionHook:
         self._sources: dict[tuple[tuple[str, str], ...], Source] = {}
         self._axes: dict[int, list[dict[str, Any]]] = {}  # per source seq: Axes of each page
         self._warned_full = False
-        self._slots: dict[tuple[tuple[int, ...], str], list[_Slot]] = {}
-        self._in_flight: Item | None = None  # the item the worker handles now
+        self._buffers = _BufferPool()
         self.worker: WatchWorker | None = None
         self.report: WatchStatus | None = None
         if engine is None or model_config is None:
@@ -162,7 +161,7 @@ class AcquisitionHook:
         state = self.worker.state
         with state.lock:
             src = self._source(axes, metadata or {}, pixels)
-            slots, k = self._reserve(pixels)
+            slots, k = self._buffers.reserve(pixels)
         buffer = slots[k][0]
         np.copyto(buffer, pixels)  # the acquisition may reuse its buffer: ours from now on
         with state.lock:
@@ -173,24 +172,6 @@ class AcquisitionHook:
             state.seen += 1
             self._admit(item)
         return (image, metadata) if self.cfg.return_image else None
-
-    def _reserve(self, pixels: np.ndarray) -> tuple[list[_Slot], int]:
-        """A free frame buffer for ``pixels`` (called with the state's lock held): buffers are
-        reused once their frame is enhanced or skipped, so that a copy lands in memory already
-        paged in (a fresh 8 MB buffer costs ~2000 page faults: p99 x10 on a busy machine);
-        at most ``queue_size`` + 2 buffers per frame shape, as many as frames can be held."""
-        slots = self._slots.setdefault((pixels.shape, pixels.dtype.str), [])
-        k = next((i for i, (_, owner) in enumerate(slots) if self._free(owner)), None)
-        if k is None:
-            slots.append((np.empty_like(pixels), None))
-            k = len(slots) - 1
-        slots[k] = (slots[k][0], _RESERVED)
-        return slots, k
-
-    def _free(self, owner: Item | None) -> bool:
-        """Whether a buffer's frame is done with: handed to the runner (``frame`` cleared)
-        and no longer in the worker's hands, or skipped."""
-        return owner is None or (owner.frame is None and owner is not self._in_flight)
 
     image_process_fn = __call__
 
@@ -297,11 +278,11 @@ class AcquisitionHook:
                     if self._closing.is_set() and not state.backlog:
                         return
                 continue
-            self._in_flight = item  # its buffer stays ours until handled
+            self._buffers.in_flight = item  # its buffer stays taken until handled
             try:
                 worker.handle(item, taken)
             finally:
-                self._in_flight = None
+                self._buffers.in_flight = None
             with state.lock:
                 state.manifest.save()  # at most once a second
 
@@ -366,6 +347,34 @@ class AcquisitionHook:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _BufferPool:
+    """Frame buffers for the hook's copies, per frame shape and dtype, reused once their frame
+    is enhanced or skipped, so that a copy lands in memory already paged in (a fresh 8 MB
+    buffer costs ~2000 page faults: p99 x10 on a busy machine). As many buffers as frames are
+    held at once (the queue, the frame in the worker, the one being copied); numpy, no
+    library pools numpy buffers across threads like this (hand-written, ~20 lines)."""
+
+    def __init__(self) -> None:
+        self.slots: dict[tuple[tuple[int, ...], str], list[_Slot]] = {}
+        self.in_flight: Item | None = None  # the item the worker handles now
+
+    def reserve(self, pixels: np.ndarray) -> tuple[list[_Slot], int]:
+        """A free buffer for ``pixels``: ``slots[k][0]``, marked taken (called under the
+        state's lock; the caller puts the item that owns it in ``slots[k]``)."""
+        slots = self.slots.setdefault((pixels.shape, pixels.dtype.str), [])
+        k = next((i for i, (_, owner) in enumerate(slots) if self._free(owner)), None)
+        if k is None:
+            slots.append((np.empty_like(pixels), None))
+            k = len(slots) - 1
+        slots[k] = (slots[k][0], _RESERVED)
+        return slots, k
+
+    def _free(self, owner: Item | None) -> bool:
+        """Whether a buffer's frame is done with: handed to the runner (``frame`` cleared)
+        and no longer in the worker's hands, or skipped (``frame`` cleared too)."""
+        return owner is None or (owner.frame is None and owner is not self.in_flight)
 
 
 def _free_name(out_dir: Path, name: str) -> str:

@@ -201,7 +201,7 @@ def test_the_camera_may_reuse_its_buffer_and_our_buffers_are_reused(tmp_path):
     report = hook.close()
     assert report.done == 33
     assert _values(tmp_path / "acquisition.ome.tif") == [51, 52, 53, *range(61, 91)]
-    (slots,) = hook._slots.values()
+    (slots,) = hook._buffers.slots.values()
     assert len(slots) <= cfg.queue_size + 2
 
 
