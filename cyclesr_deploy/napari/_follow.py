@@ -130,8 +130,9 @@ class Follower:
             )
         elif self.result.data.shape != want:
             old, data = self.result.data, new_output(shape, dtype, factor)
-            keep = tuple(slice(0, min(a, b)) for a, b in zip(old.shape, want, strict=True))
-            data[keep] = old[keep]
+            if old.shape[-2:] == want[-2:] and old.ndim == len(want):  # grown: keep the frames
+                keep = tuple(slice(0, min(a, b)) for a, b in zip(old.shape, want, strict=True))
+                data[keep] = old[keep]
             self.result.data = data
         return self.result
 

@@ -153,6 +153,12 @@ def test_follow_enhances_the_frame_on_screen_and_appended_frames(viewer_widget, 
     assert result.data.shape == (4, 24, 24) and (3,) in widget.follower.done
     np.testing.assert_array_equal(result.data[3], grown[3] + 1)
     np.testing.assert_array_equal(result.data[0], data[0] + 1)  # kept
+    other = _stack(2, 16, seed=3)  # other data altogether: start again
+    viewer.dims.set_current_step(0, 0)
+    layer.data = other
+    _wait_idle(qtbot, widget)
+    assert result.data.shape == (2, 16, 16) and widget.follower.done == {(0,)}
+    np.testing.assert_array_equal(result.data[0], other[0] + 1)
     widget.follow.setChecked(False)
     viewer.dims.set_current_step(0, 1)
     _wait_idle(qtbot, widget)
