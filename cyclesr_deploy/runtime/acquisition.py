@@ -20,9 +20,10 @@ Outputs: one growing OME-TIFF stack per combination of the metadata's ``Axes`` o
 time/z vary), its pages in arrival order (pycro-manager's order: time, then z), axes ``TYX``
 (``ZYX`` when the frames have ``z`` and no ``time``), pixel size ``PixelSizeUm`` / scale.
 Each is written to ``name.part`` and renamed when the hook closes, so it is never observed half
-written; ``cyclesr-manifest.json`` (the format of ``cyclesr watch``, keyed by output) records
-per stack the pages written, skipped and failed and ``axes``: the ``Axes`` of every page in
-arrival order. A name already in the folder is never overwritten: the run takes ``name_1``,
+written; ``cyclesr-manifest.json`` (the format of ``cyclesr watch``, keyed by output; written
+at close, the live figures are :meth:`AcquisitionHook.status`) records per stack the pages
+written, skipped and failed and ``axes``: the ``Axes`` of every page in arrival order. A name
+already in the folder is never overwritten: the run takes ``name_1``,
 ``name_2``, ...
 
 When the engine is slower than the camera (``when_behind``): ``queue`` (default) enhances
@@ -283,8 +284,8 @@ class AcquisitionHook:
                 worker.handle(item, taken)
             finally:
                 self._buffers.in_flight = None
-            with state.lock:
-                state.manifest.save()  # at most once a second
+            # (no manifest save here: it writes a file under the lock the hook takes; the
+            # manifest is written when the hook closes, the live figures are status())
 
     # --- results --------------------------------------------------------------------------------
     def settled(self) -> bool:
