@@ -24,7 +24,7 @@ $(VENV)/.installed-demo: pyproject.toml | $(PY)
 
 $(VENV)/.installed-test: pyproject.toml | $(PY)
 	$(PIP) install --quiet "$(TORCH_PIN)"
-	$(PIP) install --quiet -e ".[cpu,dev,train,export,bench,bioimageio,dask,zarr]"
+	$(PIP) install --quiet -e ".[cpu,dev,train,export,bench,bioimageio,dask,zarr,napari,napari-test]"
 	@touch $@
 
 venv: $(VENV)/.installed-test

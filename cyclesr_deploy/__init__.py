@@ -13,6 +13,7 @@ from cyclesr_deploy.errors import InputError, MissingExtraError
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "AcquisitionHook",
     "EnhanceConfig",
     "Enhancer",
     "FrameRunner",
@@ -25,6 +26,7 @@ __all__ = [
 
 # The Python API, imported on first use (``from cyclesr_deploy import Enhancer``).
 _LAZY = {
+    "AcquisitionHook": "cyclesr_deploy.runtime.acquisition",
     "Enhancer": "cyclesr_deploy.runtime.enhancer",
     "EnhanceConfig": "cyclesr_deploy.runtime.runner",
     "FrameRunner": "cyclesr_deploy.runtime.runner",

@@ -10,9 +10,10 @@ pycro-manager (``Acquisition(..., image_process_fn=enhancer.image_process_fn)``)
 function receives ``(image, metadata)`` and returns the enhanced ``(image, metadata)``. It
 runs in pycro-manager's processing thread, so the engine must tolerate being called from
 another thread than the one that created it (ONNX Runtime and PyTorch do; for TensorRT create
-the Enhancer in that thread). Its queue is bounded: if enhancement is slower than the camera,
-the acquisition waits; use ``cyclesr watch`` on the saved files instead to keep the camera
-free.
+the Enhancer in that thread). It enhances in the acquisition thread: if enhancement is slower
+than the camera, the acquisition waits. To keep the camera free, use
+:class:`~cyclesr_deploy.runtime.acquisition.AcquisitionHook` (a bounded queue served by a
+worker thread, enhanced stacks written to disk) or ``cyclesr watch`` on the saved files.
 
 napari: ``enhancer`` is a plain ``ndarray -> ndarray`` function (2-D frame, or a stack whose
 last two axes are Y and X), so it can be used directly as a magicgui/napari function
@@ -36,7 +37,41 @@ from cyclesr_deploy.errors import InputError
 from cyclesr_deploy.model import ModelConfig
 from cyclesr_deploy.runtime.runner import WHOLE_MAX_PX, EnhanceConfig, FrameRunner
 
-__all__ = ["Enhancer"]
+__all__ = ["Enhancer", "open_model"]
+
+
+def open_model(
+    model_dir: str | Path | None,
+    backend: str,
+    cfg: EnhanceConfig,
+    *,
+    precision: str = "auto",
+    device: str = "auto",
+    engine: Engine | None = None,
+) -> tuple[Engine, ModelConfig]:
+    """The engine (not entered yet; ``engine`` when given) and config of ``model_dir`` (a
+    model folder, a built-in name, None: the default model) for frames enhanced with ``cfg``,
+    as every in-memory door opens them (:class:`Enhancer`, the acquisition hook, napari). A
+    bad tile/overlap fails before the engine loads."""
+    from cyclesr_deploy.builtin import resolve_model
+    from cyclesr_deploy.model import load_model
+
+    folder = resolve_model(model_dir)
+    model = load_model(folder)
+    if cfg.tile:
+        cfg.tiling(model)
+    if engine is None:
+        from cyclesr_deploy.engines import open_engine
+
+        engine = open_engine(
+            folder,
+            backend,  # type: ignore[arg-type]
+            precision=precision,  # type: ignore[arg-type]
+            device=device,  # type: ignore[arg-type]
+            tiling=cfg.engine_tiling,
+            stats=cfg.stats,
+        )
+    return engine, model
 
 
 class Enhancer:
@@ -83,24 +118,10 @@ class Enhancer:
             whole_max_px=whole_max_px,
         )
         if model is None or engine is None:
-            from cyclesr_deploy.builtin import resolve_model
-            from cyclesr_deploy.model import load_model
-
-            folder = resolve_model(model_dir)
-            model = model or load_model(folder)
-            if cfg.tile:
-                cfg.tiling(model)  # bad tile/overlap: fail before the engine loads
-            if engine is None:
-                from cyclesr_deploy.engines import open_engine
-
-                engine = open_engine(
-                    folder,
-                    backend,  # type: ignore[arg-type]
-                    precision=precision,
-                    device=device,
-                    tiling=cfg.engine_tiling,
-                    stats=cfg.stats,
-                )
+            engine, loaded = open_model(
+                model_dir, backend, cfg, precision=precision, device=device, engine=engine
+            )
+            model = model or loaded
         self.model = model
         self._engine_cm = engine
         self.engine: Engine = engine.__enter__()

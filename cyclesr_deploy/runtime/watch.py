@@ -97,6 +97,7 @@ __all__ = [
     "PageProbe",
     "WatchConfig",
     "WatchStatus",
+    "WatchWorker",
     "probe_pages",
     "watch_folder",
 ]
@@ -227,12 +228,14 @@ class _Backlog:
         for _ in range(newest):
             item = backlog.popleft()
             if isinstance(item, Item):
-                self._skip(item)
+                self.skip(item)
             else:
                 keep.append(item)
         backlog.extendleft(reversed(keep))
 
-    def _skip(self, item: Item) -> None:
+    def skip(self, item: Item) -> None:
+        """Record ``item`` as skipped (the engine was behind; it is never enhanced)."""
+        item.frame = None  # pixels held in memory (acquisition hook): dropped
         src = item.src
         src.skipped.append(item.page)
         self.state.skipped += 1
@@ -252,31 +255,29 @@ class _Backlog:
             self.outputs.record_stack(src, status="partial")
 
 
-class _Watch:
-    """One watch run: starts the scanner thread, runs the worker loop, reports status."""
+class WatchWorker:
+    """The worker side of a watch, whatever feeds its backlog (the folder scanner of
+    :func:`watch_folder`, or :mod:`cyclesr_deploy.runtime.acquisition`'s hook): the frame
+    runner, the ``when_behind`` policy, the outputs, the manifest and the latency accounting.
+    ``handle(item, taken)`` processes one backlog item in the calling thread (the engine's)."""
 
     def __init__(
         self,
-        in_dir: Path,
         out_dir: Path,
         engine: Engine,
         model: ModelConfig,
         cfg: WatchConfig,
         ecfg: EnhanceConfig,
         stop: threading.Event,
-        on_status: Callable[[WatchStatus], None] | None,
-        status_every: float,
         on_frame: Callable[[Path, int, float], None] | None = None,
     ) -> None:
-        self.in_dir, self.out_dir, self.engine, self.cfg = in_dir, out_dir, engine, cfg
+        self.out_dir, self.engine, self.cfg = out_dir, engine, cfg
         self.stop, self.on_frame = stop, on_frame
-        self.on_status, self.status_every = on_status, status_every
         header = manifest_header(
             model.name, engine.name, ecfg.model_dump(mode="json"), watch=cfg.model_dump(mode="json")
         )
         manifest = Manifest(out_dir, header, interval=1.0)
         self.state = State(out_dir, cfg, manifest)
-        self.scanner = Scanner(in_dir, self.state)
         runner = FrameRunner(engine, model, ecfg)  # the frame runner: its one construction
         self.outputs = Outputs(self.state, runner, model.scale, self._done)
         self.backlog = _Backlog(self.state, self.outputs)
@@ -284,7 +285,6 @@ class _Watch:
         self.splits: deque[tuple[float, ...]] = deque(maxlen=_LATENCY_WINDOW)
         self.done_times: deque[float] = deque()
         self.t_start = time.perf_counter()
-        self.scanner_error: BaseException | None = None
 
     def _done(self, item: Item, t1: float, split: dict[str, float]) -> None:
         with self.state.lock:
@@ -295,30 +295,6 @@ class _Watch:
             self.state.last_activity = t1
         if self.on_frame is not None:
             self.on_frame(item.src.path, item.page, t1 - item.arrival)
-
-    def _scanner(self) -> None:
-        state, scanner = self.state, self.scanner
-        try:
-            while not self.stop.is_set():
-                now = time.perf_counter()
-                with state.lock:
-                    scanner.scan(now)
-                    due = now + self.cfg.poll
-                    for src in sorted(state.sources.values(), key=lambda s: s.seq):
-                        deadline = scanner.update(src, now)
-                        if deadline is not None:
-                            due = min(due, max(deadline, now + 0.005))
-                    scanner.idle_stacks(now)
-                    scanner.release(now)
-                    self.backlog.warn_if_behind()
-                    state.manifest.save()
-                state.wake.wait(max(0.0, due - time.perf_counter()))
-                state.wake.clear()
-        except BaseException as exc:  # surfaced by the worker
-            self.scanner_error = exc
-            self.stop.set()
-            with state.lock:
-                state.work.notify_all()
 
     def status(self) -> WatchStatus:
         state = self.state
@@ -348,6 +324,64 @@ class _Watch:
                 rules=tuple((r, state.rules[r]) for r in RULES if state.rules[r]),
             )
 
+    def handle(self, item: Item | Close, taken: float) -> None:
+        """Process one backlog item: close a stack's output, or enhance and write a page."""
+        if isinstance(item, Close):
+            self.outputs.close_stack(item.src)
+        else:
+            self.outputs.process(item, taken)
+
+    def close_outputs(self) -> None:
+        """Close (rename) every open stack output and save the manifest."""
+        for src in list(self.state.sources.values()):
+            try:  # a failure is the stack's, recorded there; the other stacks still close
+                self.outputs.close_stack(src)
+            except Exception as exc:
+                log.error("%s: closing its output failed: %s", src.path.name, exc)
+        with self.state.lock:
+            self.state.manifest.save(force=True)
+
+
+class _Watch(WatchWorker):
+    """One watch run: starts the scanner thread, runs the worker loop, reports status."""
+
+    def __init__(
+        self,
+        in_dir: Path,
+        on_status: Callable[[WatchStatus], None] | None,
+        status_every: float,
+        *worker: Any,
+    ) -> None:
+        super().__init__(*worker)  # out_dir, engine, model, cfg, ecfg, stop, on_frame
+        self.in_dir = in_dir
+        self.on_status, self.status_every = on_status, status_every
+        self.scanner = Scanner(in_dir, self.state)
+        self.scanner_error: BaseException | None = None
+
+    def _scanner(self) -> None:
+        state, scanner = self.state, self.scanner
+        try:
+            while not self.stop.is_set():
+                now = time.perf_counter()
+                with state.lock:
+                    scanner.scan(now)
+                    due = now + self.cfg.poll
+                    for src in sorted(state.sources.values(), key=lambda s: s.seq):
+                        deadline = scanner.update(src, now)
+                        if deadline is not None:
+                            due = min(due, max(deadline, now + 0.005))
+                    scanner.idle_stacks(now)
+                    scanner.release(now)
+                    self.backlog.warn_if_behind()
+                    state.manifest.save()
+                state.wake.wait(max(0.0, due - time.perf_counter()))
+                state.wake.clear()
+        except BaseException as exc:  # surfaced by the worker
+            self.scanner_error = exc
+            self.stop.set()
+            with state.lock:
+                state.work.notify_all()
+
     def run(self) -> WatchStatus:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.outputs.remove_stale_parts(self.out_dir)
@@ -368,10 +402,8 @@ class _Watch:
                     if self._idle_exit(now):
                         self.stop.set()
                         break
-                elif isinstance(item, Close):
-                    self.outputs.close_stack(item.src)
                 else:
-                    self.outputs.process(item, now)
+                    self.handle(item, now)
         finally:
             self._finish(scanner, observer)
         if self.scanner_error is not None:
@@ -388,13 +420,7 @@ class _Watch:
         if observer is not None:
             with contextlib.suppress(Exception):
                 observer.stop()
-        for src in list(self.state.sources.values()):
-            try:  # a failure is the stack's, recorded there; the other stacks still close
-                self.outputs.close_stack(src)
-            except Exception as exc:
-                log.error("%s: closing its output failed: %s", src.path.name, exc)
-        with self.state.lock:
-            self.state.manifest.save(force=True)
+        self.close_outputs()
 
     def _idle_exit(self, now: float) -> bool:
         if self.cfg.exit_idle is None:
@@ -475,14 +501,14 @@ def watch_folder(
     with held(out_dir, lock, WATCH_COMMAND):  # before the manifest is read
         run = _Watch(
             in_dir,
+            on_status,
+            status_every,
             out_dir,
             engine,
             model,
             cfg or WatchConfig(),
             enhance or EnhanceConfig(),
             stop or threading.Event(),
-            on_status,
-            status_every,
             on_frame,
         )
         return run.run()

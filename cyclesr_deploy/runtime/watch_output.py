@@ -50,7 +50,10 @@ class Outputs:
         src = item.src
         t0 = time.perf_counter()
         try:
-            frame, info = self._read(src, item.page)
+            if item.frame is None:
+                frame, info = self._read(src, item.page)
+            else:  # handed over in memory: a page of a growing stack
+                frame, info, item.frame = item.frame, None, None
             t_read = time.perf_counter()
             result = self.enhance(frame)  # the one call of the frame runner
             t_comp = time.perf_counter()

@@ -71,6 +71,7 @@ class Item:
     arrival: float  # when the page's last bytes were seen
     judged: float = 0.0  # when it was judged complete (queued)
     rule: str = RULE_STABLE
+    frame: Any = None  # the page's pixels when they come from memory (acquisition hook)
 
 
 @dataclass(eq=False)

@@ -1,11 +1,13 @@
 """Every door into the runtime gives the same frame, bit for bit, for the same settings.
 
 ``cyclesr enhance`` (CLI), ``cyclesr enhance --cluster local:1 --output-format zarr`` (a Dask
-worker process writing OME-Zarr), ``cyclesr watch`` (CLI), the Python ``Enhancer`` and ``cyclesr
-bench latency``'s end-to-end path, on 512^2, 1024^2, 2048x1536 and 4096^2 uint16 frames made from a
-real micrograph (scikit-image's ``data.cell()``): with the default built-in model (InstanceNorm;
-the 4096^2 frame is tiled with frozen statistics, the others run whole) and with a model without
-InstanceNorm (independent tiles). Each door opens its own engine with the same factory.
+worker process writing OME-Zarr), ``cyclesr watch`` (CLI), the Python ``Enhancer``, ``cyclesr bench
+latency``'s end-to-end path, the pycro-manager ``AcquisitionHook`` (its stacks on disk) and the
+napari widget's work (``enhance_into`` with the widget's ``Settings``; Qt-free), on 512^2,
+1024^2, 2048x1536 and 4096^2 uint16 frames made from a real micrograph (scikit-image's
+``data.cell()``): with the default built-in model (InstanceNorm; the 4096^2 frame is tiled with
+frozen statistics, the others run whole) and with a model without InstanceNorm (independent
+tiles). Each door opens its own engine with the same factory.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ pytest.importorskip("onnxruntime")
 from cyclesr_deploy.builtin import DEFAULT_MODEL, builtin_model
 from cyclesr_deploy.cli import app
 from cyclesr_deploy.model import load_model
+from cyclesr_deploy.napari._work import Settings as NapariSettings
+from cyclesr_deploy.napari._work import enhance_into, frame_indices, new_output
+from cyclesr_deploy.runtime.acquisition import AcquisitionHook
 from cyclesr_deploy.runtime.runner import EnhanceConfig, FrameRunner
 
 SHAPES = {"f512": (512, 512), "f1024": (1024, 1024), "f2048x1536": (2048, 1536)}
@@ -94,6 +99,23 @@ def _doors(tmp_path, model_dir, shapes, whole_max_px=None):
 
     with Enhancer(model_dir, **settings) as enhancer:
         results["Enhancer"] = {n: enhancer(f) for n, f in frames.items()}
+
+    hook_dir = tmp_path / "hook"
+    with AcquisitionHook(hook_dir, model_dir, enhance=EnhanceConfig(**settings)) as hook:
+        for name, frame in frames.items():  # one stack per "position": one page each
+            assert hook(frame, {"Axes": {"position": name}})[0] is frame
+    assert hook.report is not None and hook.report.ok
+    results["acquisition hook"] = {
+        n: tifffile.imread(hook_dir / f"acquisition_position-{n}.ome.tif") for n in frames
+    }
+
+    with NapariSettings(model=str(model_dir), **settings).open() as enhancer:
+        napari = {}
+        for name, frame in frames.items():
+            out = new_output(frame.shape, frame.dtype, enhancer.scale)
+            assert list(enhance_into(enhancer, frame, frame_indices(frame.shape), out)) == [1]
+            napari[name] = out
+        results["napari"] = napari
 
     cfg = EnhanceConfig(overwrite=True, **settings)
     model = load_model(model_dir)

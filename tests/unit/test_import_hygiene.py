@@ -63,6 +63,8 @@ def test_import_package_and_cli_pull_no_heavy_dependency():
         import cyclesr_deploy.runtime.watch
         import cyclesr_deploy.runtime.formats, cyclesr_deploy.runtime.omezarr
         import cyclesr_deploy.runtime.cluster
+        import cyclesr_deploy.runtime.watch, cyclesr_deploy.runtime.acquisition
+        import cyclesr_deploy.napari, cyclesr_deploy.napari._work
         import cyclesr_deploy.bench, cyclesr_deploy.export, cyclesr_deploy.model
         import cyclesr_deploy.export.bioimageio, cyclesr_deploy.export.bioimageio_docs
         import cyclesr_deploy.onnx_metadata
@@ -101,6 +103,30 @@ def test_bioimageio_export_without_the_extra_names_it():
     )
     assert res.returncode == 0, res.stderr
     assert "pip install 'cyclesr-deploy[bioimageio]'" in res.stdout
+
+
+GUI = ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "superqt", "vispy", "magicgui")
+
+
+def test_package_cli_and_hook_import_neither_napari_nor_qt():
+    """napari and Qt load only when napari asks for the widget (cyclesr_deploy.napari._widget):
+    not with the package, the CLI, the acquisition hook or the plugin's Qt-free parts."""
+    res = _run(
+        f"""
+        import sys
+        import cyclesr_deploy, cyclesr_deploy.cli, cyclesr_deploy.runtime.acquisition
+        import cyclesr_deploy.napari, cyclesr_deploy.napari._work
+        from cyclesr_deploy.cli import app
+        sys.argv = ['cyclesr', '--help']
+        try:
+            app()
+        except SystemExit:
+            pass
+        print('GUI', sorted(m for m in sys.modules if m.split('.')[0] in {GUI!r}))
+        """
+    )
+    assert res.returncode == 0, res.stderr
+    assert "GUI []" in res.stdout, res.stdout
 
 
 def test_missing_extra_error_names_the_extra():
@@ -144,8 +170,8 @@ def test_cluster_and_zarr_without_their_extras_name_the_extra(tmp_path):
 
 PACKAGE = "cyclesr_deploy"
 #: sub-packages outside the runtime (export and training build models; cli, bench, synthetic
-#: and metrics are front ends and tools around it)
-NOT_RUNTIME = ("export", "training", "cli", "bench", "synthetic", "metrics")
+#: metrics and the napari plugin are front ends and tools around it)
+NOT_RUNTIME = ("export", "training", "cli", "bench", "synthetic", "metrics", "napari")
 
 
 def _package_root() -> Path:

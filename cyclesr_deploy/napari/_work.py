@@ -1,0 +1,137 @@
+"""The napari plugin's work, without napari or Qt: settings, frames of a layer's data, the
+enhanced layer's geometry and name, and the sample data. The widget (:mod:`._widget`) runs
+:func:`enhance_into` in a worker thread; every frame goes through
+:class:`~cyclesr_deploy.runtime.enhancer.Enhancer`, i.e. the frame runner of ``cyclesr enhance``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cyclesr_deploy.builtin import DEFAULT_MODEL
+from cyclesr_deploy.errors import InputError
+from cyclesr_deploy.runtime.enhancer import Enhancer
+from cyclesr_deploy.runtime.runner import DTYPES, WHOLE_MAX_PX
+
+__all__ = [
+    "Settings",
+    "as_frame",
+    "enhance_into",
+    "frame_indices",
+    "new_output",
+    "result_geometry",
+    "result_name",
+    "sample_frame",
+    "sample_timelapse",
+]
+
+Index = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the widget's form says: ``model`` (folder or built-in name), ``backend`` and the
+    tiling options of ``cyclesr enhance`` (``overlap`` None: from the receptive field)."""
+
+    model: str = DEFAULT_MODEL
+    backend: str = "auto"
+    tile: int = 512
+    overlap: int | None = None
+    tiling: str = "auto"
+    whole_max_px: int = WHOLE_MAX_PX  # not in the form: the default of cyclesr enhance
+
+    def open(self) -> Enhancer:
+        """The Enhancer for these settings (loads the engine: call it off the UI thread)."""
+        return Enhancer(
+            self.model.strip() or None,
+            self.backend,
+            tile=self.tile,
+            overlap=self.overlap,
+            tiling=self.tiling,  # type: ignore[arg-type]
+            whole_max_px=self.whole_max_px,
+        )
+
+
+def frame_indices(shape: Sequence[int]) -> list[Index]:
+    """The index of every 2-D frame of data of ``shape`` (..., Y, X), in C order."""
+    if len(shape) < 2:
+        raise InputError(f"a layer of shape {tuple(shape)} has no 2-D frames")
+    return list(np.ndindex(*shape[:-2]))
+
+
+def as_frame(data: Any) -> np.ndarray:
+    """One frame of a layer (numpy, dask, zarr) as a 2-D array the runner takes: float64 data
+    become float32; other dtypes than uint8, uint16, float32 are refused with a clear error."""
+    frame = np.asarray(data)
+    if frame.ndim != 2:
+        raise InputError(f"expected a 2-D frame, got shape {frame.shape}")
+    if frame.dtype.kind == "f" and frame.dtype != np.float32:
+        frame = frame.astype(np.float32)
+    if frame.dtype not in DTYPES:
+        raise InputError(
+            f"layer dtype {frame.dtype} is not supported: convert it to uint8, uint16 or float32"
+        )
+    return frame
+
+
+def new_output(shape: Sequence[int], dtype: Any, scale: int) -> np.ndarray:
+    """The (zeroed) enhanced array for data of ``shape``: Y and X times ``scale``."""
+    dtype = np.float32 if np.dtype(dtype).kind == "f" else np.dtype(dtype)
+    return np.zeros((*shape[:-2], shape[-2] * scale, shape[-1] * scale), dtype)
+
+
+def enhance_into(
+    enhancer: Enhancer, data: Any, indices: Sequence[Index], out: np.ndarray
+) -> Iterator[int]:
+    """Enhance the frames ``indices`` of ``data`` (..., Y, X) into ``out``, one at a time;
+    yields the number done after each (a worker stops between frames when cancelled)."""
+    for done, index in enumerate(indices, 1):
+        out[index] = enhancer(as_frame(data[index]))
+        yield done
+
+
+def result_geometry(
+    scale: Sequence[float], translate: Sequence[float], factor: int
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """World scale and translate of the enhanced layer of a layer with ``scale`` and
+    ``translate``: Y and X pixels ``factor`` times smaller, shifted so that the enhanced pixels
+    cover the input pixels exactly (the centre of output pixel 0 is at input -0.5 + 0.5/f)."""
+    scale, translate = tuple(map(float, scale)), tuple(map(float, translate))
+    out_scale = (*scale[:-2], *(s / factor for s in scale[-2:]))
+    shift = 0.5 / factor - 0.5
+    yx = zip(translate[-2:], scale[-2:], strict=True)
+    out_translate = (*translate[:-2], *(t + shift * s for t, s in yx))
+    return out_scale, out_translate
+
+
+def result_name(layer: str, model: str, factor: int, follow: bool = False) -> str:
+    """``cells [CycleSR reference-cyclegan x1]`` (``live`` for follow mode)."""
+    label = model.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1] or DEFAULT_MODEL
+    return f"{layer} [CycleSR {label} x{factor}{' live' if follow else ''}]"
+
+
+def _simulate(size: int, n_frames: int) -> tuple[np.ndarray, float]:
+    from cyclesr_deploy.synthetic import SynthConfig
+    from cyclesr_deploy.synthetic.timeseries import simulate_time_series
+
+    cfg = SynthConfig(size=size, seed=0)
+    series = simulate_time_series(cfg, n_frames)
+    return series.lr, cfg.hr_pixel_nm / 1e3
+
+
+def sample_frame() -> list[tuple[Any, dict[str, Any], str]]:
+    """napari sample: one 512 x 512 low-resolution confocal frame (uint16, synthetic)."""
+    lr, px = _simulate(512, 1)
+    meta = {"name": "synthetic LR frame", "scale": (px, px), "units": "um"}
+    return [(lr[0], meta, "image")]
+
+
+def sample_timelapse() -> list[tuple[Any, dict[str, Any], str]]:
+    """napari sample: a 6-frame 256 x 256 LR time-lapse (drifting, bleaching; uint16)."""
+    lr, px = _simulate(256, 6)
+    meta = {"name": "synthetic LR time-lapse", "scale": (1.0, px, px), "units": ("s", "um", "um")}
+    return [(lr, meta, "image")]

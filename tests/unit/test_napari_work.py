@@ -1,0 +1,48 @@
+"""The napari plugin's Qt-free part (cyclesr_deploy/napari/_work.py): no napari needed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cyclesr_deploy.errors import InputError
+from cyclesr_deploy.napari._work import (
+    as_frame,
+    frame_indices,
+    new_output,
+    result_geometry,
+    result_name,
+)
+
+
+def test_frame_indices_cover_every_leading_axis():
+    assert frame_indices((5, 6)) == [()]
+    assert frame_indices((2, 3, 5, 6)) == [(t, z) for t in range(2) for z in range(3)]
+    with pytest.raises(InputError, match="no 2-D frames"):
+        frame_indices((7,))
+
+
+def test_as_frame_converts_float64_and_refuses_other_dtypes():
+    assert as_frame(np.zeros((4, 4))).dtype == np.float32
+    assert as_frame(np.zeros((4, 4), np.uint16)).dtype == np.uint16
+    with pytest.raises(InputError, match="int32 is not supported"):
+        as_frame(np.zeros((4, 4), np.int32))
+    with pytest.raises(InputError, match="2-D"):
+        as_frame(np.zeros((2, 4, 4), np.uint8))
+
+
+def test_result_geometry_keeps_output_pixels_on_the_input_pixels():
+    scale, translate = result_geometry((3.0, 0.2, 0.4), (1.0, 10.0, 20.0), 2)
+    assert scale == (3.0, 0.1, 0.2)
+    # input pixel 0 spans [-0.5, 0.5] x 0.2 + 10; output pixels 0 and 1 split it: centres
+    # at 10 - 0.05 and 10 + 0.05
+    assert translate == pytest.approx((1.0, 9.95, 19.9))
+    assert result_geometry((0.5, 0.5), (0.0, 0.0), 1) == ((0.5, 0.5), (0.0, 0.0))
+
+
+def test_new_output_and_name():
+    out = new_output((3, 10, 12), np.uint16, 2)
+    assert out.shape == (3, 20, 24) and out.dtype == np.uint16 and not out.any()
+    assert new_output((10, 12), np.float64, 1).dtype == np.float32
+    assert result_name("cells", "D:\\models\\my-model\\", 2) == "cells [CycleSR my-model x2]"
+    assert result_name("cells", "reference-cyclegan", 1, follow=True).endswith("x1 live]")
