@@ -271,7 +271,7 @@ def open_engine(
     model_dir: str | Path,
     backend: Backend = "auto",
     *,
-    precision: Literal["auto", "fp32", "fp16"] = "auto",
+    precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = "auto",
     device: Literal["auto", "cpu", "cuda"] = "auto",
     device_id: int = 0,
     threads: int | None = None,
@@ -285,8 +285,11 @@ def open_engine(
     Args:
         model_dir: a model folder (``model.json`` plus exported artifacts and/or weights).
         backend: ``"auto"`` (see the module docstring for the order), ``"tensorrt"``,
-            ``"onnxruntime"`` or ``"torch"``.
-        precision: ``"auto"`` (FP16 on a GPU, FP32 on the CPU), ``"fp32"`` or ``"fp16"``.
+            ``"onnxruntime"``, ``"openvino"`` or ``"torch"``.
+        precision: ``"auto"`` (FP16 on a GPU; OpenVINO: the gated choice of
+            :func:`~cyclesr_deploy.engines.precision.choose_precision`; else FP32),
+            ``"fp32"``, ``"fp16"``, or OpenVINO's ``"bf16"`` (refused on CPUs without
+            avx512_bf16/AMX) and ``"int8"`` (``generator.int8.onnx``).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``: restricts the candidates.
         device_id: CUDA device index.
         threads: CPU threads (ONNX Runtime intra-op threads; ``torch.set_num_threads``).
