@@ -52,6 +52,9 @@ class PrecisionRecord(BaseModel):
     backend: str = "openvino"
     precision: str
     artifact: str = Field(description="the ONNX file this precision runs")
+    source_sha256: str = Field(
+        default="", description=f"sha256 of {ONNX_FILES['ab']} when measured (stale if changed)"
+    )
     device: str = "CPU"
     cpu: str = ""
     frame_size: int = Field(ge=1, description="side of the timed and checked frames, px")
@@ -113,6 +116,11 @@ def read_records(model_dir: str | Path) -> dict[str, PrecisionRecord]:
         raise InputError(f"{path}: unreadable precision records ({exc})") from exc
 
 
+def _source_digest(folder: ModelFolder) -> str:
+    path = folder.onnx("fp32")
+    return folder.digest(path.name) if path.is_file() else ""
+
+
 def cpu_cannot_run(precision: str, capabilities: tuple[str, ...]) -> str | None:
     """Why this CPU cannot run ``precision`` (OpenVINO's ``OPTIMIZATION_CAPABILITIES``), or
     None."""
@@ -154,6 +162,8 @@ def choose_precision(
         why = cpu_cannot_run(rec.precision, capabilities)
         if why is None and not (folder.path / rec.artifact).is_file():
             why = f"no {rec.artifact} in the model folder"
+        if why is None and rec.source_sha256 != _source_digest(folder):
+            why = f"recorded for another {ONNX_FILES['ab']} (re-run: cyclesr export precision)"
         if why is None:
             fails = rec.failures()
             why = "quality gate: " + "; ".join(fails) if fails else None
