@@ -89,9 +89,28 @@ def compile_graph(path: Path, model_dir: Path, device: str, config: dict[str, An
             f"OpenVINO device {device!r} not found (available: {', '.join(core.available_devices)})"
         )
     try:
-        return core.compile_model(str(path), device, config)
+        return core.compile_model(centered_first_norm(core.read_model(str(path))), device, config)
     except RuntimeError as exc:
         raise InputError(f"openvino: cannot compile {path} ({' '.join(str(exc).split())})") from exc
+
+
+def centered_first_norm(model: Any) -> Any:
+    """``model`` with the input of its first InstanceNorm (OpenVINO ``MVN``) centred by its
+    own mean first: the same function, but OpenVINO's fused MVN kernel loses precision when a
+    channel's mean is large against its spread, as after the first convolution of a frame far
+    darker or brighter than the training data (a 1024^2 micrograph mapped to about [-1.08,
+    -0.97]: 0.29 max error against float64 without, 1.7e-4 with; ONNX Runtime: 0.021). Later
+    norms see normalised activations and need nothing."""
+    from openvino import opset13 as ops
+
+    for op in model.get_ordered_ops():
+        if op.get_type_name() == "MVN":
+            data, axes = op.input_value(0), op.input_value(1)
+            centred = ops.subtract(data, ops.reduce_mean(data, axes, True))
+            op.input(0).replace_source_output(centred.output(0))
+            model.validate_nodes_and_infer_types()
+            break
+    return model
 
 
 def compile_config(precision: str, threads: int | None, device: str) -> dict[str, Any]:
