@@ -4,10 +4,14 @@
 latency``'s end-to-end path, on 512^2, 1024^2, 2048x1536 and 4096^2 uint16 frames made from a
 real micrograph (scikit-image's ``data.cell()``): with the default built-in model (InstanceNorm;
 the 4096^2 frame is tiled with frozen statistics, the others run whole) and with a model without
-InstanceNorm (independent tiles). Each door opens its own engine with the same factory.
+InstanceNorm (independent tiles). Each door opens its own engine with the same factory: on a
+machine without an NVIDIA GPU and with openvino installed that is the OpenVINO engine (the
+built-in model's recorded precision for whole frames, FP32 frozen statistics for tiles).
 """
 
 from __future__ import annotations
+
+import importlib.util
 
 import numpy as np
 import pytest
@@ -18,6 +22,7 @@ pytest.importorskip("onnxruntime")
 
 from cyclesr_deploy.builtin import DEFAULT_MODEL, builtin_model
 from cyclesr_deploy.cli import app
+from cyclesr_deploy.engines.select import cuda_device_count
 from cyclesr_deploy.model import load_model
 from cyclesr_deploy.runtime.runner import EnhanceConfig, FrameRunner
 
@@ -53,9 +58,9 @@ def _outputs(folder, names):
     return {n: tifffile.imread(folder / f"{n}.tif") for n in names}
 
 
-def _doors(tmp_path, model_dir, shapes, whole_max_px=None):
+def _doors(tmp_path, model_dir, shapes, whole_max_px=None, tile=None):
     """The outputs of each entry point for the frames of ``shapes`` (default settings, or
-    ``--whole-max-px``)."""
+    ``--whole-max-px``, ``--tile``)."""
     from cyclesr_deploy.bench.latency import end_to_end
     from cyclesr_deploy.engines import open_engine
     from cyclesr_deploy.runtime.enhancer import Enhancer
@@ -64,6 +69,9 @@ def _doors(tmp_path, model_dir, shapes, whole_max_px=None):
     results: dict[str, dict[str, np.ndarray]] = {}
     settings = {} if whole_max_px is None else {"whole_max_px": whole_max_px}
     extra = [] if whole_max_px is None else ["--whole-max-px", str(whole_max_px)]
+    if tile is not None:
+        settings["tile"] = tile
+        extra += ["--tile", str(tile)]
 
     res = cli.invoke(app, ["enhance", str(tmp_path / "in"), "-o", str(tmp_path / "enh"),
                            "--model", str(model_dir), *extra])  # fmt: skip
@@ -89,6 +97,8 @@ def _doors(tmp_path, model_dir, shapes, whole_max_px=None):
             bench[name] = tifffile.imread(out)
         results["bench latency"] = bench
         plans = {n: FrameRunner(engine, model, cfg).plan(f.shape).mode for n, f in frames.items()}
+        if importlib.util.find_spec("openvino") is not None and not cuda_device_count():
+            assert engine.name.startswith("openvino["), engine.name  # the CPU default
     return frames, results, plans
 
 
@@ -128,9 +138,10 @@ def test_model_without_instance_norm_all_doors_bit_identical(tmp_path):
 
 @pytest.mark.slow
 def test_default_model_frozen_tiles_all_doors_bit_identical(tmp_path):
-    """--whole-max-px 0: every frame larger than a tile runs in frozen-statistics tiles."""
+    """--whole-max-px 0 --tile 512: every frame larger than a tile runs in frozen-statistics
+    tiles."""
     model_dir = builtin_model(DEFAULT_MODEL)
     shapes = {"f1024": (1024, 1024), "f600x900": (600, 900)}
-    frames, results, plans = _doors(tmp_path, model_dir, shapes, whole_max_px=0)
+    frames, results, plans = _doors(tmp_path, model_dir, shapes, whole_max_px=0, tile=512)
     assert set(plans.values()) == {"frozen"}
     _assert_identical(frames, results, load_model(model_dir).scale)

@@ -19,6 +19,8 @@ HEAVY = (
     "matplotlib",
     "watchdog",
     "yaml",
+    "openvino",
+    "nncf",
 )
 
 # Block the heavy modules as if they were not installed, then run the given code.
@@ -56,6 +58,8 @@ def test_import_package_and_cli_pull_no_heavy_dependency():
         import cyclesr_deploy.runtime.watch
         import cyclesr_deploy.bench, cyclesr_deploy.export, cyclesr_deploy.model
         import cyclesr_deploy.onnx_metadata
+        import cyclesr_deploy.engines.openvino_engine, cyclesr_deploy.engines.precision
+        import cyclesr_deploy.runtime.tile_size, cyclesr_deploy.export.precision_check
         loaded = sorted(m for m in sys.modules if m.split('.')[0] in HEAVY)
         print('LOADED', loaded)
         """
@@ -90,6 +94,23 @@ def test_missing_extra_error_names_the_extra():
     )
     assert res.returncode == 0, res.stderr
     assert "pip install 'cyclesr-deploy[cpu]'" in res.stdout
+
+
+def test_without_openvino_its_engine_names_the_extra_and_auto_skips_it():
+    from cyclesr_deploy.builtin import DEFAULT_MODEL, builtin_model
+
+    res = _run(
+        f"""
+        from cyclesr_deploy.engines.openvino_engine import OpenVINOEngine
+        from cyclesr_deploy.errors import MissingExtraError
+        try:
+            OpenVINOEngine({str(builtin_model(DEFAULT_MODEL))!r})
+        except MissingExtraError as exc:
+            print('MSG', exc)
+        """
+    )
+    assert res.returncode == 0, res.stderr
+    assert "pip install 'cyclesr-deploy[cpu]'" in res.stdout and "OpenVINO" in res.stdout
 
 
 # --- the runtime never imports export/ or training/; no import cycle in the package ---------
