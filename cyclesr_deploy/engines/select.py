@@ -361,7 +361,9 @@ def open_engine(
             selection = plan().selection
         else:
             engine = _explicit(backend, probe, precision, device, common, options)
-            selection = Selection(backend, f"requested (backend={backend!r}): {engine.name}")
+            how, refused = getattr(engine, "precision_choice", ("", []))
+            reason = f"requested (backend={backend!r}): {engine.name}" + (f"; {how}" if how else "")
+            selection = Selection(backend, reason, list(refused))
         if tiling != "none":
             selection = replace(
                 selection,
@@ -442,12 +444,14 @@ def _explicit(
 
         import_openvino()
         ov_device = "GPU" if device == "cuda" else "CPU"
-        prec, how, _rejected = probe.openvino_precision(precision)
+        prec, how, rejected = probe.openvino_precision(precision)
         if prec is None:
             raise InputError(f"backend 'openvino', precision {precision!r}: {how}")
         args = {"path": model_dir, "precision": prec, "device": ov_device, **common}
         args.pop("device_id")
-        return _create("openvino", args, options, strict=True)
+        engine = _create("openvino", args, options, strict=True)
+        engine.precision_choice = (how, [(f"openvino-{p}", w) for p, w in rejected])
+        return engine
     if precision in CPU_ONLY_PRECISIONS:
         raise InputError(f"precision {precision!r} is OpenVINO's (use --backend openvino or auto)")
     require("torch", "train", "The PyTorch backend")
