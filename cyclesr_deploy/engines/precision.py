@@ -32,10 +32,14 @@ log = logging.getLogger("cyclesr_deploy.engines")
 
 #: the documented gate: the largest quality loss against the ground truth a reduced precision
 #: may show on the synthetic test set (PSNR in dB, SSIM absolute), and the lowest PSNR of its
-#: output against FP32's (output range [-1, 1], data range 2)
+#: output against FP32's (output range [-1, 1], data range 2). The last one matters: the
+#: generator's output is only ~21 dB from the HR ground truth (a noisy acquisition), so the
+#: first two cannot see a change of 45 dB against FP32, which is what NNCF int8 does to the
+#: built-in model (mean 142, max 4672 uint16 levels of 38296 at 1024^2); bf16 gives 61.7 dB
+#: (mean 21 levels). 50 dB was set after that measurement (first 40 dB, which passed int8).
 MAX_PSNR_LOSS_DB = 0.1
 MAX_SSIM_LOSS = 0.001
-MIN_PSNR_VS_FP32_DB = 40.0
+MIN_PSNR_VS_FP32_DB = 50.0
 #: the CPU precisions of the OpenVINO engine and the ONNX graph each runs
 OPENVINO_PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "int8")
 REDUCED: tuple[str, ...] = ("int8", "bf16")
