@@ -204,6 +204,7 @@ def test_quality_of_a_scale2_model_has_a_bicubic_row(tmp_path):
     assert result["rows"][0]["mean"]["decorrelation_resolution"] is not None
 
 
+@pytest.mark.slow
 def test_latency_end_to_end_runs_the_engine_figures_work(model_dir, monkeypatch):
     """Each row's end-to-end figure runs the same engine calls as its engine figure (tile rows
     tile, also where ``auto`` would run the frame whole), OpenVINO rows included; the old

@@ -106,6 +106,7 @@ def test_whole_pipeline_close_to_onnxruntime(model_dir, shape, tile):
     assert diff.max() <= 3e-4 * span, diff.max()
 
 
+@pytest.mark.slow
 def test_frozen_tiles_close_to_onnxruntime(model_dir):
     """Frozen-statistics tiles (--whole-max-px 0): the same bounds."""
     from tests.integration.test_cross_path import micrograph
@@ -119,6 +120,7 @@ def test_frozen_tiles_close_to_onnxruntime(model_dir):
     assert diff.mean() <= 1e-4 * span and diff.max() <= 3e-4 * span, (diff.mean(), diff.max())
 
 
+@pytest.mark.slow
 def test_frames_far_outside_the_training_range_are_closer_to_float64(model_dir):
     """A frame far darker than the training data (mapped to about [-1.08, -0.97]): the first
     InstanceNorm amplifies rounding, so fp32 engines leave float64; OpenVINO (first norm
