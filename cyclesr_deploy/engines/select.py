@@ -443,7 +443,12 @@ def _explicit(
         from cyclesr_deploy.engines.openvino_engine import import_openvino
 
         import_openvino()
-        ov_device = "GPU" if device == "cuda" else "CPU"
+        if device == "cuda":
+            raise InputError(
+                "backend 'openvino' runs on the CPU (or an Intel GPU: "
+                "OpenVINOEngine(model_dir, device='GPU')); device='cuda' contradicts it"
+            )
+        ov_device = "CPU"
         prec, how, rejected = probe.openvino_precision(precision)
         if prec is None:
             raise InputError(f"backend 'openvino', precision {precision!r}: {how}")
