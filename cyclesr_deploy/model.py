@@ -12,13 +12,15 @@ A model is a folder (every file name below is defined here, once, and nowhere el
       train_log.csv       losses and validation metrics
       generator.onnx      FP32 ONNX of generator_ab (model.json in metadata_props), from export
       generator.fp16.onnx FP16 ONNX derived from it (InstanceNorm FP32, FP32 I/O)
+      generator.int8.onnx post-training int8 (NNCF) ONNX, QDQ (export precision; OpenVINO)
       generator_ba.onnx   FP32 ONNX of generator_ba (on request)
       generator.stats.onnx, generator.tile.onnx
                           the frozen InstanceNorm statistics graphs (seam-free tiling)
       frozen_stats.json   the per-model check of the crops statistics estimate
       export.json         what export produced: sizes, sha256, parity figures, versions
       engines/            TensorRT engines (*.engine + *.json sidecars), ONNX Runtime's
-                          TensorRT cache (engines/onnxruntime-trt)
+                          TensorRT cache (engines/onnxruntime-trt), OpenVINO's compiled-model
+                          cache (engines/openvino)
       .cyclesr-digests.json  sha256 cache of the integrity check (see ModelFolder.verify)
 
 :class:`ModelFolder` gives these paths and checks an artifact against ``export.json`` before an
@@ -47,6 +49,7 @@ WEIGHTS = {"ab": "generator_ab.pt", "ba": "generator_ba.pt"}
 TRAIN_STATE = "train_state.pt"
 ONNX_FILES = {"ab": "generator.onnx", "ba": "generator_ba.onnx"}
 ONNX_FP16 = "generator.fp16.onnx"  # derived from ONNX_FILES["ab"] (export/fp16.py)
+ONNX_INT8 = "generator.int8.onnx"  # post-training int8 (NNCF) of ONNX_FILES["ab"] (OpenVINO)
 #: the generator's ONNX per precision (the ONNX Runtime and TensorRT engines)
 ONNX_BY_PRECISION = {"fp32": ONNX_FILES["ab"], "fp16": ONNX_FP16}
 # the two graphs of seam-free tiling (frozen InstanceNorm statistics; export/frozen_onnx.py)
@@ -59,12 +62,14 @@ FROZEN_CHECK = "frozen_stats.json"  # the crops estimate's per-model check (expo
 EXPORT_JSON = "export.json"
 ENGINES_DIR = "engines"  # TensorRT engines and their sidecars
 ORT_TRT_CACHE = "onnxruntime-trt"  # ONNX Runtime's TensorRT EP cache, under ENGINES_DIR
+OPENVINO_CACHE = "openvino"  # OpenVINO's compiled-model cache (CACHE_DIR), under ENGINES_DIR
 DIGEST_CACHE = ".cyclesr-digests.json"  # ModelFolder.verify's sha256 cache
 #: the command that re-exports each artifact (``{d}``: the model folder)
 EXPORT_ONNX_HINT = "cyclesr export onnx {d} --overwrite"
 REEXPORT_HINTS = {
     ONNX_FILES["ba"]: "cyclesr export onnx {d} --direction ba --overwrite",
     WEIGHTS["ba"]: "cyclesr export onnx {d} --direction ba --overwrite",
+    ONNX_INT8: "cyclesr export precision {d}",
 }
 
 
@@ -389,6 +394,16 @@ class ModelFolder:
     @property
     def ort_trt_cache(self) -> Path:
         return self.path / ENGINES_DIR / ORT_TRT_CACHE
+
+    @property
+    def int8_onnx(self) -> Path:
+        return self.path / ONNX_INT8
+
+    @property
+    def openvino_cache(self) -> Path:
+        """OpenVINO's compiled-model cache in the folder (see
+        :func:`cyclesr_deploy.engines.openvino_engine.cache_dir` for read-only folders)."""
+        return self.path / ENGINES_DIR / OPENVINO_CACHE
 
     def reexport_command(self, name: str) -> str:
         """The command that re-exports (and re-records) artifact ``name``."""

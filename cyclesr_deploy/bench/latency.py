@@ -12,9 +12,12 @@ frame of ``frame_size``²: ``warmup`` untimed runs, then ``repeats`` timed runs 
 
 Both run the same plan: a tile row tiles the frame (frozen statistics where the engine has
 them, else naive tiles; never ``auto``'s whole-frame shortcut), tile 0 runs it whole. Batches
-hold the tiles of one frame. FLOPs are counted analytically
-(:func:`generator_flops`, 2 per multiply-add of the conv / transposed-conv weights) on the tile
-sizes the engine sees, overlap included, so ``tflops`` is the work the engine really did.
+hold the tiles of one frame. That is checked, not assumed: the engine calls (method and input
+shape) of one engine-only pass and of one end-to-end run are recorded and must be the same
+multiset (:class:`WorkMismatch` otherwise; the row's ``work`` says what ran). FLOPs are
+counted analytically (:func:`generator_flops`, 2 per multiply-add of the conv /
+transposed-conv weights) on the tile sizes the engine sees, overlap included, so ``tflops``
+is the work the engine really did.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import math
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +38,62 @@ from cyclesr_deploy.bench import SCHEMA_VERSION, fmt, machine, markdown_table, s
 from cyclesr_deploy.errors import InputError, MissingExtraError
 from cyclesr_deploy.model import GeneratorConfig, ModelConfig, load_model
 
-BACKENDS = ("onnxruntime", "torch", "tensorrt")
-PRECISIONS = ("fp32", "fp16")
+BACKENDS = ("onnxruntime", "openvino", "torch", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+
+
+class WorkMismatch(RuntimeError):
+    """The end-to-end figure of a row ran other engine work than its engine figure."""
+
+
+@contextlib.contextmanager
+def recorded_calls(engine: Any) -> Iterator[list[tuple[str, tuple[int, ...]]]]:
+    """Record (method, input shape) of every ``infer``/``infer_with_stats``/
+    ``frame_statistics`` call into ``engine`` while the block runs (instance attributes
+    shadow the methods, removed afterwards)."""
+    calls: list[tuple[str, tuple[int, ...]]] = []
+    names = [n for n in ("infer", "infer_with_stats", "frame_statistics") if hasattr(engine, n)]
+
+    def wrap(name: str) -> Callable[..., Any]:
+        method = getattr(engine, name)
+
+        def recorded(x: np.ndarray, *args: Any, **kwargs: Any) -> Any:
+            calls.append((name, tuple(int(d) for d in x.shape)))
+            return method(x, *args, **kwargs)
+
+        return recorded
+
+    for name in names:
+        setattr(engine, name, wrap(name))
+    try:
+        yield calls
+    finally:
+        for name in names:
+            with contextlib.suppress(AttributeError):
+                delattr(engine, name)
+
+
+def check_same_work(
+    engine_calls: Sequence[tuple[str, tuple[int, ...]]],
+    e2e_calls: Sequence[tuple[str, tuple[int, ...]]],
+) -> dict[str, Any]:
+    """The row's ``work``: engine calls per frame (by method and shape); WorkMismatch when the
+    end-to-end run made other calls than the engine-only pass."""
+    mine, theirs = sorted(engine_calls), sorted(e2e_calls)
+    if mine != theirs:
+        raise WorkMismatch(
+            "bench latency: the end-to-end run did other engine work than the engine-only "
+            f"figure (engine only: {_summary(mine)}; end to end: {_summary(theirs)})"
+        )
+    return {"engine_calls": _summary(mine), "end_to_end_same": True}
+
+
+def _summary(calls: Sequence[tuple[str, tuple[int, ...]]]) -> str:
+    counts: dict[str, int] = {}
+    for name, shape in calls:
+        key = f"{name}{'x'.join(map(str, shape))}"
+        counts[key] = counts.get(key, 0) + 1
+    return ", ".join(f"{n} x {k}" for k, n in sorted(counts.items())) or "none"
 
 
 def generator_flops(cfg: GeneratorConfig, h: int, w: int) -> int:
@@ -227,6 +284,8 @@ def _measure(
 
             torch.cuda.synchronize()
 
+    with recorded_calls(engine) as engine_calls:
+        engine_only()  # the work of the engine figure, recorded once (a warm-up run too)
     _gpu_reset(engine)
     row: dict[str, Any] = {
         "tile": tile,
@@ -243,8 +302,11 @@ def _measure(
         src = work / f"in_{tile}_{batch}.tif"
         write_tiff(src, frame)
         dst = work / f"out_{tile}_{batch}"
+        with recorded_calls(engine) as e2e_calls:
+            end_to_end(src, dst, engine, model, cfg)
+        row["work"] = check_same_work(engine_calls, e2e_calls)
         row["end_to_end"] = _stats(
-            _time(lambda: end_to_end(src, dst, engine, model, cfg), min(s.warmup, 1), s.repeats),
+            _time(lambda: end_to_end(src, dst, engine, model, cfg), 0, s.repeats),
             1,
             px,
             flops,

@@ -67,9 +67,13 @@ def latency(
     model_dir: Path = _MODEL,
     out_dir: Path = _OUT,
     backend: list[str] = typer.Option(
-        ["onnxruntime"], "--backend", help="onnxruntime, torch or tensorrt; repeat for several."
+        ["onnxruntime"],
+        "--backend",
+        help="onnxruntime, openvino, torch or tensorrt; repeat for several.",
     ),
-    precision: list[str] = typer.Option(["fp32"], "--precision", help="fp32 or fp16; repeatable."),
+    precision: list[str] = typer.Option(
+        ["fp32"], "--precision", help="fp32, fp16, bf16 or int8 (OpenVINO); repeatable."
+    ),
     tile: list[int] = typer.Option([], "--tile", help="Tile side in input px; repeatable."),
     batch: list[int] = typer.Option([1], "--batch", help="Tiles per engine call; repeatable."),
     whole_frame: bool = typer.Option(

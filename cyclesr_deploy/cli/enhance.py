@@ -28,6 +28,7 @@ EXIT_INTERRUPTED = 130  # the shell's code for SIGINT
 class Backend(str, Enum):
     auto = "auto"
     onnxruntime = "onnxruntime"
+    openvino = "openvino"
     torch = "torch"
     tensorrt = "tensorrt"
 
@@ -36,6 +37,8 @@ class Precision(str, Enum):
     auto = "auto"
     fp32 = "fp32"
     fp16 = "fp16"
+    bf16 = "bf16"
+    int8 = "int8"
 
 
 class Normalize(str, Enum):
@@ -139,13 +142,20 @@ def enhance(
         "(reference-cyclegan, reference-supervised); default: reference-cyclegan.",
     ),
     backend: Backend = typer.Option(
-        Backend.auto, help="Inference backend; auto picks TensorRT > ONNX Runtime > torch."
+        Backend.auto,
+        help="Inference backend; auto picks TensorRT > ONNX Runtime GPU > torch CUDA > "
+        "OpenVINO > ONNX Runtime CPU > torch.",
     ),
     precision: Precision = typer.Option(
-        Precision.auto, help="Numeric precision of the engine (auto: the backend's default)."
+        Precision.auto,
+        help="Numeric precision of the engine (auto: the backend's default; OpenVINO: the "
+        "fastest precision recorded by `cyclesr export precision` within the quality gate).",
     ),
-    tile: int = typer.Option(
-        512, min=0, help="Tile side in input px (multiple of 4); 0 = whole frame as one tile."
+    tile: int | None = typer.Option(
+        None,
+        min=0,
+        help="Tile side in input px (multiple of 4); 0 = whole frame as one tile; default: "
+        "sized to the machine (largest tile within --whole-max-px and free memory).",
     ),
     overlap: int | None = typer.Option(
         None, min=0, help="Overlap between tiles in input px (default: from the receptive field)."
@@ -215,7 +225,7 @@ def enhance(
         if cluster is not None:
             check_cluster(cluster)  # a bad spec, or no dask: exit 2 before anything loads
         cfg = EnhanceConfig(
-            tile=tile,
+            tile="auto" if tile is None else tile,
             overlap=overlap,
             batch=batch,
             normalize=normalize.value,

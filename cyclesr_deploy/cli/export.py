@@ -1,4 +1,5 @@
-"""``cyclesr export onnx|fp16|tensorrt|all MODEL_DIR``: deployable artifacts in the model folder."""
+"""``cyclesr export onnx|fp16|tensorrt|all|check|precision MODEL_DIR``: deployable artifacts in the
+model folder."""
 
 from __future__ import annotations
 
@@ -351,3 +352,34 @@ def bioimageio_cmd(
         f"bioimageio.core test: {tests} ({res.seconds:.1f} s)",
         highlight=False,
     )
+
+
+@app.command("precision")
+def precision_cmd(
+    model_dir: Path = _MODEL,
+    precision: list[str] = typer.Option(
+        ["int8", "bf16"], "--precision", help="int8 and/or bf16; repeatable."
+    ),
+    frames: int = typer.Option(4, min=1, help="Synthetic test frames (LR + HR ground truth)."),
+    size: int = typer.Option(512, min=64, help="Side of the test frames, LR px."),
+    threads: int | None = typer.Option(None, min=1, help="CPU threads of the engines."),
+) -> None:
+    """Write generator.int8.onnx (NNCF), measure int8/bf16 against FP32 with OpenVINO (speed,
+    PSNR vs FP32, PSNR/SSIM change vs ground truth) and record them in export.json, which
+    `--precision auto` follows (the quality gate of engines/precision.py)."""
+    from cyclesr_deploy.export.precision_check import check_precisions
+
+    def say(msg: str) -> None:
+        err.print(f"[dim]{escape(msg)}[/]", highlight=False)
+
+    with _export_errors():
+        result = check_precisions(
+            model_dir, precision, frames=frames, size=size, threads=threads, on_progress=say
+        )
+    for key, rec in result["records"].items():
+        fails = rec.failures()
+        verdict = "refused: " + "; ".join(fails) if fails else "passes the gate"
+        out.print(f"{key}: {escape(rec.describe())} ({verdict})")
+    for name, why in result["skipped"].items():
+        out.print(f"{name}: skipped ({escape(why)})")
+    out.print(f"report: {Path(model_dir) / 'export.json'}")

@@ -55,7 +55,9 @@ def watch(
     ),
     backend: Backend = typer.Option(Backend.auto, help="Inference backend."),
     precision: Precision = typer.Option(Precision.auto, help="Engine precision."),
-    tile: int = typer.Option(512, min=0, help="Tile side in input px; 0 = whole frame."),
+    tile: int | None = typer.Option(
+        None, min=0, help="Tile side in input px; 0 = whole frame; default: sized to the machine."
+    ),
     overlap: int | None = typer.Option(None, min=0, help="Tile overlap in input px."),
     batch: int = typer.Option(4, min=1, help="Tiles per engine call."),
     normalize: Normalize = typer.Option(Normalize.model, help="Intensity normalization."),
@@ -120,7 +122,7 @@ def watch(
 
     with user_errors():
         ecfg = EnhanceConfig(
-            tile=tile,
+            tile="auto" if tile is None else tile,
             overlap=overlap,
             batch=batch,
             normalize=normalize.value,

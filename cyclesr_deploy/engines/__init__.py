@@ -26,10 +26,12 @@ from cyclesr_deploy.engines.base import (
 if TYPE_CHECKING:
     from cyclesr_deploy.engines.frozen import (
         OnnxFrozenEngine,
+        OpenVINOFrozenEngine,
         TorchFrozenEngine,
         open_frozen_engine,
     )
     from cyclesr_deploy.engines.onnxruntime_engine import OnnxRuntimeEngine
+    from cyclesr_deploy.engines.openvino_engine import OpenVINOEngine
     from cyclesr_deploy.engines.select import Selection, open_engine
     from cyclesr_deploy.engines.tensorrt_engine import TensorRTEngine
     from cyclesr_deploy.engines.tensorrt_load import find_engine
@@ -40,6 +42,8 @@ _LAZY = {
     "find_engine": "tensorrt_load",
     "Selection": "select",
     "OnnxRuntimeEngine": "onnxruntime_engine",
+    "OpenVINOEngine": "openvino_engine",
+    "OpenVINOFrozenEngine": "frozen",
     "TensorRTEngine": "tensorrt_engine",
     "TorchEngine": "torch_engine",
     "OnnxFrozenEngine": "frozen",
@@ -52,6 +56,8 @@ __all__ = [
     "FrozenStatsEngine",
     "OnnxFrozenEngine",
     "OnnxRuntimeEngine",
+    "OpenVINOEngine",
+    "OpenVINOFrozenEngine",
     "Selection",
     "TensorRTEngine",
     "TensorSpec",

@@ -9,6 +9,7 @@ float rounding (:mod:`cyclesr_deploy.engines.frozen_torch`).
 * :class:`OnnxFrozenEngine`: two ONNX Runtime sessions, ``generator.stats.onnx`` (frame ->
   stats) and ``generator.tile.onnx`` (tiles, stats -> output), written by
   :mod:`cyclesr_deploy.export.frozen_onnx`; FP32.
+* :class:`OpenVINOFrozenEngine`: the same two graphs (and the same code) on OpenVINO, FP32.
 * :class:`TorchFrozenEngine`: :class:`~cyclesr_deploy.engines.torch_engine.TorchEngine` with its
   InstanceNorms swapped for :class:`~cyclesr_deploy.engines.frozen_torch.FrozenInstanceNorm`.
 
@@ -46,12 +47,19 @@ from cyclesr_deploy.engines.frozen_stats import (
     padded_weights,
 )
 from cyclesr_deploy.engines.onnxruntime_engine import CPU_EP, resolve_providers
+from cyclesr_deploy.engines.openvino_engine import (
+    OvSession,
+    compile_config,
+    compile_graph,
+    import_openvino,
+)
 from cyclesr_deploy.engines.torch_engine import TorchEngine
 from cyclesr_deploy.errors import InputError, require
 from cyclesr_deploy.model import FROZEN_ONNX, ONNX_FILES, WEIGHTS, ModelFolder, load_model
 
 __all__ = [
     "OnnxFrozenEngine",
+    "OpenVINOFrozenEngine",
     "TorchFrozenEngine",
     "estimate_for_model",
     "frozen_graphs_missing",
@@ -100,9 +108,8 @@ class OnnxFrozenEngine:
             raise InputError(missing)
         if threads is not None and threads < 1:
             raise InputError(f"threads must be >= 1, got {threads}")
-        self.ort = require("onnxruntime", "cpu", "ONNX Runtime inference (or the 'gpu' extra)")
-        self.requested = resolve_providers(providers, list(self.ort.get_available_providers()))
         self.threads = threads
+        self._init_backend(providers)
         self.input_spec = TensorSpec(
             name="input",
             shape=(None, self.model.generator.in_channels, None, None),
@@ -110,7 +117,7 @@ class OnnxFrozenEngine:
             size_multiple=self.model.size_multiple,
             scale=self.model.scale,
         )
-        self.name = f"onnxruntime[{self.requested[0]},frozen-stats]"
+        self.name = self._label(self.requested[0])
         self.length: int | None = None
         self.stats: StatsEstimate = "auto"
         self._auto: EstimateChoice | None = None
@@ -120,6 +127,14 @@ class OnnxFrozenEngine:
         self._stats: Any = None
         self._tile: Any = None
         self._plain: Any = None
+
+    def _init_backend(self, providers: str | Sequence[str]) -> None:
+        """Import the backend and resolve where it runs (``self.requested``)."""
+        self.ort = require("onnxruntime", "cpu", "ONNX Runtime inference (or the 'gpu' extra)")
+        self.requested = resolve_providers(providers, list(self.ort.get_available_providers()))
+
+    def _label(self, device: str) -> str:
+        return f"onnxruntime[{device},frozen-stats]"
 
     def __enter__(self) -> OnnxFrozenEngine:
         self.open()
@@ -172,8 +187,8 @@ class OnnxFrozenEngine:
         names = [i.name for i in tile.get_inputs()]
         self._tile_in = next(n for n in names if n != STATS_NAME)
         self._stats, self._tile = stats, tile
-        self.name = f"onnxruntime[{tile.get_providers()[0]},frozen-stats]"
-        log.info("ONNX Runtime frozen-stats sessions for %s", self.model_dir)
+        self.name = self._label(tile.get_providers()[0])
+        log.info("%s: frozen-stats sessions for %s", self.name, self.model_dir)
 
     def close(self) -> None:
         self._stats = self._tile = self._plain = None
@@ -237,6 +252,26 @@ class OnnxFrozenEngine:
         return f"OnnxFrozenEngine({str(self.model_dir)!r}, {self.name}, {state})"
 
 
+class OpenVINOFrozenEngine(OnnxFrozenEngine):
+    """:class:`~cyclesr_deploy.engines.frozen.OnnxFrozenEngine` (same arguments, statistics
+    estimates and buffer contract) on OpenVINO, FP32: ``generator.stats.onnx`` +
+    ``generator.tile.onnx``, and ``generator.onnx`` for whole frames."""
+
+    def _init_backend(self, providers: str | Sequence[str]) -> None:
+        import_openvino()
+        self.device = "CPU" if providers in ("cpu", "auto") else str(providers).upper()
+        self.requested = [self.device]
+
+    def _label(self, device: str) -> str:
+        return f"openvino[{device},frozen-stats]"
+
+    def _session(self, path: Path) -> Any:
+        compiled = compile_graph(
+            path, self.model_dir, self.device, compile_config("fp32", self.threads, "CPU")
+        )
+        return OvSession(compiled, self.device)
+
+
 class TorchFrozenEngine(TorchEngine):
     """:class:`~cyclesr_deploy.engines.TorchEngine` (same arguments and buffer contract) whose
     InstanceNorms are :class:`~cyclesr_deploy.engines.frozen_torch.FrozenInstanceNorm`:
@@ -285,9 +320,15 @@ class TorchFrozenEngine(TorchEngine):
             set_mode(self._layers, "instance")
 
 
+def _openvino_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
 def open_frozen_engine(
     model_dir: str | Path,
-    backend: Literal["auto", "onnxruntime", "torch", "tensorrt"] | str = "auto",
+    backend: Literal["auto", "onnxruntime", "openvino", "torch", "tensorrt"] | str = "auto",
     *,
     precision: str = "auto",
     threads: int | None = None,
@@ -296,8 +337,9 @@ def open_frozen_engine(
 ) -> Any:
     """A frozen-statistics engine for ``model_dir`` (not entered): ``tensorrt`` needs the two
     TensorRT engines (:mod:`cyclesr_deploy.engines.tensorrt_frozen`; statistics always from the
-    whole frame), ``onnxruntime`` the two graphs (:func:`frozen_graphs_missing`), ``torch`` the
-    weights; ``auto`` prefers ONNX Runtime on the CPU when the graphs exist, else torch.
+    whole frame), ``onnxruntime`` and ``openvino`` the two graphs (:func:`frozen_graphs_missing`),
+    ``torch`` the weights; ``auto`` prefers OpenVINO (when installed), then ONNX Runtime, on the
+    CPU when the graphs exist, else torch.
     ``frames``: the (H, W) sizes to come, which the TensorRT statistics engine must hold.
     InputError when neither can run (the message says how to export the graphs); ONNX Runtime
     and TensorRT run FP32 only."""
@@ -312,25 +354,30 @@ def open_frozen_engine(
         trt_engine = TensorRTFrozenEngine(model_dir, frames=frames)
         trt_engine.selection = "frozen InstanceNorm statistics: TensorRT stats + tile engines"
         return trt_engine
-    if backend not in ("auto", "onnxruntime", "torch"):
+    if backend not in ("auto", "onnxruntime", "openvino", "torch"):
         raise InputError(
             f"--tiling frozen: backend {backend!r} has no frozen-statistics engine; use "
-            "tensorrt, onnxruntime or torch (or --tiling naive)"
+            "tensorrt, onnxruntime, openvino or torch (or --tiling naive)"
         )
     if backend == "auto":
         if missing is None and precision in ("auto", "fp32"):
-            backend = "onnxruntime"
+            backend = "openvino" if _openvino_installed() else "onnxruntime"
         elif has_weights:
             backend = "torch"
         else:
             raise InputError(missing or f"{model_dir}: no frozen-statistics engine for fp16")
-    if backend == "onnxruntime":
+    if backend in ("onnxruntime", "openvino"):
         if precision not in ("auto", "fp32"):
-            raise InputError("frozen statistics with ONNX Runtime run fp32 only")
-        engine: OnnxFrozenEngine | TorchFrozenEngine = OnnxFrozenEngine(
-            model_dir, providers=[CPU_EP], threads=threads
+            raise InputError(f"frozen statistics with {backend} run fp32 only")
+        if backend == "openvino":
+            engine: OnnxFrozenEngine | TorchFrozenEngine = OpenVINOFrozenEngine(
+                model_dir, providers="cpu", threads=threads
+            )
+        else:
+            engine = OnnxFrozenEngine(model_dir, providers=[CPU_EP], threads=threads)
+        engine.selection = (
+            f"frozen InstanceNorm statistics: generator.stats/tile.onnx on {engine.name}"
         )
-        engine.selection = "frozen InstanceNorm statistics: generator.stats/tile.onnx"
         engine.stats = _check_estimate(stats)  # type: ignore[assignment]
         return engine
     kwargs: dict[str, Any] = {"threads": threads}

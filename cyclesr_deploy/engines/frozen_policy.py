@@ -16,7 +16,8 @@ engine to look at it:
   ``watch`` and ``Enhancer``) are there (backend auto or tensorrt, precision auto or fp32); else
   PyTorch's (backend torch); else, with backend auto, the plain engine when the auto order
   picks a GPU engine (a GPU beats CPU frozen statistics; tiles are then normalised per tile,
-  which the frame runner warns about); else ONNX Runtime's two graphs on the CPU when exported;
+  which the frame runner warns about); else the two graphs on the CPU when exported (OpenVINO
+  when installed and the backend is auto or openvino, else ONNX Runtime);
   else the plain engine (with a warning for backend onnxruntime, saying how to export them).
 """
 
@@ -94,9 +95,11 @@ def choose_frozen(
     gpu_plan: Callable[[], bool],
     tensorrt_installed: Callable[[], bool],
     no_cuda: Callable[[], str | None],
+    openvino_installed: Callable[[], bool] = lambda: False,
 ) -> FrozenChoice:
     """Apply the policy of the module docstring. ``gpu_plan()``: whether ``backend="auto"``
-    would pick a GPU engine (the auto order's plan, probed); ``tensorrt_installed()``;
+    would pick a GPU engine (the auto order's plan, probed); ``tensorrt_installed()``,
+    ``openvino_installed()``;
     ``no_cuda()``: why no CUDA device is usable, or None; ``frames``: the (H, W) frame sizes,
     or a function giving them (called only when a TensorRT statistics engine is considered)."""
     from cyclesr_deploy.engines.frozen import open_frozen_engine
@@ -126,16 +129,20 @@ def choose_frozen(
     if backend == "torch":
         engine = open_frozen_engine(model_dir, "torch", **kwargs)
         return FrozenChoice(engine, f"tiled run: {engine.selection}", choice.rejected)
-    if backend in ("auto", "onnxruntime") and fp32_ok:
+    if backend in ("auto", "onnxruntime", "openvino") and fp32_ok:
         if backend == "auto" and gpu_plan():
             choice.reason = "a GPU engine beats CPU frozen statistics (tiles: per-tile statistics)"
             return choice
         missing = frozen_graphs_missing(model_dir)
         if missing is None:
-            engine = open_frozen_engine(model_dir, "onnxruntime", stats=stats, threads=threads)
+            cpu = backend
+            if backend == "auto":
+                cpu = "openvino" if openvino_installed() else "onnxruntime"
+            engine = open_frozen_engine(model_dir, cpu, stats=stats, threads=threads)
             return FrozenChoice(engine, f"tiled run: {engine.selection}", choice.rejected)
-        choice.rejected.append(("onnxruntime-frozen", missing))
-        if backend == "onnxruntime":
+        label = "openvino-frozen" if backend == "openvino" else "onnxruntime-frozen"
+        choice.rejected.append((label, missing))
+        if backend != "auto":
             choice.warnings.append(missing)
     choice.reason = "no frozen-statistics engine for this backend and precision"
     return choice

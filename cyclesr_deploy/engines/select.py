@@ -6,8 +6,10 @@
    TensorRT version and OS (built with ``cyclesr export tensorrt``);
 2. ``onnxruntime-gpu``: ONNX Runtime with the TensorRT or CUDA execution provider;
 3. ``torch-cuda``: PyTorch on the GPU with the folder's weights;
-4. ``onnxruntime-cpu``: ONNX Runtime on the CPU;
-5. ``torch-cpu``: PyTorch on the CPU.
+4. ``openvino-cpu``: OpenVINO on the CPU (``generator.onnx``; 1.5x ONNX Runtime's speed on the
+   benchmark machine, see benchmarks/results/cpu_engines.md);
+5. ``onnxruntime-cpu``: ONNX Runtime on the CPU;
+6. ``torch-cpu``: PyTorch on the CPU.
 
 The engine carries a :class:`Selection` (``engine.selection``): the backend, why it was chosen
 and why each earlier candidate was not; it is also logged at INFO. Probing imports nothing
@@ -29,7 +31,9 @@ frozen-statistics engine the run needs where the policy of
 
 ``precision="auto"``: FP16 where the engine runs on a GPU (TensorRT: an fp16 engine before an
 fp32 one; ONNX Runtime: ``generator.fp16.onnx`` when exported; PyTorch: FP16 with FP32
-InstanceNorm), FP32 on the CPU.
+InstanceNorm); on the CPU with OpenVINO the fastest reduced precision (``int8``, ``bf16``) whose
+recorded quality loss passes the gate of :mod:`cyclesr_deploy.engines.precision`, else FP32
+(the choice and the rejected precisions are in ``selection``); FP32 on other CPU engines.
 """
 
 from __future__ import annotations
@@ -49,19 +53,21 @@ from cyclesr_deploy.engines.base import Engine
 from cyclesr_deploy.engines.frozen_policy import FrameShapes, choose_frozen
 from cyclesr_deploy.engines.tensorrt_load import find_engine, generator_engines
 from cyclesr_deploy.errors import InputError, MissingExtraError, require
-from cyclesr_deploy.model import ONNX_BY_PRECISION, WEIGHTS, load_model
+from cyclesr_deploy.model import ONNX_BY_PRECISION, WEIGHTS, ModelFolder, load_model
 
 log = logging.getLogger("cyclesr_deploy.engines")
 
-Backend = Literal["auto", "tensorrt", "onnxruntime", "torch"]
-BACKENDS: tuple[str, ...] = ("auto", "tensorrt", "onnxruntime", "torch")
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16")
+Backend = Literal["auto", "tensorrt", "onnxruntime", "openvino", "torch"]
+BACKENDS: tuple[str, ...] = ("auto", "tensorrt", "onnxruntime", "openvino", "torch")
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16", "bf16", "int8")
+CPU_ONLY_PRECISIONS: tuple[str, ...] = ("bf16", "int8")  # the OpenVINO engine's
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 #: The auto order, as candidate labels (backend-device).
 AUTO_ORDER: tuple[str, ...] = (
     "tensorrt",
     "onnxruntime-gpu",
     "torch-cuda",
+    "openvino-cpu",
     "onnxruntime-cpu",
     "torch-cpu",
 )
@@ -133,6 +139,13 @@ def ort_available_providers() -> list[str]:
     return list(importlib.import_module("onnxruntime").get_available_providers())
 
 
+def openvino_capabilities() -> tuple[str, ...]:
+    """OpenVINO's CPU ``OPTIMIZATION_CAPABILITIES`` (imports openvino)."""
+    from cyclesr_deploy.engines.openvino_engine import capabilities
+
+    return capabilities("CPU")
+
+
 def torch_cuda_available() -> bool:
     """``torch.cuda.is_available()`` (imports torch)."""
     return bool(importlib.import_module("torch").cuda.is_available())
@@ -182,6 +195,34 @@ class _Probe:
             )
         return self.no_cuda()
 
+    @functools.cached_property
+    def ov_capabilities(self) -> tuple[str, ...]:
+        return openvino_capabilities()
+
+    def openvino_precision(self, precision: str) -> tuple[str | None, str, list[tuple[str, str]]]:
+        """(precision, how chosen, rejected precisions) for OpenVINO on the CPU; precision None
+        when the requested one cannot run here (the reason instead)."""
+        from cyclesr_deploy.engines.precision import choose_precision, cpu_cannot_run
+
+        if precision == "auto":
+            choice = choose_precision(self.model_dir, self.ov_capabilities)
+            return choice.precision, choice.reason, choice.rejected
+        if precision == "fp16":
+            return None, "fp16 runs on a GPU (OpenVINO CPU: fp32, bf16, int8)", []
+        why = cpu_cannot_run(precision, self.ov_capabilities)
+        if why is None and precision == "int8" and self.onnx_missing_cpu(precision):
+            why = self.onnx_missing_cpu(precision)
+        return (None, why, []) if why else (precision, f"requested ({precision})", [])
+
+    def onnx_missing_cpu(self, precision: str) -> str | None:
+        from cyclesr_deploy.engines.precision import ONNX_BY_CPU_PRECISION
+
+        name = ONNX_BY_CPU_PRECISION[precision]
+        if not (self.model_dir / name).is_file():
+            hint = ModelFolder(self.model_dir).reexport_command(name)
+            return f"no {name} in the model folder (run: {hint})"
+        return None
+
     def weights_missing(self) -> str | None:
         if not (self.model_dir / WEIGHTS["ab"]).is_file():
             return f"no {WEIGHTS['ab']} in the model folder (an export-only folder)"
@@ -199,6 +240,8 @@ class _Probe:
 
 
 def _ort_precision(precision: str, on_gpu: bool, probe: _Probe) -> str:
+    if precision in CPU_ONLY_PRECISIONS:
+        raise InputError(f"precision {precision!r} is OpenVINO's (use --backend openvino or auto)")
     if precision != "auto":
         return precision
     if on_gpu and probe.onnx_missing("fp16") is None:
@@ -212,17 +255,23 @@ def _accepted(cls: type) -> set[str]:
 
 def _engine_classes() -> dict[str, type]:
     from cyclesr_deploy.engines.onnxruntime_engine import OnnxRuntimeEngine
+    from cyclesr_deploy.engines.openvino_engine import OpenVINOEngine
     from cyclesr_deploy.engines.tensorrt_engine import TensorRTEngine
     from cyclesr_deploy.engines.torch_engine import TorchEngine
 
-    return {"tensorrt": TensorRTEngine, "onnxruntime": OnnxRuntimeEngine, "torch": TorchEngine}
+    return {
+        "tensorrt": TensorRTEngine,
+        "onnxruntime": OnnxRuntimeEngine,
+        "openvino": OpenVINOEngine,
+        "torch": TorchEngine,
+    }
 
 
 def open_engine(
     model_dir: str | Path,
     backend: Backend = "auto",
     *,
-    precision: Literal["auto", "fp32", "fp16"] = "auto",
+    precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = "auto",
     device: Literal["auto", "cpu", "cuda"] = "auto",
     device_id: int = 0,
     threads: int | None = None,
@@ -236,8 +285,11 @@ def open_engine(
     Args:
         model_dir: a model folder (``model.json`` plus exported artifacts and/or weights).
         backend: ``"auto"`` (see the module docstring for the order), ``"tensorrt"``,
-            ``"onnxruntime"`` or ``"torch"``.
-        precision: ``"auto"`` (FP16 on a GPU, FP32 on the CPU), ``"fp32"`` or ``"fp16"``.
+            ``"onnxruntime"``, ``"openvino"`` or ``"torch"``.
+        precision: ``"auto"`` (FP16 on a GPU; OpenVINO: the gated choice of
+            :func:`~cyclesr_deploy.engines.precision.choose_precision`; else FP32),
+            ``"fp32"``, ``"fp16"``, or OpenVINO's ``"bf16"`` (refused on CPUs without
+            avx512_bf16/AMX) and ``"int8"`` (``generator.int8.onnx``).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``: restricts the candidates.
         device_id: CUDA device index.
         threads: CPU threads (ONNX Runtime intra-op threads; ``torch.set_num_threads``).
@@ -292,6 +344,7 @@ def open_engine(
         threads=threads,
         gpu_plan=lambda: plan().on_gpu,
         tensorrt_installed=lambda: module_available("tensorrt"),
+        openvino_installed=lambda: module_available("openvino"),
         no_cuda=probe.no_cuda,
     )
     for warning in frozen.warnings:  # before the plain engine, which may fail
@@ -308,7 +361,9 @@ def open_engine(
             selection = plan().selection
         else:
             engine = _explicit(backend, probe, precision, device, common, options)
-            selection = Selection(backend, f"requested (backend={backend!r}): {engine.name}")
+            how, refused = getattr(engine, "precision_choice", ("", []))
+            reason = f"requested (backend={backend!r}): {engine.name}" + (f"; {how}" if how else "")
+            selection = Selection(backend, reason, list(refused))
         if tiling != "none":
             selection = replace(
                 selection,
@@ -384,6 +439,26 @@ def _explicit(
         providers = options.pop("providers", device if device != "auto" else "auto")
         args = {"path": model_dir, "precision": prec, "providers": providers, **common}
         return _create("onnxruntime", args, options, strict=True)
+    if backend == "openvino":
+        from cyclesr_deploy.engines.openvino_engine import import_openvino
+
+        import_openvino()
+        if device == "cuda":
+            raise InputError(
+                "backend 'openvino' runs on the CPU (or an Intel GPU: "
+                "OpenVINOEngine(model_dir, device='GPU')); device='cuda' contradicts it"
+            )
+        ov_device = "CPU"
+        prec, how, rejected = probe.openvino_precision(precision)
+        if prec is None:
+            raise InputError(f"backend 'openvino', precision {precision!r}: {how}")
+        args = {"path": model_dir, "precision": prec, "device": ov_device, **common}
+        args.pop("device_id")
+        engine = _create("openvino", args, options, strict=True)
+        engine.precision_choice = (how, [(f"openvino-{p}", w) for p, w in rejected])
+        return engine
+    if precision in CPU_ONLY_PRECISIONS:
+        raise InputError(f"precision {precision!r} is OpenVINO's (use --backend openvino or auto)")
     require("torch", "train", "The PyTorch backend")
     torch_device = device
     if precision == "auto":
@@ -404,7 +479,7 @@ def _plan_auto(probe: _Probe, precision: str, device: str, common: dict[str, Any
     cpu_ok = device in ("auto", "cpu")
 
     # 1. a TensorRT engine built for this machine
-    why = None if gpu_ok else "device='cpu' requested"
+    why = (None if gpu_ok else "device='cpu' requested") or _cpu_only(precision)
     if why is None and not module_available("tensorrt"):
         why = "TensorRT not installed (pip install 'cyclesr-deploy[tensorrt]')"
     why = why or probe.no_cuda()
@@ -422,8 +497,9 @@ def _plan_auto(probe: _Probe, precision: str, device: str, common: dict[str, Any
     rejected.append(("tensorrt", why))
 
     # 2. ONNX Runtime on the GPU (TensorRT EP, CUDA EP)
-    why = (None if gpu_ok else "device='cpu' requested") or probe.ort_gpu_unusable()
-    prec = _ort_precision(precision, True, probe)
+    why = (None if gpu_ok else "device='cpu' requested") or _cpu_only(precision)
+    why = why or probe.ort_gpu_unusable()
+    prec = "fp32" if why else _ort_precision(precision, True, probe)
     why = why or probe.onnx_missing(prec)
     if why is None:
         assert probe.ort_providers is not None
@@ -434,18 +510,38 @@ def _plan_auto(probe: _Probe, precision: str, device: str, common: dict[str, Any
     rejected.append(("onnxruntime-gpu", why))
 
     # 3. PyTorch on the GPU
-    why = (None if gpu_ok else "device='cpu' requested") or probe.torch_cuda_unusable()
+    why = (None if gpu_ok else "device='cpu' requested") or _cpu_only(precision)
+    why = why or probe.torch_cuda_unusable()
     if why is None:
         prec = "fp16" if precision == "auto" else precision
         args = {"path": model_dir, "device": "cuda", "precision": prec, **common}
         return _Plan("torch-cuda", args, f"PyTorch on CUDA ({prec})", rejected)
     rejected.append(("torch-cuda", why))
 
-    # 4. ONNX Runtime on the CPU
+    # 4. OpenVINO on the CPU (precision auto: the gate of engines/precision.py)
+    why = None if cpu_ok else "device='cuda' requested"
+    if why is None and not module_available("openvino"):
+        why = "openvino not installed (pip install 'cyclesr-deploy[cpu]')"
+    why = why or probe.onnx_missing("fp32")
+    if why is None:
+        prec, how, prec_rejected = probe.openvino_precision(precision)
+        rejected += [(f"openvino-{p}", w) for p, w in prec_rejected]
+        if prec is None:
+            why = how
+        else:
+            args = {"path": model_dir, "precision": prec, "device": "CPU"}
+            args["threads"] = common["threads"]
+            reason = f"OpenVINO on the CPU ({prec}): no GPU backend usable; {how}"
+            return _Plan("openvino-cpu", args, reason, rejected)
+    rejected.append(("openvino-cpu", why))
+
+    # 5. ONNX Runtime on the CPU
     why = None if cpu_ok else "device='cuda' requested"
     if why is None and probe.ort_providers is None:
         why = "onnxruntime not installed (pip install 'cyclesr-deploy[cpu]')"
-    prec = _ort_precision(precision, False, probe)
+    if why is None and precision in CPU_ONLY_PRECISIONS:
+        why = f"{precision} is OpenVINO's"
+    prec = "fp32" if why else _ort_precision(precision, False, probe)
     why = why or probe.onnx_missing(prec)
     if why is None:
         args = {"path": model_dir, "precision": prec, "providers": "cpu", **common}
@@ -453,13 +549,13 @@ def _plan_auto(probe: _Probe, precision: str, device: str, common: dict[str, Any
         return _Plan("onnxruntime-cpu", args, reason, rejected)
     rejected.append(("onnxruntime-cpu", why))
 
-    # 5. PyTorch on the CPU
+    # 6. PyTorch on the CPU
     why = None if cpu_ok else "device='cuda' requested"
     if why is None and not module_available("torch"):
         why = "torch not installed (pip install 'cyclesr-deploy[train]')"
     why = why or probe.weights_missing()
-    if why is None and precision == "fp16":
-        why = "fp16 needs a CUDA device"
+    if why is None and precision in ("fp16", *CPU_ONLY_PRECISIONS):
+        why = f"{precision} is not PyTorch's on the CPU"
     if why is None:
         args = {"path": model_dir, "device": "cpu", "precision": "fp32", **common}
         reason = "PyTorch on the CPU (fp32): no GPU backend and no ONNX Runtime usable"
@@ -468,6 +564,12 @@ def _plan_auto(probe: _Probe, precision: str, device: str, common: dict[str, Any
 
     lines = "\n".join(f"  - {label}: {why}" for label, why in rejected)
     raise InputError(f"no backend can run {model_dir}:\n{lines}")
+
+
+def _cpu_only(precision: str) -> str | None:
+    if precision in CPU_ONLY_PRECISIONS:
+        return f"{precision} is a CPU precision of OpenVINO"
+    return None
 
 
 def _one_line(exc: BaseException) -> str:

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cyclesr_deploy.engines.precision import PrecisionRecord
 from cyclesr_deploy.errors import InputError
 from cyclesr_deploy.integrity import file_digest
 from cyclesr_deploy.model import EXPORT_JSON, SCHEMA_VERSION, WEIGHTS
@@ -70,11 +71,14 @@ class ArtifactEntry(_Model):
 
 
 class ExportReport(_Model):
-    """Content of ``export.json``: artifacts by file name, and tool versions."""
+    """Content of ``export.json``: artifacts by file name, tool versions, and the reduced CPU
+    precisions measured against FP32 (``cyclesr export precision``; keyed
+    ``backend/precision``, read at run time by :mod:`cyclesr_deploy.engines.precision`)."""
 
     schema_version: Literal["1"] = SCHEMA_VERSION
     artifacts: dict[str, ArtifactEntry] = Field(default_factory=dict)
     versions: dict[str, str] = Field(default_factory=dict)
+    precisions: dict[str, PrecisionRecord] = Field(default_factory=dict)
 
     @classmethod
     def of(cls, *artifacts: ArtifactEntry, versions: dict[str, str] | None = None) -> ExportReport:
@@ -86,6 +90,7 @@ class ExportReport(_Model):
         return ExportReport(
             artifacts={**self.artifacts, **other.artifacts},
             versions={**self.versions, **other.versions},
+            precisions={**self.precisions, **other.precisions},
         )
 
 

@@ -77,7 +77,7 @@ def open_model(
 class Enhancer:
     """A model folder opened for enhancing frames in memory.
 
-    ``Enhancer(model_dir, backend="auto", precision="auto", device="auto", tile=512,
+    ``Enhancer(model_dir, backend="auto", precision="auto", device="auto", tile="auto",
     overlap=None, batch=4, normalize="model", tiling="auto", stats="auto",
     whole_max_px=2048*2048)``: ``model_dir`` is a model folder or a built-in model name (None:
     the default built-in model), the other settings are those of ``cyclesr enhance``; the
@@ -96,9 +96,9 @@ class Enhancer:
         model_dir: str | Path | None = None,
         backend: str = "auto",
         *,
-        precision: Literal["auto", "fp32", "fp16"] = "auto",
+        precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = "auto",
         device: Literal["auto", "cpu", "cuda"] = "auto",
-        tile: int = 512,
+        tile: int | Literal["auto"] = "auto",
         overlap: int | None = None,
         batch: int = 4,
         normalize: Literal["model", "frame"] = "model",

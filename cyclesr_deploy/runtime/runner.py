@@ -29,8 +29,8 @@ import logging
 import math
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from dataclasses import dataclass, field, replace
+from typing import Annotated, Any, Literal, cast
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -44,6 +44,13 @@ from cyclesr_deploy.engines.base import (
 from cyclesr_deploy.errors import InputError
 from cyclesr_deploy.model import ModelConfig
 from cyclesr_deploy.normalization import IntensityMapping
+from cyclesr_deploy.runtime.tile_size import (
+    WHOLE_MAX_PX,
+    TileBudget,
+    describe,
+    tile_budget,
+    trimmed_tile,
+)
 from cyclesr_deploy.runtime.tiling import (
     BLENDS,
     Blender,
@@ -66,7 +73,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-WHOLE_MAX_PX = 2048 * 2048  # EnhanceConfig.whole_max_px: auto whole-frame budget, px per frame
 DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
 
 
@@ -75,7 +81,11 @@ class EnhanceConfig(BaseModel):
     into the manifest.
 
     ``tile``: tile side in input px (0: the whole frame as one tile, the only exact choice for
-    InstanceNorm generators without frozen statistics); ``overlap``: between tiles, in input px
+    InstanceNorm generators without frozen statistics; ``"auto"``, the default: sized to the
+    machine, see :mod:`cyclesr_deploy.runtime.tile_size`: the largest tile within the memory
+    budget of one engine call and the engine, trimmed per frame shape to the same number of
+    tiles, the batch lowered to stay within the budget; logged with the overlap fraction it
+    implies); ``overlap``: between tiles, in input px
     (None: from the model's receptive field, ``TilingConfig.for_model``); ``batch``: tiles per
     engine call (tiles of one frame); ``normalize``: ``model`` = the model's dataset
     percentiles, ``frame`` = percentiles of each whole frame (mapped back to the same range);
@@ -108,7 +118,7 @@ class EnhanceConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    tile: int = Field(default=512, ge=0, le=65536)
+    tile: Annotated[int, Field(ge=0, le=65536)] | Literal["auto"] = "auto"
     overlap: int | None = Field(default=None, ge=0, le=65536)
     batch: int = Field(default=4, ge=1, le=4096)
     blend: Literal["cosine", "gaussian", "constant", "crop"] = "cosine"
@@ -126,8 +136,13 @@ class EnhanceConfig(BaseModel):
 
     def tiling(self, model: ModelConfig, frame_shape: Sequence[int] | None = None) -> TilingConfig:
         """The tiling for ``model``: ``tile > 0`` from its receptive field (``overlap``
-        overriding), ``tile == 0`` one tile of the (size-multiple padded) ``frame_shape``."""
+        overriding), ``tile == 0`` one tile of the (size-multiple padded) ``frame_shape``;
+        ``"auto"``: the largest tile of the budget (:meth:`tile_budget`; the frame runner trims
+        it per frame shape)."""
         m, s = model.size_multiple, model.scale
+        if self.tile == "auto":
+            side = self.tile_budget(model).side
+            return self.model_copy(update={"tile": side}).tiling(model, frame_shape)
         if self.tile == 0:
             if frame_shape is None:
                 raise InputError("tile 0 (whole frame) needs the frame shape")
@@ -161,6 +176,11 @@ class EnhanceConfig(BaseModel):
             batch_size=self.batch,
         )
 
+    def tile_budget(self, model: ModelConfig, spec: TensorSpec | None = None) -> TileBudget:
+        """``tile="auto"``: the largest tile within ``whole_max_px`` per engine call, the free
+        memory and the engine (:func:`~cyclesr_deploy.runtime.tile_size.tile_budget`)."""
+        return tile_budget(model, self.whole_max_px, spec)
+
     @property
     def engine_tiling(self) -> str:
         """What the run asks of the engine factory (``open_engine(..., tiling=)``): ``none``
@@ -180,13 +200,15 @@ def fit_to_engine(cfg: EnhanceConfig, spec: TensorSpec) -> EnhanceConfig:
     update: dict[str, int] = {}
     if spec.max_batch is not None and cfg.batch > spec.max_batch:
         update["batch"] = spec.max_batch
-    if cfg.tile and spec.max_tile is not None:
+    if cfg.tile and cfg.tile != "auto" and spec.max_tile is not None:
         max_h, max_w = spec.max_tile
         fixed = spec.min_tile is not None and tuple(spec.min_tile) == tuple(spec.max_tile)
         if max_h == max_w and (cfg.tile > max_h or (fixed and cfg.tile != max_h)):
             update["tile"] = max_h
     if update:
-        log.info("adapted to the engine's limits: %s", update)
+        log.info(
+            "adapted to the engine's limits: %s", ", ".join(f"{k} {v}" for k, v in update.items())
+        )
         return cfg.model_copy(update=update)
     return cfg
 
@@ -299,7 +321,13 @@ class FrameRunner:
                 "'naive'/'auto')"
             )
         self.instance_norm = model.generator.norm == "instance"
-        self.tiling = cfg.tiling(model) if cfg.tile else None
+        self._warned: set[str] = set()
+        self.budget = cfg.tile_budget(model, spec) if cfg.tile == "auto" else None
+        side = self.budget.side if self.budget is not None else int(cfg.tile)
+        self.tile_side = side  # the tile (auto: the largest), px; 0: whole frames
+        self.tiling = cfg.model_copy(update={"tile": side}).tiling(model) if side else None
+        if self.tiling is not None and self.budget is not None:
+            self.tiling = self._fit_overlap(self.tiling)
         if self.tiling is not None:
             batch = spec.shape[0] or cfg.batch
             check_batch_shape(spec, (batch, 1, *self.tiling.tile_shape), name="--tile/--batch")
@@ -307,7 +335,6 @@ class FrameRunner:
         self.mapping = IntensityMapping.from_config(model.normalization)
         self._plans: dict[tuple[int, int], FramePlan] = {}
         self._lock = threading.Lock()
-        self._warned: set[str] = set()
 
     # --- settings resolved once -----------------------------------------------------------------
     def _resolve_estimate(self) -> Any:
@@ -360,6 +387,10 @@ class FrameRunner:
         whole = self._whole_fits(shape)
         if whole or self.tiling is None:  # one tile of the padded frame
             tiling = cfg.model_copy(update={"tile": 0}).tiling(self.model, shape)
+        elif self.budget is not None:  # auto: the largest tile, trimmed to this shape
+            t, m = self.tiling, self.model.size_multiple
+            trimmed = tuple(trimmed_tile(n, t.tile_shape[0], t.overlap, m) for n in shape)
+            tiling = replace(t, tile=trimmed) if min(trimmed) > t.overlap + m else t
         else:
             tiling = self.tiling
         tiles = plan_tiles(shape, tiling)
@@ -370,6 +401,14 @@ class FrameRunner:
         else:
             mode = "tiles"
         batch = spec.shape[0] or (1 if whole else min(cfg.batch, len(tiles.tiles)))
+        if self.budget is not None and not spec.shape[0] and len(tiles.tiles) > 1:
+            th, tw = tiles.tile_shape
+            batch = max(1, min(batch, self.budget.budget_px // (th * tw)))
+            log.info(
+                "%s; batch %d",
+                describe(shape, tiles.tile_shape, len(tiles.tiles), tiling.overlap, self.budget),
+                batch,
+            )
         check_batch_shape(spec, (batch, spec.channels, *tiles.tile_shape), name=f"frame {shape}")
         if mode == "tiles" and cfg.tiling_mode == "naive" and self.instance_norm:
             self._warn_once(
@@ -393,7 +432,7 @@ class FrameRunner:
             return False
         m = self.model.size_multiple
         h, w = (-(-n // m) * m for n in shape)
-        if h <= cfg.tile and w <= cfg.tile:
+        if h <= self.tile_side and w <= self.tile_side:
             return False  # one tile already covers it
         if h * w > cfg.whole_max_px or spec.shape[2] is not None or spec.shape[3] is not None:
             return False
@@ -419,6 +458,16 @@ class FrameRunner:
             )
             return False
         return True
+
+    def _fit_overlap(self, tiling: TilingConfig) -> TilingConfig:
+        """An auto tile too small for the receptive field's overlap (a tiny memory budget):
+        the smallest tile that holds it, warned."""
+        m = self.model.size_multiple
+        least = (tiling.overlap // m + 1) * m
+        if tiling.tile_shape[0] >= least:
+            return tiling
+        self._warn_once("budget", "tile auto: the budget allows tiles below the overlap")
+        return replace(tiling, tile=least)
 
     def _warn_once(self, key: str, message: str, *args: object) -> None:
         if key not in self._warned:

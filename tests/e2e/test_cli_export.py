@@ -151,3 +151,32 @@ def test_export_check_alone(model_dir, tmp_path):
     assert res.exit_code == 2
     assert "InstanceNorm" in res.output
     assert not (tmp_path / FROZEN_CHECK).exists()
+
+
+@pytest.mark.slow
+def test_export_precision_writes_int8_and_records(tmp_path):
+    """`cyclesr export precision` on a copy of a built-in model: generator.int8.onnx recorded
+    and verified like the other artifacts, a record per precision, read by the gate."""
+    import shutil
+
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    from cyclesr_deploy.builtin import builtin_model
+    from cyclesr_deploy.engines.precision import read_records
+    from cyclesr_deploy.model import ONNX_INT8, ModelFolder
+
+    folder = tmp_path / "m"
+    shutil.copytree(builtin_model("reference-supervised"), folder)
+    (folder / ONNX_INT8).unlink()
+    res = runner.invoke(
+        app, ["export", "precision", str(folder), "--precision", "int8", "--frames", "1",
+              "--size", "128"]
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "openvino/int8: int8:" in res.output and "x FP32" in res.output
+    records = read_records(folder)
+    assert records["openvino/int8"].frames == 1 and records["openvino/int8"].frame_size == 128
+    ModelFolder(folder).verify(ONNX_INT8)  # recorded in export.json: accepted
+    (folder / ONNX_INT8).write_bytes(b"changed")
+    with pytest.raises(Exception, match="export precision"):
+        ModelFolder(folder).verify(ONNX_INT8)

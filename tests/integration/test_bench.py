@@ -202,3 +202,28 @@ def test_quality_of_a_scale2_model_has_a_bicubic_row(tmp_path):
     )
     assert result["methods"] == ["bicubic", "x2", "HR"]
     assert result["rows"][0]["mean"]["decorrelation_resolution"] is not None
+
+
+@pytest.mark.slow
+def test_latency_end_to_end_runs_the_engine_figures_work(model_dir, monkeypatch):
+    """Each row's end-to-end figure runs the same engine calls as its engine figure (tile rows
+    tile, also where ``auto`` would run the frame whole), OpenVINO rows included; the old
+    mismatch (end to end on whole frames) is caught."""
+    from cyclesr_deploy.bench import latency
+
+    pytest.importorskip("openvino")
+    settings = LatencySettings(
+        backends=("onnxruntime", "openvino"), tiles=(96,), frame_size=128, repeats=1, warmup=0
+    )
+    result = run_latency(model_dir, settings)
+    assert {r["backend"] for r in result["rows"]} == {"onnxruntime", "openvino"}
+    for r in result["rows"]:
+        assert r["work"]["end_to_end_same"] and "x1x96x96" in r["work"]["engine_calls"]
+    original = latency.end_to_end
+
+    def whole_frames(src, dst, engine, model, cfg):  # what the bug did
+        return original(src, dst, engine, model, cfg.model_copy(update={"whole_max_px": 1 << 30}))
+
+    monkeypatch.setattr(latency, "end_to_end", whole_frames)
+    with pytest.raises(latency.WorkMismatch, match="other engine work"):
+        run_latency(model_dir, settings.model_copy(update={"backends": ("onnxruntime",)}))

@@ -7,10 +7,13 @@ napari widget's work (``enhance_into`` with the widget's ``Settings``; Qt-free),
 1024^2, 2048x1536 and 4096^2 uint16 frames made from a real micrograph (scikit-image's
 ``data.cell()``): with the default built-in model (InstanceNorm; the 4096^2 frame is tiled with
 frozen statistics, the others run whole) and with a model without InstanceNorm (independent
-tiles). Each door opens its own engine with the same factory.
+tiles). Each door opens its own engine with the same factory: on a machine without an NVIDIA GPU
+and with openvino installed that is the OpenVINO engine.
 """
 
 from __future__ import annotations
+
+import importlib.util
 
 import numpy as np
 import pytest
@@ -21,6 +24,7 @@ pytest.importorskip("onnxruntime")
 
 from cyclesr_deploy.builtin import DEFAULT_MODEL, builtin_model
 from cyclesr_deploy.cli import app
+from cyclesr_deploy.engines.select import cuda_device_count
 from cyclesr_deploy.model import load_model
 from cyclesr_deploy.napari._work import Settings as NapariSettings
 from cyclesr_deploy.napari._work import enhance_into, frame_indices, new_output
@@ -66,9 +70,9 @@ def _zarr_frame(path):
         return reader.read(0)
 
 
-def _doors(tmp_path, model_dir, shapes, whole_max_px=None):
+def _doors(tmp_path, model_dir, shapes, whole_max_px=None, tile=None):
     """The outputs of each entry point for the frames of ``shapes`` (default settings, or
-    ``--whole-max-px``)."""
+    ``--whole-max-px``, ``--tile``)."""
     from cyclesr_deploy.bench.latency import end_to_end
     from cyclesr_deploy.engines import open_engine
     from cyclesr_deploy.runtime.enhancer import Enhancer
@@ -77,6 +81,9 @@ def _doors(tmp_path, model_dir, shapes, whole_max_px=None):
     results: dict[str, dict[str, np.ndarray]] = {}
     settings = {} if whole_max_px is None else {"whole_max_px": whole_max_px}
     extra = [] if whole_max_px is None else ["--whole-max-px", str(whole_max_px)]
+    if tile is not None:
+        settings["tile"] = tile
+        extra += ["--tile", str(tile)]
 
     res = cli.invoke(app, ["enhance", str(tmp_path / "in"), "-o", str(tmp_path / "enh"),
                            "--model", str(model_dir), *extra])  # fmt: skip
@@ -127,6 +134,8 @@ def _doors(tmp_path, model_dir, shapes, whole_max_px=None):
             bench[name] = tifffile.imread(out)
         results["bench latency"] = bench
         plans = {n: FrameRunner(engine, model, cfg).plan(f.shape).mode for n, f in frames.items()}
+        if importlib.util.find_spec("openvino") is not None and not cuda_device_count():
+            assert engine.name.startswith("openvino["), engine.name  # the CPU default
     return frames, results, plans
 
 
@@ -166,9 +175,10 @@ def test_model_without_instance_norm_all_doors_bit_identical(tmp_path):
 
 @pytest.mark.slow
 def test_default_model_frozen_tiles_all_doors_bit_identical(tmp_path):
-    """--whole-max-px 0: every frame larger than a tile runs in frozen-statistics tiles."""
+    """--whole-max-px 0 --tile 512: every frame larger than a tile runs in frozen-statistics
+    tiles."""
     model_dir = builtin_model(DEFAULT_MODEL)
     shapes = {"f1024": (1024, 1024), "f600x900": (600, 900)}
-    frames, results, plans = _doors(tmp_path, model_dir, shapes, whole_max_px=0)
+    frames, results, plans = _doors(tmp_path, model_dir, shapes, whole_max_px=0, tile=512)
     assert set(plans.values()) == {"frozen"}
     _assert_identical(frames, results, load_model(model_dir).scale)

@@ -223,13 +223,19 @@ def test_torch_weights_for_another_architecture(model_dir, tmp_path):
 # --- open_engine --------------------------------------------------------------------------------
 
 
-def test_auto_on_this_cpu_machine_picks_onnxruntime_cpu(model_dir):
+def test_auto_on_this_cpu_machine_picks_openvino_else_onnxruntime_cpu(model_dir):
     if sel.cuda_device_count() or sel.module_available("tensorrt"):
         pytest.skip("this machine has a GPU or TensorRT")
     engine = open_engine(model_dir)
     sel_ = engine.selection
+    gpu = ["tensorrt", "onnxruntime-gpu", "torch-cuda"]
+    if sel.module_available("openvino"):  # the tiny model has no precision records: fp32
+        assert sel_.backend == "openvino" and engine.name == "openvino[CPU,fp32]"
+        assert [label for label, _ in sel_.rejected][:3] == gpu
+        assert "no reduced precision passes" in sel_.reason
+        return
     assert sel_.backend == "onnxruntime" and isinstance(engine, OnnxRuntimeEngine)
-    assert [label for label, _ in sel_.rejected] == ["tensorrt", "onnxruntime-gpu", "torch-cuda"]
+    assert [label for label, _ in sel_.rejected] == [*gpu, "openvino-cpu"]
     reasons = dict(sel_.rejected)
     assert reasons["tensorrt"].startswith("TensorRT not installed")
     assert reasons["torch-cuda"] == "no CUDA device"

@@ -176,6 +176,7 @@ def test_cpu_machine_picks_onnxruntime_cpu_and_says_why(machine, model_dir, capl
         "onnxruntime-gpu": "onnxruntime-gpu not installed (this onnxruntime has "
         "CPUExecutionProvider; pip install 'cyclesr-deploy[gpu]' instead of [cpu])",
         "torch-cuda": "no CUDA device",
+        "openvino-cpu": "openvino not installed (pip install 'cyclesr-deploy[cpu]')",
     }
     assert "not tensorrt: TensorRT not installed" in caplog.text
 
@@ -271,7 +272,10 @@ def test_device_cpu_skips_gpu_candidates(gpu_machine, model_dir):
     build_engine(model_dir)
     engine = open_engine(model_dir, device="cpu")
     assert engine.selection.backend == "onnxruntime" and engine.requested == [CPU_EP]
-    assert {why for _, why in engine.selection.rejected} == {"device='cpu' requested"}
+    assert {why for _, why in engine.selection.rejected} == {
+        "device='cpu' requested",
+        "openvino not installed (pip install 'cyclesr-deploy[cpu]')",
+    }
 
 
 def test_nothing_usable_lists_every_reason(machine, model_dir):
@@ -302,9 +306,9 @@ def test_explicit_backends(machine, model_dir):
 
 def test_unknown_backend_precision_device_or_option(machine, model_dir):
     with pytest.raises(InputError, match="backend must be one of"):
-        open_engine(model_dir, "openvino")
+        open_engine(model_dir, "openvino-gpu")
     with pytest.raises(InputError, match="precision must be"):
-        open_engine(model_dir, precision="int8")
+        open_engine(model_dir, precision="int4")
     with pytest.raises(InputError, match="device must be"):
         open_engine(model_dir, device="gpu")
     with pytest.raises(TypeError, match="unexpected option"):

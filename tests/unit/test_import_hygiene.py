@@ -26,6 +26,8 @@ HEAVY = (
     "dask",
     "distributed",
     "dask_jobqueue",
+    "openvino",
+    "nncf",
 )
 
 # Block the heavy modules as if they were not installed, then run the given code.
@@ -60,7 +62,6 @@ def test_import_package_and_cli_pull_no_heavy_dependency():
         import cyclesr_deploy.io, cyclesr_deploy.normalization
         import cyclesr_deploy.engines, cyclesr_deploy.runtime.pipeline, cyclesr_deploy.runtime.tiff
         import cyclesr_deploy.runtime.tiling, cyclesr_deploy.runtime.enhancer
-        import cyclesr_deploy.runtime.watch
         import cyclesr_deploy.runtime.formats, cyclesr_deploy.runtime.omezarr
         import cyclesr_deploy.runtime.cluster
         import cyclesr_deploy.runtime.watch, cyclesr_deploy.runtime.acquisition
@@ -68,6 +69,8 @@ def test_import_package_and_cli_pull_no_heavy_dependency():
         import cyclesr_deploy.bench, cyclesr_deploy.export, cyclesr_deploy.model
         import cyclesr_deploy.export.bioimageio, cyclesr_deploy.export.bioimageio_docs
         import cyclesr_deploy.onnx_metadata
+        import cyclesr_deploy.engines.openvino_engine, cyclesr_deploy.engines.precision
+        import cyclesr_deploy.runtime.tile_size, cyclesr_deploy.export.precision_check
         loaded = sorted(m for m in sys.modules if m.split('.')[0] in HEAVY)
         print('LOADED', loaded)
         """
@@ -164,6 +167,23 @@ def test_cluster_and_zarr_without_their_extras_name_the_extra(tmp_path):
         assert res.returncode == 2, res.stderr
         assert f"pip install 'cyclesr-deploy[{extra}]'" in " ".join(res.stderr.split())
         assert not (out / "a.ome.zarr").exists() and not (out / "a.tif").exists()
+
+
+def test_without_openvino_its_engine_names_the_extra_and_auto_skips_it():
+    from cyclesr_deploy.builtin import DEFAULT_MODEL, builtin_model
+
+    res = _run(
+        f"""
+        from cyclesr_deploy.engines.openvino_engine import OpenVINOEngine
+        from cyclesr_deploy.errors import MissingExtraError
+        try:
+            OpenVINOEngine({str(builtin_model(DEFAULT_MODEL))!r})
+        except MissingExtraError as exc:
+            print('MSG', exc)
+        """
+    )
+    assert res.returncode == 0, res.stderr
+    assert "pip install 'cyclesr-deploy[cpu]'" in res.stdout and "OpenVINO" in res.stdout
 
 
 # --- the runtime never imports export/ or training/; no import cycle in the package ---------
