@@ -34,6 +34,7 @@ class Backend(str, Enum):
 
 
 class Precision(str, Enum):
+    default = "default"
     auto = "auto"
     fp32 = "fp32"
     fp16 = "fp16"
@@ -147,9 +148,10 @@ def enhance(
         "OpenVINO > ONNX Runtime CPU > torch.",
     ),
     precision: Precision = typer.Option(
-        Precision.auto,
-        help="Numeric precision of the engine (auto: the backend's default; OpenVINO: the "
-        "fastest precision recorded by `cyclesr export precision` within the quality gate).",
+        Precision.default,
+        help="Numeric precision of the engine (default: FP16 on an NVIDIA GPU, FP32 on the "
+        "CPU; auto: on the CPU with OpenVINO the fastest reduced precision recorded by "
+        "`cyclesr export precision` within the quality gate, else as default).",
     ),
     tile: int | None = typer.Option(
         None,

@@ -54,7 +54,9 @@ def watch(
         None, "--model", "-m", help="Model folder or built-in name (default: reference-cyclegan)."
     ),
     backend: Backend = typer.Option(Backend.auto, help="Inference backend."),
-    precision: Precision = typer.Option(Precision.auto, help="Engine precision."),
+    precision: Precision = typer.Option(
+        Precision.default, help="Engine precision (as `cyclesr enhance --precision`)."
+    ),
     tile: int | None = typer.Option(
         None, min=0, help="Tile side in input px; 0 = whole frame; default: sized to the machine."
     ),

@@ -45,7 +45,7 @@ def open_model(
     backend: str,
     cfg: EnhanceConfig,
     *,
-    precision: str = "auto",
+    precision: str = "default",
     device: str = "auto",
     engine: Engine | None = None,
 ) -> tuple[Engine, ModelConfig]:
@@ -77,7 +77,7 @@ def open_model(
 class Enhancer:
     """A model folder opened for enhancing frames in memory.
 
-    ``Enhancer(model_dir, backend="auto", precision="auto", device="auto", tile="auto",
+    ``Enhancer(model_dir, backend="auto", precision="default", device="auto", tile="auto",
     overlap=None, batch=4, normalize="model", tiling="auto", stats="auto",
     whole_max_px=2048*2048)``: ``model_dir`` is a model folder or a built-in model name (None:
     the default built-in model), the other settings are those of ``cyclesr enhance``; the
@@ -96,7 +96,7 @@ class Enhancer:
         model_dir: str | Path | None = None,
         backend: str = "auto",
         *,
-        precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = "auto",
+        precision: Literal["default", "auto", "fp32", "fp16", "bf16", "int8"] = "default",
         device: Literal["auto", "cpu", "cuda"] = "auto",
         tile: int | Literal["auto"] = "auto",
         overlap: int | None = None,

@@ -187,12 +187,15 @@ def test_auto_precision_follows_the_records_and_refuses_a_doctored_one(model_dir
         rec["psnr_gt_db"] = rec["psnr_gt_fp32_db"] - 2 * MAX_PSNR_LOSS_DB
     (folder / EXPORT_JSON).write_text(json.dumps(data), "utf-8")
     for backend in ("openvino", "auto"):
-        engine = open_engine(folder, backend)
+        engine = open_engine(folder, backend, precision="auto")
         assert isinstance(engine, OpenVINOEngine) and engine.precision == "fp32"
         assert "no reduced precision passes" in engine.selection.reason
         refused = dict(engine.selection.rejected)
         assert refused["openvino-int8"].startswith("quality gate: PSNR vs ground truth -0.200")
-    assert open_engine(model_dir, "openvino").precision in ("int8", "bf16")  # the real records
+    auto = open_engine(model_dir, "openvino", precision="auto")
+    assert auto.precision in ("int8", "bf16")  # the real records pass the gate
+    default = open_engine(model_dir, "openvino")  # reduced precision is opt-in: FP32
+    assert default.precision == "fp32" and "--precision auto" in default.selection.reason
 
 
 def test_reduced_precisions_run_and_are_close(model_dir, caplog):
