@@ -24,6 +24,7 @@ from cyclesr_deploy.runtime.omezarr import (
     is_zarr,
     ngff_axes,
     write_zarr,
+    zarr_purpose,
 )
 from cyclesr_deploy.runtime.tiff import TIFF_SUFFIXES, StackInfo
 from cyclesr_deploy.runtime.tiff import open_frames as open_tiff
@@ -59,7 +60,7 @@ def check_extras(inputs: Iterable[Path], output_format: str = "same") -> None:
     the output is OME-Zarr and zarr or ome-zarr-models is missing."""
     if output_format == "zarr" or any(is_zarr(p) for p in inputs):
         for module in ("zarr", "ome_zarr_models"):
-            require(module, "zarr", "OME-Zarr input and output")
+            require(module, "zarr", zarr_purpose())
 
 
 def open_frames(path: str | Path) -> Any:

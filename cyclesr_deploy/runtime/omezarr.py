@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import math
 import shutil
+import sys
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator, Sequence
@@ -43,10 +44,20 @@ __all__ = [
     "is_zarr",
     "ngff_axes",
     "write_zarr",
+    "zarr_purpose",
 ]
 
 ZARR_SUFFIX = ".zarr"
-_PURPOSE = "OME-Zarr input and output"
+
+
+def zarr_purpose() -> str:
+    """What the ``zarr`` extra is for, in a missing-extra error: on Python 3.10 it cannot be
+    installed (zarr-python 3 and ome-zarr-models need 3.11), which the error says."""
+    if sys.version_info < (3, 11):
+        return "OME-Zarr input and output (needs Python 3.11 or newer; this is Python 3.10)"
+    return "OME-Zarr input and output"
+
+
 # NGFF (UDUNITS) spatial units -> micrometres, for the pixel size the runtime reports
 _NGFF_UM = {"nanometer": 1e-3, "micrometer": 1.0, "millimeter": 1e3, "centimeter": 1e4}
 _NGFF_UM["meter"] = 1e6
@@ -57,7 +68,7 @@ _CHUNK_YX = 1024  # Y/X chunk side of the outputs (workers write whole frames: a
 
 
 def _zarr() -> Any:
-    return require("zarr", "zarr", _PURPOSE)
+    return require("zarr", "zarr", zarr_purpose())
 
 
 def is_zarr(path: str | Path) -> bool:
@@ -175,7 +186,7 @@ def ngff_axes(info: StackInfo) -> NgffAxes:
 def _checked(axes: NgffAxes, letters: str) -> NgffAxes:
     """``axes`` once ome-zarr-models accepts them as an NGFF 0.5 multiscale (InputError
     otherwise): called when an output is planned, before any frame is computed."""
-    require("ome_zarr_models", "zarr", _PURPOSE)
+    require("ome_zarr_models", "zarr", zarr_purpose())
     from ome_zarr_models.v05.multiscales import Multiscale
 
     transforms: list[dict[str, Any]] = [{"type": "scale", "scale": list(axes.scale)}]
@@ -215,7 +226,7 @@ class ZarrFrameReader:
 
     def _open(self) -> StackInfo:
         zarr = _zarr()
-        models = require("ome_zarr_models", "zarr", _PURPOSE)
+        models = require("ome_zarr_models", "zarr", zarr_purpose())
         path = self.path
         if not path.is_dir():
             raise InputError(f"{path}: no such OME-Zarr folder")
@@ -448,7 +459,7 @@ def _image_attrs(
     axes: NgffAxes, levels: Sequence[tuple[str, NgffAxes]], group: Any, name: str
 ) -> dict[str, Any]:
     """The ``ome`` attributes of the image, built by ome-zarr-models (NGFF 0.5)."""
-    require("ome_zarr_models", "zarr", _PURPOSE)
+    require("ome_zarr_models", "zarr", zarr_purpose())
     from ome_zarr_models.v05.axes import Axis
     from ome_zarr_models.v05.image import Image
     from pydantic_zarr.v3 import ArraySpec

@@ -277,3 +277,22 @@ def test_zarr_input_rewritten_in_place_changes_its_fingerprint(tmp_path, rng):
     arr[1] = np.asarray(arr[1]) + 1  # a chunk rewritten in place
     assert src.stat().st_mtime_ns == folder.st_mtime_ns  # the folder's own stat: unchanged
     assert input_stat(src) != before
+
+
+def test_missing_zarr_extra_on_python_3_10_says_why(monkeypatch):
+    import types
+
+    from cyclesr_deploy.runtime import omezarr
+
+    assert "Python 3.11" not in omezarr.zarr_purpose()
+    monkeypatch.setattr(omezarr, "sys", types.SimpleNamespace(version_info=(3, 10, 14)))
+    assert "needs Python 3.11 or newer" in omezarr.zarr_purpose()
+    monkeypatch.setattr(omezarr, "require", _missing)
+    with pytest.raises(ImportError, match=r"Python 3\.11 or newer.*cyclesr-deploy\[zarr\]"):
+        omezarr.ZarrFrameReader(".")
+
+
+def _missing(module, extra, purpose):
+    from cyclesr_deploy.errors import MissingExtraError
+
+    raise MissingExtraError(module, extra, purpose)
