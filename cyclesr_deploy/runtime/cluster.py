@@ -22,7 +22,9 @@ engine once (:func:`worker_runner`, cached per recipe and settings). Every frame
 outputs are bit-identical.
 
 Faults: a worker that dies has its tasks re-run elsewhere by dask (a block rewrites the same
-chunks: identical output). A bad frame fails its task with the file and frame named; the
+chunks: identical output; a finish or whole-file task that renamed its output is done when
+run again). A bad frame fails its task with the file and frame named, and a file whose output
+cannot be made (axes NGFF cannot express, no ``.part``) fails before any task, named; the
 file is recorded failed and the other files go on (exit code 1 from the CLI). Resume: the
 blocks done are recorded in the manifest entry of their input (``status: partial``,
 ``blocks_done``); the same command run again after the client was stopped or killed computes
@@ -48,7 +50,7 @@ from typing import Any
 
 from cyclesr_deploy.errors import InputError, require
 from cyclesr_deploy.model import ModelConfig, ModelFolder, load_model
-from cyclesr_deploy.runtime.formats import input_stat, open_frames, write_frames
+from cyclesr_deploy.runtime.formats import open_frames, write_frames
 from cyclesr_deploy.runtime.manifest import (
     FileResult,
     Manifest,
@@ -154,11 +156,12 @@ _READERS: OrderedDict[tuple[str, int, int], Any] = OrderedDict()  # the last inp
 _READERS_KEPT = 4
 
 
-def _reader(path: str) -> Any:
-    """An open reader of ``path`` (kept while the file's size and mtime stay the same): the
-    blocks of a stack read its header once per worker, not once per block (a TIFF's header
-    lists every page). Call with ``_LOCK`` held."""
-    key = (path, *input_stat(path))
+def _reader(path: str, stamp: tuple[int, int]) -> Any:
+    """An open reader of ``path`` (kept while its fingerprint ``stamp``, the client's
+    ``formats.input_stat``, stays the same: a Zarr input's chunks rewritten in place change
+    it): the blocks of a stack read its header once per worker, not once per block (a TIFF's
+    header lists every page). Call with ``_LOCK`` held."""
+    key = (path, *stamp)
     reader = _READERS.pop(key, None)
     if reader is None:
         reader = open_frames(path)
@@ -197,6 +200,7 @@ class Block:
     target: str | None = None
     out_info: StackInfo | None = None
     overwrite: bool = False
+    stamp: tuple[int, int] = (0, 0)  # the input's (size, mtime_ns) fingerprint (input_stat)
 
     @property
     def frames(self) -> int:
@@ -250,7 +254,7 @@ def run_block(block: Block, recipe: EngineRecipe, cfg: EnhanceConfig) -> int:
     """A task (runs on a worker): enhance the block's frames and write them; the number of
     frames enhanced."""
     with _LOCK:
-        reader = _reader(block.input)
+        reader = _reader(block.input, block.stamp)
         runner = worker_runner(recipe, cfg)
         if block.zarr is not None:
             _run_zarr_block(block, runner, reader)
@@ -485,6 +489,12 @@ def _settings_digest(recipe: EngineRecipe, cfg: EnhanceConfig, block: int) -> st
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _stamp(job: Any) -> tuple[int, int]:
+    """The input's fingerprint as triage took it (``formats.input_stat``): the workers key
+    their open readers by it instead of walking a Zarr input's chunks for every block."""
+    return int(job.size or 0), int(job.mtime_ns or 0)
+
+
 def _named(path: Path, exc: BaseException | None) -> str:
     """The error text of ``exc``, starting with the file's path."""
     text = str(exc) if isinstance(exc, InputError) else repr(exc)
@@ -664,7 +674,7 @@ class _ClusterRun:
             )
             for b in todo:
                 start, stop = b * f.block, min(n, (b + 1) * f.block)
-                task = Block(str(job.path), start, stop, zarr=f.zarr)
+                task = Block(str(job.path), start, stop, zarr=f.zarr, stamp=_stamp(job))
                 self._add(client, f, task, b)
             if not todo:  # every block recorded: only the finish is left
                 fut = client.submit(finish_zarr, f.zarr, self.cfg.overwrite, pure=False)
@@ -679,6 +689,7 @@ class _ClusterRun:
                 target=str(job.out),
                 out_info=f.out_info,
                 overwrite=self.cfg.overwrite,
+                stamp=_stamp(job),
             )
             self._add(client, f, task, None)
 
