@@ -32,6 +32,7 @@ Naming follows the CycleGAN paper: ``generator_ab`` = G (A = LR -> B = HR), ``ge
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -414,6 +415,17 @@ class ModelFolder:
     def digest(self, name: str | Path) -> str:
         """sha256 of file ``name`` of the folder, cached by (size, mtime_ns)."""
         return cached_digest(self, self.path / name)
+
+    def content_digest(self) -> str:
+        """What the model computes, as a short digest: the sha256 of ``model.json`` and of
+        every generator artifact present (ONNX, frozen ONNX, weights; cached as
+        :meth:`digest`), so a model re-exported into the same folder gets a new one."""
+        names = [MODEL_JSON, *ONNX_BY_PRECISION.values(), *FROZEN_ONNX.values(), WEIGHTS["ab"]]
+        h = hashlib.sha256()
+        for name in dict.fromkeys(names):
+            if (self.path / name).is_file():
+                h.update(f"{name}:{self.digest(name)}\n".encode())
+        return h.hexdigest()[:16]
 
     def verify(self, *files: str | Path) -> None:
         """Refuse (InputError naming the file and the re-export command) any of ``files``

@@ -22,7 +22,9 @@ engine once (:func:`worker_runner`, cached per recipe and settings). Every frame
 outputs are bit-identical.
 
 Faults: a worker that dies has its tasks re-run elsewhere by dask (a block rewrites the same
-chunks: identical output). A bad frame fails its task with the file and frame named; the
+chunks: identical output; a finish or whole-file task that renamed its output is done when
+run again). A bad frame fails its task with the file and frame named, and a file whose output
+cannot be made (axes NGFF cannot express, no ``.part``) fails before any task, named; the
 file is recorded failed and the other files go on (exit code 1 from the CLI). Resume: the
 blocks done are recorded in the manifest entry of their input (``status: partial``,
 ``blocks_done``); the same command run again after the client was stopped or killed computes
@@ -47,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from cyclesr_deploy.errors import InputError, require
-from cyclesr_deploy.model import ModelConfig, load_model
+from cyclesr_deploy.model import ModelConfig, ModelFolder, load_model
 from cyclesr_deploy.runtime.formats import open_frames, write_frames
 from cyclesr_deploy.runtime.manifest import (
     FileResult,
@@ -77,7 +79,8 @@ log = logging.getLogger(__name__)
 
 CLUSTER_COMMAND = "cyclesr enhance --cluster"
 _PURPOSE = "--cluster (Dask scale-out)"
-_SAVE_S = 1.0  # the manifest is saved at most every second while blocks finish (and at the end)
+_SAVE_S = 1.0  # whole-file results are saved at most every second (blocks: each at once)
+_GPU_BACKENDS = ("tensorrt",)  # backends that need a GPU (auto/onnxruntime/torch fall back)
 
 
 @dataclass(frozen=True)
@@ -104,10 +107,18 @@ class EngineRecipe:
         cfg: EnhanceConfig,
         frames: Sequence[tuple[int, int]],
     ) -> EngineRecipe:
-        """The recipe of a run: ``local:N`` on a CPU machine gives each engine cores / N
-        threads; elsewhere the engine's default."""
+        """The recipe of a run: ``local:N`` gives each engine cores / N CPU threads (whatever
+        the backend: a CPU engine on a GPU host too); on other clusters each worker shares its
+        host's cores with the workers beside it (:func:`worker_threads`, on the worker)."""
         kind, value = parse_cluster(cluster)
-        threads = cpu_threads(value) if kind == "local" and not visible_gpus() else None
+        threads = cpu_threads(value) if kind == "local" else None
+        if kind == "local" and backend in _GPU_BACKENDS and not visible_gpus():
+            log.warning(
+                "--backend %s needs a GPU but none is visible (CUDA_VISIBLE_DEVICES, the CUDA "
+                "runtime, nvidia-smi): the %d workers are not pinned to GPUs",
+                backend,
+                value,
+            )
         return cls(
             model=str(model),
             backend=backend,
@@ -126,7 +137,7 @@ class EngineRecipe:
             self.model,
             backend=self.backend,  # type: ignore[arg-type]
             precision=self.precision,  # type: ignore[arg-type]
-            threads=self.threads,
+            threads=self.threads if self.threads is not None else worker_threads(),
             tiling=self.tiling,  # type: ignore[arg-type]
             stats=self.stats,  # type: ignore[arg-type]
             frames=self.frames,
@@ -145,12 +156,12 @@ _READERS: OrderedDict[tuple[str, int, int], Any] = OrderedDict()  # the last inp
 _READERS_KEPT = 4
 
 
-def _reader(path: str) -> Any:
-    """An open reader of ``path`` (kept while the file's size and mtime stay the same): the
-    blocks of a stack read its header once per worker, not once per block (a TIFF's header
-    lists every page). Call with ``_LOCK`` held."""
-    st = Path(path).stat()
-    key = (path, st.st_size, st.st_mtime_ns)
+def _reader(path: str, stamp: tuple[int, int]) -> Any:
+    """An open reader of ``path`` (kept while its fingerprint ``stamp``, the client's
+    ``formats.input_stat``, stays the same: a Zarr input's chunks rewritten in place change
+    it): the blocks of a stack read its header once per worker, not once per block (a TIFF's
+    header lists every page). Call with ``_LOCK`` held."""
+    key = (path, *stamp)
     reader = _READERS.pop(key, None)
     if reader is None:
         reader = open_frames(path)
@@ -189,6 +200,7 @@ class Block:
     target: str | None = None
     out_info: StackInfo | None = None
     overwrite: bool = False
+    stamp: tuple[int, int] = (0, 0)  # the input's (size, mtime_ns) fingerprint (input_stat)
 
     @property
     def frames(self) -> int:
@@ -242,12 +254,14 @@ def run_block(block: Block, recipe: EngineRecipe, cfg: EnhanceConfig) -> int:
     """A task (runs on a worker): enhance the block's frames and write them; the number of
     frames enhanced."""
     with _LOCK:
-        reader = _reader(block.input)
+        reader = _reader(block.input, block.stamp)
         runner = worker_runner(recipe, cfg)
         if block.zarr is not None:
             _run_zarr_block(block, runner, reader)
         else:
             assert block.target is not None and block.out_info is not None
+            if _written(block):
+                return block.frames
             frames = (_enhanced(runner, reader, block.input, i) for i in range(block.stop))
             write_frames(
                 block.target,
@@ -259,6 +273,20 @@ def run_block(block: Block, recipe: EngineRecipe, cfg: EnhanceConfig) -> int:
     return block.frames
 
 
+def _written(block: Block) -> bool:
+    """A retried whole-file task whose first run renamed its output before its worker was lost:
+    without overwrite the client only runs files whose output did not exist, so an existing
+    output of the expected shape (written atomically) is this run's."""
+    target = Path(block.target or "")
+    if block.overwrite or not target.exists() or block.out_info is None:
+        return False
+    try:
+        with open_frames(target) as done:
+            return bool(done.info.shape == block.out_info.shape)
+    except Exception:
+        return False
+
+
 def finish_zarr(out: ZarrOutput, overwrite: bool) -> str:
     """A task: pyramid, metadata and rename of a Zarr output whose frames are all written."""
     return str(out.finish(overwrite=overwrite))
@@ -267,7 +295,8 @@ def finish_zarr(out: ZarrOutput, overwrite: bool) -> str:
 # --- clusters ----------------------------------------------------------------------------------
 def visible_gpus() -> list[str]:
     """The CUDA devices workers may be pinned to: ``CUDA_VISIBLE_DEVICES`` when set, else the
-    devices the CUDA runtime counts (none without cuda-python or a GPU)."""
+    devices the CUDA runtime counts (cuda-python), else those ``nvidia-smi -L`` lists (the
+    driver's tool, there on any NVIDIA install, Windows included); none without a GPU."""
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None:
         return [d.strip() for d in env.split(",") if d.strip() and d.strip() != "-1"]
@@ -275,7 +304,53 @@ def visible_gpus() -> list[str]:
         from cyclesr_deploy.cuda_runtime import device_count
 
         return [str(i) for i in range(device_count())]
-    return []
+    return _nvidia_smi_gpus()
+
+
+def _nvidia_smi_gpus() -> list[str]:
+    """The GPU indices ``nvidia-smi -L`` lists (no shell, 10 s at most); [] without it."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return []
+    try:
+        done = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return parse_nvidia_smi(done.stdout) if done.returncode == 0 else []
+
+
+def parse_nvidia_smi(text: str) -> list[str]:
+    """The indices of the ``GPU <i>: <name> (UUID: ...)`` lines of ``nvidia-smi -L`` (MIG
+    device lines, indented, are not GPUs of their own here)."""
+    import re
+
+    return re.findall(r"^GPU (\d+):", text, flags=re.MULTILINE)
+
+
+def worker_threads() -> int:
+    """CPU threads for the engine of this dask worker (a jobqueue or ``tcp://`` worker; local
+    workers get theirs in the recipe): the cores this process may use (its CPU affinity: a
+    SLURM job's CPUs) shared by the dask workers on the same host; 1 at least."""
+    try:
+        cores = len(os.sched_getaffinity(0))  # type: ignore[attr-defined]
+    except AttributeError:  # Windows, macOS
+        cores = os.cpu_count() or 1
+    peers = 1
+    with contextlib.suppress(Exception):  # not in a worker, or the scheduler unreachable
+        import distributed
+        from distributed.comm import get_address_host
+
+        host = get_address_host(distributed.get_worker().address)
+        client = distributed.get_client()
+        try:
+            workers = client.scheduler_info(n_workers=-1)["workers"]
+        except TypeError:  # older distributed: every worker listed
+            workers = client.scheduler_info()["workers"]
+        peers = max(1, sum(1 for w in workers.values() if w.get("host") == host))
+    return max(1, cores // peers)
 
 
 def cpu_threads(n_workers: int) -> int:
@@ -405,10 +480,25 @@ def connect(spec: str) -> Iterator[Any]:
 
 # --- client side -------------------------------------------------------------------------------
 def _settings_digest(recipe: EngineRecipe, cfg: EnhanceConfig, block: int) -> str:
-    """What makes recorded blocks reusable: the engine settings, the run settings, the block."""
-    text = repr((recipe.model, recipe.backend, recipe.precision, recipe.tiling, recipe.stats))
+    """What makes recorded blocks reusable: the model's content (a model re-exported into the
+    same folder gets a new digest), the engine settings, the run settings, the block."""
+    folder = Path(recipe.model)
+    model = ModelFolder(folder if folder.is_dir() else folder.parent).content_digest()
+    text = repr((model, recipe.backend, recipe.precision, recipe.tiling, recipe.stats))
     text += cfg.model_copy(update={"overwrite": False}).model_dump_json() + str(block)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _stamp(job: Any) -> tuple[int, int]:
+    """The input's fingerprint as triage took it (``formats.input_stat``): the workers key
+    their open readers by it instead of walking a Zarr input's chunks for every block."""
+    return int(job.size or 0), int(job.mtime_ns or 0)
+
+
+def _named(path: Path, exc: BaseException | None) -> str:
+    """The error text of ``exc``, starting with the file's path."""
+    text = str(exc) if isinstance(exc, InputError) else repr(exc)
+    return text if text.startswith(str(path)) else f"{path}: {text}"
 
 
 class _File:
@@ -421,6 +511,7 @@ class _File:
         self.frames = 0  # enhanced in this run
         self.error: str | None = None
         self.zarr: ZarrOutput | None = None
+        self.block = 1  # frames per task of a Zarr output
         self.t0 = time.perf_counter()
 
 
@@ -503,7 +594,13 @@ class _ClusterRun:
         distributed = require("distributed", "dask", _PURPOSE)
         files = [f for f in (self._open(job) for job in jobs) if f is not None]
         for f in files:
-            self._submit(client, f)
+            try:
+                self._submit(client, f)
+            except Exception as exc:  # this file's output cannot be made: the others go on
+                client.cancel(list(f.pending))
+                for fut in f.pending:
+                    self.tasks.pop(fut, None)
+                self._record_failed(f.job, _named(f.job.path, exc), 0)
         futures = distributed.as_completed(list(self.tasks))
         try:
             for future in futures:
@@ -519,6 +616,7 @@ class _ClusterRun:
                     self._done(f)
                 else:
                     self._block_done(f, index)
+                    self.manifest.save(force=True)  # a killed client recomputes no block
                     if not f.pending and f.error is None and f.zarr is not None:
                         task = client.submit(finish_zarr, f.zarr, self.cfg.overwrite, pure=False)
                         self.tasks[task] = (f, None)
@@ -530,24 +628,36 @@ class _ClusterRun:
             raise
 
     def _open(self, job: Any) -> _File | None:
-        """The file's metadata (from the client), or its failure recorded."""
+        """The file's metadata (from the client) and its output's plan (a Zarr output's axes
+        checked before any task), or its failure recorded."""
         try:
             with open_frames(job.path) as reader:
                 info = reader.info
-            out_info = output_info(info, self.model.scale)
-            return _File(job, info, out_info)
+                chunk = int(getattr(reader, "chunk_frames", 1))
+            f = _File(job, info, output_info(info, self.model.scale))
+            if Path(job.out).suffix.lower() == ".zarr":
+                f.zarr = ZarrOutput(job.out, f.out_info, self.cfg.pyramid)
+                f.block = -(-self.block // chunk) * chunk  # whole input chunks per task
+                if f.block != self.block:
+                    log.info(
+                        "%s: blocks of %d frames (a multiple of its %d-frame input chunks)",
+                        job.path,
+                        f.block,
+                        chunk,
+                    )
+            return f
         except Exception as exc:
-            self._record_failed(job, str(exc) if isinstance(exc, InputError) else repr(exc), 0)
+            self._record_failed(job, _named(job.path, exc), 0)
             return None
 
     def _submit(self, client: Any, f: _File) -> None:
         job, n = f.job, f.info.n_frames
         entry = self.manifest.entry(job.path) or {}
-        if Path(job.out).suffix.lower() == ".zarr":
-            f.zarr = ZarrOutput(job.out, f.out_info, self.cfg.pyramid)
+        if f.zarr is not None:
             reusable = (
                 entry.get("status") in ("partial", "failed")
                 and entry.get("settings") == self.digest
+                and entry.get("block") == f.block
                 and entry.get("input_size") == job.size
                 and entry.get("input_mtime_ns") == job.mtime_ns
                 and f.zarr.part.is_dir()
@@ -556,15 +666,15 @@ class _ClusterRun:
                 f.blocks_done = set(entry.get("blocks_done", ()))
             else:
                 f.zarr.create()
-            blocks = range(-(-n // self.block))
+            blocks = range(-(-n // f.block))
             todo = [b for b in blocks if b not in f.blocks_done]
             self._record_partial(f)
             self._progress(
-                ProgressEvent("start", job.path, sum(self._block_frames(b, n) for b in todo))
+                ProgressEvent("start", job.path, sum(self._block_frames(f, b) for b in todo))
             )
             for b in todo:
-                start, stop = b * self.block, min(n, (b + 1) * self.block)
-                task = Block(str(job.path), start, stop, zarr=f.zarr)
+                start, stop = b * f.block, min(n, (b + 1) * f.block)
+                task = Block(str(job.path), start, stop, zarr=f.zarr, stamp=_stamp(job))
                 self._add(client, f, task, b)
             if not todo:  # every block recorded: only the finish is left
                 fut = client.submit(finish_zarr, f.zarr, self.cfg.overwrite, pure=False)
@@ -579,11 +689,13 @@ class _ClusterRun:
                 target=str(job.out),
                 out_info=f.out_info,
                 overwrite=self.cfg.overwrite,
+                stamp=_stamp(job),
             )
             self._add(client, f, task, None)
 
-    def _block_frames(self, b: int, n: int) -> int:
-        return min(n, (b + 1) * self.block) - b * self.block
+    @staticmethod
+    def _block_frames(f: _File, b: int) -> int:
+        return min(f.info.n_frames, (b + 1) * f.block) - b * f.block
 
     def _add(self, client: Any, f: _File, task: Block, index: int | None) -> None:
         fut = client.submit(run_block, task, self.recipe, self.cfg, pure=False)
@@ -593,7 +705,7 @@ class _ClusterRun:
     def _block_done(self, f: _File, index: int) -> None:
         f.blocks_done.add(index)
         self._record_partial(f)  # recorded before anything else can stop the client
-        self._frames(f, self._block_frames(index, f.info.n_frames))
+        self._frames(f, self._block_frames(f, index))
 
     def _frames(self, f: _File, n: int) -> None:
         mpx = f.info.frame_shape[0] * f.info.frame_shape[1] / 1e6
@@ -611,8 +723,8 @@ class _ClusterRun:
             output=str(job.out),
             status="partial" if f.error is None else "failed",
             settings=self.digest,
-            block=self.block,
-            n_blocks=-(-f.info.n_frames // self.block),
+            block=f.block,
+            n_blocks=-(-f.info.n_frames // f.block),
             blocks_done=sorted(f.blocks_done),
             input_size=job.size,
             input_mtime_ns=job.mtime_ns,
@@ -621,7 +733,7 @@ class _ClusterRun:
     def _failed(self, client: Any, f: _File, exc: BaseException | None) -> None:
         if f.error is not None:
             return
-        f.error = str(exc) if isinstance(exc, InputError) else repr(exc)
+        f.error = _named(f.job.path, exc)
         client.cancel(list(f.pending))
         # a Zarr output keeps its recorded blocks: a rerun computes only the others
         self._end(f.job, "failed", f.frames, error=f.error, keep_blocks=f.zarr is not None, t0=f.t0)

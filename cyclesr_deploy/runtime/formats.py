@@ -8,6 +8,9 @@ TIFF out, Zarr in -> Zarr out), ``tiff`` or ``zarr``; :func:`output_path` names 
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -15,7 +18,14 @@ from typing import Any, Literal
 import numpy as np
 
 from cyclesr_deploy.errors import require
-from cyclesr_deploy.runtime.omezarr import ZARR_SUFFIX, ZarrFrameReader, is_zarr, write_zarr
+from cyclesr_deploy.runtime.omezarr import (
+    ZARR_SUFFIX,
+    ZarrFrameReader,
+    is_zarr,
+    ngff_axes,
+    write_zarr,
+    zarr_purpose,
+)
 from cyclesr_deploy.runtime.tiff import TIFF_SUFFIXES, StackInfo
 from cyclesr_deploy.runtime.tiff import open_frames as open_tiff
 from cyclesr_deploy.runtime.tiff import write_frames as write_tiff
@@ -25,6 +35,8 @@ __all__ = [
     "ZARR_SUFFIX",
     "OutputFormat",
     "check_extras",
+    "check_output",
+    "input_stat",
     "is_input",
     "is_zarr",
     "open_frames",
@@ -48,7 +60,7 @@ def check_extras(inputs: Iterable[Path], output_format: str = "same") -> None:
     the output is OME-Zarr and zarr or ome-zarr-models is missing."""
     if output_format == "zarr" or any(is_zarr(p) for p in inputs):
         for module in ("zarr", "ome_zarr_models"):
-            require(module, "zarr", "OME-Zarr input and output")
+            require(module, "zarr", zarr_purpose())
 
 
 def open_frames(path: str | Path) -> Any:
@@ -77,6 +89,49 @@ def output_path(input_path: str | Path, out_dir: str | Path, fmt: str = "same") 
     if fmt == "zarr":
         return Path(out_dir) / f"{_stem(name)}.ome{ZARR_SUFFIX}"
     return Path(out_dir) / f"{_stem(name)}.ome.tif"
+
+
+def check_output(target: str | Path, info: StackInfo) -> None:
+    """InputError, before any frame is computed, when the output ``info`` describes cannot be
+    written at ``target`` (an OME-Zarr output: axes NGFF cannot express)."""
+    if Path(target).suffix.lower() == ZARR_SUFFIX:
+        ngff_axes(info)
+
+
+def input_stat(path: str | Path) -> tuple[int, int]:
+    """(size, mtime_ns) identifying the content of an input, for resuming and caching: a
+    file's stat; for an OME-Zarr folder (whose own stat does not change when chunks are
+    rewritten in place) the total size and the newest mtime of its metadata files and of
+    every file and folder under its full-resolution level (a removed chunk changes its
+    folder's mtime). OSError when it cannot be read."""
+    p = Path(path)
+    if not is_zarr(p):
+        st = p.stat()
+        return st.st_size, st.st_mtime_ns
+    size, newest = 0, p.stat().st_mtime_ns
+    for meta in ("zarr.json", ".zattrs", ".zgroup"):
+        if (p / meta).is_file():
+            st = (p / meta).stat()
+            size, newest = size + st.st_size, max(newest, st.st_mtime_ns)
+    level0 = p / _level0_path(p)
+    for root, _dirs, files in os.walk(level0):
+        newest = max(newest, Path(root).stat().st_mtime_ns)
+        for name in files:
+            st = (Path(root) / name).stat()
+            size, newest = size + st.st_size, max(newest, st.st_mtime_ns)
+    return size, newest
+
+
+def _level0_path(zarr_dir: Path) -> str:
+    """The first dataset's path of an OME-Zarr's multiscales (NGFF 0.5 ``zarr.json`` or 0.4
+    ``.zattrs``), read as JSON (no zarr needed); "0" when not found. Hand-written: two keys."""
+    for meta, keys in (("zarr.json", ("attributes", "ome")), (".zattrs", ())):
+        with contextlib.suppress(OSError, ValueError, KeyError, IndexError, TypeError):
+            attrs = json.loads((zarr_dir / meta).read_text(encoding="utf-8"))
+            for key in keys:
+                attrs = attrs[key]
+            return str(attrs["multiscales"][0]["datasets"][0]["path"])
+    return "0"
 
 
 def write_frames(

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import math
 import shutil
+import sys
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator, Sequence
@@ -43,10 +44,20 @@ __all__ = [
     "is_zarr",
     "ngff_axes",
     "write_zarr",
+    "zarr_purpose",
 ]
 
 ZARR_SUFFIX = ".zarr"
-_PURPOSE = "OME-Zarr input and output"
+
+
+def zarr_purpose() -> str:
+    """What the ``zarr`` extra is for, in a missing-extra error: on Python 3.10 it cannot be
+    installed (zarr-python 3 and ome-zarr-models need 3.11), which the error says."""
+    if sys.version_info < (3, 11):
+        return "OME-Zarr input and output (needs Python 3.11 or newer; this is Python 3.10)"
+    return "OME-Zarr input and output"
+
+
 # NGFF (UDUNITS) spatial units -> micrometres, for the pixel size the runtime reports
 _NGFF_UM = {"nanometer": 1e-3, "micrometer": 1.0, "millimeter": 1e3, "centimeter": 1e4}
 _NGFF_UM["meter"] = 1e6
@@ -57,7 +68,7 @@ _CHUNK_YX = 1024  # Y/X chunk side of the outputs (workers write whole frames: a
 
 
 def _zarr() -> Any:
-    return require("zarr", "zarr", _PURPOSE)
+    return require("zarr", "zarr", zarr_purpose())
 
 
 def is_zarr(path: str | Path) -> bool:
@@ -79,11 +90,23 @@ class NgffAxes:
     translation: tuple[float, ...] | None
     shape: tuple[int, ...]
 
-    def scaled(self, factor: int) -> NgffAxes:
-        """The axes of an output ``factor`` times larger in Y and X (pixel size / factor)."""
-        scale = (*self.scale[:-2], self.scale[-2] / factor, self.scale[-1] / factor)
-        shape = (*self.shape[:-2], self.shape[-2] * factor, self.shape[-1] * factor)
-        return replace(self, scale=scale, shape=shape)
+    def scaled(self, factor: float) -> NgffAxes:
+        """The axes of an output ``factor`` times larger in Y and X (pixel size / factor),
+        registered on the input's pixel centres (see :meth:`resampled`)."""
+        shape = (*self.shape[:-2], int(self.shape[-2] * factor), int(self.shape[-1] * factor))
+        return replace(self.resampled(1.0 / factor), shape=shape)
+
+    def resampled(self, step: float) -> NgffAxes:
+        """The Y/X pixel size times ``step`` (a pyramid level: 2**k; an upscaled output:
+        1 / scale), the translation moved so that the new grid covers the same area: its first
+        pixel centre lies at ``origin - old/2 + new/2`` on Y and X (pixel-centre convention)."""
+        if step == 1:
+            return self
+        old = self.scale[-2:]
+        new = tuple(v * step for v in old)
+        t = self.translation or (0.0,) * len(self.scale)
+        moved = tuple(o + (n - v) / 2 for o, v, n in zip(t[-2:], old, new, strict=True))
+        return replace(self, scale=(*self.scale[:-2], *new), translation=(*t[:-2], *moved))
 
     def index(self, frame: int) -> tuple[int, ...]:
         """The stored-array index of frame ``frame`` (C order over the non-YX axes)."""
@@ -115,13 +138,14 @@ def _ome_value(ome_xml: str | None, attr: str) -> tuple[float, str | None] | Non
 
 def ngff_axes(info: StackInfo) -> NgffAxes:
     """The NGFF axes of the stack ``info`` describes (an output: pixel size already divided by
-    the scale): the carried axes of an OME-Zarr input, else from its TIFF axes (``T`` time,
-    ``Z`` space, one other axis as a custom axis) with micrometre units where the pixel size
-    (and OME ``PhysicalSizeZ``/``TimeIncrement``) is known. InputError where NGFF cannot express
-    the axes (time must come first, at most one custom axis)."""
+    the scale ``info.upscale``): the carried axes of an OME-Zarr input, else from its TIFF axes
+    (``T`` time, ``Z`` space, one other axis as a custom axis) with micrometre units where the
+    pixel size (and OME ``PhysicalSizeZ``/``TimeIncrement``) is known; an uncalibrated Y/X
+    pixel is 1 / scale (the input's pixel being 1). InputError where NGFF 0.5 cannot express
+    the axes (checked by ome-zarr-models before any work: T first, space axes last, ...)."""
     carried = info.ngff
     if isinstance(carried, NgffAxes):
-        return carried
+        return _checked(carried, info.axes)
     names: list[str] = []
     types: list[str | None] = []
     units: list[str | None] = []
@@ -131,6 +155,7 @@ def ngff_axes(info: StackInfo) -> NgffAxes:
         unit, value = None, 1.0
         if letter in "YX":
             kind = "space"
+            value = 1.0 / info.upscale
             if px:
                 unit, value = "micrometer", float(px)
         elif letter == "Z":
@@ -151,13 +176,39 @@ def ngff_axes(info: StackInfo) -> NgffAxes:
         types.append(kind)
         units.append(unit)
         scale.append(value)
-    kinds = [k for k in types if k not in ("space", "time")]
-    if len(kinds) > 1 or ("time" in types and types[0] != "time"):
-        raise InputError(
-            f"axes {info.axes} cannot be written as OME-Zarr (NGFF wants T first and at most "
-            "one axis other than T, Z, Y, X); write TIFF instead (--output-format tiff)"
+    axes = NgffAxes(tuple(names), tuple(types), tuple(units), tuple(scale), None, info.shape)
+    if info.upscale > 1:  # registered on the input's pixel centres (input origin 0)
+        shift = tuple((v - v * info.upscale) / 2 for v in scale[-2:])
+        axes = replace(axes, translation=(*(0.0,) * (len(scale) - 2), *shift))
+    return _checked(axes, info.axes)
+
+
+def _checked(axes: NgffAxes, letters: str) -> NgffAxes:
+    """``axes`` once ome-zarr-models accepts them as an NGFF 0.5 multiscale (InputError
+    otherwise): called when an output is planned, before any frame is computed."""
+    require("ome_zarr_models", "zarr", zarr_purpose())
+    from ome_zarr_models.v05.multiscales import Multiscale
+
+    transforms: list[dict[str, Any]] = [{"type": "scale", "scale": list(axes.scale)}]
+    if axes.translation:
+        transforms.append({"type": "translation", "translation": list(axes.translation)})
+    try:
+        Multiscale.model_validate(
+            {
+                "axes": [
+                    {"name": n, "type": t, "unit": u}
+                    for n, t, u in zip(axes.names, axes.types, axes.units, strict=True)
+                ],
+                "datasets": [{"path": "0", "coordinateTransformations": transforms}],
+            }
         )
-    return NgffAxes(tuple(names), tuple(types), tuple(units), tuple(scale), None, info.shape)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        why = "; ".join(str(e.get("msg", e)) for e in getattr(exc, "errors", lambda: [])())
+        raise InputError(
+            f"axes {letters} ({', '.join(axes.names)}) cannot be written as OME-Zarr 0.5 "
+            f"({why or exc}); write TIFF instead (--output-format tiff)"
+        ) from None
+    return axes
 
 
 class ZarrFrameReader:
@@ -175,7 +226,7 @@ class ZarrFrameReader:
 
     def _open(self) -> StackInfo:
         zarr = _zarr()
-        models = require("ome_zarr_models", "zarr", _PURPOSE)
+        models = require("ome_zarr_models", "zarr", zarr_purpose())
         path = self.path
         if not path.is_dir():
             raise InputError(f"{path}: no such OME-Zarr folder")
@@ -198,9 +249,17 @@ class ZarrFrameReader:
                 scale = [float(v) for v in t.scale]
             elif t.type == "translation":
                 translation = tuple(float(v) for v in t.translation)
-        for t in multiscale.coordinateTransformations or ():  # global scale applies on top
+        # the global transformations apply after the level's: folded into one scale and
+        # translation (the same coordinates), which a Zarr output then carries
+        for t in multiscale.coordinateTransformations or ():
             if t.type == "scale":
-                scale = [a * float(b) for a, b in zip(scale, t.scale, strict=True)]
+                g = [float(b) for b in t.scale]
+                scale = [a * b for a, b in zip(scale, g, strict=True)]
+                if translation is not None:
+                    translation = tuple(a * b for a, b in zip(translation, g, strict=True))
+            elif t.type == "translation":
+                base = translation or (0.0,) * len(shape)
+                translation = tuple(a + float(b) for a, b in zip(base, t.translation, strict=True))
         ngff = NgffAxes(
             names=tuple(str(a.name) for a in axes),
             types=tuple(a.type for a in axes),
@@ -330,11 +389,12 @@ class ZarrOutput:
         shape = self.axes.shape
         self._array()[self.axes.index(index)] = arr.reshape(shape[-2:])
 
-    def _levels(self) -> list[tuple[str, tuple[float, ...]]]:
-        """(path, scale) of every level; builds levels 1..n from the stored level 0."""
+    def _levels(self) -> list[tuple[str, NgffAxes]]:
+        """(path, axes: scale and translation) of every level; builds levels 1..n from the
+        stored level 0."""
         zarr = _zarr()
         group = zarr.open_group(str(self.part), mode="r+")
-        levels = [("0", self.axes.scale)]
+        levels = [("0", self.axes)]
         src = group["0"]
         for level in range(1, self.pyramid + 1):
             shape = (*src.shape[:-2], max(1, src.shape[-2] // 2), max(1, src.shape[-1] // 2))
@@ -352,15 +412,17 @@ class ZarrOutput:
             for i in range(math.prod(shape[:-2])):
                 index = self.axes.index(i) if shape[:-2] else ()
                 dst[index] = _halve(np.asarray(src[index]), self.dtype)
-            f = 2.0**level
-            scale = (*self.axes.scale[:-2], self.axes.scale[-2] * f, self.axes.scale[-1] * f)
-            levels.append((str(level), scale))
+            levels.append((str(level), self.axes.resampled(2.0**level)))
             src = dst
         return levels
 
     def finish(self, overwrite: bool = False) -> Path:
-        """Pyramid, metadata (validated), then ``<target>.part`` renamed onto ``target``."""
+        """Pyramid, metadata (validated), then ``<target>.part`` renamed onto ``target``.
+        Retry-safe: run again after the rename (a worker lost before it reported), with no
+        ``.part`` left and ``target`` a valid image of this output's shape, it is done."""
         zarr = _zarr()
+        if not self.part.exists() and self._finished():
+            return self.target
         if self.target.exists() and not overwrite:
             raise FileExistsError(f"{self.target} exists; refusing to overwrite (use overwrite)")
         levels = self._levels()
@@ -369,6 +431,15 @@ class ZarrOutput:
         _validate(self.part)
         _replace_dir(self.part, self.target)
         return self.target
+
+    def _finished(self) -> bool:
+        """``target`` is a valid NGFF 0.5 image whose level 0 has this output's shape/dtype."""
+        try:
+            _validate(self.target)
+            level0 = _zarr().open_array(str(self.target / "0"), mode="r")
+        except Exception:
+            return False
+        return tuple(level0.shape) == self.axes.shape and np.dtype(level0.dtype) == self.dtype
 
     def abort(self) -> None:
         with contextlib.suppress(OSError):
@@ -385,10 +456,10 @@ def _halve(frame: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def _image_attrs(
-    axes: NgffAxes, levels: Sequence[tuple[str, tuple[float, ...]]], group: Any, name: str
+    axes: NgffAxes, levels: Sequence[tuple[str, NgffAxes]], group: Any, name: str
 ) -> dict[str, Any]:
     """The ``ome`` attributes of the image, built by ome-zarr-models (NGFF 0.5)."""
-    require("ome_zarr_models", "zarr", _PURPOSE)
+    require("ome_zarr_models", "zarr", zarr_purpose())
     from ome_zarr_models.v05.axes import Axis
     from ome_zarr_models.v05.image import Image
     from pydantic_zarr.v3 import ArraySpec
@@ -400,8 +471,8 @@ def _image_attrs(
             Axis(name=n, type=t, unit=u)
             for n, t, u in zip(axes.names, axes.types, axes.units, strict=True)
         ],
-        scales=[list(scale) for _, scale in levels],
-        translations=[list(axes.translation) if axes.translation else None for _ in levels],
+        scales=[list(level.scale) for _, level in levels],
+        translations=[list(t.translation) if t.translation else None for _, t in levels],
         name=name.removesuffix(ZARR_SUFFIX).removesuffix(".ome"),
         multiscale_type="2x2 mean" if len(levels) > 1 else None,
         metadata={"creator": "cyclesr-deploy"},

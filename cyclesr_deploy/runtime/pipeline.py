@@ -41,7 +41,14 @@ from pydantic import BaseModel
 from cyclesr_deploy.engines.base import Engine
 from cyclesr_deploy.errors import InputError
 from cyclesr_deploy.model import ModelConfig
-from cyclesr_deploy.runtime.formats import is_input, is_zarr, open_frames, write_frames
+from cyclesr_deploy.runtime.formats import (
+    check_output,
+    input_stat,
+    is_input,
+    is_zarr,
+    open_frames,
+    write_frames,
+)
 from cyclesr_deploy.runtime.formats import output_path as _format_output_path
 from cyclesr_deploy.runtime.manifest import (
     MANIFEST_NAME,
@@ -381,6 +388,7 @@ class _Run(_Stages):
         assert info is not None
         self.runner.plan(info.frame_shape)
         job.out_info = output_info(info, self.runner.scale)
+        check_output(job.out, job.out_info)  # before any frame is computed
 
     def _prep(self) -> None:
         while True:
@@ -579,8 +587,7 @@ def _triage(
     for i, p in enumerate(paths):
         out = output_path(p, out_dir, cfg.output_format)
         try:
-            st = p.stat()
-            size, mtime = st.st_size, st.st_mtime_ns
+            size, mtime = input_stat(p)
         except OSError as exc:
             results[i] = FileResult(input=str(p), status="failed", error=f"{p}: {exc}")
             manifest.record(results[i])

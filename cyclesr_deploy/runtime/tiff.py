@@ -147,6 +147,8 @@ class StackInfo:
     notes: tuple[str, ...] = ()
     # an OME-Zarr input's NGFF axes (runtime.omezarr.NgffAxes), carried to a Zarr output
     ngff: Any = field(default=None, repr=False)
+    # an output's Y/X scale over its input's (output_info): the NGFF pixel size and origin
+    upscale: int = 1
 
     @property
     def frame_shape(self) -> tuple[int, int]:
@@ -743,6 +745,7 @@ def output_info(info: StackInfo, scale: int = 1, dtype: np.dtype | None = None) 
         ome_xml=_rescale_ome(info.ome_xml, info, scale, dtype) if info.ome_xml else None,
         imagej_metadata=info.imagej_metadata,
         ngff=info.ngff.scaled(scale) if info.ngff is not None else None,
+        upscale=info.upscale * scale,
     )
 
 

@@ -5,6 +5,7 @@ killed mid-run, the client stopped mid-run and resumed, a bad frame."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 from pathlib import Path
@@ -254,7 +255,7 @@ def test_local_workers_get_one_gpu_each_or_a_share_of_the_cores(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,3")
     assert cluster.visible_gpus() == ["1", "3"]
     recipe = EngineRecipe.for_run(MODEL, "local:4", "auto", "auto", EnhanceConfig(), [(8, 8)])
-    assert recipe.threads is None  # GPUs: the engine's own default
+    assert recipe.threads == 2  # GPUs too: a CPU engine (--backend onnxruntime) shares the cores
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     recipe = EngineRecipe.for_run(MODEL, "local:4", "auto", "auto", EnhanceConfig(), [(8, 8)])
     assert recipe.threads == 2 and recipe.frames == ((8, 8),)
@@ -274,3 +275,69 @@ def test_cluster_specs_and_the_example_slurm_file():
     job = cls.job_cls(scheduler="tcp://127.0.0.1:8786", name="w", **kwargs)
     script = job.job_script()
     assert "#SBATCH --gres=gpu:1" in script and "#SBATCH --cpus-per-task=8" in script
+
+
+def test_a_file_whose_output_cannot_be_made_fails_alone(client, tmp_path):
+    """Axes OME-Zarr cannot express (T after Z; a custom axis between space axes): those
+    files are recorded failed, named, before any task; the good file is done."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for name, axes in (("zt.ome.tif", "ZTYX"), ("zq.ome.tif", "ZQYX")):
+        tifffile.imwrite(
+            src / name, _stack(4, 5).reshape(2, 2, *SHAPE), ome=True,
+            photometric="minisblack", metadata={"axes": axes},
+        )  # fmt: skip
+    tifffile.imwrite(src / "ok.tif", _stack(2, 6), photometric="minisblack")
+    cfg = EnhanceConfig(output_format="zarr")
+    summary = enhance_on_cluster(
+        collect_inputs([src]), tmp_path / "out", _recipe(cfg), cfg, client=client
+    )
+    status = {Path(f.input).name: f for f in summary.files}
+    assert status["ok.tif"].status == "done" and summary.frames == 2
+    for name in ("zt.ome.tif", "zq.ome.tif"):
+        assert status[name].status == "failed"
+        assert status[name].error.startswith(str(src / name))
+        assert "cannot be written as OME-Zarr" in status[name].error
+    assert not summary.ok
+
+
+def test_zarr_blocks_whole_input_chunks_manifest_saved_per_block(
+    client, tmp_path, monkeypatch, caplog
+):
+    from cyclesr_deploy.runtime.manifest import Manifest
+
+    axes = [("t", "time", None), ("y", "space", None), ("x", "space", None)]
+    src = _write_ngff(
+        tmp_path / "c.zarr", _stack(8, 7), "0.5", axes, (1.0, 1.0, 1.0), chunks=(4, *SHAPE)
+    )
+    forced = []
+    save = Manifest.save
+    monkeypatch.setattr(
+        Manifest, "save", lambda self, force=False: (forced.append(force), save(self, force))
+    )
+    cfg = EnhanceConfig(output_format="zarr")
+    with caplog.at_level(logging.INFO, logger="cyclesr_deploy.runtime.cluster"):
+        summary = enhance_on_cluster(
+            [src], tmp_path / "o", _recipe(cfg), cfg, client=client, block=3
+        )
+    assert summary.ok, summary.files
+    assert "blocks of 4 frames (a multiple of its 4-frame input chunks)" in caplog.text
+    assert forced.count(True) >= 2 + 2  # triage, each block, the end
+
+
+def test_whole_file_task_run_again_after_its_rename_is_done(tmp_path):
+    """A worker lost after renaming a TIFF output: the retried task finds it and is done."""
+    from cyclesr_deploy.runtime.cluster import Block, run_block
+    from cyclesr_deploy.runtime.tiff import output_info
+
+    src = tmp_path / "a.tif"
+    tifffile.imwrite(src, _stack(2, 8), photometric="minisblack")
+    cfg = EnhanceConfig()
+    with open_frames(src) as reader:
+        out_info = output_info(reader.info, load_model(MODEL).scale)
+    task = Block(str(src), 0, 2, target=str(tmp_path / "out" / "a.tif"), out_info=out_info)
+    (tmp_path / "out").mkdir()
+    assert run_block(task, _recipe(cfg), cfg) == 2
+    first = _frames(tmp_path / "out" / "a.tif")
+    assert run_block(task, _recipe(cfg), cfg) == 2  # the retry
+    np.testing.assert_array_equal(_frames(tmp_path / "out" / "a.tif"), first)

@@ -27,7 +27,7 @@ def _validated(path):
     return Image.from_zarr(zarr.open_group(str(path), mode="r"))
 
 
-def _write_ngff(path, data, version, axes, scale):
+def _write_ngff(path, data, version, axes, scale, chunks=None):
     """An OME-Zarr input written by ome-zarr-py (an independent writer)."""
     from ome_zarr.format import FormatV04, FormatV05
     from ome_zarr.writer import write_image
@@ -44,6 +44,7 @@ def _write_ngff(path, data, version, axes, scale):
         scale_factors=(),
         scale={a: s for (a, _, _), s in zip(axes, scale, strict=True)},
         axes_units={a: u for a, _, u in axes if u},
+        storage_options={"chunks": chunks} if chunks else None,
     )
     return path
 
@@ -170,3 +171,128 @@ def test_existing_zarr_output_is_skipped_or_replaced_whole(tmp_path, rng):
         "cyclesr-manifest.json",
         "s.ome.zarr",
     ]  # no .part, no old copy left
+
+
+def test_axes_refused_before_any_frame_is_computed(tmp_path, rng):
+    """Z, a custom axis, Y, X passes 'T first, one custom axis' but not NGFF 0.5 (space axes
+    last): refused when the output is planned, the engine never called."""
+    src = _write(tmp_path / "in" / "zq.tif", _stack(rng, (2, 3, 16, 16)), "ZQYX")
+    engine = FakeEngine("identity")
+    cfg = EnhanceConfig(output_format="zarr")
+    summary = enhance_files([src], tmp_path / "out", engine, _model(), cfg)
+    assert summary.files[0].status == "failed"
+    assert "cannot be written as OME-Zarr" in summary.files[0].error
+    assert "space axes must be at the end" in summary.files[0].error
+    assert engine.calls == 0
+    assert not list((tmp_path / "out").glob("*.zarr*"))
+
+
+def test_scale_and_translation_register_pixel_centres(tmp_path, rng):
+    """An uncalibrated TIFF and an uncalibrated Zarr get the same Y/X scale (1 / model scale);
+    level 0 of an s-times upscaled grid starts at origin - in/2 + out/2, pyramid level k at
+    origin - in/2 + scale_k/2 (the 2 x 2 means cover the same area)."""
+    data = _stack(rng, (2, 16, 16))
+    tif = _write(tmp_path / "in" / "u.tif", data, "TYX")
+    axes = [("t", "time", None), ("y", "space", None), ("x", "space", None)]
+    zin = _write_ngff(tmp_path / "in" / "u.zarr", data, "0.5", axes, (1.0, 1.0, 1.0))
+    cfg = EnhanceConfig(output_format="zarr", pyramid=1)
+    summary = enhance_files([tif, zin], tmp_path / "out", FakeEngine("nearest2"), _model(2), cfg)
+    assert summary.ok, summary.files
+    for name in ("u.ome.zarr", "u.zarr"):
+        ms = _validated(tmp_path / "out" / name).ome_attributes.multiscales[0]
+        (s0, t0), (s1, t1) = (
+            [t.scale if t.type == "scale" else t.translation for t in d.coordinateTransformations]
+            for d in ms.datasets
+        )
+        assert s0 == pytest.approx([1.0, 0.5, 0.5]), name
+        assert t0 == pytest.approx([0.0, -0.25, -0.25]), name
+        assert s1 == pytest.approx([1.0, 1.0, 1.0]), name
+        assert t1 == pytest.approx([0.0, 0.0, 0.0]), name  # one input pixel per level-1 pixel
+
+
+def test_zarr_input_translation_and_global_transform_are_kept(tmp_path, rng):
+    import zarr
+
+    from cyclesr_deploy.runtime.tiff import output_info
+
+    axes = [("t", "time", None), ("y", "space", "micrometer"), ("x", "space", "micrometer")]
+    src = _write_ngff(tmp_path / "g.zarr", _stack(rng, (2, 8, 8)), "0.5", axes, (1.0, 0.3, 0.3))
+    group = zarr.open_group(str(src), mode="r+")
+    ome = dict(group.attrs["ome"])
+    ms = ome["multiscales"][0]
+    ms["datasets"][0]["coordinateTransformations"] = [
+        {"type": "scale", "scale": [1.0, 0.3, 0.3]},
+        {"type": "translation", "translation": [0.0, 10.0, 20.0]},
+    ]
+    ms["coordinateTransformations"] = [
+        {"type": "scale", "scale": [1.0, 2.0, 2.0]},
+        {"type": "translation", "translation": [0.0, 1.0, 1.0]},
+    ]
+    group.attrs["ome"] = ome
+    with open_frames(src) as reader:
+        ngff = reader.info.ngff
+        out = output_info(reader.info, 2).ngff
+    assert ngff.scale == pytest.approx((1.0, 0.6, 0.6))  # 0.3 x the global 2
+    assert ngff.translation == pytest.approx((0.0, 21.0, 41.0))  # 2 x (10, 20) + 1
+    assert out.scale == pytest.approx((1.0, 0.3, 0.3))
+    assert out.translation == pytest.approx((0.0, 21.0 - 0.15, 41.0 - 0.15))
+    level2 = out.resampled(4.0)  # pixel 1.2: centre of the first 2 x 2 input pixels
+    assert level2.translation == pytest.approx((0.0, 21.3, 41.3))
+
+
+def test_finish_run_again_after_its_rename_is_done(tmp_path, rng):
+    """A worker lost after renaming its output: the finish task runs again and succeeds."""
+    from cyclesr_deploy.runtime.omezarr import ZarrOutput
+    from cyclesr_deploy.runtime.tiff import output_info
+
+    src = _write(tmp_path / "s.tif", _stack(rng, (2, 16, 16)), "TYX")
+    with open_frames(src) as reader:
+        info = output_info(reader.info, 1)
+    for overwrite in (False, True):
+        out = ZarrOutput(tmp_path / f"o{overwrite}.ome.zarr", info)
+        out.create()
+        out.write(0, np.ones((16, 16), np.uint16))
+        out.write(1, np.ones((16, 16), np.uint16))
+        assert out.finish(overwrite=overwrite) == out.target
+        assert out.finish(overwrite=overwrite) == out.target  # the retry
+        _validated(out.target)
+    other = ZarrOutput(tmp_path / "oFalse.ome.zarr", output_info(info, 2))
+    with pytest.raises(FileExistsError):  # not this output's shape: not taken as done
+        other.finish()
+
+
+def test_zarr_input_rewritten_in_place_changes_its_fingerprint(tmp_path, rng):
+    import time
+
+    import zarr
+
+    from cyclesr_deploy.runtime.formats import input_stat
+
+    axes = [("t", "time", None), ("y", "space", None), ("x", "space", None)]
+    src = _write_ngff(tmp_path / "r.zarr", _stack(rng, (3, 8, 8)), "0.5", axes, (1, 1, 1))
+    before, folder = input_stat(src), src.stat()
+    time.sleep(0.01)
+    group = zarr.open_group(str(src), mode="r+")
+    arr = group[group.attrs["ome"]["multiscales"][0]["datasets"][0]["path"]]
+    arr[1] = np.asarray(arr[1]) + 1  # a chunk rewritten in place
+    assert src.stat().st_mtime_ns == folder.st_mtime_ns  # the folder's own stat: unchanged
+    assert input_stat(src) != before
+
+
+def test_missing_zarr_extra_on_python_3_10_says_why(monkeypatch):
+    import types
+
+    from cyclesr_deploy.runtime import omezarr
+
+    assert "Python 3.11" not in omezarr.zarr_purpose()
+    monkeypatch.setattr(omezarr, "sys", types.SimpleNamespace(version_info=(3, 10, 14)))
+    assert "needs Python 3.11 or newer" in omezarr.zarr_purpose()
+    monkeypatch.setattr(omezarr, "require", _missing)
+    with pytest.raises(ImportError, match=r"Python 3\.11 or newer.*cyclesr-deploy\[zarr\]"):
+        omezarr.ZarrFrameReader(".")
+
+
+def _missing(module, extra, purpose):
+    from cyclesr_deploy.errors import MissingExtraError
+
+    raise MissingExtraError(module, extra, purpose)
