@@ -91,7 +91,7 @@ class EngineRecipe:
 
     model: str
     backend: str = "auto"
-    precision: str = "auto"
+    precision: str = "default"
     tiling: str = "none"
     stats: str = "auto"
     threads: int | None = None
