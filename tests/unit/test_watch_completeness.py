@@ -286,3 +286,41 @@ def test_announced_tzyx_stack_keeps_its_axes_and_ome_metadata(tmp_path):
     with open_frames(tmp_path / "out" / "s.ome.tif") as reader:
         assert (reader.info.axes, reader.info.shape) == ("TZYX", (2, 3, 32, 32))
         assert reader.info.kind == "ome" and reader.info.pixel_size_um == pytest.approx(0.25)
+
+
+def test_a_failed_append_closes_the_writer_and_the_pages_are_redone(tmp_path, monkeypatch):
+    """The shared stack writer: an append that raises before writing (a frame of another
+    shape) still closes the TiffWriter (Windows could not remove its .part else); watch pages
+    are read again, so the stack comes out whole, recorded failed (never "done") with why."""
+    from cyclesr_deploy.runtime import tiff
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    with tifffile.TiffWriter(inp / "s.tif") as tw:
+        for i in range(3):
+            tw.write(np.full((16, 16), i, np.uint16), metadata=None)
+    past = time.time() - 30
+    os.utime(inp / "s.tif", (past, past))
+    made, real_init, real_append = [], tiff.StackAppender.__init__, tiff.StackAppender.append
+
+    def init(self, *a, **k):
+        real_init(self, *a, **k)
+        made.append(self)
+
+    def append(self, frame):
+        if len(made) == 1 and self.count == 1:
+            raise ValueError("frame 1: got uint16 (30, 20), expected uint16 (16, 16)")
+        real_append(self, frame)
+
+    monkeypatch.setattr(tiff.StackAppender, "__init__", init)
+    monkeypatch.setattr(tiff.StackAppender, "append", append)
+    cfg = WatchConfig(poll=0.02, stable=0.05, idle=0.2, use_events=False, exit_idle=0.5)
+    final = watch_folder(inp, tmp_path / "out", FakeEngine("plus1"), _model(), cfg,
+                         EnhanceConfig(tile=0))  # fmt: skip
+    assert made[0]._tw is None  # closed by abort()
+    assert final.failed == 1 and not final.ok
+    out = tifffile.imread(tmp_path / "out" / "s.tif")
+    assert [int(f.max()) for f in out] == [1, 2, 3]  # pages 0-1 read again: nothing lost
+    entry = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())["files"]
+    stack = entry[str((inp / "s.tif").resolve())]
+    assert stack["status"] == "failed" and "expected uint16" in stack["error"]
