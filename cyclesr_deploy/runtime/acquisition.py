@@ -279,7 +279,9 @@ class AcquisitionHook:
         assert self.worker is not None
         named = key[0]
         parts = [self.name, *(f"{k}-{v}" for k, v in named)]
-        if any(other[0] == named for other in self._sources):  # a new geometry: its own stack
+        if frame.ndim != 2 or any(  # a new geometry: its own stack (never the plain name)
+            other[0] == named and len(other[1]) == 2 for other in self._sources
+        ):
             parts.append("x".join(map(str, frame.shape)) + f"-{frame.dtype.name}")
         out = self.out_dir / (self._unique(_UNSAFE.sub("_", "_".join(parts))) + OUTPUT_SUFFIX)
         info = None

@@ -183,6 +183,7 @@ def test_second_hook_on_the_same_folder_is_refused_and_bad_frames_fail(tmp_path)
         _acquire(hook, [_frame(1)], [{}], 0)
     assert not hook.report.ok and (hook.report.failed, hook.report.done) == (1, 1)
     assert "2-D" in " ".join(hook.errors)
+    assert _values(tmp_path / "acquisition.ome.tif") == [1]  # the plain name: the good frames
 
 
 def test_engine_open_failure_raises_in_the_constructor_and_frees_the_folder(tmp_path):
