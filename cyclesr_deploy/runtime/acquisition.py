@@ -70,7 +70,7 @@ from cyclesr_deploy.runtime.manifest import OutputLock
 from cyclesr_deploy.runtime.runner import EnhanceConfig
 from cyclesr_deploy.runtime.tiff import StackInfo
 from cyclesr_deploy.runtime.watch import WatchConfig, WatchStatus, WatchWorker
-from cyclesr_deploy.runtime.watch_scan import Item, Source
+from cyclesr_deploy.runtime.watch_scan import Item, Source, State
 
 __all__ = ["HOOK_COMMAND", "AcquisitionHook", "HookConfig"]
 
@@ -133,9 +133,6 @@ class AcquisitionHook:
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._error: BaseException | None = None
-        self._sources: dict[_Key, Source] = {}
-        self._names: set[str] = set()  # file names of this run's stacks, casefolded
-        self._runs: dict[int, list[dict[str, Any]]] = {}  # per source seq: its page_axes
         self._warned_full = False
         self._buffers = _BufferPool()
         self.worker: WatchWorker | None = None
@@ -144,6 +141,7 @@ class AcquisitionHook:
         self._lock.acquire()  # InputError when another run writes there
         try:  # any error from here on frees the folder again
             self.name = _free_name(self.out_dir, self.cfg.name)
+            self._stacks = _Stacks(self.out_dir, self.name)
             self._start(model, backend, precision, device, ecfg, engine, model_config, on_frame)
         except BaseException:
             self._lock.release()
@@ -188,7 +186,7 @@ class AcquisitionHook:
         returned = (image, metadata) if self.cfg.return_image else None
         pixels = np.asarray(image)
         axes = dict((metadata or {}).get("Axes") or {})
-        src = self._source(axes, metadata or {}, pixels)  # only this thread makes sources
+        src = self._stacks.source(axes, metadata or {}, pixels, worker.state)
         state = worker.state
         if pixels.ndim != 2:
             self._reject(src, axes, f"expected a 2-D frame (H, W), got shape {pixels.shape}")
@@ -243,7 +241,7 @@ class AcquisitionHook:
         with the state's lock held)."""
         page = src.queued_to
         src.queued_to += 1
-        _add_page(self._runs[src.seq], page, {k: axes[k] for k in STACKED_AXES if k in axes})
+        _add_page(self._stacks.runs[src.seq], page, {k: axes[k] for k in STACKED_AXES if k in axes})
         return page
 
     def _reject(self, src: Source, axes: dict[str, Any], why: str) -> None:
@@ -262,60 +260,6 @@ class AcquisitionHook:
                 self.cfg.queue_size,
                 what,
             )
-
-    def _source(self, axes: dict[str, Any], metadata: dict[str, Any], frame: np.ndarray) -> Source:
-        """The output stack of a frame with ``axes`` and the frame's geometry (made at its
-        first frame, in the acquisition thread: the only one that reads ``_sources``)."""
-        named = tuple(sorted((str(k), str(v)) for k, v in axes.items() if k not in STACKED_AXES))
-        key: _Key = (named, frame.shape, frame.dtype.str)
-        src = self._sources.get(key)
-        if src is None:
-            src = self._new_source(key, axes, metadata, frame)
-        return src
-
-    def _new_source(
-        self, key: _Key, axes: dict[str, Any], metadata: dict[str, Any], frame: np.ndarray
-    ) -> Source:
-        assert self.worker is not None
-        named = key[0]
-        parts = [self.name, *(f"{k}-{v}" for k, v in named)]
-        if frame.ndim != 2 or any(  # a new geometry: its own stack (never the plain name)
-            other[0] == named and len(other[1]) == 2 for other in self._sources
-        ):
-            parts.append("x".join(map(str, frame.shape)) + f"-{frame.dtype.name}")
-        out = self.out_dir / (self._unique(_UNSAFE.sub("_", "_".join(parts))) + OUTPUT_SUFFIX)
-        info = None
-        if frame.ndim == 2:  # other frames fail before they are queued
-            pixel = metadata.get("PixelSizeUm")
-            info = StackInfo(
-                path=None,
-                axes=("Z" if "z" in axes and "time" not in axes else "T") + "YX",
-                shape=(1, *frame.shape),
-                dtype=frame.dtype,
-                kind="ome",
-                pixel_size_um=float(pixel) if pixel else None,
-            )
-        src = Source(out, out, len(self._sources), frame_file=False, info=info, in_memory=True)
-        state = self.worker.state
-        state.manifest.entry(out)  # resolves the entry's key once, outside the lock
-        runs: list[dict[str, Any]] = []
-        constant = {k: _plain(v) for k, v in axes.items() if k not in STACKED_AXES}
-        with state.lock:
-            self._runs[src.seq] = runs
-            state.sources[out.name] = src
-            state.manifest.update(out, axes=constant, page_axes=runs)  # the live list
-        self._sources[key] = src
-        return src
-
-    def _unique(self, stem: str) -> str:
-        """``stem``, or ``stem_2``, ``stem_3``, ... when this run already has a stack of that
-        name in any letter case (Windows: one file)."""
-        candidate, n = stem, 1
-        while candidate.casefold() in self._names:
-            n += 1
-            candidate = f"{stem}_{n}"
-        self._names.add(candidate.casefold())
-        return candidate
 
     # --- the worker thread --------------------------------------------------------------------
     def _serve(
@@ -412,7 +356,7 @@ class AcquisitionHook:
     @property
     def errors(self) -> list[str]:
         """``output name: why`` of each stack with a failed frame."""
-        return [f"{s.out.name}: {s.failed}" for s in self._sources.values() if s.failed]
+        return [f"{s.out.name}: {s.failed}" for s in self._stacks.sources.values() if s.failed]
 
     def close(self, *, drain: bool = True) -> WatchStatus:
         """Refuse new frames, wait for the queue (``drain=False``: skip what still waits),
@@ -445,6 +389,77 @@ class AcquisitionHook:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Stacks:
+    """The hook's output stacks, made in the acquisition thread (the only one that reads
+    ``sources``): one per named ``Axes`` (other than time/z) and frame geometry, with a
+    file-safe name unique in this run in any letter case, and its ``page_axes`` runs."""
+
+    def __init__(self, out_dir: Path, name: str) -> None:
+        self.out_dir, self.name = out_dir, name
+        self.sources: dict[_Key, Source] = {}
+        self.runs: dict[int, list[dict[str, Any]]] = {}  # per source seq: its page_axes
+        self._names: set[str] = set()  # file names of this run's stacks, casefolded
+
+    def source(
+        self, axes: dict[str, Any], metadata: dict[str, Any], frame: np.ndarray, state: State
+    ) -> Source:
+        """The output stack of a frame with ``axes`` and the frame's geometry (made at its
+        first frame and added to ``state``)."""
+        named = tuple(sorted((str(k), str(v)) for k, v in axes.items() if k not in STACKED_AXES))
+        key: _Key = (named, frame.shape, frame.dtype.str)
+        src = self.sources.get(key)
+        if src is None:
+            src = self._new_source(key, axes, metadata, frame, state)
+        return src
+
+    def _new_source(
+        self,
+        key: _Key,
+        axes: dict[str, Any],
+        metadata: dict[str, Any],
+        frame: np.ndarray,
+        state: State,
+    ) -> Source:
+        named = key[0]
+        parts = [self.name, *(f"{k}-{v}" for k, v in named)]
+        if frame.ndim != 2 or any(  # a new geometry: its own stack (never the plain name)
+            other[0] == named and len(other[1]) == 2 for other in self.sources
+        ):
+            parts.append("x".join(map(str, frame.shape)) + f"-{frame.dtype.name}")
+        out = self.out_dir / (self._unique(_UNSAFE.sub("_", "_".join(parts))) + OUTPUT_SUFFIX)
+        info = None
+        if frame.ndim == 2:  # other frames fail before they are queued
+            pixel = metadata.get("PixelSizeUm")
+            info = StackInfo(
+                path=None,
+                axes=("Z" if "z" in axes and "time" not in axes else "T") + "YX",
+                shape=(1, *frame.shape),
+                dtype=frame.dtype,
+                kind="ome",
+                pixel_size_um=float(pixel) if pixel else None,
+            )
+        src = Source(out, out, len(self.sources), frame_file=False, info=info, in_memory=True)
+        state.manifest.entry(out)  # resolves the entry's key once, outside the lock
+        runs: list[dict[str, Any]] = []
+        constant = {k: _plain(v) for k, v in axes.items() if k not in STACKED_AXES}
+        with state.lock:
+            self.runs[src.seq] = runs
+            state.sources[out.name] = src
+            state.manifest.update(out, axes=constant, page_axes=runs)  # the live list
+        self.sources[key] = src
+        return src
+
+    def _unique(self, stem: str) -> str:
+        """``stem``, or ``stem_2``, ``stem_3``, ... when this run already has a stack of that
+        name in any letter case (Windows: one file)."""
+        candidate, n = stem, 1
+        while candidate.casefold() in self._names:
+            n += 1
+            candidate = f"{stem}_{n}"
+        self._names.add(candidate.casefold())
+        return candidate
 
 
 class _BufferPool:
