@@ -21,7 +21,7 @@ from cyclesr_deploy.runtime import acquisition
 from cyclesr_deploy.runtime.acquisition import AcquisitionHook, HookConfig
 from cyclesr_deploy.runtime.manifest import MANIFEST_NAME
 from cyclesr_deploy.runtime.runner import EnhanceConfig
-from tests.conftest import FakeEngine
+from tests.conftest import FakeEngine, fail_first_stack_append
 
 WHOLE = EnhanceConfig(tile=0)
 
@@ -258,21 +258,7 @@ def test_a_new_frame_geometry_gets_its_own_stack_and_loses_nothing(tmp_path):
 def test_a_lost_part_is_reported_failed_with_its_frames(tmp_path, monkeypatch):
     """A write error on page 3 loses the .part (pages 0-2 cannot be read again): failed 4,
     never "done"; the writer is closed and page numbers never repeat."""
-    from cyclesr_deploy.runtime import tiff
-
-    made, real_init, real_append = [], tiff.StackAppender.__init__, tiff.StackAppender.append
-
-    def init(self, *a, **k):
-        real_init(self, *a, **k)
-        made.append(self)
-
-    def append(self, frame):
-        if len(made) == 1 and self.count == 3:
-            raise ValueError("frame 3: got uint16 (30, 20), expected uint16 (24, 20)")
-        real_append(self, frame)
-
-    monkeypatch.setattr(tiff.StackAppender, "__init__", init)
-    monkeypatch.setattr(tiff.StackAppender, "append", append)
+    made = fail_first_stack_append(monkeypatch, at=3)
     with AcquisitionHook(tmp_path, engine=FakeEngine("plus1"), model_config=_model(),
                          enhance=WHOLE) as hook:  # fmt: skip
         _acquire(hook, [_frame(i) for i in range(6)], [{"time": i} for i in range(6)], 0)

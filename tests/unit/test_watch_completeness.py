@@ -17,7 +17,7 @@ import cyclesr_deploy.runtime.watch as watch_mod
 from cyclesr_deploy.model import GeneratorConfig, ModelConfig, NormalizationConfig
 from cyclesr_deploy.runtime.pipeline import MANIFEST_NAME, EnhanceConfig, enhance_files
 from cyclesr_deploy.runtime.watch import WatchConfig, probe_pages, watch_folder
-from tests.conftest import FakeEngine
+from tests.conftest import FakeEngine, fail_first_stack_append
 
 
 def _model():
@@ -200,14 +200,20 @@ def test_partial_two_channel_ome_is_refused_from_its_announcement(tmp_path):
     assert whole is not None and "2 channels" in whole
 
 
-def test_disk_full_on_a_stack_output_is_a_named_failure(tmp_path, monkeypatch):
+def _old_stack(tmp_path: Path, n: int) -> Path:
+    """``tmp_path/in/s.tif``: an n-page stack last written 30 s ago; the folder."""
     inp = tmp_path / "in"
     inp.mkdir()
     with tifffile.TiffWriter(inp / "s.tif") as tw:
-        for i in range(2):
+        for i in range(n):
             tw.write(np.full((16, 16), i, np.uint16), metadata=None)
     past = time.time() - 30
     os.utime(inp / "s.tif", (past, past))
+    return inp
+
+
+def test_disk_full_on_a_stack_output_is_a_named_failure(tmp_path, monkeypatch):
+    inp = _old_stack(tmp_path, 2)
 
     real_write = tifffile.TiffWriter.write
 
@@ -292,28 +298,8 @@ def test_a_failed_append_closes_the_writer_and_the_pages_are_redone(tmp_path, mo
     """The shared stack writer: an append that raises before writing (a frame of another
     shape) still closes the TiffWriter (Windows could not remove its .part else); watch pages
     are read again, so the stack comes out whole, recorded failed (never "done") with why."""
-    from cyclesr_deploy.runtime import tiff
-
-    inp = tmp_path / "in"
-    inp.mkdir()
-    with tifffile.TiffWriter(inp / "s.tif") as tw:
-        for i in range(3):
-            tw.write(np.full((16, 16), i, np.uint16), metadata=None)
-    past = time.time() - 30
-    os.utime(inp / "s.tif", (past, past))
-    made, real_init, real_append = [], tiff.StackAppender.__init__, tiff.StackAppender.append
-
-    def init(self, *a, **k):
-        real_init(self, *a, **k)
-        made.append(self)
-
-    def append(self, frame):
-        if len(made) == 1 and self.count == 1:
-            raise ValueError("frame 1: got uint16 (30, 20), expected uint16 (16, 16)")
-        real_append(self, frame)
-
-    monkeypatch.setattr(tiff.StackAppender, "__init__", init)
-    monkeypatch.setattr(tiff.StackAppender, "append", append)
+    inp = _old_stack(tmp_path, 3)
+    made = fail_first_stack_append(monkeypatch, at=1)
     cfg = WatchConfig(poll=0.02, stable=0.05, idle=0.2, use_events=False, exit_idle=0.5)
     final = watch_folder(inp, tmp_path / "out", FakeEngine("plus1"), _model(), cfg,
                          EnhanceConfig(tile=0))  # fmt: skip
@@ -323,4 +309,4 @@ def test_a_failed_append_closes_the_writer_and_the_pages_are_redone(tmp_path, mo
     assert [int(f.max()) for f in out] == [1, 2, 3]  # pages 0-1 read again: nothing lost
     entry = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())["files"]
     stack = entry[str((inp / "s.tif").resolve())]
-    assert stack["status"] == "failed" and "expected uint16" in stack["error"]
+    assert stack["status"] == "failed" and "expected another shape" in stack["error"]
