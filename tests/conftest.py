@@ -81,3 +81,25 @@ class FakeEngine:
         out = self._out.setdefault(batch.shape, np.empty((n, c, 2 * h, 2 * w), np.float32))
         out[:] = batch.repeat(2, axis=2).repeat(2, axis=3)
         return out
+
+
+def fail_first_stack_append(monkeypatch: pytest.MonkeyPatch, at: int) -> list:
+    """Make the first ``StackAppender``'s append of frame ``at`` raise before writing, as a
+    frame of another shape does; returns the appenders made (to check they were closed)."""
+    from cyclesr_deploy.runtime import tiff
+
+    made: list = []
+    real_init, real_append = tiff.StackAppender.__init__, tiff.StackAppender.append
+
+    def init(self, *a, **k):  # type: ignore[no-untyped-def]
+        real_init(self, *a, **k)
+        made.append(self)
+
+    def append(self, frame):  # type: ignore[no-untyped-def]
+        if len(made) == 1 and self.count == at:
+            raise ValueError(f"frame {at}: got uint16 (30, 20), expected another shape")
+        real_append(self, frame)
+
+    monkeypatch.setattr(tiff.StackAppender, "__init__", init)
+    monkeypatch.setattr(tiff.StackAppender, "append", append)
+    return made

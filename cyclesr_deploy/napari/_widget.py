@@ -34,6 +34,7 @@ from cyclesr_deploy.builtin import BUILTIN_MODELS, DEFAULT_MODEL
 from cyclesr_deploy.engines.select import BACKENDS
 from cyclesr_deploy.napari._follow import Follower
 from cyclesr_deploy.napari._work import (
+    EnhancerPool,
     Settings,
     enhance_into,
     frame_indices,
@@ -41,7 +42,6 @@ from cyclesr_deploy.napari._work import (
     result_geometry,
     result_name,
 )
-from cyclesr_deploy.runtime.enhancer import Enhancer
 
 __all__ = ["CycleSRWidget"]
 
@@ -56,9 +56,7 @@ class CycleSRWidget(QWidget):
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
         self.viewer = napari_viewer
-        self._enhancer: Enhancer | None = None
-        self._enhancer_key: Settings | None = None
-        self._enhancer_lock = threading.Lock()  # workers of a run and of follow mode share it
+        self.enhancers = EnhancerPool()  # workers of a run and of follow mode share it
         self.worker: Any = None
         self.follower = Follower(self)
         self._build()
@@ -154,18 +152,6 @@ class CycleSRWidget(QWidget):
         self.layer_label.setText(layer.name if layer is not None else "(select an image layer)")
         self.run_button.setEnabled(layer is not None and self.worker is None)
 
-    # --- the enhancer (opened in a worker thread, kept while the settings stay) ---------------
-    def enhancer(self, settings: Settings) -> Enhancer:
-        """The Enhancer for ``settings`` (called in worker threads; reopened on change)."""
-        with self._enhancer_lock:
-            if self._enhancer is None or self._enhancer_key != settings:
-                old, self._enhancer = self._enhancer, None
-                if old is not None:
-                    old.close()  # waits for a call in flight (Enhancer's lock)
-                self._enhancer = settings.open()
-                self._enhancer_key = settings
-            return self._enhancer
-
     # --- enhance a layer ------------------------------------------------------------------------
     def current_index(self, layer: Image) -> tuple[int, ...]:
         """The index of the frame of ``layer`` on screen (its leading axes)."""
@@ -193,16 +179,16 @@ class CycleSRWidget(QWidget):
         box: dict[str, Any] = {}
 
         def work() -> Any:
-            enhancer = self.enhancer(settings)
-            box["out"] = new_output(data.shape, data.dtype, enhancer.scale)
-            box["scale"], box["backend"] = enhancer.scale, enhancer.backend
-            yield 0
-            yield from enhance_into(enhancer, data, indices, box["out"])
+            with self.enhancers.use(settings) as enhancer:
+                box["out"] = new_output(data.shape, data.dtype, enhancer.scale)
+                box["scale"], box["backend"] = enhancer.scale, enhancer.backend
+                yield 0
+                yield from enhance_into(enhancer, data, indices, box["out"])
             return box
 
         worker = create_worker(work, _ignore_errors=True)  # errors: our notification
         worker.yielded.connect(self.progress.setValue)
-        worker.returned.connect(lambda result: self._add_result(layer, settings, result, every))
+        worker.returned.connect(lambda box: self._add_result(layer, settings, box, indices, every))
         worker.errored.connect(lambda exc: show_error(f"CycleSR: {exc}"))
         worker.aborted.connect(lambda: self._say(f"cancelled after {self.progress.value()} frames"))
         worker.finished.connect(self._finished)
@@ -210,7 +196,9 @@ class CycleSRWidget(QWidget):
         worker.start()
         return worker
 
-    def _add_result(self, layer: Image, settings: Settings, box: dict, every: bool) -> None:
+    def _add_result(
+        self, layer: Image, settings: Settings, box: dict, indices: list, every: bool
+    ) -> None:
         out, factor = box["out"], box["scale"]
         name = result_name(layer.name, settings.model, factor)
         scale, translate = result_geometry(layer.scale, layer.translate, factor)
@@ -219,9 +207,9 @@ class CycleSRWidget(QWidget):
             target = self.viewer.layers[name]
             if every:
                 target.data = out
-            else:  # one frame: update it in the existing result
-                index = self.current_index(layer)
-                target.data[index] = out[index]
+            else:  # one frame, the one on screen when the run started: update it
+                for index in indices:
+                    target.data[index] = out[index]
                 target.refresh()
         else:
             if name in self.viewer.layers:
@@ -263,9 +251,6 @@ class CycleSRWidget(QWidget):
 
     def closeEvent(self, event: Any) -> None:
         self.follower.stop()
-        self.cancel()
-        with self._enhancer_lock:
-            enhancer, self._enhancer = self._enhancer, None
-        if enhancer is not None:  # released once a frame in flight is done, off the UI thread
-            threading.Thread(target=enhancer.close, daemon=True).start()
+        self.cancel()  # the enhancers in use close when their frame is done; the others now:
+        threading.Thread(target=self.enhancers.close, daemon=True).start()  # off the UI thread
         super().closeEvent(event)

@@ -6,7 +6,9 @@ enhanced layer's geometry and name, and the sample data. The widget (:mod:`._wid
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import contextlib
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +20,7 @@ from cyclesr_deploy.runtime.enhancer import Enhancer
 from cyclesr_deploy.runtime.runner import DTYPES, WHOLE_MAX_PX
 
 __all__ = [
+    "EnhancerPool",
     "Settings",
     "as_frame",
     "enhance_into",
@@ -54,6 +57,65 @@ class Settings:
             tiling=self.tiling,  # type: ignore[arg-type]
             whole_max_px=self.whole_max_px,
         )
+
+
+class EnhancerPool:
+    """The Enhancers of the widget's workers, one per :class:`Settings` (a run and follow mode
+    may use different settings at the same time): ``with pool.use(settings) as enhancer``.
+    An Enhancer is closed once its last user is done with it, unless its settings are the
+    latest asked for (kept for the next frame or run); :meth:`close` closes the idle ones now
+    and the others when their users are done. Reference counting of a few objects under one
+    lock: no library needed (hand-written, ~30 lines)."""
+
+    def __init__(self, opener: Callable[[Settings], Enhancer] | None = None) -> None:
+        self._open = opener or (lambda settings: settings.open())
+        self._lock = threading.Lock()
+        self._entries: dict[Settings, list[Any]] = {}  # settings -> [Enhancer, users]
+        self._latest: Settings | None = None
+        self._closed = False
+
+    @contextlib.contextmanager
+    def use(self, settings: Settings) -> Iterator[Enhancer]:
+        """The Enhancer for ``settings`` (opened here when needed: call it off the UI
+        thread), never closed while the block runs."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the widget is closed")
+            entry = self._entries.get(settings)
+            if entry is None:  # loads the engine; other workers wait for the lock
+                entry = self._entries[settings] = [self._open(settings), 0]
+            entry[1] += 1
+            self._latest = settings
+            idle = self._idle()
+        self._close(idle)
+        try:
+            yield entry[0]
+        finally:
+            with self._lock:
+                entry[1] -= 1
+                idle = self._idle()
+            self._close(idle)
+
+    def close(self) -> None:
+        """Close the idle Enhancers; the others close when their last user is done."""
+        with self._lock:
+            self._closed = True
+            idle = self._idle()
+        self._close(idle)
+
+    def _idle(self) -> list[Enhancer]:
+        """Take out the Enhancers nobody uses, but the latest settings' (under the lock)."""
+        drop = [
+            s
+            for s, (_, users) in self._entries.items()
+            if not users and (self._closed or s != self._latest)
+        ]
+        return [self._entries.pop(s)[0] for s in drop]
+
+    @staticmethod
+    def _close(enhancers: list[Enhancer]) -> None:
+        for enhancer in enhancers:
+            enhancer.close()
 
 
 def frame_indices(shape: Sequence[int]) -> list[Index]:

@@ -80,11 +80,13 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _write_json(path: Path, data: dict[str, Any], what: str) -> None:
-    """Write ``data`` to ``path`` atomically; a full disk is named as such, with the file."""
+def _write_json(path: Path, data: dict[str, Any] | str, what: str) -> None:
+    """Write ``data`` (or its JSON text) to ``path`` atomically; a full disk is named as such,
+    with the file."""
+    text = data if isinstance(data, str) else json.dumps(data, indent=2) + "\n"
     try:
         with atomic_path(path) as part:
-            part.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+            part.write_text(text, encoding="utf-8")
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise OSError(
@@ -114,7 +116,8 @@ class Manifest:
     (an invalid one raises InputError); the header is this run's.
 
     :meth:`save` writes when something changed and at least ``interval`` seconds passed since
-    the last save (0: every time), or always when ``force``.
+    the last save (0: every time), or always when ``force``; :meth:`snapshot` and :meth:`write`
+    split it, so that a thread sharing the entries under a lock writes the file outside it.
     """
 
     def __init__(self, out_dir: str | Path, header: dict[str, Any], interval: float = 0.0) -> None:
@@ -124,6 +127,7 @@ class Manifest:
         self.files: dict[str, dict[str, Any]] = {}
         self._saved = -float("inf")
         self._dirty = False
+        self._keys: dict[str | Path, str] = {}  # input path -> its key, resolved once
         if self.path.is_file():
             try:
                 files = json.loads(self.path.read_text(encoding="utf-8"))["files"]
@@ -137,9 +141,11 @@ class Manifest:
                 ) from exc
             self.files = dict(files)
 
-    @staticmethod
-    def _key(path: str | Path) -> str:
-        return str(Path(path).resolve())
+    def _key(self, path: str | Path) -> str:
+        key = self._keys.get(path)
+        if key is None:  # resolve() touches the filesystem: once per input
+            key = self._keys[path] = str(Path(path).resolve())
+        return key
 
     def entry(self, path: str | Path) -> dict[str, Any] | None:
         """The entry of input ``path`` (any spelling of it), or None."""
@@ -164,11 +170,26 @@ class Manifest:
     def save(self, force: bool = False) -> None:
         """Write the manifest atomically (see the class); ENOSPC raises OSError saying "no space
         left on device" with the file name."""
+        text = self.snapshot(force)
+        if text is not None:
+            self.write(text)
+
+    def snapshot(self, force: bool = False) -> str | None:
+        """The manifest's JSON text when a save is due (see the class; None when not), taken
+        as saved: pass it to :meth:`write`."""
         if not force and (not self._dirty or time.monotonic() - self._saved < self.interval):
-            return
+            return None
         data = {**self.header, "updated": utc_now(), "files": self.files}
-        _write_json(self.path, data, "manifest")
         self._saved, self._dirty = time.monotonic(), False
+        return json.dumps(data, indent=2) + "\n"
+
+    def write(self, text: str) -> None:
+        """Write a :meth:`snapshot` atomically (marked unsaved again when that fails)."""
+        try:
+            _write_json(self.path, text, "manifest")
+        except OSError:
+            self._dirty = True
+            raise
 
 
 class OutputLock:

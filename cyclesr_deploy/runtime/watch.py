@@ -292,6 +292,8 @@ class WatchWorker:
             self.latencies.append(t1 - item.arrival)
             self.splits.append(tuple(split[k] for k in PHASES))
             self.done_times.append(t1)
+            while t1 - self.done_times[0] > _RATE_WINDOW_S:  # bounded without status() calls
+                self.done_times.popleft()
             self.state.last_activity = t1
         if self.on_frame is not None:
             self.on_frame(item.src.path, item.page, t1 - item.arrival)

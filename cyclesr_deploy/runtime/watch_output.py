@@ -124,7 +124,8 @@ class Outputs:
         try:
             src.appender.append(result)
         except BaseException:
-            src.appender = None
+            app, src.appender = src.appender, None
+            app.abort()  # a frame of another shape raises before the appender cleans up
             with self.state.lock:
                 self._part_lost(src)
             raise
@@ -132,18 +133,33 @@ class Outputs:
             src.done += 1
             self.record_stack(src, status="partial")
 
-    def _part_lost(self, src: Source) -> None:
+    def _part_lost(self, src: Source) -> int:
         """The stack's ``.part`` is gone (a failed append or close): back to the pages its
-        output holds, and the pages after them are queued again (in order: output page k stays
-        input page k), so that nothing is left out, in this run or after a restart."""
+        output holds. A file's pages after them are queued again (in order: output page k stays
+        input page k), so that nothing is left out, in this run or after a restart; pages
+        handed over in memory (``in_memory``) cannot be read again: they are lost, counted
+        failed (``lost``). Returns the number lost."""
+        written = src.done
         try:
             src.done = _pages(src.out)
         except Exception as exc:  # an unreadable earlier output: redo the stack from page 0
             log.error("%s: cannot read %s (%s)", src.path.name, src.out.name, exc)
             src.done = 0
-        src.queued_to = src.done + len(src.skipped)
+        lost = 0
+        if src.in_memory:
+            lost = max(written - src.done, 0)
+            src.lost += lost
+            src.failures += lost
+            self.state.done -= lost
+            if lost:
+                log.error("%s: %d written frame(s) lost with its .part", src.out.name, lost)
+        else:
+            src.queued_to = src.done + len(src.skipped)
         src.closed = False
-        self.state.manifest.update(src.path, frames=src.done, next_page=src.queued_to)
+        self.state.manifest.update(
+            src.path, frames=src.done, next_page=src.queued_to, lost_frames=src.lost or None
+        )
+        return lost
 
     def _open(self, src: Source, dtype: np.dtype) -> None:
         if src.info is None:
@@ -173,8 +189,8 @@ class Outputs:
             app.close()
         except Exception as exc:
             with self.state.lock:
-                self._part_lost(src)
-                self.state.fail(src, str(exc), file_level=False)
+                lost = self._part_lost(src)  # in memory: the lost frames are the failure
+                self.state.fail(src, str(exc), file_level=False, count=0 if lost else 1)
                 self.state.manifest.update(src.path, output=str(src.out) if src.done else None)
                 try:
                     self.state.manifest.save(force=True)
@@ -183,17 +199,24 @@ class Outputs:
             return
         with self.state.lock:
             complete = src.expected is None or src.done + len(src.skipped) >= src.expected
-            self.record_stack(src, status="done" if complete else "partial")
+            self.record_stack(src, status="done" if complete else "partial")  # never over failures
             self.state.manifest.save(force=True)
 
     def record_stack(self, src: Source, status: str) -> None:
+        """The manifest entry of a stack: ``status`` unless pages were skipped (``partial``)
+        or failed (``failed``, with the last error)."""
         note = None
         if src.skipped:
             status = "partial"
-            note = (
-                f"{len(src.skipped)} page(s) skipped (--when-behind latest): the output holds "
-                "the others; re-run 'cyclesr enhance --overwrite' on it for all pages"
+            note = f"{len(src.skipped)} page(s) skipped " + (
+                "(the engine was behind): the output holds the others; enhance the raw frames "
+                "pycro-manager saved with 'cyclesr enhance' for all pages"
+                if src.in_memory
+                else "(--when-behind latest): the output holds the others; re-run "
+                "'cyclesr enhance --overwrite' on it for all pages"
             )
+        if src.failures:
+            status = "failed"
         self.state.manifest.update(
             src.path,
             status=status,
@@ -202,7 +225,7 @@ class Outputs:
             next_page=src.done + len(src.skipped),
             skipped_pages=src.skipped,
             note=note,
-            error=src.incomplete if status == "incomplete" else None,
+            error=src.failed if src.failures else None,
             input_size=src.size,
             input_mtime_ns=src.mtime_ns,
             seconds=round(src.seconds, 4),

@@ -47,6 +47,8 @@ class Source:
     seconds: float = 0.0
     renamed: bool = False  # appeared by rename (a filesystem event) and unchanged since
     rule: str | None = None  # the completeness rule that decided the last queued page
+    in_memory: bool = False  # pages handed over in memory (acquisition hook): never read again
+    lost: int = 0  # written pages lost with a failed .part (in_memory: cannot be redone)
 
     def retry(self) -> None:
         """Forget a failure of a file that changed since (nothing of it was written)."""
@@ -103,11 +105,12 @@ class State:
         items = sum(isinstance(i, Item) for i in self.backlog)
         return items + sum(isinstance(r[3], Item) for r in self.ready)
 
-    def fail(self, src: Source, why: str, *, file_level: bool) -> None:
-        """Record a failure (per page of a stack, or of a whole file) in the manifest."""
+    def fail(self, src: Source, why: str, *, file_level: bool, count: int = 1) -> None:
+        """Record a failure (per page of a stack: ``count`` pages, or of a whole file) in the
+        manifest."""
         log.error("%s failed: %s", src.path.name, why)
         src.failed = why
-        src.failures = 1 if file_level else src.failures + 1
+        src.failures = 1 if file_level else src.failures + count
         self.record(src, "failed", error=why)
 
     def record(self, src: Source, status: str, **values: Any) -> None:

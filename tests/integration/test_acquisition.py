@@ -17,10 +17,11 @@ import tifffile
 
 from cyclesr_deploy.errors import InputError
 from cyclesr_deploy.model import GeneratorConfig, ModelConfig, NormalizationConfig
+from cyclesr_deploy.runtime import acquisition
 from cyclesr_deploy.runtime.acquisition import AcquisitionHook, HookConfig
 from cyclesr_deploy.runtime.manifest import MANIFEST_NAME
 from cyclesr_deploy.runtime.runner import EnhanceConfig
-from tests.conftest import FakeEngine
+from tests.conftest import FakeEngine, fail_first_stack_append
 
 WHOLE = EnhanceConfig(tile=0)
 
@@ -97,7 +98,9 @@ def test_hook_never_waits_on_the_engine_and_loses_no_frame_with_queue(tmp_path):
     manifest = json.loads((tmp_path / MANIFEST_NAME).read_text())
     (entry,) = manifest["files"].values()
     assert entry["status"] == "done" and entry["frames"] == 12
-    assert entry["axes"][3] == {"time": 1, "z": 1, "channel": "GFP"}
+    assert entry["axes"] == {"channel": "GFP"}  # constant; time/z as compact runs of pages
+    assert len(entry["page_axes"]) == 6
+    assert entry["page_axes"][1] == {"pages": [2, 3], "time": 1, "z": [0, 1]}
     assert manifest["acquisition"]["when_behind"] == "queue"
     assert not list(tmp_path.glob("*.part"))
 
@@ -132,6 +135,9 @@ def test_full_queue_skips_new_frames_or_waits(tmp_path):
     report = hook.close()
     assert (report.done, report.skipped) == (4, 3)
     assert _values(tmp_path / "skip" / "acquisition.ome.tif") == [2, 3, 4, 5]
+    manifest = json.loads((tmp_path / "skip" / MANIFEST_NAME).read_text())
+    (entry,) = manifest["files"].values()
+    assert "raw frames pycro-manager saved" in entry["note"]  # not: re-run on the output
 
     engine = GatedEngine()
     cfg = HookConfig(queue_size=2, when_full="wait")
@@ -168,19 +174,24 @@ def test_failures_are_reported_and_the_rest_goes_on(tmp_path, caplog):
         hook(_frame(0), {})
 
 
-def test_second_hook_on_the_same_folder_is_refused_and_bad_frames_raise(tmp_path):
+def test_second_hook_on_the_same_folder_is_refused_and_bad_frames_fail(tmp_path):
     with AcquisitionHook(tmp_path, engine=FakeEngine(), model_config=_model()) as hook:
         with pytest.raises(InputError, match="cyclesr acquisition hook"):
             AcquisitionHook(tmp_path, engine=FakeEngine(), model_config=_model())
-        with pytest.raises(InputError, match="2-D"):
-            hook(np.zeros((3, 8, 8), np.uint16), {})
+        bad = np.zeros((3, 8, 8), np.uint16)
+        assert hook(bad, {})[0] is bad  # never raised into the acquisition's thread
+        _acquire(hook, [_frame(1)], [{}], 0)
+    assert not hook.report.ok and (hook.report.failed, hook.report.done) == (1, 1)
+    assert "2-D" in " ".join(hook.errors)
+    assert _values(tmp_path / "acquisition.ome.tif") == [1]  # the plain name: the good frames
 
 
 def test_engine_open_failure_raises_in_the_constructor_and_frees_the_folder(tmp_path):
-    with pytest.raises(InputError, match="neither a model folder"):
+    with pytest.raises(InputError, match="neither a model folder") as failed:
         AcquisitionHook(tmp_path, model="no-such-model")
+    assert failed.value.__traceback__ is not None  # the half-made hook is still referenced
     with AcquisitionHook(tmp_path, engine=FakeEngine(), model_config=_model()):
-        pass  # the folder was released
+        pass  # the folder was released (not by garbage collection)
 
 
 def test_the_camera_may_reuse_its_buffer_and_our_buffers_are_reused(tmp_path):
@@ -228,3 +239,109 @@ def test_queue_output_equals_cyclesr_enhance_on_the_same_frames(tmp_path):
         tifffile.imread(tmp_path / "hook" / "acquisition.ome.tif"),
         tifffile.imread(tmp_path / "enh" / "acquisition.tif"),
     )
+
+
+def test_a_new_frame_geometry_gets_its_own_stack_and_loses_nothing(tmp_path):
+    """An ROI/binning change mid-run: the frames so far stay, the new geometry gets a stack."""
+    frames = [_frame(i) for i in range(5)] + [_frame(50, (30, 20))] + [_frame(6), _frame(7)]
+    with AcquisitionHook(tmp_path, engine=FakeEngine("plus1"), model_config=_model(),
+                         enhance=WHOLE) as hook:  # fmt: skip
+        _acquire(hook, frames, [{"time": i} for i in range(8)], 0)
+    assert hook.report.ok and (hook.report.done, hook.report.failed) == (8, 0)
+    assert _values(tmp_path / "acquisition.ome.tif") == [1, 2, 3, 4, 5, 7, 8]
+    assert _values(tmp_path / "acquisition_30x20-uint16.ome.tif") == [51]
+    manifest = json.loads((tmp_path / MANIFEST_NAME).read_text())
+    assert sorted(e["frames"] for e in manifest["files"].values()) == [1, 7]
+    assert {e["status"] for e in manifest["files"].values()} == {"done"}
+
+
+def test_a_lost_part_is_reported_failed_with_its_frames(tmp_path, monkeypatch):
+    """A write error on page 3 loses the .part (pages 0-2 cannot be read again): failed 4,
+    never "done"; the writer is closed and page numbers never repeat."""
+    made = fail_first_stack_append(monkeypatch, at=3)
+    with AcquisitionHook(tmp_path, engine=FakeEngine("plus1"), model_config=_model(),
+                         enhance=WHOLE) as hook:  # fmt: skip
+        _acquire(hook, [_frame(i) for i in range(6)], [{"time": i} for i in range(6)], 0)
+    report = hook.report
+    assert not report.ok and (report.done, report.failed, report.seen) == (2, 4, 6)
+    assert made[0]._tw is None  # the first writer was closed (Windows: its .part removable)
+    assert _values(tmp_path / "acquisition.ome.tif") == [5, 6]
+    (entry,) = json.loads((tmp_path / MANIFEST_NAME).read_text())["files"].values()
+    assert entry["status"] == "failed" and entry["lost_frames"] == 3 and entry["error"]
+    assert entry["page_axes"] == [{"pages": [0, 5], "time": [0, 5]}]  # each page once
+
+
+def test_stack_names_that_clash_once_file_safe_get_a_number(tmp_path):
+    channels = ["DAPI 1", "DAPI/1", "GFP", "gfp"]
+    with AcquisitionHook(tmp_path, engine=FakeEngine("plus1"), model_config=_model(),
+                         enhance=WHOLE) as hook:  # fmt: skip
+        _acquire(hook, [_frame(i) for i in range(4)], [{"channel": c} for c in channels], 0)
+    assert hook.report.ok
+    names = sorted(p.name.casefold() for p in tmp_path.glob("*.ome.tif"))
+    assert len(set(names)) == 4
+    assert _values(tmp_path / "acquisition_channel-DAPI_1_2.ome.tif") == [2]
+    assert _values(tmp_path / "acquisition_channel-gfp_2.ome.tif") == [4]
+
+
+def test_on_frame_errors_fail_that_frame_and_the_rest_goes_on(tmp_path):
+    def on_frame(path, page, latency):
+        if page == 1:
+            raise RuntimeError("viewer gone")
+
+    with AcquisitionHook(tmp_path, engine=FakeEngine("plus1"), model_config=_model(),
+                         enhance=WHOLE, on_frame=on_frame) as hook:  # fmt: skip
+        _acquire(hook, [_frame(i) for i in range(4)], [{"time": i} for i in range(4)], 0)
+    assert not hook.report.ok and hook.report.failed == 1 and hook.report.done == 4
+    assert "viewer gone" in hook.errors[0]
+
+
+def test_the_manifest_is_written_during_the_run_and_a_crash_keeps_its_name(tmp_path):
+    (tmp_path / "acquisition.ome.tif.part").write_bytes(b"left by a crash")
+    with AcquisitionHook(tmp_path, engine=FakeEngine("plus1"), model_config=_model(),
+                         enhance=WHOLE) as hook:  # fmt: skip
+        _acquire(hook, [_frame(i) for i in range(3)], [{"time": i} for i in range(3)], 0)
+        assert hook.flush(timeout=20) and hook.name == "acquisition_1"
+        deadline = time.perf_counter() + 10
+        entry = None
+        while entry is None and time.perf_counter() < deadline:  # written by the worker
+            time.sleep(0.05)
+            if (tmp_path / MANIFEST_NAME).is_file():
+                files = json.loads((tmp_path / MANIFEST_NAME).read_text())["files"]
+                entry = next((e for e in files.values() if e.get("frames") == 3), None)
+        assert entry is not None and entry["page_axes"] == [{"pages": [0, 2], "time": [0, 2]}]
+    assert (tmp_path / "acquisition.ome.tif.part").read_bytes() == b"left by a crash"
+
+
+def test_no_filesystem_call_under_the_lock_and_a_failed_copy_frees_its_buffer(
+    tmp_path, monkeypatch
+):
+    import pathlib
+
+    from cyclesr_deploy.runtime import watch
+
+    engine = GatedEngine()
+    hook = AcquisitionHook(tmp_path, engine=engine, model_config=_model(), enhance=WHOLE,
+                           config=HookConfig(queue_size=1))  # fmt: skip
+    _acquire(hook, [_frame(0)], [{}], 0)
+    assert engine.entered_infer.wait(10)
+    calls, real = [], pathlib.Path.resolve
+    monkeypatch.setattr(pathlib.Path, "resolve", lambda self, *a: calls.append(self) or real(self))
+    _acquire(hook, [_frame(1 + i) for i in range(20)], [{}] * 20, 0)  # 19 skipped
+    assert calls == []  # the manifest's key of the stack was resolved once, before
+    monkeypatch.undo()
+
+    def boom(*a, **k):
+        raise MemoryError("no room")
+
+    monkeypatch.setattr(np, "copyto", boom)
+    frame = _frame(99)
+    assert hook(frame, {})[0] is frame
+    monkeypatch.undo()
+    (slots,) = hook._buffers.slots.values()
+    assert all(owner is not acquisition._RESERVED for _, owner in slots)
+    monkeypatch.setattr(watch, "_RATE_WINDOW_S", 0.0)
+    worker = hook.worker
+    engine.gate.set()
+    report = hook.close()
+    assert (report.done, report.skipped, report.failed) == (2, 19, 1)
+    assert len(worker.done_times) <= 1  # bounded even when status() is never called

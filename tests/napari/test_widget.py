@@ -21,8 +21,9 @@ pytest.importorskip("onnxruntime")
 
 from cyclesr_deploy.builtin import DEFAULT_MODEL
 from cyclesr_deploy.model import GeneratorConfig, ModelConfig, NormalizationConfig
-from cyclesr_deploy.napari import _widget
+from cyclesr_deploy.napari import _follow, _widget
 from cyclesr_deploy.napari._widget import CycleSRWidget
+from cyclesr_deploy.napari._work import EnhancerPool, Settings
 from cyclesr_deploy.runtime.enhancer import Enhancer
 from tests.conftest import FakeEngine
 
@@ -82,7 +83,7 @@ def test_enhances_a_stack_with_the_builtin_model(viewer_widget, qtbot):
 def test_x2_model_result_scale_and_the_current_frame_only(viewer_widget, qtbot, monkeypatch):
     viewer, widget = viewer_widget
     fake = _fake_enhancer("nearest2")
-    monkeypatch.setattr(widget, "enhancer", lambda settings: fake)
+    monkeypatch.setattr(widget, "enhancers", EnhancerPool(lambda settings: fake))
     data = _stack(4, 32)
     layer = viewer.add_image(data, name="cells", scale=(1.0, 0.2, 0.2))
     viewer.dims.set_current_step(0, 2)
@@ -101,7 +102,7 @@ def test_x2_model_result_scale_and_the_current_frame_only(viewer_widget, qtbot, 
 def test_cancel_stops_between_frames_and_adds_nothing(viewer_widget, qtbot, monkeypatch):
     viewer, widget = viewer_widget
     fake = _fake_enhancer("plus1", delay=0.05)
-    monkeypatch.setattr(widget, "enhancer", lambda settings: fake)
+    monkeypatch.setattr(widget, "enhancers", EnhancerPool(lambda settings: fake))
     viewer.add_image(_stack(60, 16), name="long")
     worker = widget.run()
     qtbot.waitUntil(lambda: widget.progress.value() >= 2, timeout=TIMEOUT_MS)
@@ -133,7 +134,7 @@ def test_errors_go_to_notifications_and_the_widget_recovers(viewer_widget, qtbot
 def test_follow_enhances_the_frame_on_screen_and_appended_frames(viewer_widget, qtbot, monkeypatch):
     viewer, widget = viewer_widget
     fake = _fake_enhancer("plus1")
-    monkeypatch.setattr(widget, "enhancer", lambda settings: fake)
+    monkeypatch.setattr(widget, "enhancers", EnhancerPool(lambda settings: fake))
     data = _stack(3, 24)
     layer = viewer.add_image(data, name="live")
     viewer.dims.set_current_step(0, 0)
@@ -183,3 +184,105 @@ def test_sample_data_and_manifest():
     assert meta["scale"] == (0.04, 0.04)
     ((stack, meta, _),) = sample_timelapse()
     assert stack.shape == (6, 256, 256) and len(meta["scale"]) == 3
+
+
+def test_current_frame_run_writes_the_frame_on_screen_when_it_started(viewer_widget, qtbot,
+                                                                      monkeypatch):  # fmt: skip
+    viewer, widget = viewer_widget
+    fake = _fake_enhancer("plus1")
+    monkeypatch.setattr(widget, "enhancers", EnhancerPool(lambda settings: fake))
+    data = _stack(3, 16)
+    layer = viewer.add_image(data, name="cells")
+    widget.run()  # all frames: the result layer exists
+    _wait_idle(qtbot, widget)
+    result = viewer.layers["cells [CycleSR reference-cyclegan x1]"]
+    new = _stack(3, 16, seed=4)
+    layer.data = new
+    viewer.layers.selection.active = layer
+    viewer.dims.set_current_step(0, 2)
+    widget.frames.setCurrentIndex(1)  # current frame: 2
+    widget.run()
+    viewer.dims.set_current_step(0, 0)  # the user scrolls before the result arrives
+    _wait_idle(qtbot, widget)
+    np.testing.assert_array_equal(result.data[2], new[2] + 1)
+    np.testing.assert_array_equal(result.data[0], data[0] + 1)  # untouched
+
+
+def test_follow_drops_a_result_of_data_replaced_while_it_ran(viewer_widget, qtbot, monkeypatch):
+    viewer, widget = viewer_widget
+    fake = _fake_enhancer("plus1", delay=0.3)
+    monkeypatch.setattr(widget, "enhancers", EnhancerPool(lambda settings: fake))
+    old, new = _stack(3, 16), _stack(3, 16, seed=5)
+    layer = viewer.add_image(old, name="live")
+    viewer.dims.set_current_step(0, 0)
+    widget.follow.setChecked(True)  # a worker enhances old[0] ...
+    assert widget.follower.busy
+    viewer.dims.set_current_step(0, 1)
+    layer.data = new  # ... while the data are replaced
+    _wait_idle(qtbot, widget)
+    result = viewer.layers["live [CycleSR reference-cyclegan x1 live]"]
+    assert widget.follower.done == {(1,)}  # old[0]'s result was dropped
+    np.testing.assert_array_equal(result.data[1], new[1] + 1)
+    assert not result.data[0].any()
+    viewer.dims.set_current_step(0, 0)
+    _wait_idle(qtbot, widget)
+    np.testing.assert_array_equal(result.data[0], new[0] + 1)
+    other = _stack(2, 12, seed=6)  # another frame size, a worker in flight: no broadcast error
+    viewer.dims.set_current_step(0, 2)
+    qtbot.waitUntil(lambda: widget.follower.busy, timeout=TIMEOUT_MS)
+    layer.data = other
+    _wait_idle(qtbot, widget)
+    assert result.data.shape == (2, 12, 12)
+
+
+def test_a_run_and_follow_with_other_settings_keep_their_own_engines(viewer_widget, qtbot,
+                                                                     monkeypatch):  # fmt: skip
+    viewer, widget = viewer_widget
+    opened: list[Enhancer] = []
+
+    def open_(self):
+        opened.append(_fake_enhancer("plus1", delay=0.02))
+        return opened[-1]
+
+    monkeypatch.setattr(Settings, "open", open_)
+    monkeypatch.setattr(widget, "enhancers", EnhancerPool())
+    errors: list[str] = []
+    monkeypatch.setattr(_widget, "show_error", errors.append)
+    monkeypatch.setattr(_follow, "show_error", errors.append)
+    data = _stack(12, 16)
+    layer = viewer.add_image(data, name="cells")
+    widget.tile.setValue(0)
+    widget.run()  # all frames, settings A ...
+    qtbot.waitUntil(lambda: widget.progress.value() >= 1, timeout=TIMEOUT_MS)
+    widget.tile.setValue(64)
+    widget.follow.setChecked(True)  # ... and follow with settings B at the same time
+    for t in range(1, 4):
+        viewer.dims.set_current_step(0, t)
+        qtbot.waitUntil(lambda: not widget.follower.busy, timeout=TIMEOUT_MS)
+    _wait_idle(qtbot, widget)
+    assert errors == []
+    np.testing.assert_array_equal(viewer.layers["cells [CycleSR reference-cyclegan x1]"].data,
+                                  data + 1)  # fmt: skip
+    assert len(opened) == 2  # one per settings, not one per frame
+    assert opened[0]._closed and not opened[1]._closed  # the run's closed once done
+    widget.follow.setChecked(False)
+    layer.data = data
+
+
+def test_follow_growth_copies_amortised(viewer_widget, qtbot, monkeypatch):
+    viewer, widget = viewer_widget
+    fake = _fake_enhancer("plus1")
+    monkeypatch.setattr(widget, "enhancers", EnhancerPool(lambda settings: fake))
+    frames = _stack(40, 8)
+    layer = viewer.add_image(frames[:1], name="live")
+    widget.follow.setChecked(True)
+    _wait_idle(qtbot, widget)
+    result = viewer.layers["live [CycleSR reference-cyclegan x1 live]"]
+    buffers = set()
+    for n in range(2, 41):  # the acquisition appends a frame at a time
+        layer.data = frames[:n]
+        _wait_idle(qtbot, widget)
+        assert result.data.shape == (n, 8, 8) and (n - 1,) in widget.follower.done
+        buffers.add(id(result.data.base if result.data.base is not None else result.data))
+    assert len(buffers) <= 7  # capacity doubles: ~log2(40) reallocations, not 40
+    np.testing.assert_array_equal(result.data, frames + 1)

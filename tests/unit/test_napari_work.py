@@ -7,6 +7,8 @@ import pytest
 
 from cyclesr_deploy.errors import InputError
 from cyclesr_deploy.napari._work import (
+    EnhancerPool,
+    Settings,
     as_frame,
     frame_indices,
     new_output,
@@ -46,3 +48,32 @@ def test_new_output_and_name():
     assert new_output((10, 12), np.float64, 1).dtype == np.float32
     assert result_name("cells", "D:\\models\\my-model\\", 2) == "cells [CycleSR my-model x2]"
     assert result_name("cells", "reference-cyclegan", 1, follow=True).endswith("x1 live]")
+
+
+class _Closable:
+    def __init__(self, settings):
+        self.settings, self.closed = settings, False
+
+    def close(self):
+        self.closed = True
+
+
+def test_enhancer_pool_closes_an_enhancer_only_when_its_last_user_is_done():
+    pool = EnhancerPool(_Closable)
+    a, b = Settings(tile=0), Settings(tile=64)
+    with pool.use(a) as ea:
+        with pool.use(b) as eb:  # other settings while a is in use: a stays open
+            assert not ea.closed
+            with pool.use(b) as eb2:
+                assert eb2 is eb
+        assert not ea.closed and not eb.closed  # b: the latest, kept for the next frame
+    assert ea.closed and not eb.closed  # a's last user is done, b is the latest
+    with pool.use(b) as again:
+        assert again is eb  # not reopened
+    with pool.use(a) as ea2:
+        assert ea2 is not ea and eb.closed  # b idle and no longer the latest
+    assert not ea2.closed
+    pool.close()
+    assert ea2.closed
+    with pytest.raises(RuntimeError, match="closed"), pool.use(a):
+        pass

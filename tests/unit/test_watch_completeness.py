@@ -17,7 +17,7 @@ import cyclesr_deploy.runtime.watch as watch_mod
 from cyclesr_deploy.model import GeneratorConfig, ModelConfig, NormalizationConfig
 from cyclesr_deploy.runtime.pipeline import MANIFEST_NAME, EnhanceConfig, enhance_files
 from cyclesr_deploy.runtime.watch import WatchConfig, probe_pages, watch_folder
-from tests.conftest import FakeEngine
+from tests.conftest import FakeEngine, fail_first_stack_append
 
 
 def _model():
@@ -200,14 +200,20 @@ def test_partial_two_channel_ome_is_refused_from_its_announcement(tmp_path):
     assert whole is not None and "2 channels" in whole
 
 
-def test_disk_full_on_a_stack_output_is_a_named_failure(tmp_path, monkeypatch):
+def _old_stack(tmp_path: Path, n: int) -> Path:
+    """``tmp_path/in/s.tif``: an n-page stack last written 30 s ago; the folder."""
     inp = tmp_path / "in"
     inp.mkdir()
     with tifffile.TiffWriter(inp / "s.tif") as tw:
-        for i in range(2):
+        for i in range(n):
             tw.write(np.full((16, 16), i, np.uint16), metadata=None)
     past = time.time() - 30
     os.utime(inp / "s.tif", (past, past))
+    return inp
+
+
+def test_disk_full_on_a_stack_output_is_a_named_failure(tmp_path, monkeypatch):
+    inp = _old_stack(tmp_path, 2)
 
     real_write = tifffile.TiffWriter.write
 
@@ -286,3 +292,21 @@ def test_announced_tzyx_stack_keeps_its_axes_and_ome_metadata(tmp_path):
     with open_frames(tmp_path / "out" / "s.ome.tif") as reader:
         assert (reader.info.axes, reader.info.shape) == ("TZYX", (2, 3, 32, 32))
         assert reader.info.kind == "ome" and reader.info.pixel_size_um == pytest.approx(0.25)
+
+
+def test_a_failed_append_closes_the_writer_and_the_pages_are_redone(tmp_path, monkeypatch):
+    """The shared stack writer: an append that raises before writing (a frame of another
+    shape) still closes the TiffWriter (Windows could not remove its .part else); watch pages
+    are read again, so the stack comes out whole, recorded failed (never "done") with why."""
+    inp = _old_stack(tmp_path, 3)
+    made = fail_first_stack_append(monkeypatch, at=1)
+    cfg = WatchConfig(poll=0.02, stable=0.05, idle=0.2, use_events=False, exit_idle=0.5)
+    final = watch_folder(inp, tmp_path / "out", FakeEngine("plus1"), _model(), cfg,
+                         EnhanceConfig(tile=0))  # fmt: skip
+    assert made[0]._tw is None  # closed by abort()
+    assert final.failed == 1 and not final.ok
+    out = tifffile.imread(tmp_path / "out" / "s.tif")
+    assert [int(f.max()) for f in out] == [1, 2, 3]  # pages 0-1 read again: nothing lost
+    entry = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())["files"]
+    stack = entry[str((inp / "s.tif").resolve())]
+    assert stack["status"] == "failed" and "expected another shape" in stack["error"]
