@@ -79,10 +79,10 @@ class CycleSRWidget(QWidget):
         self.backend = QComboBox()
         self.backend.addItems(BACKENDS)
         self.tile = QSpinBox()
-        self.tile.setRange(0, 65536)
+        self.tile.setRange(-1, 65536)  # -1: auto (sized to the machine), 0: the whole frame
         self.tile.setSingleStep(64)
-        self.tile.setValue(512)
-        self.tile.setSpecialValueText("whole frame")
+        self.tile.setValue(-1)
+        self.tile.setSpecialValueText("auto")
         self.overlap = QSpinBox()
         self.overlap.setRange(-1, 65536)
         self.overlap.setValue(-1)
@@ -135,7 +135,7 @@ class CycleSRWidget(QWidget):
         return Settings(
             model=self.model.currentText(),
             backend=self.backend.currentText(),
-            tile=self.tile.value(),
+            tile="auto" if self.tile.value() < 0 else self.tile.value(),
             overlap=None if overlap < 0 else overlap,
             tiling=self.tiling.currentText(),
         )

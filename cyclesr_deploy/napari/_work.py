@@ -10,7 +10,7 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -42,7 +42,7 @@ class Settings:
 
     model: str = DEFAULT_MODEL
     backend: str = "auto"
-    tile: int = 512
+    tile: int | Literal["auto"] = "auto"  # as cyclesr enhance: sized to the machine; 0: whole
     overlap: int | None = None
     tiling: str = "auto"
     whole_max_px: int = WHOLE_MAX_PX  # not in the form: the default of cyclesr enhance
@@ -52,7 +52,7 @@ class Settings:
         return Enhancer(
             self.model.strip() or None,
             self.backend,
-            tile=self.tile,
+            tile=self.tile,  # type: ignore[arg-type]
             overlap=self.overlap,
             tiling=self.tiling,  # type: ignore[arg-type]
             whole_max_px=self.whole_max_px,

@@ -117,7 +117,7 @@ class AcquisitionHook:
         model: str | Path | None = None,
         backend: str = "auto",
         *,
-        precision: str = "auto",
+        precision: str = "default",
         device: str = "auto",
         config: HookConfig | None = None,
         enhance: EnhanceConfig | None = None,
