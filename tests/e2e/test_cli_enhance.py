@@ -56,7 +56,7 @@ def test_enhance_folder_then_rerun_skips(tmp_path, rng, fake_model):
     assert res.exit_code == 0, res.output
     assert "fake engine (identity)" in _text(res)  # the selection reason
     assert "a.tif" in res.output and "done" in res.output
-    assert opened[0][1] == "auto" and opened[0][2]["precision"] == "auto"
+    assert opened[0][1] == "auto" and opened[0][2]["precision"] == "default"
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "a.tif"), a)
     manifest = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())
     assert manifest["config"]["tile"] == 16 and manifest["engine"] == "fake[identity]"
