@@ -36,6 +36,7 @@ cluster configuration file.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import logging
@@ -43,7 +44,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -501,13 +502,62 @@ def _named(path: Path, exc: BaseException | None) -> str:
     return text if text.startswith(str(path)) else f"{path}: {text}"
 
 
+class BlocksDone:
+    """The blocks of a Zarr output done, as sorted, disjoint ``[first, last]`` runs: what the
+    manifest records as ``blocks_done``. Blocks finish in about their order, so an entry saved
+    after every block stays a few runs long; one number per block made each save grow with
+    the stack (the saves of a run quadratic in its blocks). Reads either form (block numbers:
+    manifests written before runs)."""
+
+    def __init__(self, recorded: Iterable[Any] = ()) -> None:
+        self.runs: list[list[int]] = []
+        self._count = 0
+        for item in recorded:
+            first, last = item if isinstance(item, list | tuple) else (item, item)
+            for b in range(int(first), int(last) + 1):
+                self.add(b)
+
+    def _after(self, b: int) -> int:
+        """The index of the first run that starts after block ``b``."""
+        return bisect.bisect_right(self.runs, b, key=lambda run: run[0])
+
+    def __contains__(self, b: object) -> bool:
+        if not isinstance(b, int):
+            return False
+        i = self._after(b)
+        return i > 0 and self.runs[i - 1][1] >= b
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, b: int) -> None:
+        if b in self:
+            return
+        i = self._after(b)
+        joins_left = i > 0 and self.runs[i - 1][1] == b - 1
+        joins_right = i < len(self.runs) and self.runs[i][0] == b + 1
+        if joins_left and joins_right:
+            self.runs[i - 1][1] = self.runs.pop(i)[1]
+        elif joins_left:
+            self.runs[i - 1][1] = b
+        elif joins_right:
+            self.runs[i][0] = b
+        else:
+            self.runs.insert(i, [b, b])
+        self._count += 1
+
+    def record(self) -> list[list[int]]:
+        """The runs, copied (the manifest's ``blocks_done``)."""
+        return [list(run) for run in self.runs]
+
+
 class _File:
     """The client's view of one input: its tasks, what is done, how it ends."""
 
     def __init__(self, job: Any, info: StackInfo, out_info: StackInfo) -> None:
         self.job, self.info, self.out_info = job, info, out_info
         self.pending: set[Any] = set()
-        self.blocks_done: set[int] = set()
+        self.blocks_done = BlocksDone()
         self.frames = 0  # enhanced in this run
         self.error: str | None = None
         self.zarr: ZarrOutput | None = None
@@ -663,7 +713,7 @@ class _ClusterRun:
                 and f.zarr.part.is_dir()
             )
             if reusable:
-                f.blocks_done = set(entry.get("blocks_done", ()))
+                f.blocks_done = BlocksDone(entry.get("blocks_done", ()))
             else:
                 f.zarr.create()
             blocks = range(-(-n // f.block))
@@ -725,7 +775,7 @@ class _ClusterRun:
             settings=self.digest,
             block=f.block,
             n_blocks=-(-f.info.n_frames // f.block),
-            blocks_done=sorted(f.blocks_done),
+            blocks_done=f.blocks_done.record(),
             input_size=job.size,
             input_mtime_ns=job.mtime_ns,
         )

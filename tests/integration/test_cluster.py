@@ -22,6 +22,7 @@ from cyclesr_deploy.builtin import DEFAULT_MODEL, builtin_model
 from cyclesr_deploy.engines import open_engine
 from cyclesr_deploy.model import load_model
 from cyclesr_deploy.runtime.cluster import (
+    BlocksDone,
     EngineRecipe,
     enhance_on_cluster,
     load_cluster_file,
@@ -159,7 +160,7 @@ def test_client_stopped_then_rerun_computes_only_what_is_missing(client, inputs,
         )
     entry = next(iter(json.loads((out / MANIFEST_NAME).read_text())["files"].values()))
     assert entry["status"] == "partial" and entry["n_blocks"] == 5
-    recorded = len(entry["blocks_done"])
+    recorded = len(BlocksDone(entry["blocks_done"]))
     assert recorded >= 2  # the 4 frames seen: 2 blocks of 2
     assert not (out / "s.ome.zarr").exists()  # only complete outputs carry the final name
 
@@ -194,22 +195,22 @@ def test_client_killed_then_the_same_command_resumes(client, tmp_path):
         stderr=subprocess.DEVNULL,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
     )
-    recorded: list[int] = []
+    killed = False
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:
         with_entries = (out / MANIFEST_NAME).is_file() and json.loads(
             (out / MANIFEST_NAME).read_text() or "{}"
         ).get("files")
         entry = next(iter(with_entries.values()), {}) if with_entries else {}
-        if len(entry.get("blocks_done", ())) >= 2:
+        if len(BlocksDone(entry.get("blocks_done", ()))) >= 2:
             proc.kill()
             proc.wait()
-            recorded = entry["blocks_done"]
+            killed = True
             break
         time.sleep(0.02)
-    assert recorded, "the run ended before the test could kill it"
+    assert killed, "the run ended before the test could kill it"
     entry = next(iter(json.loads((out / MANIFEST_NAME).read_text())["files"].values()))
-    recorded = entry["blocks_done"]  # what the killed client had saved
+    recorded = BlocksDone(entry["blocks_done"])  # what the killed client had saved
     assert entry["status"] == "partial" and len(recorded) < 20
 
     from typer.testing import CliRunner

@@ -68,3 +68,18 @@ def test_settings_digest_follows_the_model_content(tmp_path):
     onnx = next(folder.glob("*.onnx"))
     onnx.write_bytes(onnx.read_bytes() + b"\0")  # re-exported in place
     assert cluster._settings_digest(recipe, cfg, 8) != before
+
+
+def test_blocks_done_are_recorded_as_runs_and_read_in_either_form():
+    done = cluster.BlocksDone()
+    for b in (3, 0, 1, 5, 2, 9, 4, 2):  # out of order, one twice
+        done.add(b)
+    assert done.record() == [[0, 5], [9, 9]] and len(done) == 7
+    assert 4 in done and 6 not in done and 9 in done and 10 not in done
+    many = cluster.BlocksDone()  # a long stack done in order: one run, each save stays short
+    for b in range(5000):
+        many.add(b)
+    assert many.record() == [[0, 4999]] and len(many) == 5000
+    old = cluster.BlocksDone([0, 1, 2, 7])  # a manifest written with block numbers
+    assert old.record() == [[0, 2], [7, 7]]
+    assert len(cluster.BlocksDone(old.record())) == 4
