@@ -96,6 +96,7 @@ def _enhance_here(
     cfg: Any,
     backend: Backend,
     precision: Precision,
+    threads: int | None,
     progress: Any,
     on_progress: Any,
     lock: Any,
@@ -109,6 +110,7 @@ def _enhance_here(
         model,
         backend=backend.value,
         precision=precision.value,
+        threads=threads,
         tiling=cfg.engine_tiling,
         stats=cfg.stats,
         frames=lambda: _frame_shapes(paths),
@@ -152,6 +154,13 @@ def enhance(
         help="Numeric precision of the engine (default: FP16 on an NVIDIA GPU, FP32 on the "
         "CPU; auto: on the CPU with OpenVINO the fastest reduced precision recorded by "
         "`cyclesr export precision` within the quality gate, else as default).",
+    ),
+    threads: int | None = typer.Option(
+        None,
+        min=1,
+        help="CPU threads of the engine (default: all cores; with --cluster local:N, cores/N "
+        "per worker). OpenVINO's output depends on it (its reductions split by thread: up to "
+        "1 uint16 level); ONNX Runtime's does not.",
     ),
     tile: int | None = typer.Option(
         None,
@@ -277,8 +286,9 @@ def enhance(
                 from cyclesr_deploy.runtime.cluster import EngineRecipe, enhance_on_cluster
 
                 recipe = EngineRecipe.for_run(
-                    model, cluster, backend.value, precision.value, cfg, _frame_shapes(paths)
-                )
+                    model, cluster, backend.value, precision.value, cfg, _frame_shapes(paths),
+                    threads,
+                )  # fmt: skip
                 err.print(f"cluster: {escape(cluster)}", highlight=False)
                 with progress:
                     summary = enhance_on_cluster(
@@ -287,8 +297,8 @@ def enhance(
                     )  # fmt: skip
             else:
                 summary = _enhance_here(
-                    paths, out_dir, model, model_cfg, cfg, backend, precision, progress,
-                    on_progress, lock,
+                    paths, out_dir, model, model_cfg, cfg, backend, precision, threads,
+                    progress, on_progress, lock,
                 )  # fmt: skip
     except KeyboardInterrupt:
         err.print(

@@ -107,12 +107,15 @@ class EngineRecipe:
         precision: str,
         cfg: EnhanceConfig,
         frames: Sequence[tuple[int, int]],
+        threads: int | None = None,
     ) -> EngineRecipe:
         """The recipe of a run: ``local:N`` gives each engine cores / N CPU threads (whatever
         the backend: a CPU engine on a GPU host too); on other clusters each worker shares its
-        host's cores with the workers beside it (:func:`worker_threads`, on the worker)."""
+        host's cores with the workers beside it (:func:`worker_threads`, on the worker);
+        ``threads`` (``--threads``) overrides both."""
         kind, value = parse_cluster(cluster)
-        threads = cpu_threads(value) if kind == "local" else None
+        if threads is None and kind == "local":
+            threads = cpu_threads(value)
         if kind == "local" and backend in _GPU_BACKENDS and not visible_gpus():
             log.warning(
                 "--backend %s needs a GPU but none is visible (CUDA_VISIBLE_DEVICES, the CUDA "

@@ -62,8 +62,10 @@ def _stack(n: int, seed: int) -> np.ndarray:
 
 
 def _single(inputs, out_dir, cfg):
-    """The single-process reference (``cyclesr enhance`` without a cluster)."""
-    with open_engine(MODEL, tiling=cfg.engine_tiling, stats=cfg.stats) as engine:
+    """The single-process reference (``cyclesr enhance --threads 1`` without a cluster): the same
+    engine settings as the workers' (one thread each), since OpenVINO's output depends on its
+    thread count (its reductions split by thread: up to ~2e-5 of the range, 1 level)."""
+    with open_engine(MODEL, tiling=cfg.engine_tiling, stats=cfg.stats, threads=1) as engine:
         summary = enhance_files(inputs, out_dir, engine, load_model(MODEL), cfg)
     assert summary.ok, summary.files
     return summary
@@ -260,6 +262,8 @@ def test_local_workers_get_one_gpu_each_or_a_share_of_the_cores(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     recipe = EngineRecipe.for_run(MODEL, "local:4", "auto", "auto", EnhanceConfig(), [(8, 8)])
     assert recipe.threads == 2 and recipe.frames == ((8, 8),)
+    recipe = EngineRecipe.for_run(MODEL, "local:4", "auto", "auto", EnhanceConfig(), [], 1)
+    assert recipe.threads == 1  # --threads: the setting a single-process run can repeat
 
 
 def test_cluster_specs_and_the_example_slurm_file():
