@@ -249,7 +249,7 @@ class OnnxFrozenEngine:
 
     def __repr__(self) -> str:
         state = "open" if self._tile is not None else "closed"
-        return f"OnnxFrozenEngine({str(self.model_dir)!r}, {self.name}, {state})"
+        return f"{type(self).__name__}({str(self.model_dir)!r}, {self.name}, {state})"
 
 
 class OpenVINOFrozenEngine(OnnxFrozenEngine):

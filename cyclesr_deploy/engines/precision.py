@@ -61,7 +61,10 @@ class PrecisionRecord(BaseModel):
     )
     device: str = "CPU"
     cpu: str = ""
-    frame_size: int = Field(ge=1, description="side of the timed and checked frames, px")
+    frame_size: int = Field(ge=1, description="side of the checked frames, px")
+    time_frame_size: int | None = Field(
+        default=None, ge=1, description="side of the timed frame, px (None: recorded before)"
+    )
     frames: int = Field(ge=1, description="synthetic test frames")
     ms: float = Field(ge=0, description="median ms per frame at this precision")
     fp32_ms: float = Field(ge=0, description="median ms per frame at FP32, same run")
