@@ -387,9 +387,12 @@ class FrameRunner:
         whole = self._whole_fits(shape)
         if whole or self.tiling is None:  # one tile of the padded frame
             tiling = cfg.model_copy(update={"tile": 0}).tiling(self.model, shape)
-        elif self.budget is not None:  # auto: the largest tile, trimmed to this shape
+        elif self.budget is not None and not self._fixed_tile:  # auto: trimmed to this shape
             t, m = self.tiling, self.model.size_multiple
-            trimmed = tuple(trimmed_tile(n, t.tile_shape[0], t.overlap, m) for n in shape)
+            least = max(spec.min_tile) if spec.min_tile is not None else 0  # the engine's floor
+            trimmed = tuple(
+                max(least, trimmed_tile(n, t.tile_shape[0], t.overlap, m)) for n in shape
+            )
             tiling = replace(t, tile=trimmed) if min(trimmed) > t.overlap + m else t
         else:
             tiling = self.tiling
@@ -423,6 +426,13 @@ class FrameRunner:
             stats = plan_tiles(shape, untiled)
         return FramePlan(mode, tiles, batch, stats)
 
+    @property
+    def _fixed_tile(self) -> bool:
+        """Whether the engine takes one tile size only (a static TensorRT engine): the auto
+        tile is then never trimmed below it."""
+        lo, hi = self.spec.min_tile, self.spec.max_tile
+        return lo is not None and hi is not None and tuple(lo) == tuple(hi)
+
     def _whole_fits(self, shape: tuple[int, int]) -> bool:
         """``auto``: whether a frame runs whole instead of tiled (see
         ``EnhanceConfig.whole_max_px``): InstanceNorm generator, tiles smaller than the frame,
@@ -434,7 +444,10 @@ class FrameRunner:
         h, w = (-(-n // m) * m for n in shape)
         if h <= self.tile_side and w <= self.tile_side:
             return False  # one tile already covers it
-        if h * w > cfg.whole_max_px or spec.shape[2] is not None or spec.shape[3] is not None:
+        limit = cfg.whole_max_px  # 0: always tile; auto tile: lowered to the free memory too
+        if self.budget is not None:
+            limit = min(limit, self.budget.budget_px)
+        if h * w > limit or spec.shape[2] is not None or spec.shape[3] is not None:
             return False
         if spec.shape[0] not in (None, 1):
             return False  # a fixed batch > 1 would run mostly zero padding around one frame
