@@ -52,16 +52,22 @@ def tile_budget(
     whole_max_px: int,
     spec: TensorSpec | None = None,
     free_bytes: int | None = -1,
+    settled: int | None = None,
 ) -> TileBudget:
     """The largest square tile (multiple of the size multiple) within the budget and the
-    engine's ``max_tile``. ``free_bytes`` -1: measured now (:func:`available_memory`)."""
+    engine's ``max_tile`` (and at least its ``min_tile``). ``free_bytes`` -1: measured now
+    (:func:`available_memory`); ``settled``: a budget measured before (``EnhanceConfig.
+    tile_budget_px``: the cluster client's), used as it is."""
     m = model.size_multiple
     budget = whole_max_px or ALWAYS_TILE_PX
     reason = f"{budget / 1e6:.1f} MP per engine call (--whole-max-px)"
     if not whole_max_px:
         reason = f"{budget / 1e6:.2f} MP per engine call (--whole-max-px 0: always tile)"
-    free = available_memory() if free_bytes == -1 else free_bytes
-    if free is not None:
+    free = available_memory() if free_bytes == -1 and settled is None else free_bytes
+    if settled is not None:
+        budget = settled
+        reason = f"{budget / 1e6:.2f} MP per engine call (settled when the run started)"
+    elif free is not None:
         by_memory = free // 2 // bytes_per_px(model)
         if by_memory < budget:
             budget = max(m * m, by_memory)

@@ -159,3 +159,29 @@ def test_whole_max_px_0_always_tiles(monkeypatch):
     low = FrameRunner(Identity(), MODEL, EnhanceConfig())
     assert low.budget.budget_px == 1024 * 1024
     assert low.plan((1500, 1500)).mode != "whole"
+
+
+def test_the_auto_budget_is_settled_once_and_recorded(monkeypatch, tmp_path):
+    """The runner settles the auto tile's budget (free memory measured once) into its cfg, so
+    the manifest records it; a settled budget is used as it is, whatever the free memory."""
+    import json
+
+    import tifffile
+
+    from cyclesr_deploy.runtime.manifest import MANIFEST_NAME
+    from cyclesr_deploy.runtime.pipeline import enhance_files
+
+    monkeypatch.setattr(ts, "available_memory", lambda: 2 * ts.bytes_per_px(MODEL) * 1024 * 1024)
+    runner = FrameRunner(Identity(), MODEL, EnhanceConfig(tiling_mode="naive"))
+    assert runner.cfg.tile_budget_px == 1024 * 1024 and runner.tile_side == 1024
+    monkeypatch.setattr(ts, "available_memory", lambda: 1 << 40)  # more memory later/elsewhere
+    again = FrameRunner(Identity(), MODEL, runner.cfg)
+    assert again.tile_side == 1024
+    assert again.plan((3000, 2000)).tiles == runner.plan((3000, 2000)).tiles
+    frame = tmp_path / "in" / "f.tif"
+    frame.parent.mkdir()
+    tifffile.imwrite(frame, np.full((64, 64), 100, np.uint16))
+    enhance_files([frame], tmp_path / "out", Identity(), MODEL, EnhanceConfig(tiling_mode="naive"))
+    header = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text("utf-8"))
+    assert header["config"]["tile"] == "auto"
+    assert header["config"]["tile_budget_px"] == 2048 * 2048  # plenty of memory: whole_max_px
