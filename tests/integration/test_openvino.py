@@ -248,3 +248,30 @@ def test_export_precision_records_both_frame_sizes_and_its_int8_runs(model_dir, 
     rec = out["records"]["openvino/int8"]
     assert (rec.frame_size, rec.time_frame_size) == (64, 96)
     OpenVINOEngine(folder, precision="int8")  # not refused: recorded from this generator.onnx
+
+
+def test_precision_auto_reaches_whole_frames_of_the_frozen_engine_and_says_so(model_dir):
+    """The default built-in model has frozen graphs, so a tiled run gets OpenVINO's frozen
+    engine: `--precision auto` runs its whole frames at the gate's precision (it once ran them
+    at FP32, silently), its frozen statistics and tiles at FP32, and the selection says both."""
+    from cyclesr_deploy.engines.precision import read_records
+
+    if not read_records(model_dir):
+        pytest.skip("the built-in model has no precision records")
+    gated = open_engine(model_dir, "openvino", precision="auto", tiling="auto")
+    plain = open_engine(model_dir, "openvino", precision="auto")
+    assert isinstance(gated, OpenVINOFrozenEngine)
+    assert gated.whole_precision == plain.precision != "fp32"
+    reason = gated.selection.reason
+    assert f"frames that run whole: {plain.precision} (precision auto:" in reason
+    assert "frozen statistics and tiles: fp32" in reason
+    default = open_engine(model_dir, "openvino", tiling="auto")  # reduced precision is opt-in
+    assert default.whole_precision == "fp32" and "frames that run whole: fp32" in str(
+        default.selection.reason
+    )
+    ort = open_engine(model_dir, "onnxruntime", precision="auto", tiling="auto")
+    assert "fp32 throughout" in ort.selection.reason
+    x = tiles(6)[0][:1]
+    with gated, default:
+        y, ref = np.array(gated.infer(x), copy=True), default.infer(x)
+    assert 0 < np.abs(y - ref).max() < 0.5  # really the reduced whole-frame graph, still close
