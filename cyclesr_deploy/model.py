@@ -414,7 +414,7 @@ class ModelFolder:
 
     def digest(self, name: str | Path) -> str:
         """sha256 of file ``name`` of the folder, cached by (size, mtime_ns)."""
-        return cached_digest(self, self.path / name)
+        return cached_digest(self, self.file(name))
 
     def content_digest(self) -> str:
         """What the model computes, as a short digest: the sha256 of ``model.json`` and of
@@ -432,4 +432,14 @@ class ModelFolder:
         (paths, or names inside the folder) whose sha256 differs from ``export.json``'s record;
         a folder without records runs with one warning per folder and process. Digests are
         cached by (size, mtime_ns): a file is hashed once per change, not per run."""
-        verify_artifacts(self, [self.path / f for f in files])
+        verify_artifacts(self, [self.file(f) for f in files])
+
+    def file(self, name: str | Path) -> Path:
+        """The path of ``name``: a name inside the folder, or a path already (absolute, or
+        relative and starting with a relative folder's path, e.g. ``m/generator.onnx`` of
+        ``ModelFolder("m")``: joined again it would name ``m/m/generator.onnx``)."""
+        p = Path(name)
+        n = len(self.path.parts)
+        if p.is_absolute() or (not self.path.is_absolute() and p.parts[:n] == self.path.parts):
+            return p
+        return self.path / p

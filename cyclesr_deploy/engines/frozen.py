@@ -53,6 +53,7 @@ from cyclesr_deploy.engines.openvino_engine import (
     compile_graph,
     import_openvino,
 )
+from cyclesr_deploy.engines.precision import ONNX_BY_CPU_PRECISION
 from cyclesr_deploy.engines.torch_engine import TorchEngine
 from cyclesr_deploy.errors import InputError, require
 from cyclesr_deploy.model import FROZEN_ONNX, ONNX_FILES, WEIGHTS, ModelFolder, load_model
@@ -161,7 +162,7 @@ class OnnxFrozenEngine:
         """Create both sessions (idempotent) and check that their statistics layouts agree."""
         if self._tile is not None:
             return
-        plain = self.model_dir / ONNX_FILES["ab"]
+        plain = self._whole_graph()
         if plain.is_file():  # infer() opens it on first use: refuse a changed one before any work
             ModelFolder(self.model_dir).verify(plain)
         stats = self._session(self.model_dir / FROZEN_ONNX["stats"])
@@ -232,9 +233,9 @@ class OnnxFrozenEngine:
         for frames that run whole: one pass of ``generator.onnx`` when the folder has it (the
         same network; no statistics pass), else the two graphs per sample."""
         self._require_open()
-        plain = self.model_dir / ONNX_FILES["ab"]
+        plain = self._whole_graph()
         if self._plain is None and plain.is_file():
-            self._plain = self._session(plain)
+            self._plain = self._whole_session(plain)
             self._plain_in = self._plain.get_inputs()[0].name
         if self._plain is not None:
             return self._plain.run(None, {self._plain_in: np.ascontiguousarray(batch)})[0]
@@ -247,15 +248,35 @@ class OnnxFrozenEngine:
             ]
         )
 
+    def _whole_graph(self) -> Path:
+        """The graph of frames that run whole (:meth:`infer`)."""
+        return self.model_dir / ONNX_FILES["ab"]
+
+    def _whole_session(self, path: Path) -> Any:
+        return self._session(path)
+
     def __repr__(self) -> str:
         state = "open" if self._tile is not None else "closed"
-        return f"OnnxFrozenEngine({str(self.model_dir)!r}, {self.name}, {state})"
+        return f"{type(self).__name__}({str(self.model_dir)!r}, {self.name}, {state})"
 
 
 class OpenVINOFrozenEngine(OnnxFrozenEngine):
     """:class:`~cyclesr_deploy.engines.frozen.OnnxFrozenEngine` (same arguments, statistics
     estimates and buffer contract) on OpenVINO, FP32: ``generator.stats.onnx`` +
-    ``generator.tile.onnx``, and ``generator.onnx`` for whole frames."""
+    ``generator.tile.onnx``; frames that run whole at ``whole_precision`` (``fp32``, or the
+    precision gate's ``bf16``/``int8``: ``generator.onnx`` with the bf16 hint or
+    ``generator.int8.onnx``; the gate measures those whole-frame graphs, not the frozen pair)."""
+
+    def __init__(
+        self, model_dir: str | Path, *, whole_precision: str = "fp32", **kwargs: Any
+    ) -> None:
+        if whole_precision not in ONNX_BY_CPU_PRECISION:
+            raise InputError(
+                f"whole_precision must be one of {', '.join(ONNX_BY_CPU_PRECISION)}, "
+                f"not {whole_precision!r}"
+            )
+        self.whole_precision = whole_precision
+        super().__init__(model_dir, **kwargs)
 
     def _init_backend(self, providers: str | Sequence[str]) -> None:
         import_openvino()
@@ -263,7 +284,15 @@ class OpenVINOFrozenEngine(OnnxFrozenEngine):
         self.requested = [self.device]
 
     def _label(self, device: str) -> str:
-        return f"openvino[{device},frozen-stats]"
+        whole = "" if self.whole_precision == "fp32" else f",whole {self.whole_precision}"
+        return f"openvino[{device},frozen-stats{whole}]"
+
+    def _whole_graph(self) -> Path:
+        return self.model_dir / ONNX_BY_CPU_PRECISION[self.whole_precision]
+
+    def _whole_session(self, path: Path) -> Any:
+        config = compile_config(self.whole_precision, self.threads, "CPU")
+        return OvSession(compile_graph(path, self.model_dir, self.device, config), self.device)
 
     def _session(self, path: Path) -> Any:
         compiled = compile_graph(
@@ -334,6 +363,7 @@ def open_frozen_engine(
     threads: int | None = None,
     stats: StatsEstimate = "auto",
     frames: Sequence[tuple[int, int]] = (),
+    whole_precision: str = "fp32",
 ) -> Any:
     """A frozen-statistics engine for ``model_dir`` (not entered): ``tensorrt`` needs the two
     TensorRT engines (:mod:`cyclesr_deploy.engines.tensorrt_frozen`; statistics always from the
@@ -341,6 +371,8 @@ def open_frozen_engine(
     ``torch`` the weights; ``auto`` prefers OpenVINO (when installed), then ONNX Runtime, on the
     CPU when the graphs exist, else torch.
     ``frames``: the (H, W) sizes to come, which the TensorRT statistics engine must hold.
+    ``whole_precision`` (OpenVINO): the precision of frames that run whole (the gate's choice);
+    the frozen pair runs FP32.
     InputError when neither can run (the message says how to export the graphs); ONNX Runtime
     and TensorRT run FP32 only."""
     model_dir = Path(model_dir)
@@ -371,7 +403,7 @@ def open_frozen_engine(
             raise InputError(f"frozen statistics with {backend} run fp32 only")
         if backend == "openvino":
             engine: OnnxFrozenEngine | TorchFrozenEngine = OpenVINOFrozenEngine(
-                model_dir, providers="cpu", threads=threads
+                model_dir, providers="cpu", threads=threads, whole_precision=whole_precision
             )
         else:
             engine = OnnxFrozenEngine(model_dir, providers=[CPU_EP], threads=threads)

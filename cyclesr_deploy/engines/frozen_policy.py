@@ -19,6 +19,10 @@ engine to look at it:
   which the frame runner warns about); else the two graphs on the CPU when exported (OpenVINO
   when installed and the backend is auto or openvino, else ONNX Runtime);
   else the plain engine (with a warning for backend onnxruntime, saying how to export them).
+
+The OpenVINO frozen engine runs frames that run whole at the precision ``open_engine``'s
+precision rule gives OpenVINO (``--precision auto``: the gate's choice; default: fp32) and its
+frozen statistics and tiles at fp32; the selection says which part runs at what, and why.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ UNKNOWN_FRAMES = (
     "sizes): use --tiling frozen (tiling='frozen') to take the TensorRT frozen engines anyway"
 )
 FrameShapes = Sequence[tuple[int, int]] | Callable[[], Sequence[tuple[int, int]]]
+#: the OpenVINO precision of frames that run whole: () -> (precision or None, how, refused)
+WholePrecision = Callable[[], tuple[str | None, str, list[tuple[str, str]]]]
 
 
 @dataclass
@@ -82,6 +88,33 @@ def _tensorrt(
     return engine, ""
 
 
+def _whole_precision(
+    engine: Any, gate: WholePrecision, rejected: list[tuple[str, str]]
+) -> tuple[Any, str]:
+    """(engine, what precision each part runs and why): an OpenVINO frozen engine runs frames
+    that run whole at the precision the gate allows (``gate()``: precision, how chosen,
+    refused), re-created for it; its frozen statistics and tiles, and every other CPU frozen
+    engine, FP32 (never silently: the selection says it)."""
+    from cyclesr_deploy.engines.frozen import OpenVINOFrozenEngine, open_frozen_engine
+
+    if isinstance(engine, OpenVINOFrozenEngine):
+        whole, how, refused = gate()
+        whole = whole or "fp32"
+        rejected += [(f"openvino-{p}", w) for p, w in refused]
+        if whole != engine.whole_precision:
+            stats, threads = engine.stats, engine.threads
+            engine = open_frozen_engine(
+                engine.model_dir, "openvino", stats=stats, threads=threads, whole_precision=whole
+            )
+        return engine, (
+            f"frames that run whole: {whole} ({how}); frozen statistics and tiles: fp32 (the "
+            "precision gate measures the whole-frame graphs only)"
+        )
+    if str(getattr(engine, "name", "")).startswith("onnxruntime"):
+        return engine, "fp32 throughout (ONNX Runtime on the CPU)"
+    return engine, f"precision: {getattr(engine, 'precision', 'fp32')}"
+
+
 def choose_frozen(
     model_dir: Path,
     model: ModelConfig,
@@ -96,6 +129,7 @@ def choose_frozen(
     tensorrt_installed: Callable[[], bool],
     no_cuda: Callable[[], str | None],
     openvino_installed: Callable[[], bool] = lambda: False,
+    whole_precision: WholePrecision = lambda: ("fp32", "fp32", []),
 ) -> FrozenChoice:
     """Apply the policy of the module docstring. ``gpu_plan()``: whether ``backend="auto"``
     would pick a GPU engine (the auto order's plan, probed); ``tensorrt_installed()``,
@@ -116,7 +150,9 @@ def choose_frozen(
     if tiling == "frozen":
         shapes = _shapes(frames) if backend == "tensorrt" else ()
         engine = open_frozen_engine(model_dir, backend, frames=shapes, **kwargs)
-        return FrozenChoice(engine, f"--tiling frozen: {engine.selection}")
+        rejected: list[tuple[str, str]] = []
+        engine, parts = _whole_precision(engine, whole_precision, rejected)
+        return FrozenChoice(engine, f"--tiling frozen: {engine.selection}; {parts}", rejected)
     choice = FrozenChoice()
     fp32_ok = precision in ("auto", "fp32")
     if backend in ("auto", "tensorrt") and fp32_ok:
@@ -139,7 +175,8 @@ def choose_frozen(
             if backend == "auto":
                 cpu = "openvino" if openvino_installed() else "onnxruntime"
             engine = open_frozen_engine(model_dir, cpu, stats=stats, threads=threads)
-            return FrozenChoice(engine, f"tiled run: {engine.selection}", choice.rejected)
+            engine, parts = _whole_precision(engine, whole_precision, choice.rejected)
+            return FrozenChoice(engine, f"tiled run: {engine.selection}; {parts}", choice.rejected)
         label = "openvino-frozen" if backend == "openvino" else "onnxruntime-frozen"
         choice.rejected.append((label, missing))
         if backend != "auto":

@@ -33,6 +33,7 @@ from cyclesr_deploy.engines.precision import (
     ONNX_BY_CPU_PRECISION,
     OPENVINO_PRECISIONS,
     cpu_cannot_run,
+    stale_int8,
 )
 from cyclesr_deploy.errors import InputError, require
 from cyclesr_deploy.integrity import user_cache_dir
@@ -130,9 +131,13 @@ class OpenVINOEngine:
         model_dir: a model folder (``precision`` picks ``generator.onnx`` or
             ``generator.int8.onnx``).
         precision: ``"fp32"``, ``"bf16"`` (CPUs with avx512_bf16/AMX; refused elsewhere),
-            ``"int8"`` or ``"fp16"`` (an Intel GPU).
-        device: OpenVINO device, ``"CPU"`` (default) or ``"GPU"`` (Intel integrated/discrete).
+            ``"int8"`` (refused unless ``export.json`` records it as quantized from the current
+            ``generator.onnx``) or ``"fp16"`` (an Intel GPU only; refused on the CPU).
+        device: OpenVINO device, ``"CPU"`` (default) or ``"GPU"`` (Intel integrated/discrete;
+            from Python only, untested).
         threads: CPU inference threads (None: OpenVINO's default, one per physical core).
+        check_int8_record: False only for ``cyclesr export precision``, which measures the
+            graph it has just quantized before recording it.
 
     Buffer contract: the array returned by ``infer`` is the request's output tensor,
     overwritten by the next call.
@@ -147,6 +152,7 @@ class OpenVINOEngine:
         precision: str = "fp32",
         device: str = "CPU",
         threads: int | None = None,
+        check_int8_record: bool = True,
     ) -> None:
         self.model_dir = Path(model_dir)
         if not self.model_dir.is_dir():
@@ -167,9 +173,18 @@ class OpenVINOEngine:
         import_openvino()
         device = device.upper()
         if device == "CPU":
+            if precision == "fp16":
+                raise InputError(
+                    "precision 'fp16' is for an Intel GPU (device='GPU'); OpenVINO's CPU plugin "
+                    "runs fp32, bf16 or int8"
+                )
             why = cpu_cannot_run(precision, capabilities(device))
             if why:
                 raise InputError(f"precision {precision!r}: {why}; use fp32 or int8")
+        if precision == "int8" and check_int8_record:
+            why = stale_int8(self.model_dir)
+            if why:
+                raise InputError(f"precision 'int8': {why}")
         self.precision, self.device, self.threads = precision, device, threads
         g = self.model.generator
         self.input_spec = TensorSpec(

@@ -61,7 +61,10 @@ class PrecisionRecord(BaseModel):
     )
     device: str = "CPU"
     cpu: str = ""
-    frame_size: int = Field(ge=1, description="side of the timed and checked frames, px")
+    frame_size: int = Field(ge=1, description="side of the checked frames, px")
+    time_frame_size: int | None = Field(
+        default=None, ge=1, description="side of the timed frame, px (None: recorded before)"
+    )
     frames: int = Field(ge=1, description="synthetic test frames")
     ms: float = Field(ge=0, description="median ms per frame at this precision")
     fp32_ms: float = Field(ge=0, description="median ms per frame at FP32, same run")
@@ -87,12 +90,12 @@ class PrecisionRecord(BaseModel):
 
     def failures(self) -> list[str]:
         """Why this record fails the gate (empty: it passes)."""
-        why = []
-        if self.psnr_loss_db > MAX_PSNR_LOSS_DB:
+        why = []  # `not (x <= limit)`: a NaN fails (any comparison with NaN is False)
+        if not self.psnr_loss_db <= MAX_PSNR_LOSS_DB:
             why.append(f"PSNR vs ground truth -{self.psnr_loss_db:.3f} dB > {MAX_PSNR_LOSS_DB}")
-        if self.ssim_loss > MAX_SSIM_LOSS:
+        if not self.ssim_loss <= MAX_SSIM_LOSS:
             why.append(f"SSIM vs ground truth -{self.ssim_loss:.4f} > {MAX_SSIM_LOSS}")
-        if self.psnr_vs_fp32_db < MIN_PSNR_VS_FP32_DB:
+        if not self.psnr_vs_fp32_db >= MIN_PSNR_VS_FP32_DB:
             why.append(f"{self.psnr_vs_fp32_db:.1f} dB vs FP32 < {MIN_PSNR_VS_FP32_DB}")
         return why
 
@@ -132,6 +135,22 @@ def cpu_cannot_run(precision: str, capabilities: tuple[str, ...]) -> str | None:
         return "this CPU has no avx512_bf16/AMX (OpenVINO reports no BF16): bf16 would be emulated"
     if precision == "int8" and "INT8" not in capabilities:
         return "OpenVINO reports no INT8 support on this CPU"
+    return None
+
+
+def stale_int8(model_dir: str | Path, backend: str = "openvino") -> str | None:
+    """Why the int8 graph must not run (an explicit ``precision="int8"``): no record of it, or a
+    record quantized from another ``generator.onnx`` (re-exported since); None when current."""
+    folder = ModelFolder(model_dir)
+    rec = read_records(model_dir).get(record_key(backend, "int8"))
+    rerun = f"re-run: cyclesr export precision {folder.path}"
+    if rec is None:
+        return f"{ONNX_BY_CPU_PRECISION['int8']} has no precision record ({rerun})"
+    if rec.source_sha256 != _source_digest(folder):
+        return (
+            f"{ONNX_BY_CPU_PRECISION['int8']} was quantized from another {ONNX_FILES['ab']} "
+            f"(re-exported since; {rerun})"
+        )
     return None
 
 

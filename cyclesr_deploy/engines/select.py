@@ -354,6 +354,7 @@ def open_engine(
         tensorrt_installed=lambda: module_available("tensorrt"),
         openvino_installed=lambda: module_available("openvino"),
         no_cuda=probe.no_cuda,
+        whole_precision=lambda: probe.openvino_precision(precision),
     )
     for warning in frozen.warnings:  # before the plain engine, which may fail
         log.warning("frozen statistics: %s", warning)

@@ -597,6 +597,10 @@ def enhance_on_cluster(
     model = recipe.model_config()
     if cfg.tile:
         cfg.tiling(model)  # bad tile/overlap: refused before any task
+    if cfg.tile == "auto" and cfg.tile_budget_px is None:  # settled here: one tile on every worker
+        budget = cfg.tile_budget(model)
+        cfg = cfg.model_copy(update={"tile_budget_px": budget.budget_px})
+        log.info("tile auto for every worker: up to %d px (%s)", budget.side, budget.reason)
     engine_name = f"dask ({cluster or 'client'}): {recipe.backend} engine per worker"
     header = manifest_header(model.name, engine_name, cfg.model_dump(mode="json"), cluster=cluster)
     with held(out_dir, lock, CLUSTER_COMMAND):

@@ -129,6 +129,10 @@ class EnhanceConfig(BaseModel):
     tiling_mode: Literal["auto", "frozen", "naive"] = "auto"
     whole_max_px: int = Field(default=WHOLE_MAX_PX, ge=0)
     stats: Literal["auto", "crops", "whole"] = "auto"
+    # tile "auto": its budget, px per engine call, once settled (None: the frame runner measures
+    # it, whole_max_px lowered to the free memory, and records it in its cfg, so manifests say
+    # it; the cluster client settles it so that every worker uses the same tiles)
+    tile_budget_px: int | None = Field(default=None, ge=1)
     # files (OME-Zarr, issue 16): the output format (same as the input, tiff or zarr) and the
     # pyramid levels of a Zarr output (each 2x smaller, from the stored full resolution)
     output_format: Literal["same", "tiff", "zarr"] = "same"
@@ -179,7 +183,7 @@ class EnhanceConfig(BaseModel):
     def tile_budget(self, model: ModelConfig, spec: TensorSpec | None = None) -> TileBudget:
         """``tile="auto"``: the largest tile within ``whole_max_px`` per engine call, the free
         memory and the engine (:func:`~cyclesr_deploy.runtime.tile_size.tile_budget`)."""
-        return tile_budget(model, self.whole_max_px, spec)
+        return tile_budget(model, self.whole_max_px, spec, settled=self.tile_budget_px)
 
     @property
     def engine_tiling(self) -> str:
@@ -312,6 +316,10 @@ class FrameRunner:
         if spec.channels != 1:
             raise InputError(f"the model takes {spec.channels} channels; only 1 is supported")
         cfg = fit_to_engine(cfg or EnhanceConfig(), spec)
+        self.budget = cfg.tile_budget(model, spec) if cfg.tile == "auto" else None
+        if self.budget is not None:  # settled: the manifest records it (cfg), results follow it
+            cfg = cfg.model_copy(update={"tile_budget_px": self.budget.budget_px})
+            log.info("tile auto: tiles up to %d px (%s)", self.budget.side, self.budget.reason)
         self.engine, self.model, self.cfg, self.spec = engine, model, cfg, spec
         self.frozen_capable = isinstance(engine, FrozenStatsEngine)
         if cfg.tiling_mode == "frozen" and not self.frozen_capable:
@@ -322,7 +330,6 @@ class FrameRunner:
             )
         self.instance_norm = model.generator.norm == "instance"
         self._warned: set[str] = set()
-        self.budget = cfg.tile_budget(model, spec) if cfg.tile == "auto" else None
         side = self.budget.side if self.budget is not None else int(cfg.tile)
         self.tile_side = side  # the tile (auto: the largest), px; 0: whole frames
         self.tiling = cfg.model_copy(update={"tile": side}).tiling(model) if side else None
@@ -387,9 +394,12 @@ class FrameRunner:
         whole = self._whole_fits(shape)
         if whole or self.tiling is None:  # one tile of the padded frame
             tiling = cfg.model_copy(update={"tile": 0}).tiling(self.model, shape)
-        elif self.budget is not None:  # auto: the largest tile, trimmed to this shape
+        elif self.budget is not None and not self._fixed_tile:  # auto: trimmed to this shape
             t, m = self.tiling, self.model.size_multiple
-            trimmed = tuple(trimmed_tile(n, t.tile_shape[0], t.overlap, m) for n in shape)
+            least = max(spec.min_tile) if spec.min_tile is not None else 0  # the engine's floor
+            trimmed = tuple(
+                max(least, trimmed_tile(n, t.tile_shape[0], t.overlap, m)) for n in shape
+            )
             tiling = replace(t, tile=trimmed) if min(trimmed) > t.overlap + m else t
         else:
             tiling = self.tiling
@@ -423,6 +433,13 @@ class FrameRunner:
             stats = plan_tiles(shape, untiled)
         return FramePlan(mode, tiles, batch, stats)
 
+    @property
+    def _fixed_tile(self) -> bool:
+        """Whether the engine takes one tile size only (a static TensorRT engine): the auto
+        tile is then never trimmed below it."""
+        lo, hi = self.spec.min_tile, self.spec.max_tile
+        return lo is not None and hi is not None and tuple(lo) == tuple(hi)
+
     def _whole_fits(self, shape: tuple[int, int]) -> bool:
         """``auto``: whether a frame runs whole instead of tiled (see
         ``EnhanceConfig.whole_max_px``): InstanceNorm generator, tiles smaller than the frame,
@@ -434,7 +451,10 @@ class FrameRunner:
         h, w = (-(-n // m) * m for n in shape)
         if h <= self.tile_side and w <= self.tile_side:
             return False  # one tile already covers it
-        if h * w > cfg.whole_max_px or spec.shape[2] is not None or spec.shape[3] is not None:
+        limit = cfg.whole_max_px  # 0: always tile; auto tile: lowered to the free memory too
+        if self.budget is not None:
+            limit = min(limit, self.budget.budget_px)
+        if h * w > limit or spec.shape[2] is not None or spec.shape[3] is not None:
             return False
         if spec.shape[0] not in (None, 1):
             return False  # a fixed batch > 1 would run mostly zero padding around one frame

@@ -6,7 +6,7 @@ that fits the memory budget of one engine call and the engine (a multiple of the
 multiple, within a static engine's ``max_tile``), then, per frame shape, trimmed to the smallest
 tile that needs no more tiles along each axis (the same number of tiles, less overlap and
 padding). The budget is ``EnhanceConfig.whole_max_px`` pixels per engine call (the whole-frame
-budget; its default when 0), lowered to half the free memory at
+budget; :data:`ALWAYS_TILE_PX` when 0, "always tile"), lowered to half the free memory at
 :data:`BYTES_PER_PX_NGF64` bytes per input pixel (scaled by the generator's width).
 
 :func:`describe` says what a plan implies (tiles, overlap fraction, computed pixels per frame
@@ -27,6 +27,8 @@ BYTES_PER_PX_NGF64 = 1024
 #: EnhanceConfig.whole_max_px's default: the whole-frame budget, px per frame (4.2 MP: ~4 GiB of
 #: fp32 activations for the ngf-64 generator); also the auto tile's budget per engine call
 WHOLE_MAX_PX = 2048 * 2048
+#: the auto tile's budget per engine call under ``whole_max_px`` 0 (always tile): 512^2 tiles
+ALWAYS_TILE_PX = 512 * 512
 
 
 @dataclass(frozen=True)
@@ -50,14 +52,22 @@ def tile_budget(
     whole_max_px: int,
     spec: TensorSpec | None = None,
     free_bytes: int | None = -1,
+    settled: int | None = None,
 ) -> TileBudget:
     """The largest square tile (multiple of the size multiple) within the budget and the
-    engine's ``max_tile``. ``free_bytes`` -1: measured now (:func:`available_memory`)."""
+    engine's ``max_tile`` (and at least its ``min_tile``). ``free_bytes`` -1: measured now
+    (:func:`available_memory`); ``settled``: a budget measured before (``EnhanceConfig.
+    tile_budget_px``: the cluster client's), used as it is."""
     m = model.size_multiple
-    budget = whole_max_px or WHOLE_MAX_PX
+    budget = whole_max_px or ALWAYS_TILE_PX
     reason = f"{budget / 1e6:.1f} MP per engine call (--whole-max-px)"
-    free = available_memory() if free_bytes == -1 else free_bytes
-    if free is not None:
+    if not whole_max_px:
+        reason = f"{budget / 1e6:.2f} MP per engine call (--whole-max-px 0: always tile)"
+    free = available_memory() if free_bytes == -1 and settled is None else free_bytes
+    if settled is not None:
+        budget = settled
+        reason = f"{budget / 1e6:.2f} MP per engine call (settled when the run started)"
+    elif free is not None:
         by_memory = free // 2 // bytes_per_px(model)
         if by_memory < budget:
             budget = max(m * m, by_memory)
@@ -66,6 +76,9 @@ def tile_budget(
     if spec is not None and spec.max_tile is not None and min(spec.max_tile) < side:
         side = min(spec.max_tile) // m * m
         reason += f"; the engine's maximum tile {spec.max_tile[0]}x{spec.max_tile[1]}"
+    if spec is not None and spec.min_tile is not None and max(spec.min_tile) > side:
+        side = max(spec.min_tile)
+        reason += f"; the engine's minimum tile {spec.min_tile[0]}x{spec.min_tile[1]}"
     return TileBudget(side, budget, reason)
 
 

@@ -273,12 +273,15 @@ class WatchWorker:
     ) -> None:
         self.out_dir, self.engine, self.cfg = out_dir, engine, cfg
         self.stop, self.on_frame = stop, on_frame
-        header = manifest_header(
-            model.name, engine.name, ecfg.model_dump(mode="json"), watch=cfg.model_dump(mode="json")
+        runner = FrameRunner(engine, model, ecfg)  # the frame runner: its one construction
+        header = manifest_header(  # runner.cfg: the settings as run (the auto tile's budget)
+            model.name,
+            engine.name,
+            runner.cfg.model_dump(mode="json"),
+            watch=cfg.model_dump(mode="json"),
         )
         manifest = Manifest(out_dir, header, interval=1.0)
         self.state = State(out_dir, cfg, manifest)
-        runner = FrameRunner(engine, model, ecfg)  # the frame runner: its one construction
         self.outputs = Outputs(self.state, runner, model.scale, self._done)
         self.backlog = _Backlog(self.state, self.outputs)
         self.latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)

@@ -346,3 +346,27 @@ def test_whole_file_task_run_again_after_its_rename_is_done(tmp_path):
     first = _frames(tmp_path / "out" / "a.tif")
     assert run_block(task, _recipe(cfg), cfg) == 2  # the retry
     np.testing.assert_array_equal(_frames(tmp_path / "out" / "a.tif"), first)
+
+
+def test_the_client_settles_the_auto_tile_for_every_worker(monkeypatch, tmp_path):
+    """tile auto: the budget is measured once, on the client, and sent in the settings: a
+    worker with other free memory uses the same tiles (and the manifest records it)."""
+    from cyclesr_deploy.runtime import cluster as cl
+    from cyclesr_deploy.runtime import tile_size as ts
+
+    seen = []
+
+    class Run(cl._ClusterRun):
+        def run(self, client, jobs):
+            seen.append(self.cfg)
+
+    monkeypatch.setattr(cl, "_ClusterRun", Run)
+    model = load_model(MODEL)
+    monkeypatch.setattr(ts, "available_memory", lambda: 2 * ts.bytes_per_px(model) * 1024 * 1024)
+    frame = tmp_path / "f.tif"
+    tifffile.imwrite(frame, _stack(1, 0)[0])
+    cfg = EnhanceConfig()
+    enhance_on_cluster([frame], tmp_path / "out", _recipe(cfg), cfg, client=object())
+    assert seen[0].tile == "auto" and seen[0].tile_budget_px == 1024 * 1024
+    header = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text("utf-8"))
+    assert header["config"]["tile_budget_px"] == 1024 * 1024

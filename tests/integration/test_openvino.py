@@ -207,3 +207,71 @@ def test_reduced_precisions_run_and_are_close(model_dir, caplog):
         with caplog.at_level(logging.INFO), OpenVINOEngine(model_dir, precision="bf16") as e:
             y = e.infer(x)
         assert 0 < np.abs(y - ref).max() < 0.1  # really reduced, still close
+
+
+def test_a_stale_int8_graph_is_refused_when_asked_for(model_dir, tmp_path):
+    """`cyclesr export onnx --overwrite` leaves generator.int8.onnx of the old graph: an explicit
+    int8 refuses it (the gate already did), naming the command that re-quantizes."""
+    folder = tmp_path / "m"
+    shutil.copytree(model_dir, folder)
+    data = json.loads((folder / EXPORT_JSON).read_text("utf-8"))
+    data["precisions"]["openvino/int8"]["source_sha256"] = "0" * 64  # quantized from another
+    (folder / EXPORT_JSON).write_text(json.dumps(data), "utf-8")
+    for make in (lambda: OpenVINOEngine(folder, precision="int8"),
+                 lambda: open_engine(folder, "openvino", precision="int8")):  # fmt: skip
+        with pytest.raises(InputError, match="quantized from another generator") as err:
+            make()
+        assert f"cyclesr export precision {folder}" in str(err.value)
+    del data["precisions"]["openvino/int8"]
+    (folder / EXPORT_JSON).write_text(json.dumps(data), "utf-8")
+    with pytest.raises(InputError, match="no precision record"):
+        OpenVINOEngine(folder, precision="int8")
+
+
+def test_fp16_on_the_cpu_is_refused_and_repr_names_the_class(model_dir):
+    with pytest.raises(InputError, match="Intel GPU"):
+        OpenVINOEngine(model_dir, precision="fp16")
+    assert repr(OpenVINOFrozenEngine(model_dir)).startswith("OpenVINOFrozenEngine(")
+
+
+def test_export_precision_records_both_frame_sizes_and_its_int8_runs(model_dir, tmp_path):
+    """The record says the checked (``size``) and the timed (``time_size``) frame sides; the
+    graph it has just quantized then runs by name (its record is current)."""
+    pytest.importorskip("nncf")
+    from cyclesr_deploy.export.precision_check import check_precisions
+
+    folder = tmp_path / "m"
+    shutil.copytree(model_dir, folder)
+    out = check_precisions(
+        folder, ("int8",), frames=1, size=64, time_size=96, rounds=1, calibration=2
+    )
+    rec = out["records"]["openvino/int8"]
+    assert (rec.frame_size, rec.time_frame_size) == (64, 96)
+    OpenVINOEngine(folder, precision="int8")  # not refused: recorded from this generator.onnx
+
+
+def test_precision_auto_reaches_whole_frames_of_the_frozen_engine_and_says_so(model_dir):
+    """The default built-in model has frozen graphs, so a tiled run gets OpenVINO's frozen
+    engine: `--precision auto` runs its whole frames at the gate's precision (it once ran them
+    at FP32, silently), its frozen statistics and tiles at FP32, and the selection says both."""
+    from cyclesr_deploy.engines.precision import read_records
+
+    if not read_records(model_dir):
+        pytest.skip("the built-in model has no precision records")
+    gated = open_engine(model_dir, "openvino", precision="auto", tiling="auto")
+    plain = open_engine(model_dir, "openvino", precision="auto")
+    assert isinstance(gated, OpenVINOFrozenEngine)
+    assert gated.whole_precision == plain.precision != "fp32"
+    reason = gated.selection.reason
+    assert f"frames that run whole: {plain.precision} (precision auto:" in reason
+    assert "frozen statistics and tiles: fp32" in reason
+    default = open_engine(model_dir, "openvino", tiling="auto")  # reduced precision is opt-in
+    assert default.whole_precision == "fp32" and "frames that run whole: fp32" in str(
+        default.selection.reason
+    )
+    ort = open_engine(model_dir, "onnxruntime", precision="auto", tiling="auto")
+    assert "fp32 throughout" in ort.selection.reason
+    x = tiles(6)[0][:1]
+    with gated, default:
+        y, ref = np.array(gated.infer(x), copy=True), default.infer(x)
+    assert 0 < np.abs(y - ref).max() < 0.5  # really the reduced whole-frame graph, still close

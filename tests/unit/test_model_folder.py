@@ -92,6 +92,28 @@ def test_swapped_onnx_is_refused_before_any_output(tmp_path):
         assert not out.exists() or not list(out.glob("*.tif*"))
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_a_flipped_byte_is_refused_through_a_relative_folder(tmp_path, monkeypatch, backend):
+    """`-m ./m`: the check finds the records of a relative folder too (it once joined the folder
+    twice, saw an unrecorded file and ran with a warning)."""
+    from cyclesr_deploy.engines import open_engine
+
+    if backend == "openvino":
+        pytest.importorskip("openvino")
+    folder = _copy("reference-cyclegan", tmp_path, "m")
+    onnx = folder / ONNX_FILES["ab"]
+    data = bytearray(onnx.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, one byte flipped
+    onnx.write_bytes(bytes(data))
+    monkeypatch.chdir(tmp_path)
+    for path in ("m", "./m", Path("m")):
+        engine = open_engine(path, backend=backend, precision="fp32")
+        with pytest.raises(InputError, match="sha256 differs"), engine:
+            pass
+    assert ModelFolder("m").file(Path("m") / ONNX_FILES["ab"]) == Path("m") / ONNX_FILES["ab"]
+    assert ModelFolder("m").file(ONNX_FILES["ab"]) == Path("m") / ONNX_FILES["ab"]
+
+
 def test_every_graph_the_engine_opens_is_checked(tmp_path):
     """A folder that would run one network whole (generator.onnx) and another tiled
     (generator.tile.onnx): the frozen engine refuses the tile graph."""

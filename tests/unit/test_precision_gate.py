@@ -84,6 +84,13 @@ def test_each_criterion_refuses(folder, field, value, words):
     assert choice.precision == "fp32" and words in dict(choice.rejected)["int8"]
 
 
+@pytest.mark.parametrize("field", ["psnr_gt_db", "ssim_gt", "psnr_vs_fp32_db"])
+def test_a_nan_in_a_record_fails_the_gate(folder, field):
+    write_records(folder, int8=record("int8", **{field: float("nan")}))
+    choice = gate.choose_precision(folder, ALL)
+    assert choice.precision == "fp32" and "quality gate" in dict(choice.rejected)["int8"]
+
+
 def test_a_refused_fast_precision_falls_back_to_the_next(folder):
     write_records(folder, int8=record("int8", ms=50.0, psnr_gt_db=20.0), bf16=record("bf16"))
     choice = gate.choose_precision(folder, ALL)

@@ -54,7 +54,8 @@ def test_trimmed_tile_keeps_the_count_and_is_the_smallest(length, cap):
 def test_budget_from_whole_max_px_memory_and_engine():
     plenty = 1 << 40
     assert ts.tile_budget(MODEL, 2048 * 2048, free_bytes=plenty).side == 2048
-    assert ts.tile_budget(MODEL, 0, free_bytes=plenty).side == 2048  # 0: the default budget
+    zero = ts.tile_budget(MODEL, 0, free_bytes=plenty)  # 0: always tile, small tiles
+    assert zero.side == 512 and "always tile" in zero.reason
     assert ts.tile_budget(MODEL, 1000 * 1000, free_bytes=plenty).side == 1000
     low = ts.tile_budget(MODEL, 2048 * 2048, free_bytes=2 * 256 * 1024 * 1024)  # 1 MP fits
     assert low.side == 1024 and "free memory" in low.reason
@@ -99,3 +100,88 @@ def test_auto_tiling_validates_like_a_number():
     assert EnhanceConfig.model_validate({"tile": "auto"}).tile == "auto"
     with pytest.raises(ValueError):
         EnhanceConfig(tile=-1)
+
+
+class StaticEngine(Identity):
+    """A static TensorRT engine's spec (the default `cyclesr export tensorrt`): H = W = 512,
+    min tile = max tile, batch up to 4."""
+
+    def __init__(self):
+        self.input_spec = TensorSpec(
+            "input", (None, 1, 512, 512), np.dtype("float32"), 4, 1,
+            max_batch=4, max_tile=(512, 512), min_tile=(512, 512),
+        )  # fmt: skip
+        self.shapes = []
+
+    def infer(self, batch):
+        self.shapes.append(batch.shape)
+        return batch
+
+
+@pytest.mark.parametrize("free", [1 << 40, 64 << 20])  # plenty, or a budget below the engine's
+@pytest.mark.parametrize("shape", [(1024, 1024), (700, 900), (2000, 1500)])
+def test_auto_tile_runs_on_a_static_engine(monkeypatch, shape, free):
+    """The auto tile is the engine's tile: never trimmed below its minimum (which refused every
+    tiled frame: 'tiles of 448x448 px are below this engine's minimum of 512x512')."""
+    monkeypatch.setattr(ts, "available_memory", lambda: free)
+    engine = StaticEngine()
+    runner = FrameRunner(engine, MODEL, EnhanceConfig(tiling_mode="naive"))
+    assert runner.tile_side == 512
+    assert runner.plan(shape).tiles.tile_shape == (512, 512)
+    frame = np.random.default_rng(1).integers(0, 60000, shape, dtype=np.uint16)
+    out = runner(frame)
+    assert out.shape == frame.shape and np.abs(out.astype(int) - frame).max() <= 1
+    assert {s[2:] for s in engine.shapes} == {(512, 512)}
+
+
+def test_a_dynamic_engines_minimum_tile_bounds_the_trim(monkeypatch):
+    monkeypatch.setattr(ts, "available_memory", lambda: 1 << 40)
+    engine = Identity((1024, 1024))
+    engine.input_spec = TensorSpec(
+        "input", (None, 1, None, None), np.dtype("float32"), 4, 1,
+        max_tile=(1024, 1024), min_tile=(640, 640),
+    )  # fmt: skip
+    runner = FrameRunner(engine, MODEL, EnhanceConfig(tiling_mode="naive"))
+    for shape in [(1100, 1100), (700, 1500), (3000, 2000)]:
+        assert min(runner.plan(shape).tiles.tile_shape) >= 640
+
+
+def test_whole_max_px_0_always_tiles(monkeypatch):
+    """`--whole-max-px 0` = always tile (the help's promise): a 2048^2 frame is tiled, the auto
+    tile from a small budget; and a frame over the memory-lowered budget never runs whole."""
+    monkeypatch.setattr(ts, "available_memory", lambda: 1 << 40)
+    runner = FrameRunner(Identity(), MODEL, EnhanceConfig(whole_max_px=0, tiling_mode="auto"))
+    plan = runner.plan((2048, 2048))
+    assert runner.tile_side == 512 and plan.mode != "whole" and len(plan.tiles.tiles) > 1
+    assert runner.plan((600, 600)).mode != "whole"
+    # little free memory: 1 MP per call; a 1500^2 frame (within whole_max_px) is tiled
+    monkeypatch.setattr(ts, "available_memory", lambda: 2 * ts.bytes_per_px(MODEL) * 1024 * 1024)
+    low = FrameRunner(Identity(), MODEL, EnhanceConfig())
+    assert low.budget.budget_px == 1024 * 1024
+    assert low.plan((1500, 1500)).mode != "whole"
+
+
+def test_the_auto_budget_is_settled_once_and_recorded(monkeypatch, tmp_path):
+    """The runner settles the auto tile's budget (free memory measured once) into its cfg, so
+    the manifest records it; a settled budget is used as it is, whatever the free memory."""
+    import json
+
+    import tifffile
+
+    from cyclesr_deploy.runtime.manifest import MANIFEST_NAME
+    from cyclesr_deploy.runtime.pipeline import enhance_files
+
+    monkeypatch.setattr(ts, "available_memory", lambda: 2 * ts.bytes_per_px(MODEL) * 1024 * 1024)
+    runner = FrameRunner(Identity(), MODEL, EnhanceConfig(tiling_mode="naive"))
+    assert runner.cfg.tile_budget_px == 1024 * 1024 and runner.tile_side == 1024
+    monkeypatch.setattr(ts, "available_memory", lambda: 1 << 40)  # more memory later/elsewhere
+    again = FrameRunner(Identity(), MODEL, runner.cfg)
+    assert again.tile_side == 1024
+    assert again.plan((3000, 2000)).tiles == runner.plan((3000, 2000)).tiles
+    frame = tmp_path / "in" / "f.tif"
+    frame.parent.mkdir()
+    tifffile.imwrite(frame, np.full((64, 64), 100, np.uint16))
+    enhance_files([frame], tmp_path / "out", Identity(), MODEL, EnhanceConfig(tiling_mode="naive"))
+    header = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text("utf-8"))
+    assert header["config"]["tile"] == "auto"
+    assert header["config"]["tile_budget_px"] == 2048 * 2048  # plenty of memory: whole_max_px
