@@ -232,7 +232,9 @@ def test_auto_on_this_cpu_machine_picks_openvino_else_onnxruntime_cpu(model_dir)
     if sel.module_available("openvino"):  # the tiny model has no precision records: fp32
         assert sel_.backend == "openvino" and engine.name == "openvino[CPU,fp32]"
         assert [label for label, _ in sel_.rejected][:3] == gpu
-        assert "no reduced precision passes" in sel_.reason
+        assert "fp32 (the default" in sel_.reason  # reduced precision is opt-in
+        auto = open_engine(model_dir, precision="auto").selection  # no records: the gate says so
+        assert "no reduced precision passes" in auto.reason
         return
     assert sel_.backend == "onnxruntime" and isinstance(engine, OnnxRuntimeEngine)
     assert [label for label, _ in sel_.rejected] == [*gpu, "openvino-cpu"]

@@ -91,9 +91,9 @@ def pipeline(model_dir, frame, cfg, backends=("onnxruntime", "openvino")):
 def test_whole_pipeline_close_to_onnxruntime(model_dir, shape, tile):
     """Through the frame runner to uint16 (whole frame; tile 512 runs the 1200x1000 frame
     whole too, through the frozen engine's plain graph) on a micrograph in the model's range:
-    the mean difference from ONNX Runtime is within 1e-4 of the output range (measured ~1
-    uint16 level of 38296); the largest is 8 levels (2.1e-4): OpenVINO's own FP32 rounding,
-    4.1e-4 max against float64 PyTorch where ONNX Runtime has 1.3e-4 (max 7.8 and 2.5 levels)."""
+    within 3 uint16 levels of ONNX Runtime FP32, which is itself 3 levels from float64 here
+    (OpenVINO: 1, see below; 8 from ONNX Runtime before the outer InstanceNorms were
+    rewritten, engines/openvino_engine.precise_norms)."""
     from tests.integration.test_cross_path import micrograph
 
     model = load_model(model_dir)
@@ -101,9 +101,52 @@ def test_whole_pipeline_close_to_onnxruntime(model_dir, shape, tile):
     cfg = EnhanceConfig(tile=tile, stats="whole")
     outs = pipeline(model_dir, frame, cfg)
     diff = np.abs(outs["openvino"] - outs["onnxruntime"])
-    span = model.normalization.high_b - model.normalization.low_b
-    assert diff.mean() <= 1e-4 * span, diff.mean()
-    assert diff.max() <= 3e-4 * span, diff.max()
+    assert diff.max() <= 3 and diff.mean() <= 0.4, (diff.max(), diff.mean())
+
+
+def float64_errors(model_dir, frame: np.ndarray) -> dict[str, float]:
+    """Max error of ONNX Runtime and OpenVINO FP32 (whole ``frame``) against float64 PyTorch."""
+    torch = pytest.importorskip("torch")
+    from cyclesr_deploy.engines.torch_engine import TorchEngine
+
+    model = load_model(model_dir)
+    x = model.normalization.to_model(frame.astype(np.float32), "a")[None, None]
+    with TorchEngine(model_dir, device="cpu", precision="fp32") as t, torch.no_grad():
+        ref = t._net.double()(torch.from_numpy(x.astype(np.float64))).numpy()
+    errors = {}
+    for engine in (OnnxRuntimeEngine(model_dir, providers="cpu"), OpenVINOEngine(model_dir)):
+        with engine:
+            errors[engine.name.split("[")[0]] = float(np.abs(engine.infer(x) - ref).max())
+    return errors
+
+
+@pytest.mark.slow
+def test_closer_to_float64_than_onnxruntime(model_dir):
+    """The 1200x1000 micrograph, whole frame: OpenVINO FP32 within 1 uint16 level of float64
+    PyTorch (2.1e-5; 4.1e-4 with the fused norms), ONNX Runtime FP32 1.3e-4 (3 levels)."""
+    from tests.integration.test_cross_path import micrograph
+
+    model = load_model(model_dir)
+    errors = float64_errors(model_dir, in_model_range(micrograph((1200, 1000), 1), model))
+    level = RANGE / (model.normalization.high_b - model.normalization.low_b)
+    assert errors["openvino"] <= level and errors["openvino"] <= errors["onnxruntime"], errors
+
+
+def test_output_barely_depends_on_the_thread_count(model_dir):
+    """OpenVINO splits its reductions by thread; with the outer norms written as explicit
+    two-pass ops a 1024^2 frame differs by 1 uint16 level at most between 1 and 2 threads
+    (a synthetic 2048^2 frame: 16 levels with the fused norms, 1 rewritten)."""
+    from tests.integration.test_cross_path import micrograph
+
+    model = load_model(model_dir)
+    frame = in_model_range(micrograph((1024, 1024), 1), model)
+    outs = {}
+    for threads in (1, 2):
+        with open_engine(model_dir, "openvino", precision="fp32", threads=threads) as e:
+            runner = FrameRunner(e, model, EnhanceConfig(tile=0, stats="whole"))
+            outs[threads] = runner(frame).astype(np.int64)
+    diff = np.abs(outs[1] - outs[2])
+    assert diff.max() <= 1 and diff.mean() <= 0.05, (diff.max(), diff.mean())
 
 
 @pytest.mark.slow
@@ -123,22 +166,12 @@ def test_frozen_tiles_close_to_onnxruntime(model_dir):
 @pytest.mark.slow
 def test_frames_far_outside_the_training_range_are_closer_to_float64(model_dir):
     """A frame far darker than the training data (mapped to about [-1.08, -0.97]): the first
-    InstanceNorm amplifies rounding, so fp32 engines leave float64; OpenVINO (first norm
-    centred, engines/openvino_engine.centered_first_norm) stays closer than ONNX Runtime."""
-    torch = pytest.importorskip("torch")
-    from cyclesr_deploy.engines.torch_engine import TorchEngine
+    InstanceNorm amplifies rounding, so fp32 engines leave float64; OpenVINO (outer norms
+    two-pass, engines/openvino_engine.precise_norms) stays closer than ONNX Runtime."""
     from tests.integration.test_cross_path import micrograph
 
-    model = load_model(model_dir)
-    frame = micrograph((512, 512), 1)
-    x = model.normalization.to_model(frame.astype(np.float32), "a")[None, None]
-    with TorchEngine(model_dir, device="cpu", precision="fp32") as t, torch.no_grad():
-        ref = t._net.double()(torch.from_numpy(x.astype(np.float64))).numpy()
-    errors = {}
-    for engine in (OnnxRuntimeEngine(model_dir, providers="cpu"), OpenVINOEngine(model_dir)):
-        with engine:
-            errors[engine.name] = float(np.abs(engine.infer(x) - ref).max())
-    assert errors["openvino[CPU,fp32]"] <= errors["onnxruntime[CPUExecutionProvider]"], errors
+    errors = float64_errors(model_dir, micrograph((512, 512), 1))
+    assert errors["openvino"] <= errors["onnxruntime"], errors
 
 
 def test_auto_picks_openvino_on_a_machine_without_an_nvidia_gpu(model_dir):
