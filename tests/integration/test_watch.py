@@ -195,16 +195,28 @@ def test_latest_policy_skips_are_recorded_never_silent(tmp_path):
         assert not (tmp_path / "out" / name).exists()
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="os.kill(SIGINT) is not a console Ctrl+C")
-def test_cli_sigint_finishes_and_exits_0(tmp_path, monkeypatch):
-    from typer.testing import CliRunner
+_SIGINT_CHILD = """
+import sys
+import cyclesr_deploy.engines as engines
+import cyclesr_deploy.model as model_mod
+from cyclesr_deploy.cli import app
+from cyclesr_deploy.model import GeneratorConfig, ModelConfig, NormalizationConfig
+from tests.conftest import FakeEngine
 
-    import cyclesr_deploy.engines as engines
-    import cyclesr_deploy.model as model_mod
-    from cyclesr_deploy.cli import app
+engines.open_engine = lambda *a, **k: FakeEngine("plus1", delay=0.05)
+model_mod.load_model = lambda _d: ModelConfig(
+    generator=GeneratorConfig(ngf=4, n_blocks=0, scale=1),
+    normalization=NormalizationConfig(low_a=0, high_a=2, low_b=0, high_b=2),
+)
+sys.argv = ["cyclesr", *sys.argv[1:]]
+app()
+"""
 
-    monkeypatch.setattr(engines, "open_engine", lambda *a, **k: FakeEngine("plus1", delay=0.05))
-    monkeypatch.setattr(model_mod, "load_model", lambda _d: _model())
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process is POSIX")
+def test_cli_sigint_finishes_and_exits_0(tmp_path):
+    """Ctrl-C on a running ``cyclesr watch`` (a child process, as a user's terminal sends it):
+    the frames already found are finished, the manifest written, no .part left, exit 0."""
     (tmp_path / "in").mkdir()
     for i in range(3):
         f = np.full((32, 32), 10 + i, np.uint16)
@@ -212,26 +224,27 @@ def test_cli_sigint_finishes_and_exits_0(tmp_path, monkeypatch):
     past = time.time() - 10
     for p in (tmp_path / "in").iterdir():
         os.utime(p, (past, past))
-
-    finished = threading.Event()  # never SIGINT the test process once watch has returned
-
-    def interrupt() -> None:
-        end = time.monotonic() + 10
-        while time.monotonic() < end and not (tmp_path / "out" / "x2.tif").exists():
-            if finished.wait(0.02):
-                return
-        if not finished.is_set():
-            os.kill(os.getpid(), signal.SIGINT)
-
-    threading.Thread(target=interrupt, daemon=True).start()
-    (tmp_path / "m").mkdir()  # a model folder (its model.json is faked by load_model above)
+    (tmp_path / "m").mkdir()  # a model folder (its model.json is faked in the child)
     args = ["watch", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model"]
     args += [str(tmp_path / "m"), "--tile", "0", "--poll", "0.05", "--stable", "0.1", "--polling"]
+    root = Path(__file__).resolve().parents[2]
+    path = os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path}
+    child = subprocess.Popen(
+        [sys.executable, "-c", _SIGINT_CHILD, *args],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
     try:
-        result = CliRunner().invoke(app, args)
+        end = time.monotonic() + 60
+        while time.monotonic() < end and not (tmp_path / "out" / "x2.tif").exists():
+            assert child.poll() is None, child.communicate()[0]
+            time.sleep(0.02)
+        child.send_signal(signal.SIGINT)
+        output, _ = child.communicate(timeout=60)
     finally:
-        finished.set()
-    assert result.exit_code == 0, result.output
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 0, output
     assert _values(tmp_path / "out" / "x2.tif") == [13]
     assert (tmp_path / "out" / MANIFEST_NAME).is_file()
     assert _no_part(tmp_path / "out")
