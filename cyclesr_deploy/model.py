@@ -60,6 +60,7 @@ FROZEN_ONNX_BY_DIRECTION = {
     "ba": {"stats": "generator_ba.stats.onnx", "tile": "generator_ba.tile.onnx"},
 }
 FROZEN_CHECK = "frozen_stats.json"  # the crops estimate's per-model check (export onnx)
+TRUST_JSON = "trust.json"  # per-frame trust calibration (cyclesr_deploy.trust, export trust)
 EXPORT_JSON = "export.json"
 ENGINES_DIR = "engines"  # TensorRT engines and their sidecars
 ORT_TRT_CACHE = "onnxruntime-trt"  # ONNX Runtime's TensorRT EP cache, under ENGINES_DIR
@@ -383,6 +384,10 @@ class ModelFolder:
     @property
     def frozen_check(self) -> Path:
         return self.path / FROZEN_CHECK
+
+    @property
+    def trust_json(self) -> Path:
+        return self.path / TRUST_JSON
 
     @property
     def digest_cache(self) -> Path:

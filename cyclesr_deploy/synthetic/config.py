@@ -85,6 +85,34 @@ class Structures(_Frozen):
     )
 
 
+class Variation(_Frozen):
+    """Per-image variation of a data set (``SynthConfig.vary``): every sample draws its own
+    structure mix and LR acquisition from these ranges (uniform; photons log-uniform), from its
+    own seed stream, so a model sees many specimens and LR settings rather than one. HR optics
+    stay fixed (the target domain is one HR microscope); ``hr_photons`` optionally varies its dose.
+    """
+
+    structure_scale: NonNegRange = Field(
+        default=(0.25, 2.5), description="factor on each structure's density / probability"
+    )
+    structure_off: float = Field(
+        default=0.35,
+        ge=0,
+        lt=1,
+        description="probability that a structure type is absent from an image (one is kept)",
+    )
+    nucleus_fill: NonNegRange = (0.3, 3.0)
+    nucleus_radius_um: PosRange = Field(
+        default=(0.6, 4.5), description="the image's nucleus radius range starts in this range"
+    )
+    filament_brightness: NonNegRange = (0.1, 1.0)
+    lr_na: PosRange = (0.7, 0.95)
+    lr_pinhole_au: PosRange = (0.8, 1.6)
+    lr_photons: PosRange = (20.0, 150.0)
+    lr_background: NonNegRange = (0.05, 0.6)
+    hr_photons: PosRange | None = None
+
+
 class SynthConfig(_Frozen):
     """Everything that determines a simulated image pair (with ``seed``, a whole dataset)."""
 
@@ -102,6 +130,9 @@ class SynthConfig(_Frozen):
     hr: Modality = Modality(na=1.4, pinhole_au=0.5, photons=100.0, background=0.04, read_noise=1.0)
     lr: Modality = Modality(na=0.8, pinhole_au=1.0, photons=40.0, background=0.25, read_noise=1.0)
     structures: Structures = Structures()
+    vary: Variation | None = Field(
+        default=None, description="draw structures and LR acquisition per image (see Variation)"
+    )
     seed: int = Field(default=0, ge=0, lt=2**63)
 
     @model_validator(mode="before")

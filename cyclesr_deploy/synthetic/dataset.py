@@ -148,6 +148,12 @@ def _manifest(cfg: SynthConfig, counts: dict[str, int], stack: bool, width: int)
         "dtype": {s: ("float32" if s == "testGT" else f"uint{cfg.bit_depth}") for s in SPLITS},
         "pixel_size_um": {s: _pixel_um(cfg, s) for s in SPLITS},
         "psf": cfg.psf_summary(),
+        "psf_note": (
+            "nominal (the base config); with config.vary each sample draws its own LR optics, "
+            "photons, background and structure mix from the ranges in config.vary"
+            if cfg.vary is not None
+            else "every sample"
+        ),
         "gain_adu_per_photon": {"hr": cfg.gain("hr"), "lr": cfg.gain("lr")},
         "seeding": (
             "sample i of stream k uses numpy SeedSequence(config.seed, spawn_key=(k, i)), "

@@ -29,10 +29,11 @@ from cyclesr_deploy.synthetic.acquire import (
 )
 from cyclesr_deploy.synthetic.config import SynthConfig, Which, as_config
 from cyclesr_deploy.synthetic.structures import render_structures
+from cyclesr_deploy.synthetic.variation import draw_config
 
 RngOrSeed = int | np.random.SeedSequence | np.random.Generator | None
 
-_GT, _HR, _LR = 0, 1, 2  # child keys of a sample's SeedSequence
+_GT, _HR, _LR, _VARY = 0, 1, 2, 3  # child keys of a sample's SeedSequence
 
 
 class SimulatedPair(NamedTuple):
@@ -124,7 +125,10 @@ def simulate_sample(
     hr: bool = True,
 ) -> dict[str, np.ndarray]:
     """The requested parts of one sample (keys ``gt``, ``lr``, ``hr``); skipped parts are not
-    computed."""
+    computed. With ``cfg.vary`` the sample first draws its own configuration
+    (:func:`~cyclesr_deploy.synthetic.variation.draw_config`)."""
+    if cfg.vary is not None:
+        cfg = draw_config(cfg, np.random.default_rng(child(ss, _VARY)))
     gt_padded = render_ground_truth(cfg, ss)
     out: dict[str, np.ndarray] = {}
     if hr or gt:

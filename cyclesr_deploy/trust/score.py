@@ -1,0 +1,121 @@
+"""Score a frame against its model's trust calibration: :class:`TrustScorer`.
+
+Each statistic (:mod:`.features`) becomes a robust z-score against the calibration frames
+(median, 1.4826 MAD) and a one- or two-sided normal tail probability; the frame's trust is the
+smallest of them times their number (Bonferroni), capped at 1: ~1 for a frame like the
+calibration frames, small when any statistic is far outside them. A frame is untrusted when
+its trust falls below the calibration's threshold (set on the calibration frames, see
+:mod:`.calibrate`). ``spectrum`` is the RMS z-distance of the input's spectrum shape from the
+calibration's, itself scored like the others.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy.special import ndtr
+
+from cyclesr_deploy.trust.calibration import FeatureStats, TrustCalibration, read_calibration
+from cyclesr_deploy.trust.features import InputStats, input_stats, output_stats
+
+#: statistics and which side of the calibration is suspicious
+SIDES = {
+    "level": "both",
+    "contrast": "both",
+    "spectrum": "high",
+    "consistency": "high",
+    "output_hf": "both",
+}
+
+
+@dataclass(frozen=True)
+class FrameTrust:
+    """One frame's trust: ``score`` in [0, 1] (1: typical of the calibration frames),
+    ``trusted`` (score >= the calibration's threshold), ``worst``: the statistic that set the
+    score, ``features``: the raw statistics, ``z``: their robust z-scores."""
+
+    score: float
+    trusted: bool
+    worst: str
+    features: dict[str, float] = field(default_factory=dict)
+    z: dict[str, float] = field(default_factory=dict)
+
+    def record(self) -> dict[str, object]:
+        """JSON-ready summary for manifests and reports."""
+        return {
+            "trust": round(self.score, 6),
+            "trusted": self.trusted,
+            "worst": self.worst,
+            "z": {k: round(v, 3) for k, v in self.z.items()},
+        }
+
+
+def tail(z: float, side: str) -> float:
+    """Normal tail probability of ``z`` (``high``: P(Z >= z); ``both``: P(|Z| >= |z|))."""
+    if side == "high":
+        return float(ndtr(-z))
+    return float(2.0 * ndtr(-abs(z)))
+
+
+def spectrum_distance(spectrum: np.ndarray, cal: TrustCalibration) -> float:
+    med = np.asarray(cal.spectrum_median, np.float64)
+    scale = np.asarray(cal.spectrum_scale, np.float64)
+    return float(np.sqrt(np.mean(((spectrum - med) / scale) ** 2)))
+
+
+class TrustScorer:
+    """``begin(frame, low, high)`` when a frame starts (input statistics), ``finish(stats,
+    output, low, high)`` once its output exists -> :class:`FrameTrust`; ``low``/``high``: the
+    intensity mapping's input and output ranges (the runner's). Thread-safe (no state)."""
+
+    def __init__(self, calibration: TrustCalibration, scale: int = 1) -> None:
+        self.calibration = calibration
+        self.scale = int(scale)
+
+    @classmethod
+    def for_model(cls, model_dir: str | Path, scale: int = 1) -> TrustScorer | None:
+        """The model folder's scorer, None without a calibration (a stale one raises)."""
+        cal = read_calibration(model_dir)
+        return None if cal is None else cls(cal, scale)
+
+    def begin(self, frame: np.ndarray, low: float, high: float) -> InputStats:
+        return input_stats(frame, low, high)
+
+    def features(
+        self, stats: InputStats, output: np.ndarray, low: float, high: float
+    ) -> dict[str, float]:
+        """All statistics of one frame (raw values, before scoring)."""
+        values = stats.scalars()
+        values["spectrum"] = spectrum_distance(stats.spectrum, self.calibration)
+        values.update(output_stats(stats, output, low, high, self.calibration.sigma, self.scale))
+        return values
+
+    def finish(self, stats: InputStats, output: np.ndarray, low: float, high: float) -> FrameTrust:
+        return self.judge(self.features(stats, output, low, high))
+
+    def judge(self, values: dict[str, float]) -> FrameTrust:
+        """The trust of a frame with statistics ``values``."""
+        cal = self.calibration
+        z: dict[str, float] = {}
+        worst, p_min = "", 1.0
+        for name, st in cal.features.items():
+            v = values.get(name, math.nan)
+            zi = (v - st.median) / st.scale if math.isfinite(v) else math.inf
+            z[name] = zi
+            p = tail(zi, st.side) if math.isfinite(zi) else 0.0
+            if p < p_min or not worst:
+                worst, p_min = name, p
+        score = min(1.0, p_min * max(1, len(cal.features)))
+        return FrameTrust(score, score >= cal.threshold, worst, dict(values), z)
+
+
+def robust_stats(values: list[float], side: str, floor: float = 1e-6) -> FeatureStats:
+    """Median and 1.4826 MAD (floored at ``floor`` and at 1 % of |median|) of ``values``."""
+    a = np.asarray(values, np.float64)
+    med = float(np.median(a))
+    mad = 1.4826 * float(np.median(np.abs(a - med)))
+    scale = max(mad, floor, 0.01 * abs(med))
+    return FeatureStats(median=med, scale=scale, side=side, values=[float(v) for v in a])  # type: ignore[arg-type]
