@@ -28,6 +28,11 @@ def synth(
     config: Path | None = typer.Option(
         None, help="JSON file with any SynthConfig fields; the options above override it."
     ),
+    vary: bool = typer.Option(
+        False,
+        help="Draw each image's structure mix, LR optics, photons and background "
+        "(SynthConfig.vary defaults; a --config 'vary' object sets the ranges).",
+    ),
     stack: bool = typer.Option(False, help="One multi-page TYX file per split."),
     overwrite: bool = typer.Option(False, help="Allow writing into a non-empty folder."),
 ) -> None:
@@ -47,6 +52,8 @@ def synth(
             fields.pop("n_train", None)
         overrides = {"size": size, "seed": seed, "bit_depth": bit_depth, "binning": binning}
         overrides["lr_grid"] = lr_grid
+        if vary and fields.get("vary") is None:
+            overrides["vary"] = {}
         fields.update({k: v for k, v in overrides.items() if v is not None})
         cfg = as_config(fields)
         total = 2 * n_train + 3 * n_test

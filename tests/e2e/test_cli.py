@@ -22,6 +22,16 @@ def dataset(tmp_path_factory):
     return out
 
 
+def test_synth_vary_flag_records_the_ranges(tmp_path):
+    out = tmp_path / "varied"
+    res = runner.invoke(
+        app, ["synth", str(out), "--n-train", "1", "--n-test", "0", "--size", "64"] + ["--vary"]
+    )
+    assert res.exit_code == 0, res.output
+    vary = json.loads((out / "dataset.json").read_text())["config"]["vary"]
+    assert vary["lr_na"] == [0.7, 0.95] and vary["hr_photons"] is None
+
+
 def test_help_lists_commands():
     res = runner.invoke(app, ["--help"])
     assert res.exit_code == 0
