@@ -25,7 +25,7 @@ def dataset(tmp_path_factory):
 def test_synth_vary_flag_records_the_ranges(tmp_path):
     out = tmp_path / "varied"
     res = runner.invoke(
-        app, ["synth", str(out), "--n-train", "1", "--n-test", "0", "--size", "64"] + ["--vary"]
+        app, ["synth", str(out), "--n-train", "1", "--n-test", "0", "--size", "64", "--vary"]
     )
     assert res.exit_code == 0, res.output
     vary = json.loads((out / "dataset.json").read_text())["config"]["vary"]
