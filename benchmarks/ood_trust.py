@@ -3,7 +3,7 @@ model hurts, and what does it cost?
 
     python benchmarks/ood_trust.py [--model reference-cyclegan|DIR] [--recipe-json FILE]
         [--calibration-data synth|model|PATH] [--calibration-frames 24] [--per-kind 6]
-        [--in-domain 18] [--cost-sizes 1024 2048] [--cost-reps 5] [--out FILE]
+        [--in-domain 36] [--cost-sizes 1024 2048] [--cost-reps 5] [--out FILE]
 
 Frames (``ood_cases.py``): in-domain frames of the model's training recipe (``--recipe-json``:
 a SynthConfig mapping, e.g. ``{"vary": {"hr_photons": [200, 400]}}``; default ``{}`` = the
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calibration-data", default="synth", help="synth | model | PATH")
     ap.add_argument("--calibration-frames", type=int, default=24)
     ap.add_argument("--per-kind", type=int, default=6, help="frames per out-of-domain kind/split")
-    ap.add_argument("--in-domain", type=int, default=18, help="in-domain frames per split")
+    ap.add_argument("--in-domain", type=int, default=36, help="in-domain frames per split")
     ap.add_argument("--cost-sizes", type=int, nargs="*", default=[1024, 2048])
     ap.add_argument("--cost-reps", type=int, default=5)
     ap.add_argument("--out", type=Path, default=OUT)

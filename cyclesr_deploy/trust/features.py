@@ -7,23 +7,26 @@ the same grid of up to 3 x 3 crops of ``CROP`` px (a whole smaller frame is one 
 pooled over them, so its value does not depend on the frame's size (only its noise does) and
 its cost is fixed: ``begin`` and ``finish`` cost the same for a 512^2 and a 4096^2 frame.
 
-What makes an output hurt, and the statistic that sees it (chosen on the development split
-of ``benchmarks/ood_trust.py``, see benchmarks/README.md):
+What makes an output hurt, and the statistics that see it. Scored (:data:`.score.SIDES`,
+chosen on the development split of ``benchmarks/ood_trust.py`` as the smallest set that
+separated hurt from helped frames there, see benchmarks/README.md):
 
-* wrong intensities, lost or added large-scale contrast: ``transfer_low`` and
-  ``transfer_mid``, log10 of the output's over the input's power in the bands 0.02-0.04 and
-  0.04-0.07 cycles/px (the model's own "transfer function" on this frame: in-domain it is
-  fixed by training; an output that rescales structure beyond that is suspect);
-* an output the input does not explain: ``gain``, the slope a of the least-squares fit
+* an output that does not explain its input: ``gain``, the slope a of the least-squares fit
   input ~ a * blur(output) + b (input smoothed by ``SMOOTH_PX``, output blurred by the
-  calibration's LR-from-HR ``sigma``): a > 1, the output has less of the input's structure
-  than in-domain outputs have (lost or flattened structure);
-* an input unlike the training data: ``level``, the median of the input (its background on
-  the model's scale; below the training data's: sparse content, another bit depth or offset).
+  calibration's LR-from-HR ``sigma``); a above the in-domain outputs' slope: the output holds
+  less of the input's structure than in-domain outputs do (lost or flattened structure, e.g.
+  texture painted over smooth objects);
+* an input sparser or dimmer than the training data: ``level``, the median of the input (its
+  background on the model's scale) below the training data's: sparse content (a few beads or
+  nuclei on an empty field, where the model paints its HR noise texture over an empty
+  background), another bit depth or offset.
 
-Recorded, not scored (they did not separate hurt from helped frames, or flagged helped ones):
-``consistency`` (1 - R^2 of the same fit), ``output_hf`` (log10 of the output's high-band
-over mid-band power).
+Recorded with each frame, not scored (on the development split they flagged frames the model
+helped as often as frames it hurt, or added nothing to the two above): ``transfer_low`` and
+``transfer_mid``, log10 of the output's over the input's power in the bands 0.02-0.04 and
+0.04-0.07 cycles/px (the model's own transfer function on this frame); ``consistency``
+(1 - R^2 of the fit above); ``output_hf`` (log10 of the output's high-band over mid-band power:
+invented fine texture).
 
 Hand-written (one line why): no library computes these per-frame statistics; scipy does the
 filtering and numpy the FFTs.

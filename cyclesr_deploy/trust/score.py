@@ -23,14 +23,9 @@ from cyclesr_deploy.trust.calibration import FeatureStats, TrustCalibration, rea
 from cyclesr_deploy.trust.features import InputStats, input_stats, output_stats
 
 #: scored statistics and which side of the calibration is suspicious
-SIDES = {
-    "level": "low",
-    "transfer_low": "both",
-    "transfer_mid": "high",
-    "gain": "high",
-}
+SIDES = {"level": "low", "gain": "high"}
 #: recorded with each frame, not scored
-INFO = ("consistency", "output_hf")
+INFO = ("transfer_low", "transfer_mid", "consistency", "output_hf")
 
 
 @dataclass(frozen=True)
