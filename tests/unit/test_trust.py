@@ -190,3 +190,29 @@ def test_hurt_label(rng: np.random.Generator):
     assert better.psnr_gain > 0 and better.ssim_gain > 0 and not better.hurt
     worse = quality_gain(lr, rng.random(truth.shape), truth)
     assert worse.psnr_gain < 0 and worse.hurt
+
+
+@pytest.mark.slow
+def test_ood_benchmark_runs_and_reports(tmp_path: Path):
+    """benchmarks/ood_trust.py end to end at its smallest: one frame per kind and split."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "ood.json"
+    args = ["--per-kind", "1", "--in-domain", "2", "--calibration-frames", "8"]
+    args += ["--cost-sizes", "256", "--cost-reps", "1", "--out", str(out)]
+    res = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "ood_trust.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=root,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    result = json.loads(out.read_text(encoding="utf-8"))
+    report = result["splits"]["report"]
+    assert report["n"] == 2 + 20 and 0 <= report["auc_hurt_vs_helped"] <= 1
+    assert report["kinds"]["8-bit"]["hurt"] == 1 and report["kinds"]["8-bit"]["flagged"] == 1.0
+    assert set(result["cost"]) == {"256x256"} and result["cost"]["256x256"]["overhead"] > 0
+    assert not (resolve_model("reference-cyclegan") / TRUST_JSON).exists()  # never written
