@@ -211,6 +211,13 @@ def _table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def dump(result: dict) -> str:
+    """The result as JSON: indented, one line per frame."""
+    head = json.dumps({k: v for k, v in result.items() if k != "frames"}, indent=1)
+    frames = ",\n  ".join(json.dumps(r, separators=(",", ":")) for r in result["frames"])
+    return head[:-2] + ',\n "frames": [\n  ' + frames + "\n ]\n}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="reference-cyclegan")
@@ -285,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         "frames": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    args.out.write_text(dump(result), encoding="utf-8")
     print(_table(result))
     for s in ("dev", "report"):
         sm = result["splits"][s]
