@@ -4,15 +4,20 @@ Every frame goes through the one frame runner (the settings ``cyclesr enhance`` 
 statistics are collected, the LR-from-HR blur ``sigma`` is fitted (the one that best explains
 the inputs from the outputs, :data:`SIGMAS`), and the robust centre and spread of every
 statistic are stored in ``trust.json`` with the weights' sha256. The threshold is the
-calibration frames' own ``false_alarm`` quantile of trust (at most ``alpha``), so about that
+calibration frames' own ``FALSE_ALARM`` quantile of trust (at most ``ALPHA``), so about that
 fraction of in-domain frames is flagged.
+
+Calibrate on frames of several sizes and contents of the training domain, held out from
+training (:func:`synthetic_frames` draws them for a synthetic recipe): the statistics are
+size-independent by construction (:mod:`.features`), but their spread is learnt from these
+frames only.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -24,14 +29,35 @@ from cyclesr_deploy.io import atomic_path
 from cyclesr_deploy.model import ModelFolder
 from cyclesr_deploy.trust.calibration import TrustCalibration, tied_digests
 from cyclesr_deploy.trust.features import InputStats, input_stats, output_stats
-from cyclesr_deploy.trust.score import SIDES, TrustScorer, robust_stats, spectrum_distance
+from cyclesr_deploy.trust.score import SIDES, TrustScorer, robust_stats
 
 log = logging.getLogger(__name__)
 
-SIGMAS = tuple(np.round(np.arange(0.0, 6.01, 0.25), 2))
+SIGMAS = tuple(np.round(np.arange(0.0, 6.01, 0.5), 2))
 MIN_FRAMES = 8
 ALPHA = 0.01  # the highest threshold: a frame below 1 % normal-tail trust is untrusted
 FALSE_ALARM = 0.01  # target rate of flagged calibration frames
+#: fresh seeds of synthetic calibration frames (never the reference models' training seeds)
+CALIBRATION_SEED = 71_000
+CALIBRATION_SIZES = (256, 512, 1024)
+
+
+def synthetic_frames(
+    recipe: Mapping | None = None,
+    n: int = 24,
+    sizes: tuple[int, ...] = CALIBRATION_SIZES,
+    seed: int = CALIBRATION_SEED,
+) -> Iterator[np.ndarray]:
+    """``n`` LR frames of the synthetic ``recipe`` (a ``SynthConfig`` mapping; None: the
+    ``cyclesr synth`` defaults), seeds ``seed``, ``seed + 1``, ..., sides cycling through
+    ``sizes``: calibration frames of a model trained on that recipe."""
+    from cyclesr_deploy.synthetic.config import as_config
+    from cyclesr_deploy.synthetic.simulate import simulate_sample
+
+    base = dict(recipe or {})
+    for i in range(n):
+        cfg = as_config(base | {"size": sizes[i % len(sizes)], "seed": seed + i})
+        yield simulate_sample(cfg, np.random.SeedSequence(seed + i), gt=False, hr=False)["lr"]
 
 
 def _fit_sigma(pairs: list[tuple[InputStats, np.ndarray]], mapping, scale: int) -> float:
@@ -87,14 +113,9 @@ def calibrate(
         )
     scale = model.scale
     sigma = _fit_sigma(pairs, m, scale)
-    spectra = np.stack([st.spectrum for st, _ in pairs]).astype(np.float64)
-    spec_med = np.median(spectra, axis=0)
-    spec_scale = np.maximum(1.4826 * np.median(np.abs(spectra - spec_med), axis=0), 1e-3)
     draft = TrustCalibration(
         weights_sha256=tied_digests(folder),
         sigma=sigma,
-        spectrum_median=spec_med.tolist(),
-        spectrum_scale=spec_scale.tolist(),
         features={},
         threshold=ALPHA,
         n_frames=len(pairs),
@@ -104,7 +125,6 @@ def calibrate(
     rows = []
     for st, y in pairs:
         values = st.scalars()
-        values["spectrum"] = spectrum_distance(st.spectrum, draft)
         values.update(output_stats(st, y, m.low_out, m.high_out, sigma, scale))
         rows.append(values)
     features = {k: robust_stats([r[k] for r in rows], SIDES[k]) for k in SIDES}

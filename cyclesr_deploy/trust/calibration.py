@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION: Literal["1"] = "1"
 #: bump when a statistic's definition changes: older calibrations are then stale
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2
 #: the files a calibration is tied to (the weights the runtime may run)
 TIED = (ONNX_FILES["ab"], WEIGHTS["ab"])
 RENEW_HINT = "cyclesr export trust {d}"
@@ -31,13 +31,13 @@ RENEW_HINT = "cyclesr export trust {d}"
 
 class FeatureStats(BaseModel):
     """One statistic over the calibration frames: robust centre and spread; ``side``: which
-    deviation is suspicious (``high``: only values above the centre)."""
+    deviation is suspicious (``high``/``low``: only values above/below the centre)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     median: float
     scale: float = Field(gt=0)  # 1.4826 * MAD, floored
-    side: Literal["high", "both"] = "both"
+    side: Literal["high", "low", "both"] = "both"
     values: list[float] = Field(default_factory=list)  # the calibration frames' values
 
 
@@ -50,8 +50,6 @@ class TrustCalibration(BaseModel):
     feature_version: int = FEATURE_VERSION
     weights_sha256: dict[str, str]
     sigma: float = Field(ge=0, description="LR-from-HR blur, output px")
-    spectrum_median: list[float]
-    spectrum_scale: list[float]
     features: dict[str, FeatureStats]
     threshold: float = Field(gt=0, le=1, description="frames scoring below are untrusted")
     n_frames: int = Field(ge=1)
@@ -93,8 +91,17 @@ def read_calibration(model_dir: str | Path) -> TrustCalibration | None:
         return None
     hint = RENEW_HINT.format(d=folder.path)
     try:
-        cal = TrustCalibration.model_validate(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError, ValidationError) as exc:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        msg = f"trust calibration {path} is unreadable ({exc}); renew it: {hint}"
+        raise InputError(msg) from exc
+    version = raw.get("feature_version") if isinstance(raw, dict) else None
+    if isinstance(version, int) and version != FEATURE_VERSION:  # another schema: stale first
+        reason = f"statistics version {version}, this cyclesr-deploy computes {FEATURE_VERSION}"
+        raise InputError(f"trust calibration {path} is stale: {reason}; renew it: {hint}")
+    try:
+        cal = TrustCalibration.model_validate(raw)
+    except ValidationError as exc:
         msg = f"trust calibration {path} is unreadable ({exc}); renew it: {hint}"
         raise InputError(msg) from exc
     reason = stale_reason(cal, folder)

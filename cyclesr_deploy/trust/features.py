@@ -2,17 +2,31 @@
 
 Both frames are first put on the model's own intensity scale (0..1 = the 0.1/99.9 % percentile
 range the model was trained with: :class:`~cyclesr_deploy.normalization.IntensityMapping`), so
-a frame is compared with the training domain as the model sees it.
+a frame is compared with the training domain as the model sees it. Every statistic is taken on
+the same grid of up to 3 x 3 crops of ``CROP`` px (a whole smaller frame is one crop) and
+pooled over them, so its value does not depend on the frame's size (only its noise does) and
+its cost is fixed: ``begin`` and ``finish`` cost the same for a 512^2 and a 4096^2 frame.
 
-Input (computed when a frame starts, before the runner frees it):
-  ``level`` (median), ``contrast`` (99.5th percentile - median), ``spectrum`` (the shape of the
-  radially averaged power spectrum: log10 power in log-spaced bands, total normalised out).
-Output (with the input's statistics):
-  ``consistency``: 1 - R^2 of the output taken back through the LR imaging model (a Gaussian
-  blur of ``sigma`` px, from the calibration) against the input, both smoothed by ``SMOOTH_PX``
-  to damp the input's noise: an output the input cannot explain (invented structure, lost
-  structure) scores high;
-  ``output_hf``: log10 of the output's high-band over mid-band power: invented fine texture.
+What makes an output hurt, and the statistics that see it. Scored (:data:`.score.SIDES`,
+chosen on the development split of ``benchmarks/ood_trust.py`` as the smallest set that
+separated hurt from helped frames there, see benchmarks/README.md):
+
+* an output that does not explain its input: ``gain``, the slope a of the least-squares fit
+  input ~ a * blur(output) + b (input smoothed by ``SMOOTH_PX``, output blurred by the
+  calibration's LR-from-HR ``sigma``); a above the in-domain outputs' slope: the output holds
+  less of the input's structure than in-domain outputs do (lost or flattened structure, e.g.
+  texture painted over smooth objects);
+* an input sparser or dimmer than the training data: ``level``, the median of the input (its
+  background on the model's scale) below the training data's: sparse content (a few beads or
+  nuclei on an empty field, where the model paints its HR noise texture over an empty
+  background), another bit depth or offset.
+
+Recorded with each frame, not scored (on the development split they flagged frames the model
+helped as often as frames it hurt, or added nothing to the two above): ``transfer_low`` and
+``transfer_mid``, log10 of the output's over the input's power in the bands 0.02-0.04 and
+0.04-0.07 cycles/px (the model's own transfer function on this frame); ``consistency``
+(1 - R^2 of the fit above); ``output_hf`` (log10 of the output's high-band over mid-band power:
+invented fine texture).
 
 Hand-written (one line why): no library computes these per-frame statistics; scipy does the
 filtering and numpy the FFTs.
@@ -25,14 +39,15 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-#: crops of this side (px) estimate a frame's power spectrum (Welch-style average; cheap)
+#: crops of this side (px, input grid) carry every statistic; up to GRID x GRID of them
 CROP = 256
-MAX_CROPS = 4
-#: band edges (cycles/px) of the spectrum profile, log-spaced up to Nyquist
-BANDS = np.geomspace(0.02, 0.5, 11)
-MID_BAND, HIGH_BAND = (0.06, 0.2), (0.25, 0.5)
+GRID = 3
+#: band edges (cycles/px): the transfer bands, then the mid and high bands of ``output_hf``
+LOW_BAND, MID_BAND = (0.02, 0.04), (0.04, 0.07)
+HF_MID, HF_HIGH = (0.06, 0.2), (0.25, 0.5)
 SMOOTH_PX = 1.0
-#: the statistics pass runs on every STRIDE-th pixel of each axis after blurring (its speed)
+#: pixels left out at each crop edge in the consistency fit (blur borders), and its stride
+EDGE = 8
 STRIDE = 2
 
 
@@ -42,90 +57,111 @@ def to_unit(frame: np.ndarray, low: float, high: float) -> np.ndarray:
     return (np.asarray(frame, np.float32) - np.float32(low)) * scale
 
 
-def _crops(x: np.ndarray) -> list[np.ndarray]:
-    """Up to MAX_CROPS square crops of side min(CROP, the frame's even shorter side)."""
-    n = min(CROP, min(x.shape) // 2 * 2)
-    h, w = x.shape
-    ys = np.unique(np.linspace(0, h - n, 2).astype(int))
-    xs = np.unique(np.linspace(0, w - n, 2).astype(int))
-    return [x[y : y + n, c : c + n] for y in ys for c in xs][:MAX_CROPS]
+def crop_corners(shape: tuple[int, ...], side: int) -> list[tuple[int, int]]:
+    """Top-left corners of up to GRID x GRID crops of ``side`` spread over ``shape`` (as many
+    per axis as cover it, at most GRID)."""
+    h, w = int(shape[-2]), int(shape[-1])
+    ys = np.unique(np.linspace(0, h - side, min(GRID, -(-h // side))).astype(int))
+    xs = np.unique(np.linspace(0, w - side, min(GRID, -(-w // side))).astype(int))
+    return [(int(y), int(x)) for y in ys for x in xs]
 
 
-def power_profile(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(band centres in cycles/px, mean power per band) of ``x``'s crops (Hann-windowed)."""
-    crops = _crops(x)
+def crop_side(shape: tuple[int, ...]) -> int:
+    """The crop side of a frame of ``shape``: CROP, or its even shorter side when smaller."""
+    return max(2, min(CROP, min(int(shape[-2]), int(shape[-1])) // 2 * 2))
+
+
+def _crops(x: np.ndarray, side: int, scale: int = 1) -> list[np.ndarray]:
+    """The crops of ``x`` (an output of a x``scale`` model: the same field, ``scale`` x)."""
+    s = side * scale
+    corners = crop_corners((x.shape[0] // scale, x.shape[1] // scale), side)
+    return [x[y * scale : y * scale + s, c * scale : c * scale + s] for y, c in corners]
+
+
+def band_power(
+    crops: list[np.ndarray], bands: list[tuple[float, float]], scale: int = 1
+) -> np.ndarray:
+    """Mean power per pixel of ``crops`` (Hann-windowed, mean removed) in each band of
+    ``bands`` (cycles per *input* px: a x``scale`` output's frequencies are divided by it)."""
     n = crops[0].shape[0]
     win = np.outer(np.hanning(n), np.hanning(n)).astype(np.float32)
     power = np.zeros((n, n // 2 + 1), np.float64)
     for c in crops:
-        c = c - c.mean()
-        power += np.abs(np.fft.rfft2(c * win)) ** 2
-    fy = np.fft.fftfreq(n)[:, None]
-    fx = np.fft.rfftfreq(n)[None, :]
-    radius = np.hypot(fy, fx)
-    idx = np.digitize(radius.ravel(), BANDS) - 1
-    ok = (idx >= 0) & (idx < len(BANDS) - 1)
-    sums = np.bincount(idx[ok], weights=power.ravel()[ok], minlength=len(BANDS) - 1)
-    counts = np.bincount(idx[ok], minlength=len(BANDS) - 1)
-    centres = np.sqrt(BANDS[:-1] * BANDS[1:])
-    return centres, sums / np.maximum(counts, 1) / len(crops)
+        power += np.abs(np.fft.rfft2((c - c.mean()) * win)) ** 2
+    radius = np.hypot(np.fft.fftfreq(n)[:, None], np.fft.rfftfreq(n)[None, :]) * scale
+    out = np.empty(len(bands))
+    for i, (lo, hi) in enumerate(bands):
+        sel = (radius >= lo) & (radius < hi)
+        out[i] = power[sel].mean() / (n * n * len(crops)) if sel.any() else 0.0
+    return out
 
 
-def _band(centres: np.ndarray, power: np.ndarray, lo_hi: tuple[float, float]) -> float:
-    sel = (centres >= lo_hi[0]) & (centres < lo_hi[1])
-    return float(power[sel].mean()) if sel.any() else 0.0
+def _log_ratio(a: float, b: float) -> float:
+    return float(np.log10(max(a, 1e-30) / max(b, 1e-30)))
 
 
 @dataclass(frozen=True)
 class InputStats:
-    """What the input frame contributes (its unit-scale array kept for ``consistency``)."""
+    """What the input frame contributes: its ``level``, crop ``side``, band powers and the
+    smoothed crops (for ``gain``/``consistency``)."""
 
     level: float
-    contrast: float
-    spectrum: np.ndarray  # log10 relative power per band
-    smoothed: np.ndarray  # the input on the unit scale, blurred by SMOOTH_PX, strided
+    side: int
+    power: np.ndarray  # mean power in LOW_BAND, MID_BAND
+    smoothed: list[np.ndarray]  # the unit-scale crops blurred by SMOOTH_PX
 
     def scalars(self) -> dict[str, float]:
-        return {"level": self.level, "contrast": self.contrast}
+        return {"level": self.level}
 
 
 def input_stats(frame: np.ndarray, low: float, high: float) -> InputStats:
-    x = to_unit(frame, low, high)
-    level = float(np.median(x[::STRIDE, ::STRIDE]))
-    contrast = float(np.percentile(x[::STRIDE, ::STRIDE], 99.5)) - level
-    _, p = power_profile(x)
-    spectrum = np.log10(np.maximum(p, 1e-30) / max(float(p.sum()), 1e-30))
-    smoothed = gaussian_filter(x, SMOOTH_PX)[::STRIDE, ::STRIDE]
-    return InputStats(level, contrast, spectrum.astype(np.float32), smoothed)
+    """The input's statistics (on its crops; the frame itself is not kept)."""
+    side = crop_side(frame.shape)
+    crops = [to_unit(c, low, high) for c in _crops(np.asarray(frame), side)]
+    level = float(np.median(np.stack(crops)[:, ::STRIDE, ::STRIDE]))
+    power = band_power(crops, [LOW_BAND, MID_BAND])
+    smoothed = [gaussian_filter(c, SMOOTH_PX) for c in crops]
+    return InputStats(level, side, power, smoothed)
 
 
 def output_stats(
     stats: InputStats, output: np.ndarray, low: float, high: float, sigma: float, scale: int = 1
 ) -> dict[str, float]:
-    """``consistency`` and ``output_hf`` of ``output`` (the enhanced frame, raw units) given
-    its input's ``stats``; ``sigma``: the LR-from-HR blur in output px; ``scale``: the
-    model's upscaling (the output is brought back to the input grid after the blur)."""
-    y = to_unit(output, low, high)
-    centres, p = power_profile(y)
-    mid, top = _band(centres, p, MID_BAND), _band(centres, p, HIGH_BAND)
-    hf = float(np.log10(max(top, 1e-30) / max(mid, 1e-30)))
-    blurred = gaussian_filter(y, float(np.hypot(sigma, SMOOTH_PX * scale)))
-    back = blurred[:: STRIDE * scale, :: STRIDE * scale]
-    x = stats.smoothed
-    h, w = min(x.shape[0], back.shape[0]), min(x.shape[1], back.shape[1])
-    return {"consistency": one_minus_r2(x[:h, :w], back[:h, :w]), "output_hf": hf}
+    """``transfer_low``, ``transfer_mid``, ``gain``, ``consistency`` and ``output_hf`` of
+    ``output`` (the enhanced frame, raw units) given its input's ``stats``; ``sigma``: the
+    LR-from-HR blur in output px; ``scale``: the model's upscaling."""
+    crops = [to_unit(c, low, high) for c in _crops(np.asarray(output), stats.side, scale)]
+    p = band_power(crops, [LOW_BAND, MID_BAND, HF_MID, HF_HIGH], scale)
+    values = {
+        "transfer_low": _log_ratio(p[0], stats.power[0]),
+        "transfer_mid": _log_ratio(p[1], stats.power[1]),
+        "output_hf": _log_ratio(p[3], p[2]),
+    }
+    blur = float(np.hypot(sigma, SMOOTH_PX * scale))
+    e, st = EDGE, STRIDE
+    backs, targets = [], []
+    for c, x in zip(crops, stats.smoothed, strict=True):
+        back = gaussian_filter(c, blur)[::scale, ::scale]
+        h, w = min(x.shape[0], back.shape[0]), min(x.shape[1], back.shape[1])
+        inner = (slice(e, max(e + 1, h - e), st), slice(e, max(e + 1, w - e), st))
+        backs.append(back[:h, :w][inner].ravel())
+        targets.append(x[:h, :w][inner].ravel())
+    gain, r2_loss = fit_line(np.concatenate(targets), np.concatenate(backs))
+    values["gain"] = gain
+    values["consistency"] = r2_loss
+    return values
 
 
-def one_minus_r2(target: np.ndarray, pred: np.ndarray) -> float:
-    """1 - R^2 of the least-squares line ``target ~ a * pred + b`` (0: explained exactly;
-    1: not at all; a flat target gives 0)."""
+def fit_line(target: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
+    """(slope a, 1 - R^2) of the least-squares line ``target ~ a * pred + b`` (1 - R^2: 0 =
+    explained exactly, 1 = not at all; a flat target gives (0, 0), a flat ``pred`` (0, 1))."""
     t = target.astype(np.float64).ravel()
-    p = pred.astype(np.float64).ravel()
+    q = pred.astype(np.float64).ravel()
     t = t - t.mean()
-    p = p - p.mean()
-    tt, pp, tp = float(t @ t), float(p @ p), float(t @ p)
+    q = q - q.mean()
+    tt, qq, tq = float(t @ t), float(q @ q), float(t @ q)
     if tt <= 0:
-        return 0.0
-    if pp <= 0:
-        return 1.0
-    return float(max(0.0, 1.0 - tp * tp / (tt * pp)))
+        return 0.0, 0.0
+    if qq <= 0:
+        return 0.0, 1.0
+    return tq / qq, float(max(0.0, 1.0 - tq * tq / (tt * qq)))

@@ -1,12 +1,13 @@
 """Score a frame against its model's trust calibration: :class:`TrustScorer`.
 
-Each statistic (:mod:`.features`) becomes a robust z-score against the calibration frames
-(median, 1.4826 MAD) and a one- or two-sided normal tail probability; the frame's trust is the
-smallest of them times their number (Bonferroni), capped at 1: ~1 for a frame like the
-calibration frames, small when any statistic is far outside them. A frame is untrusted when
-its trust falls below the calibration's threshold (set on the calibration frames, see
-:mod:`.calibrate`). ``spectrum`` is the RMS z-distance of the input's spectrum shape from the
-calibration's, itself scored like the others.
+Each scored statistic (:data:`SIDES`, see :mod:`.features` for what each one sees) becomes a
+robust z-score against the calibration frames (median, 1.4826 MAD) and a one- or two-sided
+normal tail probability (the side is the direction in which outputs got worse on the
+development frames); the frame's trust is the smallest of them times their number
+(Bonferroni), capped at 1: ~1 for a frame like the calibration frames, small when any
+statistic is far outside them on its suspicious side. A frame is untrusted when its trust falls
+below the calibration's threshold (set on the calibration frames, see :mod:`.calibrate`).
+:data:`INFO` statistics are recorded with the frame, not scored.
 """
 
 from __future__ import annotations
@@ -16,32 +17,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy.special import ndtr
+from scipy.special import log_ndtr
 
 from cyclesr_deploy.trust.calibration import FeatureStats, TrustCalibration, read_calibration
 from cyclesr_deploy.trust.features import InputStats, input_stats, output_stats
 
-#: statistics and which side of the calibration is suspicious
-SIDES = {
-    "level": "both",
-    "contrast": "both",
-    "spectrum": "high",
-    "consistency": "high",
-    "output_hf": "both",
-}
+#: scored statistics and which side of the calibration is suspicious
+SIDES = {"level": "low", "gain": "high"}
+#: recorded with each frame, not scored
+INFO = ("transfer_low", "transfer_mid", "consistency", "output_hf")
 
 
 @dataclass(frozen=True)
 class FrameTrust:
     """One frame's trust: ``score`` in [0, 1] (1: typical of the calibration frames),
     ``trusted`` (score >= the calibration's threshold), ``worst``: the statistic that set the
-    score, ``features``: the raw statistics, ``z``: their robust z-scores."""
+    score, ``features``: the raw statistics, ``z``: their robust z-scores; ``evidence``:
+    -log10 of the unclipped score (the same ranking, without underflow far outside the domain:
+    what ROC curves are computed on)."""
 
     score: float
     trusted: bool
     worst: str
     features: dict[str, float] = field(default_factory=dict)
     z: dict[str, float] = field(default_factory=dict)
+    evidence: float = 0.0
 
     def record(self) -> dict[str, object]:
         """JSON-ready summary for manifests and reports."""
@@ -53,17 +53,19 @@ class FrameTrust:
         }
 
 
-def tail(z: float, side: str) -> float:
-    """Normal tail probability of ``z`` (``high``: P(Z >= z); ``both``: P(|Z| >= |z|))."""
+def log_tail(z: float, side: str) -> float:
+    """Natural log of the normal tail probability of ``z`` (``high``: P(Z >= z); ``low``:
+    P(Z <= z); ``both``: P(|Z| >= |z|)); -inf for an infinite ``z`` on its side."""
     if side == "high":
-        return float(ndtr(-z))
-    return float(2.0 * ndtr(-abs(z)))
+        return float(log_ndtr(-z))
+    if side == "low":
+        return float(log_ndtr(z))
+    return float(math.log(2.0) + log_ndtr(-abs(z)))
 
 
-def spectrum_distance(spectrum: np.ndarray, cal: TrustCalibration) -> float:
-    med = np.asarray(cal.spectrum_median, np.float64)
-    scale = np.asarray(cal.spectrum_scale, np.float64)
-    return float(np.sqrt(np.mean(((spectrum - med) / scale) ** 2)))
+def tail(z: float, side: str) -> float:
+    """The normal tail probability of ``z`` (see :func:`log_tail`)."""
+    return math.exp(log_tail(z, side))
 
 
 class TrustScorer:
@@ -89,7 +91,6 @@ class TrustScorer:
     ) -> dict[str, float]:
         """All statistics of one frame (raw values, before scoring)."""
         values = stats.scalars()
-        values["spectrum"] = spectrum_distance(stats.spectrum, self.calibration)
         values.update(output_stats(stats, output, low, high, self.calibration.sigma, self.scale))
         return values
 
@@ -100,16 +101,18 @@ class TrustScorer:
         """The trust of a frame with statistics ``values``."""
         cal = self.calibration
         z: dict[str, float] = {}
-        worst, p_min = "", 1.0
+        worst, log_p = "", 0.0
         for name, st in cal.features.items():
             v = values.get(name, math.nan)
             zi = (v - st.median) / st.scale if math.isfinite(v) else math.inf
             z[name] = zi
-            p = tail(zi, st.side) if math.isfinite(zi) else 0.0
-            if p < p_min or not worst:
-                worst, p_min = name, p
-        score = min(1.0, p_min * max(1, len(cal.features)))
-        return FrameTrust(score, score >= cal.threshold, worst, dict(values), z)
+            lp = log_tail(zi, st.side) if math.isfinite(zi) else -math.inf
+            if lp < log_p or not worst:
+                worst, log_p = name, lp
+        log_score = log_p + math.log(max(1, len(cal.features)))  # Bonferroni
+        score = min(1.0, math.exp(log_score))
+        evidence = -log_score / math.log(10.0)
+        return FrameTrust(score, score >= cal.threshold, worst, dict(values), z, evidence)
 
 
 def robust_stats(values: list[float], side: str, floor: float = 1e-6) -> FeatureStats:

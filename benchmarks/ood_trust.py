@@ -1,0 +1,311 @@
+"""Out-of-domain benchmark of the per-frame trust score (issue 17): does it flag the frames a
+model hurts, and what does it cost?
+
+    python benchmarks/ood_trust.py [--model reference-cyclegan|DIR] [--recipe-json FILE]
+        [--calibration-data synth|model|PATH] [--calibration-frames 24] [--per-kind 6]
+        [--in-domain 36] [--cost-sizes 1024 2048] [--cost-reps 5] [--out FILE]
+
+Frames (``ood_cases.py``): in-domain frames of the model's training recipe (``--recipe-json``:
+a SynthConfig mapping, e.g. ``{"vary": {"hr_photons": [200, 400]}}``; default ``{}`` = the
+``cyclesr synth`` defaults of the current ``reference-cyclegan``) and out-of-domain kinds
+(structures, LR optics, 8-bit data, degraded real images), each with its truth (the noise-free
+HR image). Two splits from disjoint seeds: ``dev`` (the statistics of the score were chosen on
+it, without the kinds of ``ood_cases.HELD_OUT``) and ``report`` (every kind; the headline
+figures). Every frame goes through the one frame runner (``Enhancer``, default engine and
+settings), is scored by ``TrustScorer.begin``/``finish`` and labelled by
+``trust.evaluate.quality_gain``: hurt = PSNR gain < 0 or SSIM gain < 0 (output vs input, both
+against the truth, CARE scaling).
+
+Calibration (``--calibration-data``): ``synth`` (default) = ``--calibration-frames`` fresh
+frames of the recipe (``trust.calibrate.synthetic_frames``: sizes 256, 512, 1024, seeds from
+71000), ``model`` = the model folder's own ``trust.json``, or a TIFF/OME-Zarr file or folder of
+in-domain LR frames. The model folder is copied into a temporary folder first: the benchmark
+never writes into ``--model``.
+
+Reported: per kind and split n, helped/hurt, median PSNR/SSIM gain, median trust, flagged
+fraction; per split the ROC AUC of the trust score (its ``evidence``, -log10 of the unclipped
+score: the same ranking without ties at 0) for hurt vs helped (rank formula), the false-alarm
+rate on in-domain frames and the median gains on the out-of-domain structure kinds; the cost of
+``begin`` + ``finish`` against the frame's inference at ``--cost-sizes`` (interleaved
+repetitions, medians) and the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from inspect import signature
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _machine import machine
+from ood_cases import HELD_OUT, KINDS, Case, cases, synthetic
+
+from cyclesr_deploy import __version__
+from cyclesr_deploy.builtin import resolve_model
+from cyclesr_deploy.model import TRUST_JSON
+from cyclesr_deploy.runtime.enhancer import Enhancer
+from cyclesr_deploy.trust import TrustScorer
+from cyclesr_deploy.trust.calibrate import calibrate, synthetic_frames
+from cyclesr_deploy.trust.evaluate import quality_gain, roc_auc
+
+OUT = Path(__file__).resolve().parent / "results" / "ood_trust.json"
+COST_SEED = 79_000
+
+
+def _frames_of(path: Path) -> Iterable[np.ndarray]:
+    from cyclesr_deploy.runtime.formats import open_frames
+    from cyclesr_deploy.runtime.pipeline import collect_inputs
+
+    for p in collect_inputs([path]):
+        with open_frames(p) as reader:
+            for i in range(reader.info.n_frames):
+                yield reader.read(i)
+
+
+def _calibrate(model: Path, how: str, recipe: dict, n: int) -> str:
+    if how == "model":
+        if not (model / TRUST_JSON).is_file():
+            raise SystemExit(f"--calibration-data model: {model} has no {TRUST_JSON}")
+        return "the model folder's trust.json"
+    if how == "synth":
+        data = f"synthetic recipe {json.dumps(recipe)}: {n} frames, sizes 256/512/1024"
+        calibrate(model, synthetic_frames(recipe, n), data=data)
+        return data
+    calibrate(model, _frames_of(Path(how)), data=how)
+    return how
+
+
+def _row(case: Case, enhancer: Enhancer, scorer: TrustScorer) -> dict:
+    m = enhancer.runner.mapping
+    t0 = time.perf_counter()
+    stats = scorer.begin(case.lr, m.low_in, m.high_in)
+    t1 = time.perf_counter()
+    y = enhancer(case.lr)
+    t2 = time.perf_counter()
+    trust = scorer.finish(stats, y, m.low_out, m.high_out)
+    t3 = time.perf_counter()
+    g = quality_gain(case.lr, y, case.truth)
+    return {
+        "split": case.split,
+        "kind": case.kind,
+        "group": case.group,
+        "seed": case.seed,
+        "size": case.size,
+        "psnr_in": round(g.psnr_in, 3),
+        "psnr_out": round(g.psnr_out, 3),
+        "ssim_in": round(g.ssim_in, 4),
+        "ssim_out": round(g.ssim_out, 4),
+        "psnr_gain": round(g.psnr_gain, 3),
+        "ssim_gain": round(g.ssim_gain, 4),
+        "hurt": g.hurt,
+        "trust": trust.score,
+        "evidence": round(trust.evidence, 4),
+        "trusted": trust.trusted,
+        "worst": trust.worst,
+        "features": {k: round(v, 5) for k, v in trust.features.items()},
+        "z": {k: round(v, 3) for k, v in trust.z.items()},
+        "trust_s": round((t1 - t0) + (t3 - t2), 4),
+        "infer_s": round(t2 - t1, 4),
+    }
+
+
+def _median(values: list[float]) -> float | None:
+    return round(float(statistics.median(values)), 4) if values else None
+
+
+def _kind_summary(rows: list[dict]) -> dict:
+    return {
+        "n": len(rows),
+        "helped": sum(not r["hurt"] for r in rows),
+        "hurt": sum(r["hurt"] for r in rows),
+        "median_psnr_gain": _median([r["psnr_gain"] for r in rows]),
+        "median_ssim_gain": _median([r["ssim_gain"] for r in rows]),
+        "median_trust": _median([r["trust"] for r in rows]),
+        "flagged": round(sum(not r["trusted"] for r in rows) / len(rows), 3),
+        "hurt_flagged": sum(r["hurt"] and not r["trusted"] for r in rows),
+    }
+
+
+def _split_summary(rows: list[dict]) -> dict:
+    hurt = np.array([r["hurt"] for r in rows])
+    score = np.array([r["evidence"] for r in rows])
+    flagged = np.array([not r["trusted"] for r in rows])
+    ind = np.array([r["group"] == "in-domain" for r in rows])
+    structure = [r for r in rows if r["group"] == "structure"]
+    ood = ~ind
+    return {
+        "n": len(rows),
+        "hurt": int(hurt.sum()),
+        "auc_hurt_vs_helped": round(roc_auc(score, hurt), 4),
+        "false_alarm_in_domain": round(float(flagged[ind].mean()), 4) if ind.any() else None,
+        "hurt_flagged": round(float(flagged[hurt].mean()), 4) if hurt.any() else None,
+        "helped_ood_flagged": round(float(flagged[~hurt & ood].mean()), 4)
+        if (~hurt & ood).any()
+        else None,
+        "structure_median_psnr_gain": _median([r["psnr_gain"] for r in structure]),
+        "structure_median_ssim_gain": _median([r["ssim_gain"] for r in structure]),
+        "kinds": {
+            k: _kind_summary([r for r in rows if r["kind"] == k])
+            for k in KINDS
+            if any(r["kind"] == k for r in rows)
+        },
+    }
+
+
+def _cost(
+    enhancer: Enhancer, scorer: TrustScorer, recipe: dict, sizes: list[int], reps: int
+) -> dict:
+    """begin + finish vs the frame's inference, interleaved repetitions, medians."""
+    m = enhancer.runner.mapping
+    out = {}
+    for size in sizes:
+        lr, _ = synthetic(recipe, COST_SEED + size, size)
+        y = enhancer(lr)  # warm-up (plans, engine)
+        scorer.finish(scorer.begin(lr, m.low_in, m.high_in), y, m.low_out, m.high_out)
+        t_inf, t_begin, t_finish = [], [], []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            st = scorer.begin(lr, m.low_in, m.high_in)
+            t1 = time.perf_counter()
+            y = enhancer(lr)
+            t2 = time.perf_counter()
+            scorer.finish(st, y, m.low_out, m.high_out)
+            t3 = time.perf_counter()
+            t_begin.append(t1 - t0)
+            t_inf.append(t2 - t1)
+            t_finish.append(t3 - t2)
+        inf, b, f = (statistics.median(t) for t in (t_inf, t_begin, t_finish))
+        out[f"{size}x{size}"] = {
+            "inference_s": round(inf, 4),
+            "begin_s": round(b, 4),
+            "finish_s": round(f, 4),
+            "overhead": round((b + f) / inf, 4),
+            "reps": reps,
+        }
+    return out
+
+
+def _table(result: dict) -> str:
+    lines = [
+        "| split | kind | n | helped | hurt | PSNR gain | SSIM gain | trust (median) | flagged |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for split in ("dev", "report"):
+        for kind, s in result["splits"][split]["kinds"].items():
+            lines.append(
+                f"| {split} | {kind} | {s['n']} | {s['helped']} | {s['hurt']} | "
+                f"{s['median_psnr_gain']:+.2f} | {s['median_ssim_gain']:+.3f} | "
+                f"{s['median_trust']:.3g} | {s['flagged']:.2f} |"
+            )
+    return "\n".join(lines)
+
+
+def dump(result: dict) -> str:
+    """The result as JSON: indented, one line per frame."""
+    head = json.dumps({k: v for k, v in result.items() if k != "frames"}, indent=1)
+    frames = ",\n  ".join(json.dumps(r, separators=(",", ":")) for r in result["frames"])
+    return head[:-2] + ',\n "frames": [\n  ' + frames + "\n ]\n}\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="reference-cyclegan")
+    ap.add_argument("--recipe-json", type=Path, help="the model's training recipe (SynthConfig)")
+    ap.add_argument("--calibration-data", default="synth", help="synth | model | PATH")
+    ap.add_argument("--calibration-frames", type=int, default=24)
+    ap.add_argument("--per-kind", type=int, default=6, help="frames per out-of-domain kind/split")
+    ap.add_argument("--in-domain", type=int, default=36, help="in-domain frames per split")
+    ap.add_argument("--cost-sizes", type=int, nargs="*", default=[1024, 2048])
+    ap.add_argument("--cost-reps", type=int, default=5)
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args(argv)
+    recipe = json.loads(args.recipe_json.read_text(encoding="utf-8")) if args.recipe_json else {}
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="ood_trust_") as tmp:
+        model = Path(tmp) / "model"
+        keep = args.calibration_data == "model"
+        ignore = None if keep else shutil.ignore_patterns(TRUST_JSON)
+        shutil.copytree(resolve_model(args.model), model, ignore=ignore)
+        data = _calibrate(model, args.calibration_data, recipe, args.calibration_frames)
+        # the benchmark scores frames itself (begin/finish timed apart from the inference): a
+        # frame runner that scores frames on its own (EnhanceConfig.trust) is told not to
+        unscored = {"trust": False} if "trust" in signature(Enhancer).parameters else {}
+        with Enhancer(model, **unscored) as enhancer:
+            scorer = TrustScorer.for_model(model, enhancer.scale)
+            assert scorer is not None
+            rows: list[dict] = []
+            for split in ("dev", "report"):
+                for case in cases(recipe, split, args.per_kind, args.in_domain):
+                    rows.append(_row(case, enhancer, scorer))
+                    r = rows[-1]
+                    print(
+                        f"{split:6s} {r['kind']:16s} {r['size']:>9s} dPSNR {r['psnr_gain']:+6.2f} "
+                        f"dSSIM {r['ssim_gain']:+.3f} {'HURT ' if r['hurt'] else 'helped'} "
+                        f"trust {r['trust']:.3g} ({r['worst']})",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+            cost = _cost(enhancer, scorer, recipe, args.cost_sizes, args.cost_reps)
+            backend = enhancer.backend
+            cal = scorer.calibration
+    result = {
+        "benchmark": "ood_trust",
+        "version": __version__,
+        "command": "python benchmarks/ood_trust.py " + " ".join(argv or sys.argv[1:]),
+        "machine": machine(),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "wall_s": round(time.perf_counter() - t_start, 1),
+        "model": str(args.model),
+        "backend": backend,
+        "recipe": recipe,
+        "calibration": {
+            "data": data,
+            "n_frames": cal.n_frames,
+            "sigma": cal.sigma,
+            "threshold": cal.threshold,
+            "false_alarm_rate": cal.false_alarm_rate,
+            "features": {
+                k: {"median": v.median, "scale": v.scale, "side": v.side}
+                for k, v in cal.features.items()
+            },
+        },
+        "label": "hurt = PSNR gain < 0 or SSIM gain < 0 (output vs input against the noise-free "
+        "truth, CARE scaling, 8 px border left out)",
+        "held_out_kinds": list(HELD_OUT),
+        "splits": {
+            s: _split_summary([r for r in rows if r["split"] == s]) for s in ("dev", "report")
+        },
+        "cost": cost,
+        "frames": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(dump(result), encoding="utf-8")
+    print(_table(result))
+    for s in ("dev", "report"):
+        sm = result["splits"][s]
+        print(
+            f"{s}: AUC {sm['auc_hurt_vs_helped']}, false alarms in-domain "
+            f"{sm['false_alarm_in_domain']}, hurt flagged {sm['hurt_flagged']}, helped OOD "
+            f"flagged {sm['helped_ood_flagged']}, structure kinds median gain "
+            f"{sm['structure_median_psnr_gain']} dB / {sm['structure_median_ssim_gain']} SSIM"
+        )
+    print("cost:", json.dumps(cost))
+    print(f"-> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
