@@ -95,6 +95,13 @@ class UntrustedFile(InputError):
         super().__init__(message)
         self.skipped = skipped
 
+    def __reduce__(self) -> Any:  # pickled from a cluster worker to the client: keep skipped
+        return (_untrusted_file, (str(self), self.skipped))
+
+
+def _untrusted_file(message: str, skipped: bool) -> UntrustedFile:
+    return UntrustedFile(message, skipped=skipped)
+
 
 def _describe(rec: dict[str, Any]) -> str:
     return f"frame {rec['index']} trust {rec['trust']:.3g} ({rec['worst']})"
@@ -134,6 +141,12 @@ class FileTrust:
                 )
             return np.zeros_like(frame)
         return frame
+
+    def absorb(self, records: list[dict[str, Any]]) -> None:
+        """Add frames scored elsewhere (a cluster worker's block, an earlier run), in order
+        of their index, the policy already applied to them."""
+        self.records = sorted([*self.records, *records], key=lambda r: r["index"])
+        self.untrusted = [r["index"] for r in self.records if not r["trusted"]]
 
     def metadata(self) -> dict[str, str] | None:
         """What the output's metadata records (``mark``/``skip`` with untrusted frames)."""
