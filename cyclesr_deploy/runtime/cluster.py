@@ -47,7 +47,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from cyclesr_deploy.errors import InputError, require
 from cyclesr_deploy.model import ModelConfig, ModelFolder, load_model
@@ -258,9 +258,17 @@ def _run_zarr_block(block: Block, runner: FrameRunner, reader: Any, trust: FileT
             written.result()
 
 
-def run_block(block: Block, recipe: EngineRecipe, cfg: EnhanceConfig) -> list[dict[str, Any]]:
+class BlockResult(NamedTuple):
+    """What a task reports: frames enhanced and their trust records (``FileTrust.records``;
+    empty when unscored)."""
+
+    frames: int
+    trust: list[dict[str, Any]]
+
+
+def run_block(block: Block, recipe: EngineRecipe, cfg: EnhanceConfig) -> BlockResult:
     """A task (runs on a worker): enhance the block's frames under the trust policy and write
-    them; the frames' trust records (``FileTrust.records``; none when unscored)."""
+    them (see :class:`BlockResult`)."""
     with _LOCK:
         reader = _reader(block.input, block.stamp)
         runner = worker_runner(recipe, cfg)
@@ -270,7 +278,7 @@ def run_block(block: Block, recipe: EngineRecipe, cfg: EnhanceConfig) -> list[di
         else:
             assert block.target is not None and block.out_info is not None
             if _written(block):
-                return []
+                return BlockResult(block.frames, [])
             frames = (_enhanced(runner, reader, block.input, i, trust) for i in range(block.stop))
             write_frames(
                 block.target,
@@ -280,7 +288,7 @@ def run_block(block: Block, recipe: EngineRecipe, cfg: EnhanceConfig) -> list[di
                 bigtiff=cfg.bigtiff,
                 annotations=trust.metadata,
             )
-    return trust.records
+    return BlockResult(block.frames, trust.records)
 
 
 def _written(block: Block) -> bool:
@@ -679,11 +687,11 @@ class _ClusterRun:
                     self._failed(client, f, future.exception())
                 elif index is None:  # a TIFF file or a Zarr output's finish task
                     if f.zarr is None:
-                        f.trust.absorb(future.result())
+                        f.trust.absorb(future.result().trust)
                         self._frames(f, f.info.n_frames)
                     self._done(f)
                 else:
-                    f.trust.absorb(future.result())
+                    f.trust.absorb(future.result().trust)
                     self._block_done(f, index)
                     self.manifest.save(force=True)  # a killed client recomputes no block
                     if not f.pending and f.error is None and f.zarr is not None:
