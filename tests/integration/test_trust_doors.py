@@ -160,6 +160,7 @@ def test_mark_in_ome_zarr_attributes(tmp_path, calibrated, inputs):
     out = tmp_path / "out"
     res, files = _enhance(inputs, out, model, "--untrusted", "mark", "--output-format", "zarr")
     assert res.exit_code == 0, res.output
+    assert _untrusted(files["stack.tif"]) == [1]
     assert read_annotations(out / "stack.ome.zarr")["untrusted_frames"] == "1"
 
 
