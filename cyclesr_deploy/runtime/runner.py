@@ -14,6 +14,8 @@ them in threads (the same code, in the same order)::
     for batch in work.batches():           # gather + normalize the tiles of this frame
         work.add(batch, runner.infer(work, batch))   # engine (frozen statistics), blend
     hr = work.result()                     # back to the input dtype (clip, round)
+    work.trust                             # its FrameTrust (None: unscored); runner.run(lr)
+                                           # returns (hr, trust) in one call
 
 The plan of a frame shape (:meth:`FrameRunner.plan`) is one of: ``whole`` (one tile covers the
 padded frame, or ``auto`` runs an InstanceNorm generator's frame whole within
@@ -21,6 +23,12 @@ padded frame, or ``auto`` runs an InstanceNorm generator's frame whole within
 seam-free), ``tiles`` (independent tiles: exact for generators without InstanceNorm, ``naive``
 seams for those with it, warned once). A batch holds the tiles of one frame only, so a frame's
 output never depends on the frames around it (bit-identical whichever door it came through).
+
+Per-frame trust (issue 17): with a scorer (the model folder's ``trust.json``, resolved once by
+:func:`~cyclesr_deploy.runtime.trust_policy.resolve_scorer`; ``EnhanceConfig.trust``), a
+frame's input statistics are taken in ``start`` and its :class:`~cyclesr_deploy.trust.FrameTrust`
+in ``result``; what a file's untrusted frames get is the doors' business
+(:mod:`cyclesr_deploy.runtime.trust_policy`).
 """
 
 from __future__ import annotations
