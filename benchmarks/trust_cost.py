@@ -1,6 +1,6 @@
 """The cost of per-frame trust in the frame runner: a frame with trust vs without (issue 17).
 
-    python benchmarks/trust_cost.py [--sizes 512 1024 2048] [--rounds 7] [--backend auto]
+    python benchmarks/trust_cost.py [--sizes 512 1024 2048 4096] [--rounds 7] [--backend auto]
                                     [--out benchmarks/results/trust_cost.json]
 
 A copy of the built-in CycleGAN is calibrated (``calibrate``) on 8 synthetic LR frames; two
@@ -35,15 +35,29 @@ from cyclesr_deploy.synthetic.simulate import simulate_pair
 from cyclesr_deploy.trust.calibrate import calibrate
 
 
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+def _medians(scored, plain, frame, rounds: int) -> dict[str, float]:
+    """Median seconds of a frame through both runners (interleaved, alternating order, one
+    warm-up round) and of the scorer's two parts alone."""
+    m, out = scored.mapping, plain(frame)
+    times: dict[str, list[float]] = {"trust": [], "no_trust": [], "begin": [], "finish": []}
+    for r in range(rounds + 1):
+        pair = [("trust", scored), ("no_trust", plain)]
+        for key, runner in pair if r % 2 else pair[::-1]:
+            t0 = time.perf_counter()
+            runner.run(frame)
+            times[key].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        stats = scored.scorer.begin(frame, m.low_in, m.high_in)
+        t1 = time.perf_counter()
+        scored.scorer.finish(stats, out, m.low_out, m.high_out)
+        times["begin"].append(t1 - t0)
+        times["finish"].append(time.perf_counter() - t1)
+    return {k: statistics.median(v[1:]) for k, v in times.items()}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048, 4096])
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/trust_cost.json"))
@@ -64,35 +78,13 @@ def main() -> None:
             for size in args.sizes:
                 frame = simulate_pair({"size": size}, 1000 + size).lr
                 mode = scored.plan(frame.shape).mode
-                times: dict[str, list[float]] = {"trust": [], "no_trust": []}
-                parts: dict[str, list[float]] = {"begin": [], "finish": []}
-                m = scored.mapping
-                out = plain(frame)
-                for r in range(args.rounds + 1):
-                    pair = [("trust", scored), ("no_trust", plain)]
-                    for key, runner in pair if r % 2 else pair[::-1]:
-                        dt = _timed(lambda runner=runner: runner.run(frame))
-                        if r:
-                            times[key].append(dt)
-                    st = None
-
-                    def begin():
-                        nonlocal st
-                        st = scored.scorer.begin(frame, m.low_in, m.high_in)
-
-                    t_begin = _timed(begin)
-                    t_finish = _timed(lambda: scored.scorer.finish(st, out, m.low_out, m.high_out))
-                    if r:
-                        parts["begin"].append(t_begin)
-                        parts["finish"].append(t_finish)
-                med = {k: statistics.median(v) for k, v in {**times, **parts}.items()}
+                med = _medians(scored, plain, frame, args.rounds)
                 row = {
                     "size": size,
                     "plan": mode,
                     "median_s": {k: round(v, 5) for k, v in med.items()},
                     "extra_fraction": round(med["trust"] / med["no_trust"] - 1, 4),
                     "scorer_fraction": round((med["begin"] + med["finish"]) / med["no_trust"], 4),
-                    "samples_s": {k: [round(x, 5) for x in v] for k, v in times.items()},
                 }
                 rows.append(row)
                 print(
