@@ -250,11 +250,12 @@ def onnx_cmd(
             _frozen(model_dir, direction, overwrite, table, frames)
         if direction == "ab":
             try:
-                data = trust_data or default_data(model_dir)
-            except InputError as exc:
+                _trust(model_dir, trust_data or default_data(model_dir), "auto", None, table)
+            except InputError as exc:  # the exported artifacts stand; only --trust-data fails
+                if trust_data is not None:
+                    raise
                 table.add_row("trust", "-", "-", "-", f"skipped: {exc}", "-")
-            else:
-                _trust(model_dir, data, "auto", None, table)
+                err.print(f"[yellow]trust not calibrated[/]: {escape(str(exc))}", highlight=False)
     out.print(table)
 
 
