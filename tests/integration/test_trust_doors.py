@@ -260,3 +260,31 @@ def test_bench_quality_reports_trust(tmp_path, calibrated):
     per = {it["name"]: it["trust"]["trusted"] for it in row["per_image"]}
     assert per == {"a.tif": True, "far.tif": False}
     assert quality_header(result)[-1] == "trust (flagged)"
+
+
+@pytest.mark.parametrize("policy", ["skip", "fail"])
+def test_cluster_applies_the_policy_on_its_workers(tmp_path, calibrated, inputs, policy):
+    """`enhance --cluster local:1`: the workers apply the policy (OME-Zarr blocks and whole
+    TIFF files), the client records trust per frame and the refusals (skipped / failed)."""
+    pytest.importorskip("distributed")
+    pytest.importorskip("zarr")
+    from cyclesr_deploy.runtime.formats import open_frames
+
+    model, _ = calibrated
+    out = tmp_path / "out"
+    res, files = _enhance(inputs, out, model, "--cluster", "local:1", "--untrusted", policy,
+                          "--output-format", "zarr", "--block", "1")  # fmt: skip
+    assert _untrusted(files["good.tif"]) == [] and files["good.tif"]["status"] == "done"
+    assert files["far.tif"]["status"] == ("skipped" if policy == "skip" else "failed")
+    assert not (out / "far.ome.zarr").exists()
+    if policy == "skip":
+        assert res.exit_code == 0, res.output
+        assert _untrusted(files["stack.tif"]) == [1]
+        with open_frames(out / "stack.ome.zarr") as reader:
+            assert reader.read(0).any() and not reader.read(1).any() and reader.read(2).any()
+        assert read_annotations(out / "stack.ome.zarr")["skipped_frames"] == "1"
+    else:
+        assert res.exit_code == 1, res.output
+        assert files["stack.tif"]["status"] == "failed"
+        assert "untrusted" in files["stack.tif"]["error"]
+        assert not (out / "stack.ome.zarr").exists()
