@@ -990,6 +990,7 @@ class StackAppender:
         self.part.parent.mkdir(parents=True, exist_ok=True)
         self.part.unlink(missing_ok=True)
         self.count = 0
+        self.annotations: Mapping[str, str] | None = None  # for the description, on close
         self._tw: tifffile.TiffWriter | None = tifffile.TiffWriter(self.part, bigtiff=True)
 
     def append(self, frame: np.ndarray) -> None:
@@ -1022,9 +1023,9 @@ class StackAppender:
         ome.addimage(info.dtype, shape, stored, axes=axes, **_ome_sizes(info))
         return ome.tostring(declaration=True)
 
-    def close(self, annotations: Mapping[str, str] | None = None) -> Path | None:
+    def close(self) -> Path | None:
         """Finish the file and rename it onto the target (None when no frame was written);
-        ``annotations``: added to its description (:func:`annotate`)."""
+        :attr:`annotations`, when set, are added to its description (:func:`annotate`)."""
         if self._tw is None:
             return self.target if self.count else None
         with self._cleanup():
@@ -1034,8 +1035,8 @@ class StackAppender:
                 self.part.unlink(missing_ok=True)
                 return None
             tifffile.tiffcomment(self.part, self._ome_xml().encode("utf-8"))
-            if annotations:
-                annotate(self.part, annotations)
+            if self.annotations:
+                annotate(self.part, self.annotations)
             self.part.replace(self.target)
         return self.target
 

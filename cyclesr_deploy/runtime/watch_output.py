@@ -237,8 +237,9 @@ class Outputs:
                 app.info = latest
         if src.trust is not None:
             src.trust.report()
+            app.annotations = src.trust.metadata()
         try:
-            app.close(annotations=src.trust.metadata() if src.trust is not None else None)
+            app.close()
         except Exception as exc:
             with self.state.lock:
                 lost = self._part_lost(src)  # in memory: the lost frames are the failure
