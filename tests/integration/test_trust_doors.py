@@ -177,6 +177,10 @@ def test_model_without_calibration_warns_only(tmp_path, inputs, caplog):
         assert not (tmp_path / policy / "stack.tif").exists()
     res, _ = _enhance(inputs, tmp_path / "off", model, "--no-trust", "--untrusted", "skip")
     assert res.exit_code == 2 and "--no-trust" in res.output
+    res = cli.invoke(app, ["watch", str(inputs), "-o", str(tmp_path / "w"), "--model", str(model),
+                           "--untrusted", "fail", "--exit-idle", "0.5"])  # fmt: skip
+    assert res.exit_code == 2 and "no trust calibration" in res.output  # before any engine
+    assert not (tmp_path / "w" / MANIFEST_NAME).exists()
 
 
 def test_stale_calibration_is_refused_with_the_renewal_command(tmp_path, calibrated, inputs):
