@@ -6,7 +6,10 @@ images are larger), each given model (whole-frame inference, the model's intensi
 and out), and ``HR`` (the ground truth against itself: its reference-free metrics, and FRC
 against ``hr_repeat``, a second HR acquisition, when given). Each row gets mean and population
 std over the images of every :class:`~cyclesr_deploy.metrics.QualityReport` field
-(:func:`~cyclesr_deploy.metrics.files.summarize`).
+(:func:`~cyclesr_deploy.metrics.files.summarize`). A model with a trust calibration
+(``trust.json``) also gets each image's trust (``per_image[i]["trust"]``) and the row's mean
+trust and number of images flagged untrusted (``trust``: mean, flagged, n; the table's last
+column).
 """
 
 from __future__ import annotations
@@ -63,6 +66,27 @@ def _predict(engine: Any, model: Any, lr: np.ndarray) -> np.ndarray:
     return mapping.after(y[: h * s, : w * s], np.float32)
 
 
+def _trust(scorer: Any, model: Any, lr: np.ndarray, pred: np.ndarray) -> dict[str, Any] | None:
+    """The trust record of one prediction (None: the model has no trust calibration), with
+    the model's intensity mapping as the frame runner uses it."""
+    if scorer is None:
+        return None
+    from cyclesr_deploy.normalization import IntensityMapping
+
+    m = IntensityMapping.from_config(model.normalization)
+    stats = scorer.begin(lr, m.low_in, m.high_in)
+    return scorer.finish(stats, pred, m.low_out, m.high_out).record()
+
+
+def _trust_summary(items: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Mean trust and the number of images flagged untrusted, over a method's images."""
+    scored = [it["trust"] for it in items if it.get("trust") is not None]
+    if not scored:
+        return None
+    mean = float(np.mean([t["trust"] for t in scored]))
+    return {"mean": mean, "flagged": sum(not t["trusted"] for t in scored), "n": len(scored)}
+
+
 def run_quality(
     lr_dir: str | Path,
     hr_dir: str | Path,
@@ -89,6 +113,7 @@ def run_quality(
     from cyclesr_deploy.metrics import evaluate
     from cyclesr_deploy.metrics.files import pair_paths, summarize
     from cyclesr_deploy.model import load_model
+    from cyclesr_deploy.trust import TrustScorer
 
     say = on_progress or (lambda _msg: None)
     lr_dir, hr_dir = Path(lr_dir), Path(hr_dir)
@@ -109,7 +134,7 @@ def run_quality(
     px_nm = pixel_size_nm
     first = pairs[0][0]
 
-    def add(method: str, name: str, pred: np.ndarray, gt: np.ndarray, rep=None) -> None:
+    def add(method: str, name: str, pred: np.ndarray, gt: np.ndarray, rep=None, trust=None) -> None:
         report = evaluate(
             pred,
             gt,
@@ -117,9 +142,10 @@ def run_quality(
             scaling=scaling,
             prediction_repeat=rep,  # type: ignore[arg-type]
         )
-        per_method.setdefault(method, []).append(
-            {"name": name, "report": report.model_dump(mode="json")}
-        )
+        item = {"name": name, "report": report.model_dump(mode="json")}
+        if trust is not None:
+            item["trust"] = trust
+        per_method.setdefault(method, []).append(item)
         if name == first:
             images[method] = pred
             cutoffs[method] = report.decorrelation_kc_max
@@ -141,6 +167,7 @@ def run_quality(
         add(input_label, name, base, hr)
     for method, folder in models.items():
         model = loaded[method]
+        scorer = TrustScorer.for_model(folder, model.scale)  # None: uncalibrated
         engine = open_engine(folder, backend, device=device)  # type: ignore[arg-type]
         with engine as e:
             say(f"{method}: {e.name}")
@@ -151,7 +178,7 @@ def run_quality(
                         f"model {method!r} makes {pred.shape} from {name} but the HR image is "
                         f"{hrs[name].shape}"
                     )
-                add(method, name, pred, hrs[name])
+                add(method, name, pred, hrs[name], trust=_trust(scorer, model, lrs[name], pred))
     for name, _lr_path, _hr_path in pairs:
         rep = None
         if name in repeats:
@@ -162,9 +189,11 @@ def run_quality(
     rows = []
     for method, items in per_method.items():
         mean, std = summarize([it["report"] for it in items])
-        rows.append(
-            {"method": method, "n": len(items), "mean": mean, "std": std, "per_image": items}
-        )
+        row = {"method": method, "n": len(items), "mean": mean, "std": std, "per_image": items}
+        trust = _trust_summary(items)
+        if trust is not None:
+            row["trust"] = trust
+        rows.append(row)
     result: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "kind": "quality",
@@ -188,6 +217,16 @@ def run_quality(
     return result
 
 
+def _scored(result: dict[str, Any]) -> bool:
+    return any("trust" in row for row in result["rows"])
+
+
+def quality_header(result: dict[str, Any]) -> list[str]:
+    """The table's column titles (:func:`quality_rows`' cells)."""
+    header = ["method", "n"] + [t for _k, t in QUALITY_COLUMNS]
+    return [*header, "trust (flagged)"] if _scored(result) else header
+
+
 def quality_rows(result: dict[str, Any]) -> list[list[str]]:
     out = []
     for row in result["rows"]:
@@ -200,6 +239,9 @@ def quality_rows(result: dict[str, Any]) -> list[list[str]]:
                 cells.append(fmt(mean, 4))
             else:
                 cells.append(f"{fmt(mean, 4)} ± {fmt(std, 2)}")
+        if _scored(result):  # models with a trust calibration: mean trust, images flagged
+            t = row.get("trust")
+            cells.append(f"{t['mean']:.3g} ({t['flagged']}/{t['n']})" if t else "")
         out.append(cells)
     return out
 
@@ -213,5 +255,4 @@ def quality_markdown(result: dict[str, Any]) -> str:
         f"scaling {s['scaling']}; HR pixel size "
         f"{'unknown' if px is None else f'{px:g} nm'}; machine: {result['machine']['cpu']}.\n\n"
     )
-    header = ["method", "n"] + [t for _k, t in QUALITY_COLUMNS]
-    return head + markdown_table(header, quality_rows(result))
+    return head + markdown_table(quality_header(result), quality_rows(result))

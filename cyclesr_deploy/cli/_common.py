@@ -35,6 +35,13 @@ STATS_HELP = (
 WHOLE_MAX_PX_HELP = (
     "--tiling auto: frames up to this many pixels (padded) run whole, untiled (0 = always tile)."
 )
+UNTRUSTED_HELP = (
+    "Frames the model's trust score flags (trust.json from `cyclesr export trust`): warn = one "
+    "warning per file; mark = also list them in the output's metadata; skip = write zeros in "
+    "their place (listed; a one-frame file is not written); fail = the file fails, no output. "
+    "All but warn need a calibrated model."
+)
+TRUST_HELP = "Score every frame against the model's trust calibration (--no-trust: off)."
 WHOLE_MAX_PX_DEFAULT = 2048 * 2048  # pipeline.WHOLE_MAX_PX (not imported: the CLI loads lazily)
 
 

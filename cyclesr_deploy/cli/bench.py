@@ -165,7 +165,7 @@ def quality(
     """PSNR, SSIM, MSE, NRMSE, BGSTD, CUF, decorrelation and FRC resolution per method (input
     or bicubic, each model, HR), mean ± std: quality.json, quality.md, figure.png."""
     from cyclesr_deploy.bench.quality import (
-        QUALITY_COLUMNS,
+        quality_header,
         quality_markdown,
         quality_rows,
         run_quality,
@@ -190,8 +190,7 @@ def quality(
             from cyclesr_deploy.bench import plots as p
 
             p.quality_figure(result["_images"], folder / "figure.png")
-    header = ["method", "n"] + [t for _k, t in QUALITY_COLUMNS]
-    _print_table("quality", header, quality_rows(result))
+    _print_table("quality", quality_header(result), quality_rows(result))
     err.print(f"wrote {folder}")
 
 

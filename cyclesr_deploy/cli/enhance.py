@@ -15,6 +15,8 @@ from cyclesr_deploy.cli._common import (
     EXIT_PARTIAL,
     STATS_HELP,
     TILING_HELP,
+    TRUST_HELP,
+    UNTRUSTED_HELP,
     WHOLE_MAX_PX_DEFAULT,
     WHOLE_MAX_PX_HELP,
     err,
@@ -51,6 +53,13 @@ class Tiling(str, Enum):
     auto = "auto"
     frozen = "frozen"
     naive = "naive"
+
+
+class Untrusted(str, Enum):
+    warn = "warn"
+    mark = "mark"
+    skip = "skip"
+    fail = "fail"
 
 
 class OutputFormat(str, Enum):
@@ -199,6 +208,8 @@ def enhance(
     block: int = typer.Option(
         8, min=1, help="--cluster: frames per task for OME-Zarr outputs (TIFF: one file a task)."
     ),
+    untrusted: Untrusted = typer.Option(Untrusted.warn, help=UNTRUSTED_HELP),
+    trust: bool = typer.Option(True, "--trust/--no-trust", help=TRUST_HELP),
 ) -> None:
     """Enhance TIFF/OME-TIFF images and stacks (2-D, TYX, ZYX, TZYX), frame by frame.
 
@@ -227,6 +238,7 @@ def enhance(
         check_paths,
         collect_inputs,
     )
+    from cyclesr_deploy.runtime.trust_policy import check_trust
 
     with user_errors():
         model = resolve_model(model)
@@ -246,10 +258,13 @@ def enhance(
             whole_max_px=whole_max_px,
             output_format=output_format.value,
             pyramid=pyramid,
+            untrusted=untrusted.value,
+            trust=trust,
         )
         model_cfg = load_model(model)
         if cfg.tile:
             cfg.tiling(model_cfg)  # bad --tile/--overlap: exit 2 before the engine loads
+        check_trust(cfg, model_cfg, model)  # a stale or missing calibration: exit 2 now
 
     progress = Progress(
         TextColumn("{task.description}"),
@@ -316,6 +331,7 @@ def enhance(
     table.add_column("frames", justify="right")
     table.add_column("status")
     table.add_column("seconds", justify="right")
+    table.add_column("trust min / untrusted", justify="right")
     table.add_column("note")
     style = {"done": "green", "skipped": "yellow", "failed": "red"}
     for f in summary.files:
@@ -326,6 +342,7 @@ def enhance(
             str(f.frames),
             f"[{style[f.status]}]{f.status}[/]",
             _fmt_s(f.seconds),
+            f"{f.trust['min']:.3g} / {len(f.trust['untrusted'])}" if f.trust else "-",
             escape(note),
         )
     out.print(table)

@@ -1,5 +1,5 @@
-"""``cyclesr export onnx|fp16|tensorrt|all|check|precision MODEL_DIR``: deployable artifacts in the
-model folder."""
+"""``cyclesr export onnx|fp16|tensorrt|all|check|precision|trust MODEL_DIR``: deployable
+artifacts in the model folder."""
 
 from __future__ import annotations
 
@@ -154,6 +154,34 @@ def _check(model_dir: Path, table, frames: list | None) -> None:
     )
 
 
+def _trust(model_dir: Path, data: Path | None, backend: str, max_frames: int | None, table) -> None:
+    """Calibrate the trust score (``cyclesr export trust``; after ``export onnx`` when the
+    training LR folder exists or ``--trust-data`` is given)."""
+    import time
+
+    from cyclesr_deploy.builtin import resolve_model
+    from cyclesr_deploy.export.trust import MAX_FRAMES, calibrate_model
+    from cyclesr_deploy.model import ModelFolder
+
+    t0 = time.perf_counter()
+    folder = ModelFolder(resolve_model(model_dir))
+    with err.status("calibrating the trust score on in-domain frames ..."):
+        cal = calibrate_model(
+            folder.path, data, backend=backend, max_frames=max_frames or MAX_FRAMES
+        )
+    summary = f"{cal.n_frames} frames, threshold {cal.threshold:.3g}"
+    _row(table, "trust", folder.trust_json, "-", summary, time.perf_counter() - t0)
+    err.print(f"trust: calibrated on {cal.n_frames} frames of {escape(cal.data)}", highlight=False)
+
+
+def _trust_state(model_dir: Path, table) -> None:
+    from cyclesr_deploy.export.trust import calibration_state
+
+    state, why = calibration_state(model_dir)
+    table.add_row("trust", "-", "-", "-", f"{state}: {why}", "-")
+    err.print(f"trust calibration: {state}: {escape(why)}", highlight=False)
+
+
 def _tensorrt(model_dir: Path, cfg, overwrite: bool, table) -> None:
     from cyclesr_deploy.export import engine_from_onnx
 
@@ -198,9 +226,18 @@ def onnx_cmd(
     frozen: bool | None = _FROZEN,
     check_frame: Path | None = _CHECK_FRAME,
     overwrite: bool = _OVERWRITE,
+    trust_data: Path | None = typer.Option(
+        None,
+        help="In-domain LR frames (folder or stack) to calibrate the trust score on after the "
+        "export (default: the training LR folder, when it exists; else no calibration).",
+    ),
 ) -> None:
     """FP32 ONNX with dynamic batch/height/width, parity-checked against PyTorch; for
-    InstanceNorm generators also the frozen-statistics stats/tile graphs (seam-free tiling)."""
+    InstanceNorm generators also the frozen-statistics stats/tile graphs (seam-free tiling);
+    then the trust calibration (see `cyclesr export trust`)."""
+    from cyclesr_deploy.errors import InputError
+    from cyclesr_deploy.export.trust import default_data
+
     table = _table()
     with _export_errors():
         wants_frozen = _wants_frozen(model_dir, direction, frozen)
@@ -211,6 +248,14 @@ def onnx_cmd(
             _fp16(path, overwrite, table)
         if wants_frozen:
             _frozen(model_dir, direction, overwrite, table, frames)
+        if direction == "ab":
+            try:
+                _trust(model_dir, trust_data or default_data(model_dir), "auto", None, table)
+            except InputError as exc:  # the exported artifacts stand; only --trust-data fails
+                if trust_data is not None:
+                    raise
+                table.add_row("trust", "-", "-", "-", f"skipped: {exc}", "-")
+                err.print(f"[yellow]trust not calibrated[/]: {escape(str(exc))}", highlight=False)
     out.print(table)
 
 
@@ -289,18 +334,41 @@ def all_cmd(
 
 @app.command("check")
 def check_cmd(model_dir: Path = _MODEL, check_frame: Path | None = _CHECK_FRAME) -> None:
-    """Check the crops statistics estimate of frozen tiling against whole-frame inference and
-    write frozen_stats.json, which `enhance --stats auto` follows (export onnx does this too)."""
+    """Report the trust calibration's state (ok / stale: why / missing); check the crops
+    statistics estimate of frozen tiling against whole-frame inference and write
+    frozen_stats.json, which `enhance --stats auto` follows (export onnx does this too)."""
     from cyclesr_deploy.errors import InputError
 
     table = _table()
     with user_errors():
+        _trust_state(model_dir, table)
         frames = _check_frames(model_dir, check_frame)
         if frames is None:
             raise InputError(
                 f"{model_dir}: only 1-channel InstanceNorm generators have frozen statistics"
             )
         _check(model_dir, table, frames)
+    out.print(table)
+
+
+@app.command("trust")
+def trust_cmd(
+    model_dir: Path = typer.Argument(..., help="Model folder or built-in model name."),
+    data: Path | None = typer.Option(
+        None,
+        help="In-domain LR frames: a TIFF/OME-TIFF/OME-Zarr file or stack, or a folder of them "
+        "(default: the model's training LR folder, model.json provenance train_a).",
+    ),
+    backend: str = typer.Option("auto", help="Inference backend (as enhance)."),
+    max_frames: int | None = typer.Option(
+        None, min=1, help="Frames used, spread evenly over the data (default 64)."
+    ),
+) -> None:
+    """Calibrate the per-frame trust score on in-domain frames: trust.json in the model
+    folder, tied to the weights' sha256 (renew it after re-training or re-exporting)."""
+    table = _table()
+    with _export_errors():
+        _trust(model_dir, data, backend, max_frames, table)
     out.print(table)
 
 

@@ -14,7 +14,7 @@ from rich.markup import escape
 
 from cyclesr_deploy.cli import _common as common
 from cyclesr_deploy.cli._common import err, user_errors
-from cyclesr_deploy.cli.enhance import Backend, Normalize, Precision, Tiling
+from cyclesr_deploy.cli.enhance import Backend, Normalize, Precision, Tiling, Untrusted
 
 
 class WhenBehind(str, Enum):
@@ -41,6 +41,7 @@ def _panel(status):  # a rich renderable for the live display
     table.add_row("latency p50 / p95", f"{ms(status.p50)} / {ms(status.p95)}")
     table.add_row("  split (p50)", status.split_text())
     table.add_row("complete by", status.rules_text())
+    table.add_row("trust (last) / untrusted", status.trust_text())
     table.add_row("frames/s", f"{status.fps:.2f}")
     table.add_row("backend", escape(status.backend))
     table.add_row("", "stopping..." if status.stopping else "Ctrl+C to stop")
@@ -99,6 +100,8 @@ def watch(
     status_every: float = typer.Option(
         5.0, min=0.1, help="Seconds between status lines when not in a terminal."
     ),
+    untrusted: Untrusted = typer.Option(Untrusted.warn, help=common.UNTRUSTED_HELP),
+    trust: bool = typer.Option(True, "--trust/--no-trust", help=common.TRUST_HELP),
 ) -> None:
     """Watch IN_DIR and enhance each frame as soon as it is completely written.
 
@@ -114,6 +117,7 @@ def watch(
     from cyclesr_deploy.model import load_model
     from cyclesr_deploy.runtime.manifest import OutputLock
     from cyclesr_deploy.runtime.runner import EnhanceConfig
+    from cyclesr_deploy.runtime.trust_policy import check_trust
     from cyclesr_deploy.runtime.watch import (
         WATCH_COMMAND,
         WatchConfig,
@@ -131,6 +135,8 @@ def watch(
             tiling_mode=tiling.value,
             stats=stats,
             whole_max_px=whole_max_px,
+            untrusted=untrusted.value,
+            trust=trust,
         )
         wcfg = WatchConfig(
             poll=poll,
@@ -145,6 +151,7 @@ def watch(
         model_cfg = load_model(model)
         if ecfg.tile:
             ecfg.tiling(model_cfg)
+        check_trust(ecfg, model_cfg, model)  # a stale or missing calibration: exit 2 now
         check_watch_paths(in_dir, out_dir)
 
     stop = threading.Event()

@@ -381,6 +381,7 @@ def open_engine(
                 warnings=frozen.warnings,
             )
     engine.selection = selection
+    engine.model_folder = model_dir  # the frame runner reads its trust calibration
     log.info("engine for %s: %s", model_dir, selection.describe())
     return engine
 

@@ -41,6 +41,7 @@ from cyclesr_deploy.napari._work import (
     new_output,
     result_geometry,
     result_name,
+    trust_text,
 )
 
 __all__ = ["CycleSRWidget"]
@@ -176,14 +177,14 @@ class CycleSRWidget(QWidget):
         indices = frame_indices(data.shape) if every else [self.current_index(layer)]
         self.progress.setRange(0, len(indices))
         self.progress.setValue(0)
-        box: dict[str, Any] = {}
+        box: dict[str, Any] = {"trusts": []}
 
         def work() -> Any:
             with self.enhancers.use(settings) as enhancer:
                 box["out"] = new_output(data.shape, data.dtype, enhancer.scale)
                 box["scale"], box["backend"] = enhancer.scale, enhancer.backend
                 yield 0
-                yield from enhance_into(enhancer, data, indices, box["out"])
+                yield from enhance_into(enhancer, data, indices, box["out"], box["trusts"])
             return box
 
         worker = create_worker(work, _ignore_errors=True)  # errors: our notification
@@ -215,7 +216,9 @@ class CycleSRWidget(QWidget):
             if name in self.viewer.layers:
                 self.viewer.layers.remove(name)
             self.viewer.add_image(out, name=name, **kwargs)
-        self._say(f"{name}: {self.progress.value()} frame(s) on {box['backend']}")
+        trust = trust_text(box["trusts"])
+        done = f"{name}: {self.progress.value()} frame(s) on {box['backend']}"
+        self._say(f"{done}; {trust}" if trust else done)
 
     def cancel(self) -> None:
         """Stop the running enhancement after the frame in flight (nothing is added)."""

@@ -147,13 +147,37 @@ def new_output(shape: Sequence[int], dtype: Any, scale: int) -> np.ndarray:
 
 
 def enhance_into(
-    enhancer: Enhancer, data: Any, indices: Sequence[Index], out: np.ndarray
+    enhancer: Enhancer,
+    data: Any,
+    indices: Sequence[Index],
+    out: np.ndarray,
+    trusts: list[tuple[Index, Any]] | None = None,
 ) -> Iterator[int]:
     """Enhance the frames ``indices`` of ``data`` (..., Y, X) into ``out``, one at a time;
-    yields the number done after each (a worker stops between frames when cancelled)."""
+    yields the number done after each (a worker stops between frames when cancelled);
+    ``trusts`` (when given) gets (index, the frame's FrameTrust or None) for each."""
     for done, index in enumerate(indices, 1):
         out[index] = enhancer(as_frame(data[index]))
+        if trusts is not None:
+            trusts.append((index, enhancer.last_trust))
         yield done
+
+
+def trust_text(trusts: Sequence[tuple[Index, Any]]) -> str:
+    """One line on the frames' trust for the widget's status: ``trust: 1 of 5 frame(s)
+    untrusted (lowest 0.0002 at (3,), spectrum)``, ``trust: ok (lowest 0.41)``, or ``""``
+    (the model has no trust calibration)."""
+    scored = [(i, t) for i, t in trusts if t is not None]
+    if not scored:
+        return ""
+    index, low = min(scored, key=lambda it: it[1].score)
+    bad = sum(not t.trusted for _i, t in scored)
+    if not bad:
+        return f"trust: ok (lowest {low.score:.3g})"
+    return (
+        f"trust: {bad} of {len(scored)} frame(s) untrusted (lowest {low.score:.3g} at "
+        f"{tuple(index)}, {low.worst}): the model may invent structure there"
+    )
 
 
 def result_geometry(

@@ -47,7 +47,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from cyclesr_deploy.errors import InputError, require
 from cyclesr_deploy.model import ModelConfig, ModelFolder, load_model
@@ -64,6 +64,7 @@ from cyclesr_deploy.runtime.omezarr import ZarrOutput
 from cyclesr_deploy.runtime.pipeline import EnhanceSummary, ProgressEvent, check_paths, triage
 from cyclesr_deploy.runtime.runner import EnhanceConfig, FrameRunner
 from cyclesr_deploy.runtime.tiff import StackInfo, output_info
+from cyclesr_deploy.runtime.trust_policy import FileTrust, UntrustedFile
 
 __all__ = [
     "CLUSTER_COMMAND",
@@ -223,13 +224,15 @@ def _frame_named(path: str, index: int) -> Iterator[None]:
         raise InputError(f"{path}: {text}") from None
 
 
-def _enhanced(runner: FrameRunner, reader: Any, path: str, index: int) -> Any:
-    """Frame ``index`` through the runner; any error names the file and the frame."""
+def _enhanced(runner: FrameRunner, reader: Any, path: str, index: int, trust: FileTrust) -> Any:
+    """Frame ``index`` through the runner and the trust policy; any error names the file and
+    the frame (a refusal of the policy stays an :class:`UntrustedFile`)."""
     with _frame_named(path, index):
-        return runner(reader.read(index))
+        result, scored = runner.run(reader.read(index), index)
+    return trust.admit(index, result, scored)
 
 
-def _run_zarr_block(block: Block, runner: FrameRunner, reader: Any) -> None:
+def _run_zarr_block(block: Block, runner: FrameRunner, reader: Any, trust: FileTrust) -> None:
     """The block's frames through the runner, frame after frame, while one I/O thread reads
     the next frame and writes the previous one (as the pipeline's reader and writer threads
     overlap the engine)."""
@@ -246,7 +249,8 @@ def _run_zarr_block(block: Block, runner: FrameRunner, reader: Any) -> None:
             if i + 1 < block.stop:
                 ahead = io.submit(reader.read, i + 1)
             with _frame_named(block.input, i):
-                result = runner(frame)
+                result, scored = runner.run(frame, i)
+            result = trust.admit(i, result, scored)
             if written is not None:
                 written.result()
             written = io.submit(out.write, i, result)
@@ -254,27 +258,37 @@ def _run_zarr_block(block: Block, runner: FrameRunner, reader: Any) -> None:
             written.result()
 
 
-def run_block(block: Block, recipe: EngineRecipe, cfg: EnhanceConfig) -> int:
-    """A task (runs on a worker): enhance the block's frames and write them; the number of
-    frames enhanced."""
+class BlockResult(NamedTuple):
+    """What a task reports: frames enhanced and their trust records (``FileTrust.records``;
+    empty when unscored)."""
+
+    frames: int
+    trust: list[dict[str, Any]]
+
+
+def run_block(block: Block, recipe: EngineRecipe, cfg: EnhanceConfig) -> BlockResult:
+    """A task (runs on a worker): enhance the block's frames under the trust policy and write
+    them (see :class:`BlockResult`)."""
     with _LOCK:
         reader = _reader(block.input, block.stamp)
         runner = worker_runner(recipe, cfg)
+        trust = FileTrust(cfg.untrusted, Path(block.input).name, reader.info.n_frames)
         if block.zarr is not None:
-            _run_zarr_block(block, runner, reader)
+            _run_zarr_block(block, runner, reader, trust)
         else:
             assert block.target is not None and block.out_info is not None
             if _written(block):
-                return block.frames
-            frames = (_enhanced(runner, reader, block.input, i) for i in range(block.stop))
+                return BlockResult(block.frames, [])
+            frames = (_enhanced(runner, reader, block.input, i, trust) for i in range(block.stop))
             write_frames(
                 block.target,
                 block.out_info,
                 frames,
                 overwrite=block.overwrite,
                 bigtiff=cfg.bigtiff,
+                annotations=trust.metadata,
             )
-    return block.frames
+    return BlockResult(block.frames, trust.records)
 
 
 def _written(block: Block) -> bool:
@@ -291,9 +305,10 @@ def _written(block: Block) -> bool:
         return False
 
 
-def finish_zarr(out: ZarrOutput, overwrite: bool) -> str:
-    """A task: pyramid, metadata and rename of a Zarr output whose frames are all written."""
-    return str(out.finish(overwrite=overwrite))
+def finish_zarr(out: ZarrOutput, overwrite: bool, annotations: dict[str, str] | None = None) -> str:
+    """A task: pyramid, metadata (``annotations``: the trust policy's) and rename of a Zarr
+    output whose frames are all written."""
+    return str(out.finish(overwrite=overwrite, annotations=annotations))
 
 
 # --- clusters ----------------------------------------------------------------------------------
@@ -557,7 +572,9 @@ class BlocksDone:
 class _File:
     """The client's view of one input: its tasks, what is done, how it ends."""
 
-    def __init__(self, job: Any, info: StackInfo, out_info: StackInfo) -> None:
+    def __init__(
+        self, job: Any, info: StackInfo, out_info: StackInfo, cfg_untrusted: str = "warn"
+    ) -> None:
         self.job, self.info, self.out_info = job, info, out_info
         self.pending: set[Any] = set()
         self.blocks_done = BlocksDone()
@@ -566,6 +583,7 @@ class _File:
         self.zarr: ZarrOutput | None = None
         self.block = 1  # frames per task of a Zarr output
         self.t0 = time.perf_counter()
+        self.trust = FileTrust(cfg_untrusted, job.path.name, info.n_frames)
 
 
 def enhance_on_cluster(
@@ -669,13 +687,17 @@ class _ClusterRun:
                     self._failed(client, f, future.exception())
                 elif index is None:  # a TIFF file or a Zarr output's finish task
                     if f.zarr is None:
+                        f.trust.absorb(future.result().trust)
                         self._frames(f, f.info.n_frames)
                     self._done(f)
                 else:
+                    f.trust.absorb(future.result().trust)
                     self._block_done(f, index)
                     self.manifest.save(force=True)  # a killed client recomputes no block
                     if not f.pending and f.error is None and f.zarr is not None:
-                        task = client.submit(finish_zarr, f.zarr, self.cfg.overwrite, pure=False)
+                        task = client.submit(
+                            finish_zarr, f.zarr, self.cfg.overwrite, f.trust.metadata(), pure=False
+                        )
                         self.tasks[task] = (f, None)
                         f.pending.add(task)
                         futures.add(task)
@@ -691,7 +713,7 @@ class _ClusterRun:
             with open_frames(job.path) as reader:
                 info = reader.info
                 chunk = int(getattr(reader, "chunk_frames", 1))
-            f = _File(job, info, output_info(info, self.model.scale))
+            f = _File(job, info, output_info(info, self.model.scale), self.cfg.untrusted)
             if Path(job.out).suffix.lower() == ".zarr":
                 f.zarr = ZarrOutput(job.out, f.out_info, self.cfg.pyramid)
                 f.block = -(-self.block // chunk) * chunk  # whole input chunks per task
@@ -721,6 +743,7 @@ class _ClusterRun:
             )
             if reusable:
                 f.blocks_done = BlocksDone(entry.get("blocks_done", ()))
+                f.trust.absorb((entry.get("trust") or {}).get("frames", []))
             else:
                 f.zarr.create()
             blocks = range(-(-n // f.block))
@@ -734,7 +757,10 @@ class _ClusterRun:
                 task = Block(str(job.path), start, stop, zarr=f.zarr, stamp=_stamp(job))
                 self._add(client, f, task, b)
             if not todo:  # every block recorded: only the finish is left
-                fut = client.submit(finish_zarr, f.zarr, self.cfg.overwrite, pure=False)
+                annotations = f.trust.metadata()
+                fut = client.submit(
+                    finish_zarr, f.zarr, self.cfg.overwrite, annotations, pure=False
+                )
                 self.tasks[fut] = (f, None)
                 f.pending.add(fut)
         else:
@@ -785,6 +811,7 @@ class _ClusterRun:
             blocks_done=f.blocks_done.record(),
             input_size=job.size,
             input_mtime_ns=job.mtime_ns,
+            trust=f.trust.summary(),
         )
 
     def _failed(self, client: Any, f: _File, exc: BaseException | None) -> None:
@@ -792,6 +819,14 @@ class _ClusterRun:
             return
         f.error = _named(f.job.path, exc)
         client.cancel(list(f.pending))
+        if isinstance(exc, UntrustedFile):  # the trust policy refused the file (no output)
+            if f.zarr is not None:
+                f.zarr.abort()
+            f.trust.report()
+            status = "skipped" if exc.skipped else "failed"
+            self._end(f.job, status, 0, error=None if exc.skipped else str(exc), t0=f.t0,
+                      note=str(exc) if exc.skipped else None)  # fmt: skip
+            return
         # a Zarr output keeps its recorded blocks: a rerun computes only the others
         self._end(f.job, "failed", f.frames, error=f.error, keep_blocks=f.zarr is not None, t0=f.t0)
 
@@ -799,7 +834,11 @@ class _ClusterRun:
         self._end(job, "failed", frames, error=error)
 
     def _done(self, f: _File) -> None:
-        self._end(f.job, "done", f.info.n_frames, output=str(f.job.out), progress=f.frames, t0=f.t0)
+        f.trust.report()
+        self._end(
+            f.job, "done", f.info.n_frames, output=str(f.job.out), progress=f.frames, t0=f.t0,
+            trust=f.trust.summary(),
+        )  # fmt: skip
 
     def _end(
         self,
@@ -812,6 +851,8 @@ class _ClusterRun:
         keep_blocks: bool = False,
         progress: int | None = None,
         t0: float = 0.0,
+        note: str | None = None,
+        trust: dict[str, Any] | None = None,
     ) -> None:
         """Record the end of ``job`` (result, manifest, progress event)."""
         result = FileResult(
@@ -824,6 +865,8 @@ class _ClusterRun:
             input_mtime_ns=job.mtime_ns,
             finished=utc_now(),
             seconds=round(time.perf_counter() - t0, 4) if t0 else 0.0,
+            note=note,
+            trust=trust,
         )
         self.results[job.index] = result
         if keep_blocks:

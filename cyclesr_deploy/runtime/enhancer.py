@@ -28,7 +28,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -36,6 +36,9 @@ from cyclesr_deploy.engines.base import Engine
 from cyclesr_deploy.errors import InputError
 from cyclesr_deploy.model import ModelConfig
 from cyclesr_deploy.runtime.runner import WHOLE_MAX_PX, EnhanceConfig, FrameRunner
+
+if TYPE_CHECKING:
+    from cyclesr_deploy.trust import FrameTrust
 
 __all__ = ["Enhancer", "open_model"]
 
@@ -83,7 +86,9 @@ class Enhancer:
     the default built-in model), the other settings are those of ``cyclesr enhance``; the
     engine is opened (and entered) at once; ``close()`` (or ``with``) releases it.
     ``engine=``/``model=`` inject an already created engine (not yet entered) and
-    config, e.g. for tests.
+    config, e.g. for tests. ``trust``: score frames against the model's trust calibration;
+    :attr:`last_trust` (a :class:`~cyclesr_deploy.trust.FrameTrust`, or None) and
+    :attr:`trusted` tell about the last frame enhanced (of a stack: its last frame).
 
     ``enhancer(frame)``: (H, W) -> (H*s, W*s); a stack (..., H, W) is enhanced frame by
     frame. ``enhancer.stream(frames)``: a generator over any iterable of frames.
@@ -105,6 +110,7 @@ class Enhancer:
         tiling: Literal["auto", "frozen", "naive"] = "auto",
         stats: Literal["auto", "crops", "whole"] = "auto",
         whole_max_px: int = WHOLE_MAX_PX,
+        trust: bool = True,
         engine: Engine | None = None,
         model: ModelConfig | None = None,
     ) -> None:
@@ -116,6 +122,7 @@ class Enhancer:
             tiling_mode=tiling,
             stats=stats,
             whole_max_px=whole_max_px,
+            trust=trust,
         )
         if model is None or engine is None:
             engine, loaded = open_model(
@@ -132,6 +139,13 @@ class Enhancer:
             raise
         self._lock = threading.Lock()
         self._closed = False
+        self.last_trust: FrameTrust | None = None
+
+    @property
+    def trusted(self) -> bool | None:
+        """Whether the last frame enhanced is trusted (None: no score, the model has no trust
+        calibration or ``trust=False``); its details: :attr:`last_trust`."""
+        return None if self.last_trust is None else self.last_trust.trusted
 
     @property
     def backend(self) -> str:
@@ -152,12 +166,13 @@ class Enhancer:
             if self._closed:
                 raise RuntimeError("Enhancer is closed")
             if frame.ndim == 2:
-                return self.runner(frame)
+                y, self.last_trust = self.runner.run(frame)
+                return y
             flat = frame.reshape(-1, *frame.shape[-2:])
             s = self.scale
             out = np.empty((flat.shape[0], flat.shape[1] * s, flat.shape[2] * s), frame.dtype)
             for i, f in enumerate(flat):
-                out[i] = self.runner(f)
+                out[i], self.last_trust = self.runner.run(f, i)
             return out.reshape(*frame.shape[:-2], *out.shape[-2:])
 
     def stream(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
@@ -175,6 +190,8 @@ class Enhancer:
         if "Height" in meta:
             meta["Height"] = int(out.shape[-2])
         meta["CycleSR"] = f"{self.backend} x{self.scale}"
+        if self.last_trust is not None:
+            meta["CycleSRTrust"] = self.last_trust.record()
         return out, meta
 
     def close(self) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +28,7 @@ from cyclesr_deploy.runtime.omezarr import (
 )
 from cyclesr_deploy.runtime.tiff import TIFF_SUFFIXES, StackInfo
 from cyclesr_deploy.runtime.tiff import open_frames as open_tiff
+from cyclesr_deploy.runtime.tiff import read_annotations as read_tiff_annotations
 from cyclesr_deploy.runtime.tiff import write_frames as write_tiff
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "is_zarr",
     "open_frames",
     "output_path",
+    "read_annotations",
     "write_frames",
 ]
 
@@ -142,9 +144,25 @@ def write_frames(
     overwrite: bool = False,
     bigtiff: bool | None = None,
     pyramid: int = 0,
+    annotations: Callable[[], Mapping[str, str] | None] | None = None,
 ) -> Path:
     """Write ``frames`` to ``target`` in the format its name says (``*.zarr``: OME-Zarr with
-    ``pyramid`` extra levels; else TIFF), atomically (see the two layers)."""
+    ``pyramid`` extra levels; else TIFF), atomically (see the two layers); ``annotations``
+    (called after the last frame): key -> text for the output's metadata."""
     if Path(target).suffix.lower() == ZARR_SUFFIX:
-        return write_zarr(target, info, frames, overwrite=overwrite, pyramid=pyramid)
-    return write_tiff(target, info, frames, overwrite=overwrite, bigtiff=bigtiff)
+        return write_zarr(
+            target, info, frames, overwrite=overwrite, pyramid=pyramid, annotations=annotations
+        )
+    return write_tiff(
+        target, info, frames, overwrite=overwrite, bigtiff=bigtiff, annotations=annotations
+    )
+
+
+def read_annotations(path: str | Path) -> dict[str, str] | None:
+    """What ``write_frames(..., annotations=)`` recorded in the output ``path`` (None: nothing),
+    e.g. the untrusted frames of ``--untrusted mark``."""
+    if is_zarr(Path(path)):
+        from cyclesr_deploy.runtime.omezarr import read_annotations as read_zarr
+
+        return read_zarr(path)
+    return read_tiff_annotations(path)

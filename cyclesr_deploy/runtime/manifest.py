@@ -73,6 +73,8 @@ class FileResult(BaseModel):
     input_size: int | None = None
     input_mtime_ns: int | None = None
     finished: str | None = None
+    # per-frame trust under the run's policy (runtime.trust_policy.FileTrust.summary)
+    trust: dict[str, Any] | None = None
 
 
 def utc_now() -> str:

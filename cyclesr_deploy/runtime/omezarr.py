@@ -25,7 +25,7 @@ import shutil
 import sys
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,13 @@ import numpy as np
 
 from cyclesr_deploy.errors import InputError, require
 from cyclesr_deploy.io import part_path
-from cyclesr_deploy.runtime.tiff import UNIT_TO_UM, StackInfo, check_layout, check_memory
+from cyclesr_deploy.runtime.tiff import (
+    ANNOTATION_NS,
+    UNIT_TO_UM,
+    StackInfo,
+    check_layout,
+    check_memory,
+)
 
 __all__ = [
     "ZARR_SUFFIX",
@@ -416,7 +422,7 @@ class ZarrOutput:
             src = dst
         return levels
 
-    def finish(self, overwrite: bool = False) -> Path:
+    def finish(self, overwrite: bool = False, annotations: Mapping[str, str] | None = None) -> Path:
         """Pyramid, metadata (validated), then ``<target>.part`` renamed onto ``target``.
         Retry-safe: run again after the rename (a worker lost before it reported), with no
         ``.part`` left and ``target`` a valid image of this output's shape, it is done."""
@@ -428,6 +434,8 @@ class ZarrOutput:
         levels = self._levels()
         group = zarr.open_group(str(self.part), mode="r+")
         group.attrs.update({"ome": _image_attrs(self.axes, levels, group, self.target.name)})
+        if annotations:  # e.g. untrusted frames (runtime.trust_policy)
+            group.attrs.update({ANNOTATION_NS: dict(annotations)})
         _validate(self.part)
         _replace_dir(self.part, self.target)
         return self.target
@@ -444,6 +452,12 @@ class ZarrOutput:
     def abort(self) -> None:
         with contextlib.suppress(OSError):
             shutil.rmtree(self.part)
+
+
+def read_annotations(path: str | Path) -> dict[str, str] | None:
+    """The ``cyclesr-deploy`` attribute of the OME-Zarr group ``path`` (None: none)."""
+    values = _zarr().open_group(str(path), mode="r").attrs.get(ANNOTATION_NS)
+    return dict(values) if values else None
 
 
 def _halve(frame: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -506,10 +520,12 @@ def write_zarr(
     *,
     overwrite: bool = False,
     pyramid: int = 0,
+    annotations: Callable[[], Mapping[str, str] | None] | None = None,
 ) -> Path:
     """Write ``frames`` (C order over ``info``'s frame axes; ``info`` describes the output, see
     ``tiff.output_info``) as an OME-Zarr image at ``target``: ``<target>.part`` until every frame
-    is written and the metadata validated, removed on any error."""
+    is written and the metadata validated, removed on any error. ``annotations``: called once
+    every frame is written; what it returns goes into the group's ``cyclesr-deploy`` attribute."""
     target = Path(target)
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} exists; refusing to overwrite (use overwrite)")
@@ -518,7 +534,8 @@ def write_zarr(
         out.create()
         for n, frame in enumerate(_counted(frames, info.n_frames)):
             out.write(n, frame)
-        return out.finish(overwrite=overwrite)
+        values = annotations() if annotations is not None else None
+        return out.finish(overwrite=overwrite, annotations=values)
     except BaseException:
         out.abort()
         raise

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel
@@ -69,6 +69,10 @@ from cyclesr_deploy.runtime.runner import (
     fit_to_engine,
 )
 from cyclesr_deploy.runtime.tiff import TIFF_SUFFIXES, StackInfo, output_info
+from cyclesr_deploy.runtime.trust_policy import FileTrust, UntrustedFile
+
+if TYPE_CHECKING:
+    from cyclesr_deploy.trust import FrameTrust
 
 __all__ = [
     "MANIFEST_NAME",
@@ -208,6 +212,7 @@ class _Job:
     out_info: StackInfo | None = None
     failed: BaseException | None = None
     abort: threading.Event = field(default_factory=threading.Event)
+    trust: FileTrust | None = None  # the file's frames under the untrusted policy
 
     def fail(self, exc: BaseException) -> None:
         """Mark the file failed (first error wins) so that every stage drops its items."""
@@ -249,6 +254,7 @@ class _FrameOut:
     job: _Job
     index: int
     data: np.ndarray
+    trust: FrameTrust | None = None
 
 
 _FINISH = object()  # after the last file
@@ -460,7 +466,7 @@ class _Run(_Stages):
                     job.fail(exc)
                     continue
                 if frame is not None:
-                    self._put(self.q_out, _FrameOut(job, msg.work.index, frame))
+                    self._put(self.q_out, _FrameOut(job, msg.work.index, frame, msg.work.trust))
             else:  # _Start, _End
                 self._put(self.q_out, msg)
 
@@ -484,6 +490,7 @@ class _Run(_Stages):
         mpx = info.frame_shape[0] * info.frame_shape[1] / 1e6
         self._progress(ProgressEvent("start", job.path, info.n_frames, megapixels=mpx))
         written = 0
+        job.trust = FileTrust(self.cfg.untrusted, job.path.name, info.n_frames)
 
         def frames() -> Iterator[np.ndarray]:
             nonlocal end_seen, written
@@ -499,7 +506,7 @@ class _Run(_Stages):
                     return
                 if msg.index != written:
                     raise RuntimeError(f"frame {msg.index} arrived, expected {written}")
-                yield msg.data
+                yield job.trust.admit(msg.index, msg.data, msg.trust)
                 written += 1
                 self.frames_done += 1
                 self.megapixels += mpx
@@ -515,6 +522,7 @@ class _Run(_Stages):
                 overwrite=self.cfg.overwrite,
                 bigtiff=self.cfg.bigtiff,
                 pyramid=self.cfg.pyramid,
+                annotations=job.trust.metadata,
             )
         except Exception as exc:
             job.fail(exc)
@@ -534,17 +542,23 @@ class _Run(_Stages):
     def _finish(self, job: _Job, frames: int, output: Path | None = None) -> None:
         if isinstance(job.failed, _Interrupted):
             return  # neither done nor failed: the next run processes it
-        failed = job.failed is not None
+        refused = job.failed if isinstance(job.failed, UntrustedFile) else None
+        skipped = refused is not None and refused.skipped  # --untrusted skip, one frame
+        failed = job.failed is not None and not skipped
+        if job.trust is not None:
+            job.trust.report()
         result = FileResult(
             input=str(job.path),
             output=str(output) if output is not None else None,
-            status="failed" if failed else "done",
+            status="failed" if failed else "skipped" if skipped else "done",
             frames=frames,
             seconds=round(time.perf_counter() - job.t0, 4) if job.t0 else 0.0,
-            error=_error_text(job.failed) if job.failed is not None else None,
+            error=_error_text(job.failed) if failed and job.failed is not None else None,
+            note=str(refused) if skipped else None,
             input_size=job.size,
             input_mtime_ns=job.mtime_ns,
             finished=_now(),
+            trust=job.trust.summary() if job.trust is not None else None,
         )
         self.results[job.index] = result
         self.manifest.record(result)

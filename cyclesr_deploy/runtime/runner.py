@@ -14,6 +14,8 @@ them in threads (the same code, in the same order)::
     for batch in work.batches():           # gather + normalize the tiles of this frame
         work.add(batch, runner.infer(work, batch))   # engine (frozen statistics), blend
     hr = work.result()                     # back to the input dtype (clip, round)
+    work.trust                             # its FrameTrust (None: unscored); runner.run(lr)
+                                           # returns (hr, trust) in one call
 
 The plan of a frame shape (:meth:`FrameRunner.plan`) is one of: ``whole`` (one tile covers the
 padded frame, or ``auto`` runs an InstanceNorm generator's frame whole within
@@ -21,6 +23,12 @@ padded frame, or ``auto`` runs an InstanceNorm generator's frame whole within
 seam-free), ``tiles`` (independent tiles: exact for generators without InstanceNorm, ``naive``
 seams for those with it, warned once). A batch holds the tiles of one frame only, so a frame's
 output never depends on the frames around it (bit-identical whichever door it came through).
+
+Per-frame trust (issue 17): with a scorer (the model folder's ``trust.json``, resolved once by
+:func:`~cyclesr_deploy.runtime.trust_policy.resolve_scorer`; ``EnhanceConfig.trust``), a
+frame's input statistics are taken in ``start`` and its :class:`~cyclesr_deploy.trust.FrameTrust`
+in ``result``; what a file's untrusted frames get is the doors' business
+(:mod:`cyclesr_deploy.runtime.trust_policy`).
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ import math
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Annotated, Any, Literal, cast
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -59,6 +67,10 @@ from cyclesr_deploy.runtime.tiling import (
     gather_batches,
     plan_tiles,
 )
+from cyclesr_deploy.runtime.trust_policy import resolve_scorer
+
+if TYPE_CHECKING:
+    from cyclesr_deploy.trust import FrameTrust, TrustScorer
 
 __all__ = [
     "DTYPES",
@@ -91,6 +103,11 @@ class EnhanceConfig(BaseModel):
     percentiles, ``frame`` = percentiles of each whole frame (mapped back to the same range);
     ``overwrite``, ``queue_size`` (items between pipeline stages) and ``bigtiff`` (None = above
     2 GiB) concern files, not frames.
+
+    ``trust``: score every frame against the model folder's trust calibration (``trust.json``,
+    ``cyclesr export trust``; a model without one runs unscored, said once); ``untrusted``: what
+    a file's untrusted frames get (``warn``, ``mark``, ``skip``, ``fail``: see
+    :mod:`cyclesr_deploy.runtime.trust_policy`; all but ``warn`` need a calibration).
 
     ``tiling_mode`` (InstanceNorm generators cut into several tiles): ``frozen`` = every tile
     normalised with the whole frame's statistics (seam-free, exact up to float rounding; needs an
@@ -137,6 +154,10 @@ class EnhanceConfig(BaseModel):
     # pyramid levels of a Zarr output (each 2x smaller, from the stored full resolution)
     output_format: Literal["same", "tiff", "zarr"] = "same"
     pyramid: int = Field(default=0, ge=0, le=16)
+    # per-frame trust (issue 17, runtime/trust_policy.py): score frames against the model
+    # folder's trust.json (``trust``), and what a file's untrusted frames get (``untrusted``)
+    trust: bool = True
+    untrusted: Literal["warn", "mark", "skip", "fail"] = "warn"
 
     def tiling(self, model: ModelConfig, frame_shape: Sequence[int] | None = None) -> TilingConfig:
         """The tiling for ``model``: ``tile > 0`` from its receptive field (``overlap``
@@ -250,12 +271,36 @@ class FrameWork:
     its plan, intensity mapping and blender; ``batches`` in the prep stage, ``add`` after the
     engine, ``result`` once ``complete``."""
 
-    __slots__ = ("_blender", "dtype", "frame", "index", "mapping", "plan", "stats")
+    __slots__ = (
+        "_blender",
+        "_scorer",
+        "_trust_in",
+        "dtype",
+        "frame",
+        "index",
+        "mapping",
+        "plan",
+        "stats",
+        "trust",
+    )
 
-    def __init__(self, frame: np.ndarray, index: int, plan: FramePlan, mapping: IntensityMapping):
+    def __init__(
+        self,
+        frame: np.ndarray,
+        index: int,
+        plan: FramePlan,
+        mapping: IntensityMapping,
+        scorer: TrustScorer | None = None,
+    ):
         self.frame, self.index, self.plan, self.mapping = frame, index, plan, mapping
         self.dtype = frame.dtype
         self.stats: np.ndarray | None = None  # frozen: set by the engine stage, first batch
+        # trust: the input's statistics now (before the input is freed), the verdict at result()
+        self._scorer = scorer
+        self._trust_in = (
+            None if scorer is None else scorer.begin(frame, mapping.low_in, mapping.high_in)
+        )
+        self.trust: FrameTrust | None = None
         pool = plan._blenders
         try:
             self._blender = pool.pop()
@@ -296,7 +341,12 @@ class FrameWork:
         """The enhanced frame (H*s, W*s) in the input's dtype (integers clipped, rounded)."""
         y = self._blender.result()[0]
         self.plan._blenders.append(self._blender)
-        return self.mapping.after(y, self.dtype, inplace=True)
+        out = self.mapping.after(y, self.dtype, inplace=True)
+        if self._scorer is not None and self._trust_in is not None:
+            m = self.mapping
+            self.trust = self._scorer.finish(self._trust_in, out, m.low_out, m.high_out)
+            self._trust_in = None
+        return out
 
 
 class FrameRunner:
@@ -306,7 +356,14 @@ class FrameRunner:
     shape. ``start``/``infer`` are the stages of the same work for pipelines. One runner per
     engine; calls into the engine must not overlap (one engine thread)."""
 
-    def __init__(self, engine: Engine, model: ModelConfig, cfg: EnhanceConfig | None = None):
+    def __init__(
+        self,
+        engine: Engine,
+        model: ModelConfig,
+        cfg: EnhanceConfig | None = None,
+        *,
+        scorer: TrustScorer | Literal["auto"] | None = "auto",
+    ):
         spec = engine.input_spec
         if spec.scale != model.scale:
             raise InputError(
@@ -340,6 +397,8 @@ class FrameRunner:
             check_batch_shape(spec, (batch, 1, *self.tiling.tile_shape), name="--tile/--batch")
         self.estimate = self._resolve_estimate()
         self.mapping = IntensityMapping.from_config(model.normalization)
+        # the trust scorer (``auto``: the engine's model folder's trust.json; checked here, once)
+        self.scorer = resolve_scorer(cfg, model, getattr(engine, "model_folder", None), scorer)
         self._plans: dict[tuple[int, int], FramePlan] = {}
         self._lock = threading.Lock()
 
@@ -507,7 +566,7 @@ class FrameRunner:
             mapping = IntensityMapping.from_frame(frame, norm.pmin, norm.pmax)
         else:
             mapping = self.mapping
-        return FrameWork(frame, index, plan, mapping)
+        return FrameWork(frame, index, plan, mapping, self.scorer)
 
     def infer(self, work: FrameWork, batch: TileBatch) -> np.ndarray:
         """The engine's output for ``batch`` of ``work``, (n, C, th*s, tw*s) for its n tiles;
@@ -558,7 +617,12 @@ class FrameRunner:
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
         """Enhance one frame, start to finish, in this thread."""
-        work = self.start(np.asarray(frame))
+        return self.run(frame)[0]
+
+    def run(self, frame: np.ndarray, index: int = 0) -> tuple[np.ndarray, FrameTrust | None]:
+        """Enhance one frame in this thread: (the enhanced frame, its trust or None when the
+        run scores no trust)."""
+        work = self.start(np.asarray(frame), index)
         for batch in work.batches():
             work.add(batch, self.infer(work, batch))
-        return work.result()
+        return work.result(), work.trust

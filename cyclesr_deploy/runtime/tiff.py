@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import io as _io
+import json
 import logging
 import math
 import os
@@ -46,7 +47,7 @@ import threading
 import uuid
 import warnings
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -834,6 +835,7 @@ def write_frames(
     overwrite: bool = False,
     bigtiff: bool | None = None,
     ome_extra: dict[str, Any] | None = None,
+    annotations: Callable[[], Mapping[str, str] | None] | None = None,
 ) -> Path:
     """Write ``frames`` (2-D arrays, C order over ``info``'s frame axes) to ``target``.
 
@@ -842,6 +844,8 @@ def write_frames(
     written (``<target>.part`` until then, removed on any error, including one raised by the
     ``frames`` iterator). ``bigtiff`` None: BigTIFF above 2 GiB. ``ome_extra``: more keys for
     tifffile's OME writer (``Description``, ``UUID``) where a new OME-XML is written.
+    ``annotations``: called once every frame is written; what it returns (key -> text) is
+    added to the description (:func:`annotate`) before the rename.
     """
     target = Path(target)
     if target.exists() and not overwrite:
@@ -865,9 +869,82 @@ def write_frames(
     else:
         writer_args.update(bigtiff=bigtiff, shaped=True)
         kwargs["metadata"] = {"axes": info.axes}
-    with atomic_path(target) as part, tifffile.TiffWriter(part, **writer_args) as tw:
-        tw.write(_checked(frames, info), shape=info.shape, dtype=info.dtype, **kwargs)
+    with atomic_path(target) as part:
+        with tifffile.TiffWriter(part, **writer_args) as tw:
+            tw.write(_checked(frames, info), shape=info.shape, dtype=info.dtype, **kwargs)
+        values = annotations() if annotations is not None else None
+        if values:
+            annotate(part, values)
     return target
+
+
+# --- annotations (per-frame trust marks, issue 17) -----------------------------------------------
+ANNOTATION_NS = "cyclesr-deploy"  # OME MapAnnotation namespace; the key elsewhere
+_ANNOTATION_ID = "Annotation:cyclesr-deploy:0"
+
+
+def annotate(path: str | Path, values: Mapping[str, str]) -> None:
+    """Add ``values`` to the first page's description of the TIFF ``path`` (in place): an
+    OME-XML ``MapAnnotation`` (namespace :data:`ANNOTATION_NS`, linked from the image), an
+    ``ANNOTATION_NS`` key of a JSON (shaped) description, or an ImageJ ``key=JSON`` line."""
+    with tifffile.TiffFile(path) as tif:
+        desc = tif.pages.first.description or ""
+    if desc.lstrip().startswith("<"):
+        new = _ome_annotated(desc, values)
+    elif desc.startswith("ImageJ="):
+        new = desc.rstrip("\n") + f"\n{ANNOTATION_NS}={json.dumps(dict(values))}\n"
+    else:
+        try:
+            data = json.loads(desc) if desc else {}
+        except ValueError:
+            data = {"description": desc}
+        if not isinstance(data, dict):
+            data = {"description": desc}
+        new = json.dumps({**data, ANNOTATION_NS: dict(values)})
+    tifffile.tiffcomment(path, new.encode("utf-8"))
+
+
+def _ome_annotated(xml: str, values: Mapping[str, str]) -> str:
+    ns_uri = _register_namespaces(xml)
+    root = ET.fromstring(xml)
+    ns = f"{{{ns_uri}}}" if ns_uri else ""
+    tags = [c.tag for c in root]
+    sa = root.find(f"{ns}StructuredAnnotations")
+    if sa is None:  # schema order: after the last Image, before ROI / BinaryOnly
+        images = [i for i, t in enumerate(tags) if t == f"{ns}Image"]
+        sa = ET.Element(f"{ns}StructuredAnnotations")
+        root.insert(images[-1] + 1 if images else len(tags), sa)
+    ann = ET.SubElement(sa, f"{ns}MapAnnotation", {"ID": _ANNOTATION_ID})
+    ann.set("Namespace", ANNOTATION_NS)
+    value = ET.SubElement(ann, f"{ns}Value")
+    for k, v in values.items():
+        ET.SubElement(value, f"{ns}M", {"K": str(k)}).text = str(v)
+    image = root.find(f"{ns}Image")
+    if image is not None:
+        ET.SubElement(image, f"{ns}AnnotationRef", {"ID": _ANNOTATION_ID})
+    return '<?xml version="1.0" encoding="UTF-8"?>' + ET.tostring(root, encoding="unicode")
+
+
+def read_annotations(path: str | Path) -> dict[str, str] | None:
+    """What :func:`annotate` added to the TIFF ``path`` (None: nothing)."""
+    with tifffile.TiffFile(path) as tif:
+        desc = tif.pages.first.description or ""
+    if desc.lstrip().startswith("<"):
+        root = ET.fromstring(desc)
+        for ann in root.iter():
+            if ann.tag.endswith("MapAnnotation") and ann.get("Namespace") == ANNOTATION_NS:
+                return {m.get("K", ""): m.text or "" for m in ann.iter() if m.tag.endswith("}M")}
+        return None
+    if desc.startswith("ImageJ="):
+        for line in desc.splitlines():
+            if line.startswith(f"{ANNOTATION_NS}="):
+                return json.loads(line.split("=", 1)[1])
+        return None
+    try:
+        data = json.loads(desc) if desc else {}
+    except ValueError:
+        return None
+    return data.get(ANNOTATION_NS) if isinstance(data, dict) else None
 
 
 def _page_kwargs(info: StackInfo) -> dict[str, Any]:
@@ -913,6 +990,7 @@ class StackAppender:
         self.part.parent.mkdir(parents=True, exist_ok=True)
         self.part.unlink(missing_ok=True)
         self.count = 0
+        self.annotations: Mapping[str, str] | None = None  # for the description, on close
         self._tw: tifffile.TiffWriter | None = tifffile.TiffWriter(self.part, bigtiff=True)
 
     def append(self, frame: np.ndarray) -> None:
@@ -946,7 +1024,8 @@ class StackAppender:
         return ome.tostring(declaration=True)
 
     def close(self) -> Path | None:
-        """Finish the file and rename it onto the target (None when no frame was written)."""
+        """Finish the file and rename it onto the target (None when no frame was written);
+        :attr:`annotations`, when set, are added to its description (:func:`annotate`)."""
         if self._tw is None:
             return self.target if self.count else None
         with self._cleanup():
@@ -956,6 +1035,8 @@ class StackAppender:
                 self.part.unlink(missing_ok=True)
                 return None
             tifffile.tiffcomment(self.part, self._ome_xml().encode("utf-8"))
+            if self.annotations:
+                annotate(self.part, self.annotations)
             self.part.replace(self.target)
         return self.target
 

@@ -139,7 +139,8 @@ class WatchStatus:
     ``incomplete`` (stable but truncated), latency arrival -> written p50/p95 (s), frames/s
     over the last 10 s, the engine's name; ``split``: p50 (s) of each phase of the latency
     (:data:`~cyclesr_deploy.runtime.watch_output.PHASES`: wait = arrival -> judged complete,
-    queue, read, compute, write); ``rules``: pages per completeness rule that judged them."""
+    queue, read, compute, write); ``rules``: pages per completeness rule that judged them;
+    ``trust``: the last frame's trust score, ``untrusted``: frames flagged so far."""
 
     seen: int
     done: int
@@ -156,6 +157,8 @@ class WatchStatus:
     stopping: bool = False
     split: tuple[tuple[str, float], ...] = ()
     rules: tuple[tuple[str, int], ...] = ()
+    trust: float | None = None  # the last frame's trust score (None: not scored)
+    untrusted: int = 0  # frames flagged untrusted so far
 
     @property
     def ok(self) -> bool:
@@ -170,8 +173,14 @@ class WatchStatus:
             f"in {self.seen}, done {self.done}, queued {self.queued}, skipped {self.skipped}, "
             f"failed {self.failed}, incomplete {self.incomplete}; latency p50 {ms(self.p50)} "
             f"p95 {ms(self.p95)} ({self.split_text()}); complete by {self.rules_text()}; "
-            f"{self.fps:.2f} frames/s; {self.backend}"
+            f"{self.trust_text()}; {self.fps:.2f} frames/s; {self.backend}"
         )
+
+    def trust_text(self) -> str:
+        """``trust 0.41, untrusted 2`` (the last frame's score, frames flagged so far)."""
+        if self.trust is None:
+            return "trust -"
+        return f"trust {self.trust:.3g}, untrusted {self.untrusted}"
 
     def split_text(self) -> str:
         """``wait 3 / queue 0 / read 4 / compute 180 / write 9 ms`` (p50 of each phase)."""
@@ -282,7 +291,7 @@ class WatchWorker:
         )
         manifest = Manifest(out_dir, header, interval=1.0)
         self.state = State(out_dir, cfg, manifest)
-        self.outputs = Outputs(self.state, runner, model.scale, self._done)
+        self.outputs = Outputs(self.state, runner.run, model.scale, self._done, ecfg.untrusted)
         self.backlog = _Backlog(self.state, self.outputs)
         self.latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
         self.splits: deque[tuple[float, ...]] = deque(maxlen=_LATENCY_WINDOW)
@@ -327,6 +336,8 @@ class WatchWorker:
                 stopping=self.stop.is_set(),
                 split=tuple((k, float(v)) for k, v in zip(PHASES, split, strict=False)),
                 rules=tuple((r, state.rules[r]) for r in RULES if state.rules[r]),
+                trust=state.last_trust,
+                untrusted=state.untrusted,
             )
 
     def handle(self, item: Item | Close, taken: float) -> None:

@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,7 +22,11 @@ from cyclesr_deploy.runtime.tiff import (
     read_page,
     write_frames,
 )
+from cyclesr_deploy.runtime.trust_policy import FileTrust, UntrustedFile
 from cyclesr_deploy.runtime.watch_scan import Item, Source, State
+
+if TYPE_CHECKING:
+    from cyclesr_deploy.trust import FrameTrust
 
 log = logging.getLogger("cyclesr_deploy.runtime.watch")
 
@@ -37,11 +42,13 @@ class Outputs:
     def __init__(
         self,
         state: State,
-        enhance: Callable[[np.ndarray], np.ndarray],
+        enhance: Callable[[np.ndarray, int], tuple[np.ndarray, FrameTrust | None]],
         scale: int,
         on_done: Callable[[Item, float, dict[str, float]], None],
+        untrusted: str = "warn",
     ) -> None:
         self.state, self.enhance, self.scale, self.on_done = state, enhance, scale, on_done
+        self.untrusted = untrusted  # the trust policy (runtime.trust_policy)
 
     def process(self, item: Item, taken: float) -> None:
         """Read, enhance and write ``item`` (taken from the backlog at ``taken``); its latency
@@ -55,12 +62,18 @@ class Outputs:
             else:  # handed over in memory: a page of a growing stack
                 frame, info, item.frame = item.frame, None, None
             t_read = time.perf_counter()
-            result = self.enhance(frame)  # the one call of the frame runner
+            result, trust = self.enhance(frame, item.page)  # the one call of the frame runner
             t_comp = time.perf_counter()
+            result, refused = self._admit(src, item.page, result, trust)
             if info is not None:
                 self._write_frame_file(src, info, result)
             else:
                 self._append_page(src, result)
+            if refused is not None:  # a stack's page under --untrusted fail: zeros, failed
+                raise refused
+        except UntrustedFile as exc:
+            self._refused(src, item.page, exc)
+            return
         except Exception as exc:  # per file: reported, the watch goes on
             msg = str(exc) if isinstance(exc, (InputError, OSError)) else repr(exc)
             with self.state.lock:
@@ -88,6 +101,41 @@ class Outputs:
             self.state.manifest.update(src.path, complete_by=item.rule, **values)
         self.on_done(item, t1, split)
 
+    def _admit(
+        self, src: Source, page: int, result: np.ndarray, trust: FrameTrust | None
+    ) -> tuple[np.ndarray, UntrustedFile | None]:
+        """The page to write under the trust policy (a frame file refused raises; a stack's
+        page refused by ``fail`` is written as zeros, so page indices stay aligned, and the
+        refusal returned), with the status counters and the manifest's ``trust`` updated."""
+        if src.trust is None:
+            src.trust = FileTrust(self.untrusted, src.path.name, 1 if src.frame_file else None)
+        refused = None
+        try:
+            out = src.trust.admit(page, result, trust)
+        except UntrustedFile as exc:
+            if src.frame_file:
+                raise
+            out, refused = np.zeros_like(result), exc
+        finally:
+            with self.state.lock:
+                if trust is not None:
+                    self.state.last_trust = float(trust.score)
+                    self.state.untrusted += not trust.trusted
+                    self.state.manifest.update(src.path, trust=src.trust.summary())
+        if src.frame_file:
+            src.trust.report()
+        return out, refused
+
+    def _refused(self, src: Source, page: int, exc: UntrustedFile) -> None:
+        """Record a page the trust policy refused (see :meth:`_admit`)."""
+        with self.state.lock:
+            if exc.skipped:  # a frame file under skip: no output
+                log.warning("%s: %s", src.path.name, exc)
+                src.closed = True
+                self.state.record(src, "skipped", note=str(exc), output=None, error=None)
+            else:
+                self.state.fail(src, f"page {page}: {exc}", file_level=bool(src.frame_file))
+
     @staticmethod
     def _read(src: Source, page: int) -> tuple[np.ndarray, StackInfo | None]:
         """The frame to enhance, with the file's metadata for a frame file (None for a stack
@@ -101,7 +149,9 @@ class Outputs:
             return reader.read(0), info
 
     def _write_frame_file(self, src: Source, info: StackInfo, result: np.ndarray) -> None:
-        write_frames(src.out, output_info(info, self.scale), [result], overwrite=True)
+        annotations = src.trust.metadata if src.trust is not None else None
+        out_info = output_info(info, self.scale)
+        write_frames(src.out, out_info, [result], overwrite=True, annotations=annotations)
         with self.state.lock:
             src.done = 1
             src.closed = True
@@ -185,6 +235,9 @@ class Outputs:
             latest = output_info(src.info, self.scale, app.info.dtype)
             if latest.frame_shape == app.info.frame_shape:
                 app.info = latest
+        if src.trust is not None:
+            src.trust.report()
+            app.annotations = src.trust.metadata()
         try:
             app.close()
         except Exception as exc:

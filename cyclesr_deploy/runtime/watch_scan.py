@@ -49,10 +49,12 @@ class Source:
     rule: str | None = None  # the completeness rule that decided the last queued page
     in_memory: bool = False  # pages handed over in memory (acquisition hook): never read again
     lost: int = 0  # written pages lost with a failed .part (in_memory: cannot be redone)
+    trust: Any = None  # runtime.trust_policy.FileTrust of its output (frames scored)
 
     def retry(self) -> None:
         """Forget a failure of a file that changed since (nothing of it was written)."""
         self.failed, self.failures = None, 0
+        self.trust = None
         self.queued_to = self.observed = 0
         self.frame_file = self.expected = None
         self.closed = False
@@ -95,6 +97,8 @@ class State:
         self.ready: list[tuple[float, int, float, Item | Close]] = []
         self.sources: dict[str, Source] = {}
         self.seen = self.done = self.skipped = 0
+        self.untrusted = 0  # frames the trust policy flagged
+        self.last_trust: float | None = None  # the last frame's trust score
         self.last_activity = time.perf_counter()
 
     @property

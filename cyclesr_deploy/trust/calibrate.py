@@ -95,7 +95,7 @@ def calibrate(
     from cyclesr_deploy.runtime.runner import EnhanceConfig, FrameRunner
 
     folder = ModelFolder(resolve_model(model_dir))
-    cfg = cfg or EnhanceConfig()
+    cfg = (cfg or EnhanceConfig()).model_copy(update={"trust": False})  # unscored: renewals
     engine, model = open_model(folder.path, backend, cfg, precision=precision)
     pairs: list[tuple[InputStats, np.ndarray]] = []
     with engine:

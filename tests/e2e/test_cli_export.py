@@ -128,6 +128,33 @@ def test_export_checks_the_estimate_on_the_users_frame(model_dir, tmp_path):
     assert "none.tif" in missing.output
 
 
+def test_export_onnx_calibrates_trust(model_dir, tmp_path):
+    """export onnx calibrates the trust score on --trust-data (the training folder of the tiny
+    model holds too few frames: skipped, said, the export stands); export check reports it."""
+    import numpy as np
+    import tifffile
+
+    from cyclesr_deploy.model import ModelFolder
+    from cyclesr_deploy.synthetic.simulate import simulate_pair
+
+    trust_json = ModelFolder(model_dir).trust_json
+    trust_json.unlink(missing_ok=True)
+    args = ["export", "onnx", str(model_dir), "--overwrite", "--no-fp16", "--no-frozen"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "trust not calibrated" in res.output and not trust_json.exists()
+    data = tmp_path / "lr"
+    data.mkdir()
+    stack = np.stack([simulate_pair({"size": 64}, i).lr for i in range(8)])
+    tifffile.imwrite(data / "lr.tif", stack, photometric="minisblack", metadata={"axes": "TYX"})
+    res = runner.invoke(app, [*args, "--trust-data", str(data)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(trust_json.read_text())["n_frames"] == 8
+    res = runner.invoke(app, ["export", "check", str(model_dir)])
+    assert "trust calibration: ok: 8 frames" in " ".join(res.output.split())
+    trust_json.unlink()
+
+
 def test_export_check_alone(model_dir, tmp_path):
     (model_dir / FROZEN_CHECK).unlink(missing_ok=True)
     res = runner.invoke(

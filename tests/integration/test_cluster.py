@@ -342,9 +342,9 @@ def test_whole_file_task_run_again_after_its_rename_is_done(tmp_path):
         out_info = output_info(reader.info, load_model(MODEL).scale)
     task = Block(str(src), 0, 2, target=str(tmp_path / "out" / "a.tif"), out_info=out_info)
     (tmp_path / "out").mkdir()
-    assert run_block(task, _recipe(cfg), cfg) == 2
+    assert run_block(task, _recipe(cfg), cfg).frames == 2
     first = _frames(tmp_path / "out" / "a.tif")
-    assert run_block(task, _recipe(cfg), cfg) == 2  # the retry
+    assert run_block(task, _recipe(cfg), cfg).frames == 2  # the retry
     np.testing.assert_array_equal(_frames(tmp_path / "out" / "a.tif"), first)
 
 

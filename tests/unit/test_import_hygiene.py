@@ -72,6 +72,8 @@ def test_import_package_and_cli_pull_no_heavy_dependency():
         import cyclesr_deploy.engines.openvino_engine, cyclesr_deploy.engines.precision
         import cyclesr_deploy.runtime.tile_size, cyclesr_deploy.export.precision_check
         import cyclesr_deploy.trust.calibrate, cyclesr_deploy.trust.evaluate
+        import cyclesr_deploy.runtime.trust_policy, cyclesr_deploy.trust
+        import cyclesr_deploy.export.trust
         loaded = sorted(m for m in sys.modules if m.split('.')[0] in HEAVY)
         print('LOADED', loaded)
         """

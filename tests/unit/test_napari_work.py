@@ -77,3 +77,14 @@ def test_enhancer_pool_closes_an_enhancer_only_when_its_last_user_is_done():
     assert ea2.closed
     with pytest.raises(RuntimeError, match="closed"), pool.use(a):
         pass
+
+
+def test_trust_text_names_the_untrusted_frames():
+    from cyclesr_deploy.napari._work import trust_text
+    from cyclesr_deploy.trust import FrameTrust
+
+    good, bad = FrameTrust(0.5, True, "level"), FrameTrust(2e-4, False, "spectrum")
+    assert trust_text([((0,), None)]) == ""  # unscored: the model has no calibration
+    assert trust_text([((0,), good)]) == "trust: ok (lowest 0.5)"
+    text = trust_text([((0,), good), ((1,), bad), ((2,), good)])
+    assert text.startswith("trust: 1 of 3 frame(s) untrusted (lowest 0.0002 at (1,), spectrum)")
