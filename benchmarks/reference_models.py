@@ -7,6 +7,7 @@ and prints each command before running it::
     python benchmarks/reference_models.py train   --root WORK --which cyclegan --steps N
     python benchmarks/reference_models.py train   --root WORK --which supervised --steps N
     python benchmarks/reference_models.py package --root WORK     # export + copy into the package
+    python benchmarks/reference_models.py trust   --root WORK     # trust.json (fresh recipe frames)
     python benchmarks/reference_models.py quality --root WORK     # cyclesr bench quality, targets
     python benchmarks/reference_models.py all     --root WORK --steps N --device cpu
 
@@ -160,6 +161,34 @@ def package(root: Path, only: tuple[str, ...] = tuple(NAMES)) -> None:
         print(f"{dst}: {size / 1e6:.1f} MB", file=sys.stderr)
 
 
+#: the training recipe of each shipped model (a SynthConfig mapping), for its trust calibration
+RECIPES = {"cyclegan": CONFIGS / "varied.json", "supervised": None}
+TRUST_FRAMES = {"n": 64, "sizes": (256, 512, 1024), "seed": 72000}
+
+
+def trust(only: tuple[str, ...] = tuple(NAMES)) -> None:
+    """Calibrate the shipped models' trust scores (``trust.json``) on fresh frames of their
+    training recipes (seeds never used for training, validation or tests)."""
+    from cyclesr_deploy.trust.calibrate import calibrate, synthetic_frames
+
+    for which, name in NAMES.items():
+        if which not in only:
+            continue
+        path = RECIPES[which]
+        recipe = json.loads(path.read_text(encoding="utf-8")) if path else {}
+        shown = path.relative_to(REPO).as_posix() if path else "cyclesr synth defaults"
+        t = TRUST_FRAMES
+        data = (
+            f"{t['n']} synthetic LR frames of {shown}, sides {t['sizes']}, seeds from "
+            f"{t['seed']} (benchmarks/reference_models.py trust)"
+        )
+        frames = synthetic_frames(recipe, t["n"], t["sizes"], t["seed"])
+        cal = calibrate(PACKAGE_MODELS / name, frames, data=data)
+        print(
+            f"{name}: trust threshold {cal.threshold:.3g} on {cal.n_frames} frames", file=sys.stderr
+        )
+
+
 def bench_quality(lr: Path, hr: Path, out: Path, *extra: str) -> dict:
     """``cyclesr bench quality`` of both reference models on ``lr`` vs ``hr``; the targets."""
     models = [f"{k}={PACKAGE_MODELS / name}" for k, name in NAMES.items()]
@@ -254,7 +283,8 @@ def check_targets(quality_json: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("stage", choices=["data", "train", "package", "quality", "clean", "all"])
+    stages = ["data", "train", "package", "trust", "quality", "clean", "all"]
+    ap.add_argument("stage", choices=stages)
     ap.add_argument("--root", type=Path, required=True, help="work folder (data, runs)")
     ap.add_argument("--which", choices=list(NAMES), default="cyclegan")
     ap.add_argument("--steps", type=int, default=6000)
@@ -273,6 +303,8 @@ def main() -> None:
         package(a.root, (a.which,) if a.only else tuple(NAMES))
     if a.stage == "all":
         package(a.root)
+    if a.stage in ("trust", "all"):
+        trust((a.which,) if a.only else tuple(NAMES))
     if a.stage in ("quality", "all"):
         quality(a.root)
     if a.stage in ("clean", "all"):
