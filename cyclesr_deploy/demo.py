@@ -50,6 +50,7 @@ class DemoResult:
     table: dict[str, dict[str, float]]  # row -> metric -> mean over the scored frames
     scored_frames: list[int]  # 1-based
     seconds: dict[str, float] = field(default_factory=dict)
+    trust: dict[str, Any] | None = None  # the manifest's per-frame trust (None: uncalibrated)
 
 
 def _say(on_progress: Callable[[str], None] | None, msg: str) -> None:
@@ -148,6 +149,17 @@ def markdown_table(table: dict[str, dict[str, float]], caption: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _trust_line(trust: dict[str, Any] | None) -> str:
+    """metrics.md's line on the per-frame trust of the enhanced frames."""
+    if not trust:
+        return "\nTrust: not scored (the model folder has no trust calibration).\n"
+    n, bad = len(trust["frames"]), len(trust["untrusted"])
+    return (
+        f"\nTrust (per frame, 1 = typical of the model's training domain): mean "
+        f"{trust['mean']:.3g}, lowest {trust['min']:.3g}; {bad} of {n} frames untrusted.\n"
+    )
+
+
 def run_demo(
     out_dir: str | Path = "cyclesr-demo",
     *,
@@ -214,6 +226,7 @@ def run_demo(
         problems = "; ".join(f"{f.input}: {f.error}" for f in summary.files if f.error)
         raise InputError(f"demo: enhancing {acquisition} failed: {problems or summary}")
     enhanced = out / "enhanced" / acquisition.name
+    trust = summary.files[0].trust if summary.files else None
     seconds["enhance"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -249,7 +262,7 @@ def run_demo(
     )
     metrics_md = out / "metrics.md"
     with atomic_path(metrics_md) as part:
-        part.write_text(markdown_table(table, caption), encoding="utf-8")
+        part.write_text(markdown_table(table, caption) + _trust_line(trust), encoding="utf-8")
     metrics_json = out / "metrics.json"
     payload = {
         "model": model_dir.name,
@@ -263,6 +276,7 @@ def run_demo(
         "mean": table,
         "per_frame": per_frame,
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
+        "trust": trust,
     }
     with atomic_path(metrics_json) as part:
         part.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
@@ -279,4 +293,5 @@ def run_demo(
         table,
         [i + 1 for i in scored],
         seconds,
+        trust,
     )
