@@ -167,6 +167,7 @@ REAL: dict[str, Callable[[], np.ndarray]] = {
     "camera": _skimage("camera"),
 }
 
+
 def half(image: np.ndarray, split: str) -> np.ndarray:
     """The half of ``image`` (along its longer axis) a split draws its crops from: the first
     for ``dev``, the second for ``report`` (the splits never share pixels)."""
