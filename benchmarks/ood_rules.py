@@ -36,52 +36,33 @@ from cyclesr_deploy.trust.score import FLOORS, SIDES, TrustScorer, robust_stats
 OUT = Path(__file__).resolve().parent / "results" / "ood_rules.json"
 MAX_FALSE_ALARM = 0.05
 
-#: candidate rules (each a reason to exist: the review's findings and the statistics' meaning)
-RULES: dict[str, dict[str, str]] = {
-    "v2 (level low, gain high)": {"level": "low", "gain": "high"},
+#: candidate rules, each {statistic: side or (side, spread floor)}: the review's fixes (gain on
+#: both sides, level on both sides, consistency), the transfer bands and the output's high band;
+#: a floor makes a statistic a guard against gross failures only
+C01, C05, C10 = ("high", 0.01), ("high", 0.05), ("high", 0.1)
+LGT = {"level": "both", "gain": "both", "transfer_mid": "both"}
+GUARDS = {"saturated": "high", "outside": "high"}
+RULES: dict[str, dict[str, str | tuple[str, float]]] = {
+    "v2: level low, gain high": {"level": "low", "gain": "high"},
+    "gain both": {"gain": "both"},
     "level both, gain both": {"level": "both", "gain": "both"},
-    "level both, gain both, consistency": {"level": "both", "gain": "both", "consistency": "high"},
-    "level low, gain both, consistency": {"level": "low", "gain": "both", "consistency": "high"},
-    "gain both, consistency": {"gain": "both", "consistency": "high"},
-    "level both, consistency": {"level": "both", "consistency": "high"},
-    "level both, gain both, consistency, clipped": {
-        "level": "both",
-        "gain": "both",
-        "consistency": "high",
-        "clipped": "high",
-    },
-    "level both, gain both, consistency, output_hf": {
-        "level": "both",
-        "gain": "both",
-        "consistency": "high",
-        "output_hf": "high",
-    },
-    "level both, gain both, consistency, transfer_mid": {
-        "level": "both",
-        "gain": "both",
-        "consistency": "high",
-        "transfer_mid": "both",
-    },
-    "level both, gain both, consistency, transfer both": {
-        "level": "both",
-        "gain": "both",
-        "consistency": "high",
-        "transfer_low": "both",
-        "transfer_mid": "both",
+    "gain both, transfer_mid both": {"gain": "both", "transfer_mid": "both"},
+    "level both, gain both, transfer_mid both": dict(LGT),
+    "level both, gain both, transfer both": {**LGT, "transfer_low": "both"},
+    "level both, gain both, output_hf high": {"level": "both", "gain": "both", "output_hf": "high"},
+    "gain both, consistency": {"gain": "both", "consistency": C01},
+    "level both, gain both, consistency": {"level": "both", "gain": "both", "consistency": C01},
+    "level both, gain both, transfer_mid, consistency": {**LGT, "consistency": C01},
+    "level both, gain both, transfer_mid, consistency floor 0.05": {**LGT, "consistency": C05},
+    "level both, gain both, transfer_mid, consistency floor 0.1": {**LGT, "consistency": C10},
+    "gain both, consistency floor 0.1": {"gain": "both", "consistency": C10},
+    "runtime: score.SIDES (the line above + saturated, outside guards)": {
+        k: (v, FLOORS[k]) if k in FLOORS else v for k, v in SIDES.items()
     },
     "every statistic, both sides": {
         k: "both"
-        for k in (
-            "level",
-            "clipped",
-            "gain",
-            "consistency",
-            "transfer_low",
-            "transfer_mid",
-            "output_hf",
-        )
+        for k in ("level", "gain", "consistency", "transfer_low", "transfer_mid", "output_hf")
     },
-    "runtime default (score.SIDES)": dict(SIDES),
 }
 
 
@@ -96,9 +77,16 @@ def reference(result: dict) -> tuple[dict[str, list[float]], str]:
     return ref, "dev in-domain frames (no calibration statistics recorded)"
 
 
-def scorer_for(rule: dict[str, str], ref: dict[str, list[float]]) -> TrustScorer:
-    """The runtime's scorer for ``rule`` with spreads and conformal threshold from ``ref``."""
-    feats = {k: robust_stats(ref[k], side, FLOORS.get(k)) for k, side in rule.items()}
+def _side_floor(v: str | tuple[str, float]) -> tuple[str, float | None]:
+    return (v[0], v[1]) if isinstance(v, tuple) else (v, None)
+
+
+def scorer_for(
+    rule: dict[str, str | tuple[str, float]], ref: dict[str, list[float]]
+) -> TrustScorer:
+    """The runtime's scorer for ``rule`` with spreads and conformal threshold from ``ref``
+    (a statistic's spread floor: the rule's, else the default 1e-6)."""
+    feats = {k: robust_stats(ref[k], *_side_floor(v)) for k, v in rule.items()}
     n = min(len(ref[k]) for k in rule)
     cal = TrustCalibration(
         weights_sha256={},
@@ -177,7 +165,11 @@ def rescore(result: dict) -> dict:
             per_split[split] = split_summary(
                 rows, [t.evidence for t in judged], [not t.trusted for t in judged], held
             )
-        table[name] = {"rule": rule, "threshold": scorer.calibration.threshold, **per_split}
+        table[name] = {
+            "rule": {k: list(v) if isinstance(v, tuple) else v for k, v in rule.items()},
+            "threshold": scorer.calibration.threshold,
+            **per_split,
+        }
     ok = {
         n: t
         for n, t in table.items()

@@ -28,7 +28,7 @@ never writes into ``--model``.
 
 Reported: per kind and split n, helped/hurt/neutral, median PSNR/SSIM gain, median trust,
 flagged fraction; per split the ROC AUC of the trust score (its ``evidence``, -log10 of the
-unclipped score: the same ranking without ties at 0) for hurt vs helped, the false-alarm rate
+unsaturated score: the same ranking without ties at 0) for hurt vs helped, the false-alarm rate
 on in-domain frames and the median gains on the out-of-domain structure kinds; the cost of
 ``begin`` + ``finish`` against the frame's inference at ``--cost-sizes`` (interleaved
 repetitions, medians; absolute seconds and the fraction of the CPU inference: on a GPU engine

@@ -17,8 +17,9 @@ see benchmarks/README.md); every one is recorded with each frame:
 
 * ``level``: the median of the input (its background on the model's scale): a sparser,
   dimmer, brighter or offset input than the training data;
-* ``clipped``: the fraction of input pixels at the frame's minimum or maximum value (on the
-  crops): saturated or clipped data, a constant frame;
+* ``saturated``: the fraction of input pixels at the frame's maximum value (on the crops):
+  saturated data, a constant frame (the minimum is left out: photon-starved frames are full of
+  zeros that are not clipping);
 * ``outside``: the fraction of input pixels outside ``RANGE`` on the model's scale (intensities
   the model never saw in training, where 0..1 holds 99.8 % of them: an offset, another gain);
 * ``gain``: the slope a of the least-squares fit input ~ a * blur(output) + b (input smoothed
@@ -108,7 +109,7 @@ def _log_ratio(a: float, b: float) -> float:
 
 @dataclass(frozen=True)
 class InputStats:
-    """What the input frame contributes: its ``level`` and ``clipped`` fraction, crop ``side``,
+    """What the input frame contributes: its ``level`` and ``saturated`` fraction, crop ``side``,
     band powers and the smoothed crops (for ``gain``/``consistency``); ``scored`` False for a
     frame too small to score (then nothing else is set)."""
 
@@ -116,12 +117,12 @@ class InputStats:
     side: int
     power: np.ndarray  # mean power in LOW_BAND, MID_BAND
     smoothed: list[np.ndarray]  # the unit-scale crops blurred by SMOOTH_PX
-    clipped: float = 0.0
+    saturated: float = 0.0
     outside: float = 0.0
     scored: bool = True
 
     def scalars(self) -> dict[str, float]:
-        return {"level": self.level, "clipped": self.clipped, "outside": self.outside}
+        return {"level": self.level, "saturated": self.saturated, "outside": self.outside}
 
 
 def scorable(shape: tuple[int, ...]) -> bool:
@@ -137,15 +138,14 @@ def input_stats(frame: np.ndarray, low: float, high: float) -> InputStats:
         return InputStats(nan, 0, np.zeros(2), [], nan, nan, scored=False)
     side = crop_side(frame.shape)
     raw = np.stack(_crops(frame, side))[:, ::STRIDE, ::STRIDE]
-    lo, hi = raw.min(), raw.max()
-    clipped = float(np.mean((raw == lo) | (raw == hi)))
+    saturated = float(np.mean(raw == raw.max()))
     crops = [to_unit(c, low, high) for c in _crops(frame, side)]
     unit = np.stack(crops)[:, ::STRIDE, ::STRIDE]
     level = float(np.median(unit))
     outside = float(np.mean((unit < RANGE[0]) | (unit > RANGE[1])))
     power = band_power(crops, [LOW_BAND, MID_BAND])
     smoothed = [gaussian_filter(c, SMOOTH_PX) for c in crops]
-    return InputStats(level, side, power, smoothed, clipped, outside)
+    return InputStats(level, side, power, smoothed, saturated, outside)
 
 
 def output_crops(

@@ -112,7 +112,7 @@ def test_input_statistics_do_not_depend_on_the_frame_size(rng: np.random.Generat
     assert len(big.smoothed) == MAX_GRID**2 and big.smoothed[0].shape == (CROP, CROP)
     assert len(small.smoothed) == 4 and small.smoothed[0].shape == (CROP, CROP)
     assert small.level == pytest.approx(big.level, abs=0.05) and 0.2 < big.level < 0.6
-    assert small.clipped < 0.01 and big.clipped < 0.001 and big.outside == 0.0
+    assert small.saturated < 0.01 and big.saturated < 0.001 and big.outside == 0.0
     counts = [len(crop_corners((n, n), CROP)) for n in (256, 512, 1024, 4096)]
     assert counts == [1, 4, 16, MAX_GRID**2]
 
