@@ -56,7 +56,7 @@ RULES: dict[str, dict[str, str | tuple[str, float]]] = {
     "level both, gain both, transfer_mid, consistency floor 0.05": {**LGT, "consistency": C05},
     "level both, gain both, transfer_mid, consistency floor 0.1": {**LGT, "consistency": C10},
     "gain both, consistency floor 0.1": {"gain": "both", "consistency": C10},
-    "runtime: score.SIDES (the line above + saturated, outside guards)": {
+    "runtime: score.SIDES (level, gain, transfer_mid, consistency + saturated/outside guards)": {
         k: (v, FLOORS[k]) if k in FLOORS else v for k, v in SIDES.items()
     },
     "every statistic, both sides": {

@@ -49,10 +49,8 @@ STATISTICS = (
     "output_hf",
 )
 #: the smallest spread of a scored statistic: ``saturated``/``outside`` are ~0 in domain, so their
-#: floor is their resolution; ``consistency``'s (0.1, in-domain median ~0.04) makes it a guard
-#: against gross failures only (an output the input does not explain at all), chosen on the
-#: development split with benchmarks/ood_rules.py; the others: 1e-6 (their MAD decides)
-FLOORS = {"saturated": 0.01, "outside": 0.01, "consistency": 0.1}
+#: floor is their resolution, as ``consistency``'s (1 - R^2); the others: 1e-6 (the MAD decides)
+FLOORS = {"saturated": 0.01, "outside": 0.01, "consistency": 0.01}
 #: a non-finite statistic or z-score is written as this (JSON has no NaN/Infinity)
 JSON_LIMIT = 1e9
 NOT_SCORED = "not scored"
