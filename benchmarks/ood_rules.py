@@ -176,7 +176,11 @@ def rescore(result: dict) -> dict:
         if (t["dev"]["false_alarm_in_domain"] or 0) <= MAX_FALSE_ALARM
         and t["dev"]["auc_hurt_vs_helped"] is not None
     }
-    chosen = max(ok, key=lambda n: (ok[n]["dev"]["auc_hurt_vs_helped"], -len(ok[n]["rule"])))
+    chosen = (
+        max(ok, key=lambda n: (ok[n]["dev"]["auc_hurt_vs_helped"], -len(ok[n]["rule"])))
+        if ok
+        else None  # no rule meets the false-alarm limit on the development split
+    )
     return {
         "benchmark": "ood_rules",
         "results": result.get("command", ""),
