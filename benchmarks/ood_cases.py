@@ -14,7 +14,11 @@ Kinds (``KINDS``), each a group:
 * ``real``: images that scikit-image ships (offline), degraded into LR by :func:`degrade`
   (this benchmark's own blur + background + Poisson model, not the simulator's):
   ``cell``, ``coins``, ``hubble``, ``ihc-h`` and ``ihc-dab`` (hematoxylin and DAB channels of
-  ``immunohistochemistry()``), ``grass``, ``gravel``, ``brick``, ``camera``.
+  ``immunohistochemistry()``), ``grass``, ``gravel``, ``brick``, ``camera``. The two splits
+  never share pixels: ``dev`` crops come from the first half of each image (along its longer
+  axis), ``report`` crops from the second half (``ihc-h`` and ``ihc-dab`` are channels of one
+  image, so they share tissue within a split, never across). Real kinds use the simulator's
+  *default* LR optics whatever the recipe says (their degradation is this module's own).
 
 Truth: the noise-free HR image, i.e. the ground truth blurred by the HR PSF (synthetic kinds:
 the simulator's ``gt`` blurred by its HR PSF sigma; real kinds: the image blurred by the same
@@ -28,11 +32,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.ndimage import gaussian_filter
 
-from cyclesr_deploy.synthetic.config import SynthConfig, as_config
-from cyclesr_deploy.synthetic.simulate import simulate_sample
-from cyclesr_deploy.trust.calibrate import CALIBRATION_SEED
+from cyclesr_deploy.trust.calibrate import CALIBRATION_SEED, synthetic_sample
+from cyclesr_deploy.trust.evaluate import degrade
 
 #: seeds never used here: the reference models' training/validation/test data (101-104, 201, 203)
 TRAINING_SEEDS = frozenset({101, 102, 103, 104, 201, 203})
@@ -70,10 +72,9 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 def synthetic(recipe: dict[str, Any], seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     """(lr, truth) of one simulated sample of ``recipe`` (a SynthConfig mapping)."""
-    cfg = as_config(_merge(recipe, {"size": size, "seed": seed}))
-    parts = simulate_sample(cfg, np.random.SeedSequence(seed), hr=False)
-    truth = gaussian_filter(parts["gt"], cfg.psf_sigma_px("hr"), mode="nearest")
-    return parts["lr"], truth.astype(np.float32)
+    lr, truth = synthetic_sample(recipe, seed, size, truth=True)
+    assert truth is not None
+    return lr, truth
 
 
 ONLY = {  # structure kinds: every other structure switched off (variation too)
@@ -166,26 +167,14 @@ REAL: dict[str, Callable[[], np.ndarray]] = {
     "camera": _skimage("camera"),
 }
 
-# the default optics of the simulator, in HR px: the LR and HR PSF sigmas
-_DEFAULT = SynthConfig()
-SIGMA_HR = _DEFAULT.psf_sigma_px("hr")
-SIGMA_LR = _DEFAULT.psf_sigma_px("lr")
 
-
-def degrade(
-    image: np.ndarray, rng: np.random.Generator, *, photons: float, background: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """(lr uint16, truth) of a real image: the image (min-max to [0, 1]) blurred by the LR PSF,
-    ``background`` (fraction of the peak) added, Poisson noise at ``photons`` per peak pixel,
-    the expected peak at 75 % of 16-bit full scale; truth = the image blurred by the HR PSF."""
-    x = np.asarray(image, np.float64)
-    x = (x - x.min()) / max(float(np.ptp(x)), 1e-12)
-    truth = gaussian_filter(x, SIGMA_HR, mode="nearest")
-    lam = photons * (gaussian_filter(x, SIGMA_LR, mode="nearest") + background)
-    counts = rng.poisson(lam).astype(np.float64)
-    gain = 0.75 * 65535 / (photons * (1.0 + background))
-    lr = np.clip(np.rint(counts * gain), 0, 65535).astype(np.uint16)
-    return lr, truth.astype(np.float32)
+def half(image: np.ndarray, split: str) -> np.ndarray:
+    """The half of ``image`` (along its longer axis) a split draws its crops from: the first
+    for ``dev``, the second for ``report`` (the splits never share pixels)."""
+    axis = 0 if image.shape[0] >= image.shape[1] else 1
+    n = image.shape[axis] // 2
+    part = slice(0, n) if split == "dev" else slice(n, None)
+    return image[part] if axis == 0 else image[:, part]
 
 
 def _crop(image: np.ndarray, side: int, rng: np.random.Generator) -> np.ndarray:
@@ -211,19 +200,21 @@ REAL_SIZES = (256, 384, 512)
 
 
 def make(
-    kind: str, recipe: dict[str, Any], seed: int, size: int
+    kind: str, recipe: dict[str, Any], seed: int, size: int, split: str = "report"
 ) -> tuple[int, np.ndarray, np.ndarray]:
-    """(seed used, lr, truth) of one frame of ``kind``: ``seed``, or the first retry whose truth
-    is not empty."""
+    """(seed used, lr, truth) of one frame of ``kind`` (a real kind: from ``split``'s half of
+    its image): ``seed``, or the first retry whose truth is not empty."""
     for i in range(MAX_TRIES):
         s = seed + i * RETRY_STEP
-        lr, truth = _make(kind, recipe, s, size)
+        lr, truth = _make(kind, recipe, s, size, split)
         if np.ptp(truth) > 1e-3 * max(float(np.abs(truth).max()), 1e-12) and np.ptp(truth) > 0:
             return s, lr, truth
     raise RuntimeError(f"{kind}: no frame with content in {MAX_TRIES} seeds from {seed}")
 
 
-def _make(kind: str, recipe: dict[str, Any], seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+def _make(
+    kind: str, recipe: dict[str, Any], seed: int, size: int, split: str
+) -> tuple[np.ndarray, np.ndarray]:
     group = KINDS[kind]
     if group == "in-domain":
         return synthetic(recipe, seed, size)
@@ -234,7 +225,7 @@ def _make(kind: str, recipe: dict[str, Any], seed: int, size: int) -> tuple[np.n
     if kind == "8-bit":
         return synthetic(_merge(recipe, {"bit_depth": 8}), seed, size)
     rng = np.random.default_rng(seed)
-    image = _crop(REAL[kind](), size, rng)
+    image = _crop(half(REAL[kind](), split), size, rng)
     photons = float(np.exp(rng.uniform(np.log(20), np.log(150))))
     return degrade(image, rng, photons=photons, background=float(rng.uniform(0.05, 0.6)))
 
@@ -249,6 +240,7 @@ def cases(recipe: dict[str, Any], split: str, per_kind: int, n_in_domain: int) -
         n = n_in_domain if group == "in-domain" else per_kind
         sizes = REAL_SIZES if group == "real" else SYNTH_SIZES
         for i in range(n):
-            seed, lr, truth = make(kind, recipe, base + 100 * k_index + i, sizes[i % len(sizes)])
+            size = sizes[i % len(sizes)]
+            seed, lr, truth = make(kind, recipe, base + 100 * k_index + i, size, split)
             assert seed not in TRAINING_SEEDS
             yield Case(kind, group, split, seed, lr, truth)

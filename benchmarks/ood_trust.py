@@ -9,12 +9,16 @@ Frames (``ood_cases.py``): in-domain frames of the model's training recipe (``--
 a SynthConfig mapping, e.g. ``{"vary": {"hr_photons": [200, 400]}}``; default ``{}`` = the
 ``cyclesr synth`` defaults of the current ``reference-cyclegan``) and out-of-domain kinds
 (structures, LR optics, 8-bit data, degraded real images), each with its truth (the noise-free
-HR image). Two splits from disjoint seeds: ``dev`` (the statistics of the score were chosen on
-it, without the kinds of ``ood_cases.HELD_OUT``) and ``report`` (every kind; the headline
-figures). Every frame goes through the one frame runner (``Enhancer``, default engine and
-settings), is scored by ``TrustScorer.begin``/``finish`` and labelled by
-``trust.evaluate.quality_gain``: hurt = PSNR gain < 0 or SSIM gain < 0 (output vs input, both
-against the truth, CARE scaling).
+HR image). Two splits from disjoint seeds (real images: disjoint halves of each image):
+``dev`` (the scoring rule is chosen on it, ``ood_rules.py``; without the kinds of
+``ood_cases.HELD_OUT``) and ``report`` (every kind; the held-out kinds reported apart). Real
+kinds use the simulator's default LR optics whatever ``--recipe-json`` says. Every frame goes
+through the one frame runner (``Enhancer``, default engine and settings), is scored by
+``TrustScorer.begin``/``finish`` and labelled by ``trust.evaluate.quality_gain``
+(``trust.evaluate.LABEL_RULE``: hurt / helped with margins, else neutral, left out of the AUC).
+Scale-1 models only (the truth is on the LR grid): a model that upscales is refused up front.
+Every statistic's raw value is stored per frame, and the calibration frames' too, so
+``ood_rules.py`` can re-score the results with other rules offline.
 
 Calibration (``--calibration-data``): ``synth`` (default) = ``--calibration-frames`` fresh
 frames of the recipe (``trust.calibrate.synthetic_frames``: sizes 256, 512, 1024, seeds from
@@ -22,12 +26,13 @@ frames of the recipe (``trust.calibrate.synthetic_frames``: sizes 256, 512, 1024
 in-domain LR frames. The model folder is copied into a temporary folder first: the benchmark
 never writes into ``--model``.
 
-Reported: per kind and split n, helped/hurt, median PSNR/SSIM gain, median trust, flagged
-fraction; per split the ROC AUC of the trust score (its ``evidence``, -log10 of the unclipped
-score: the same ranking without ties at 0) for hurt vs helped (rank formula), the false-alarm
-rate on in-domain frames and the median gains on the out-of-domain structure kinds; the cost of
+Reported: per kind and split n, helped/hurt/neutral, median PSNR/SSIM gain, median trust,
+flagged fraction; per split the ROC AUC of the trust score (its ``evidence``, -log10 of the
+unsaturated score: the same ranking without ties at 0) for hurt vs helped, the false-alarm rate
+on in-domain frames and the median gains on the out-of-domain structure kinds; the cost of
 ``begin`` + ``finish`` against the frame's inference at ``--cost-sizes`` (interleaved
-repetitions, medians) and the load average.
+repetitions, medians; absolute seconds and the fraction of the CPU inference: on a GPU engine
+the same CPU work is a larger fraction) and the load average.
 """
 
 from __future__ import annotations
@@ -50,14 +55,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _machine import machine
 from ood_cases import HELD_OUT, KINDS, Case, cases, synthetic
+from ood_rules import split_summary
 
 from cyclesr_deploy import __version__
 from cyclesr_deploy.builtin import resolve_model
-from cyclesr_deploy.model import TRUST_JSON
+from cyclesr_deploy.io import atomic_path
+from cyclesr_deploy.model import TRUST_JSON, load_model
 from cyclesr_deploy.runtime.enhancer import Enhancer
 from cyclesr_deploy.trust import TrustScorer
 from cyclesr_deploy.trust.calibrate import calibrate, synthetic_frames
-from cyclesr_deploy.trust.evaluate import quality_gain, roc_auc
+from cyclesr_deploy.trust.evaluate import LABEL_RULE, quality_gain
+from cyclesr_deploy.trust.score import finite
 
 OUT = Path(__file__).resolve().parent / "results" / "ood_trust.json"
 COST_SEED = 79_000
@@ -108,13 +116,14 @@ def _row(case: Case, enhancer: Enhancer, scorer: TrustScorer) -> dict:
         "ssim_out": round(g.ssim_out, 4),
         "psnr_gain": round(g.psnr_gain, 3),
         "ssim_gain": round(g.ssim_gain, 4),
+        "label": g.label,
         "hurt": g.hurt,
         "trust": trust.score,
         "evidence": round(trust.evidence, 4),
         "trusted": trust.trusted,
         "worst": trust.worst,
-        "features": {k: round(v, 5) for k, v in trust.features.items()},
-        "z": {k: round(v, 3) for k, v in trust.z.items()},
+        "features": {k: finite(round(v, 6)) for k, v in trust.features.items()},
+        "z": {k: finite(round(v, 3)) for k, v in trust.z.items()},
         "trust_s": round((t1 - t0) + (t3 - t2), 4),
         "infer_s": round(t2 - t1, 4),
     }
@@ -127,8 +136,9 @@ def _median(values: list[float]) -> float | None:
 def _kind_summary(rows: list[dict]) -> dict:
     return {
         "n": len(rows),
-        "helped": sum(not r["hurt"] for r in rows),
-        "hurt": sum(r["hurt"] for r in rows),
+        "helped": sum(r["label"] == "helped" for r in rows),
+        "hurt": sum(r["label"] == "hurt" for r in rows),
+        "neutral": sum(r["label"] == "neutral" for r in rows),
         "median_psnr_gain": _median([r["psnr_gain"] for r in rows]),
         "median_ssim_gain": _median([r["ssim_gain"] for r in rows]),
         "median_trust": _median([r["trust"] for r in rows]),
@@ -138,21 +148,11 @@ def _kind_summary(rows: list[dict]) -> dict:
 
 
 def _split_summary(rows: list[dict]) -> dict:
-    hurt = np.array([r["hurt"] for r in rows])
-    score = np.array([r["evidence"] for r in rows])
-    flagged = np.array([not r["trusted"] for r in rows])
-    ind = np.array([r["group"] == "in-domain" for r in rows])
+    evidence = [r["evidence"] for r in rows]
+    flagged = [not r["trusted"] for r in rows]
     structure = [r for r in rows if r["group"] == "structure"]
-    ood = ~ind
     return {
-        "n": len(rows),
-        "hurt": int(hurt.sum()),
-        "auc_hurt_vs_helped": round(roc_auc(score, hurt), 4),
-        "false_alarm_in_domain": round(float(flagged[ind].mean()), 4) if ind.any() else None,
-        "hurt_flagged": round(float(flagged[hurt].mean()), 4) if hurt.any() else None,
-        "helped_ood_flagged": round(float(flagged[~hurt & ood].mean()), 4)
-        if (~hurt & ood).any()
-        else None,
+        **split_summary(rows, evidence, flagged, set(HELD_OUT)),
         "structure_median_psnr_gain": _median([r["psnr_gain"] for r in structure]),
         "structure_median_ssim_gain": _median([r["ssim_gain"] for r in structure]),
         "kinds": {
@@ -190,6 +190,7 @@ def _cost(
             "inference_s": round(inf, 4),
             "begin_s": round(b, 4),
             "finish_s": round(f, 4),
+            "trust_ms": round(1000 * (b + f), 1),
             "overhead": round((b + f) / inf, 4),
             "reps": reps,
         }
@@ -198,13 +199,14 @@ def _cost(
 
 def _table(result: dict) -> str:
     lines = [
-        "| split | kind | n | helped | hurt | PSNR gain | SSIM gain | trust (median) | flagged |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| split | kind | n | helped | hurt | neutral | PSNR gain | SSIM gain | trust (median) "
+        "| flagged |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for split in ("dev", "report"):
         for kind, s in result["splits"][split]["kinds"].items():
             lines.append(
-                f"| {split} | {kind} | {s['n']} | {s['helped']} | {s['hurt']} | "
+                f"| {split} | {kind} | {s['n']} | {s['helped']} | {s['hurt']} | {s['neutral']} | "
                 f"{s['median_psnr_gain']:+.2f} | {s['median_ssim_gain']:+.3f} | "
                 f"{s['median_trust']:.3g} | {s['flagged']:.2f} |"
             )
@@ -231,6 +233,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
     recipe = json.loads(args.recipe_json.read_text(encoding="utf-8")) if args.recipe_json else {}
+    scale = load_model(resolve_model(args.model)).scale
+    if scale != 1:
+        ap.error(
+            f"--model {args.model} upscales x{scale}: this benchmark compares output and input "
+            "with one truth on the LR grid, so it takes scale-1 models only"
+        )
+    print("note: real kinds use the default LR optics whatever --recipe-json says", file=sys.stderr)
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ood_trust_") as tmp:
@@ -252,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                     r = rows[-1]
                     print(
                         f"{split:6s} {r['kind']:16s} {r['size']:>9s} dPSNR {r['psnr_gain']:+6.2f} "
-                        f"dSSIM {r['ssim_gain']:+.3f} {'HURT ' if r['hurt'] else 'helped'} "
+                        f"dSSIM {r['ssim_gain']:+.3f} {r['label']:7s} "
                         f"trust {r['trust']:.3g} ({r['worst']})",
                         file=sys.stderr,
                         flush=True,
@@ -277,22 +286,27 @@ def main(argv: list[str] | None = None) -> int:
             "sigma": cal.sigma,
             "threshold": cal.threshold,
             "false_alarm_rate": cal.false_alarm_rate,
+            "backend": cal.backend,
             "features": {
                 k: {"median": v.median, "scale": v.scale, "side": v.side}
                 for k, v in cal.features.items()
             },
+            "recorded": cal.recorded,
         },
-        "label": "hurt = PSNR gain < 0 or SSIM gain < 0 (output vs input against the noise-free "
-        "truth, CARE scaling, 8 px border left out)",
+        "label": LABEL_RULE,
+        "real_kinds_optics": "the simulator's default LR optics (not --recipe-json)",
         "held_out_kinds": list(HELD_OUT),
         "splits": {
             s: _split_summary([r for r in rows if r["split"] == s]) for s in ("dev", "report")
         },
         "cost": cost,
+        "cost_note": "CPU seconds of begin + finish against the CPU inference; on a GPU engine "
+        "the same CPU work is a larger fraction (not measured here)",
         "frames": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(dump(result), encoding="utf-8")
+    with atomic_path(args.out) as part:
+        part.write_text(dump(result), encoding="utf-8")
     print(_table(result))
     for s in ("dev", "report"):
         sm = result["splits"][s]

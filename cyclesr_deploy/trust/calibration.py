@@ -1,10 +1,15 @@
 """The in-domain distribution of the trust statistics: ``trust.json`` in the model folder.
 
 Written by :func:`cyclesr_deploy.trust.calibrate.calibrate` (``cyclesr export trust``), read by
-:class:`~cyclesr_deploy.trust.score.TrustScorer`. It records the sha256 of the weights it was
-measured with (``generator.onnx`` and ``generator_ab.pt``, whichever exist): once either changes
-the calibration is *stale* and is refused with the command that renews it, never silently used
-for another model.
+:class:`~cyclesr_deploy.trust.score.TrustScorer`. It records the sha256 (``ModelFolder.digest``)
+of everything the outputs it was measured on depend on, whichever exist (:data:`TIED`):
+``model.json`` (the normalization), ``generator.onnx``, the frozen-statistics graphs, the fp16
+and int8 ONNX, and ``generator_ab.pt``, plus the backend and precision it ran. It is *stale*
+(refused with the command that renews it, never silently used for another model) when a
+recorded file changed, when a tied file appeared that it does not record, or when none of its
+recorded weight files is left. A recorded file that is merely gone (a deploy folder without the
+``.pt``) is not stale while another recorded weight file still matches. A folder with nothing
+to tie to is refused at calibration time.
 """
 
 from __future__ import annotations
@@ -16,16 +21,34 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cyclesr_deploy.builtin import resolve_model
 from cyclesr_deploy.errors import InputError
-from cyclesr_deploy.model import ONNX_FILES, WEIGHTS, ModelFolder
+from cyclesr_deploy.model import (
+    FROZEN_ONNX,
+    MODEL_JSON,
+    ONNX_FILES,
+    ONNX_FP16,
+    ONNX_INT8,
+    WEIGHTS,
+    ModelFolder,
+)
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION: Literal["1"] = "1"
 #: bump when a statistic's definition changes: older calibrations are then stale
-FEATURE_VERSION = 2
-#: the files a calibration is tied to (the weights the runtime may run)
-TIED = (ONNX_FILES["ab"], WEIGHTS["ab"])
+FEATURE_VERSION = 3
+#: the weight files a calibration can be tied to (what the runtime may run)
+TIED_WEIGHTS = (
+    ONNX_FILES["ab"],
+    FROZEN_ONNX["stats"],
+    FROZEN_ONNX["tile"],
+    ONNX_FP16,
+    ONNX_INT8,
+    WEIGHTS["ab"],
+)
+#: every file a calibration is tied to (model.json: the normalization)
+TIED = (MODEL_JSON, *TIED_WEIGHTS)
 RENEW_HINT = "cyclesr export trust {d}"
 
 
@@ -53,8 +76,15 @@ class TrustCalibration(BaseModel):
     features: dict[str, FeatureStats]
     threshold: float = Field(gt=0, le=1, description="frames scoring below are untrusted")
     n_frames: int = Field(ge=1)
-    false_alarm_rate: float = Field(ge=0, le=1, description="on the calibration frames")
+    false_alarm_rate: float = Field(
+        ge=0, le=1, description="conformal bound on in-domain frames flagged (k / (n + 1))"
+    )
     data: str = Field(description="where the calibration frames came from")
+    backend: str = ""
+    precision: str = ""
+    recorded: dict[str, list[float | None]] = Field(
+        default_factory=dict, description="every statistic of every calibration frame"
+    )
     created: str = ""
     version: str = ""
 
@@ -64,15 +94,22 @@ def tied_digests(folder: ModelFolder) -> dict[str, str]:
     return {n: folder.digest(n) for n in TIED if (folder.path / n).is_file()}
 
 
+def _version_reason(version: object) -> str:
+    return f"statistics version {version}, this cyclesr-deploy computes {FEATURE_VERSION}"
+
+
 def stale_reason(cal: TrustCalibration, folder: ModelFolder) -> str | None:
     """Why ``cal`` does not belong to the model in ``folder`` now (None: it does)."""
     if cal.feature_version != FEATURE_VERSION:
-        v = cal.feature_version
-        return f"statistics version {v}, this cyclesr-deploy computes {FEATURE_VERSION}"
+        return _version_reason(cal.feature_version)
     now = tied_digests(folder)
+    if not any(n in now for n in cal.weights_sha256 if n in TIED_WEIGHTS):
+        return "none of the weight files it was calibrated on is left"
     for name, digest in cal.weights_sha256.items():
         if name not in now:
-            return f"{name} was calibrated but is missing now"
+            if name == MODEL_JSON:
+                return f"{name} was calibrated but is missing now"
+            continue  # a pruned deploy folder: the files left must still match
         if now[name] != digest:
             was, is_ = digest[:12], now[name][:12]
             return f"{name} changed since the calibration (sha256 {is_}, calibrated {was})"
@@ -85,7 +122,7 @@ def stale_reason(cal: TrustCalibration, folder: ModelFolder) -> str | None:
 def read_calibration(model_dir: str | Path) -> TrustCalibration | None:
     """The folder's calibration, or None when it has none; a stale or unreadable one raises
     :class:`InputError` naming the renewal command."""
-    folder = ModelFolder(model_dir)
+    folder = ModelFolder(resolve_model(model_dir))
     path = folder.trust_json
     if not path.is_file():
         return None
@@ -97,8 +134,9 @@ def read_calibration(model_dir: str | Path) -> TrustCalibration | None:
         raise InputError(msg) from exc
     version = raw.get("feature_version") if isinstance(raw, dict) else None
     if isinstance(version, int) and version != FEATURE_VERSION:  # another schema: stale first
-        reason = f"statistics version {version}, this cyclesr-deploy computes {FEATURE_VERSION}"
-        raise InputError(f"trust calibration {path} is stale: {reason}; renew it: {hint}")
+        raise InputError(
+            f"trust calibration {path} is stale: {_version_reason(version)}; renew it: {hint}"
+        )
     try:
         cal = TrustCalibration.model_validate(raw)
     except ValidationError as exc:

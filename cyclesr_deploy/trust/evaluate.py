@@ -18,13 +18,32 @@ from cyclesr_deploy.normalization import scale_to_unit
 
 #: pixels at each edge left out of the comparison (blur borders of the truth)
 BORDER = 8
+#: the one definition of the labels (margins: smaller changes are noise, not help or harm):
+#: hurt = PSNR gain < -HURT_DB or SSIM gain < -HURT_SSIM; helped = PSNR gain > +HELP_DB and
+#: SSIM gain > +HELP_SSIM; anything else is neutral (counted, left out of the ROC AUC)
+HURT_DB, HURT_SSIM = 0.1, 0.01
+HELP_DB, HELP_SSIM = 0.1, 0.01
+LABEL_RULE = (
+    f"hurt = PSNR gain < -{HURT_DB} dB or SSIM gain < -{HURT_SSIM}; helped = PSNR gain > "
+    f"+{HELP_DB} dB and SSIM gain > +{HELP_SSIM}; else neutral (not in the AUC). Output vs "
+    f"input against the noise-free truth, CARE scaling, {BORDER} px border left out"
+)
+
+
+def label(psnr_gain: float, ssim_gain: float) -> str:
+    """``hurt``, ``helped`` or ``neutral`` (:data:`LABEL_RULE`)."""
+    if psnr_gain < -HURT_DB or ssim_gain < -HURT_SSIM:
+        return "hurt"
+    if psnr_gain > HELP_DB and ssim_gain > HELP_SSIM:
+        return "helped"
+    return "neutral"
 
 
 @dataclass(frozen=True)
 class Gain:
     """PSNR (dB) and SSIM of the input and of the output against the truth, CARE scaling (the
     truth percentile-normalised 0.1/99.9 %, each image affinely fitted to it, so an offset or
-    gain is not an error); ``hurt``: the output is worse than its input by either measure."""
+    gain is not an error); ``label``: hurt / helped / neutral (:data:`LABEL_RULE`)."""
 
     psnr_in: float
     psnr_out: float
@@ -40,9 +59,12 @@ class Gain:
         return self.ssim_out - self.ssim_in
 
     @property
+    def label(self) -> str:
+        return label(self.psnr_gain, self.ssim_gain)
+
+    @property
     def hurt(self) -> bool:
-        """The one definition of a frame the model hurt: PSNR gain < 0 or SSIM gain < 0."""
-        return self.psnr_gain < 0 or self.ssim_gain < 0
+        return self.label == "hurt"
 
 
 def quality_gain(lr: np.ndarray, output: np.ndarray, truth: np.ndarray) -> Gain:
@@ -57,6 +79,28 @@ def quality_gain(lr: np.ndarray, output: np.ndarray, truth: np.ndarray) -> Gain:
     pi, gi = scale_to_unit(np.asarray(lr, np.float64)[inner], g, "care")
     po, go = scale_to_unit(np.asarray(output, np.float64)[inner], g, "care")
     return Gain(psnr(pi, gi), psnr(po, go), ssim(pi, gi), ssim(po, go))
+
+
+def degrade(
+    image: np.ndarray, rng: np.random.Generator, *, photons: float, background: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(lr uint16, truth) of a real image: the image (min-max to [0, 1]) blurred by the LR PSF of
+    the simulator's default optics, ``background`` (fraction of the peak) added, Poisson noise
+    at ``photons`` per peak pixel, the expected peak at 75 % of 16-bit full scale; truth = the
+    image blurred by the default HR PSF (the benchmark's and the tests' own degradation)."""
+    from scipy.ndimage import gaussian_filter
+
+    from cyclesr_deploy.synthetic.config import SynthConfig
+
+    optics = SynthConfig()
+    x = np.asarray(image, np.float64)
+    x = (x - x.min()) / max(float(np.ptp(x)), 1e-12)
+    truth = gaussian_filter(x, optics.psf_sigma_px("hr"), mode="nearest")
+    lam = photons * (gaussian_filter(x, optics.psf_sigma_px("lr"), mode="nearest") + background)
+    counts = rng.poisson(lam).astype(np.float64)
+    gain = 0.75 * 65535 / (photons * (1.0 + background))
+    lr = np.clip(np.rint(counts * gain), 0, 65535).astype(np.uint16)
+    return lr, truth.astype(np.float32)
 
 
 def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:

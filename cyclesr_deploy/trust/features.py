@@ -3,30 +3,33 @@
 Both frames are first put on the model's own intensity scale (0..1 = the 0.1/99.9 % percentile
 range the model was trained with: :class:`~cyclesr_deploy.normalization.IntensityMapping`), so
 a frame is compared with the training domain as the model sees it. Every statistic is taken on
-the same grid of up to 3 x 3 crops of ``CROP`` px (a whole smaller frame is one crop) and
-pooled over them, so its value does not depend on the frame's size (only its noise does) and
-its cost is fixed: ``begin`` and ``finish`` cost the same for a 512^2 and a 4096^2 frame.
+the same grid of crops of ``CROP`` px (a whole smaller frame is one crop) and pooled over them,
+so its value does not depend on the frame's size (only its noise does). The crop count grows
+with the frame's area (as many per axis as cover it, at most ``MAX_GRID`` = 5 per axis: 1 crop
+at 256^2, 4 at 512^2, 16 at 1024^2, 25 from 1280^2 on), so a large frame is sampled by up to
+25 crops at a cost bounded independently of its size. Frames whose shorter side is below
+``MIN_SIDE`` are not scored (a handful of pixels says nothing): :func:`input_stats` returns
+stats with ``scored`` False.
 
-What makes an output hurt, and the statistics that see it. Scored (:data:`.score.SIDES`,
-chosen on the development split of ``benchmarks/ood_trust.py`` as the smallest set that
-separated hurt from helped frames there, see benchmarks/README.md):
+Statistics (which are scored, and on which side, is the calibration's rule: :data:`.score.SIDES`,
+chosen on the development split of ``benchmarks/ood_trust.py`` with ``benchmarks/ood_rules.py``,
+see benchmarks/README.md); every one is recorded with each frame:
 
-* an output that does not explain its input: ``gain``, the slope a of the least-squares fit
-  input ~ a * blur(output) + b (input smoothed by ``SMOOTH_PX``, output blurred by the
-  calibration's LR-from-HR ``sigma``); a above the in-domain outputs' slope: the output holds
-  less of the input's structure than in-domain outputs do (lost or flattened structure, e.g.
-  texture painted over smooth objects);
-* an input sparser or dimmer than the training data: ``level``, the median of the input (its
-  background on the model's scale) below the training data's: sparse content (a few beads or
-  nuclei on an empty field, where the model paints its HR noise texture over an empty
-  background), another bit depth or offset.
-
-Recorded with each frame, not scored (on the development split they flagged frames the model
-helped as often as frames it hurt, or added nothing to the two above): ``transfer_low`` and
-``transfer_mid``, log10 of the output's over the input's power in the bands 0.02-0.04 and
-0.04-0.07 cycles/px (the model's own transfer function on this frame); ``consistency``
-(1 - R^2 of the fit above); ``output_hf`` (log10 of the output's high-band over mid-band power:
-invented fine texture).
+* ``level``: the median of the input (its background on the model's scale): a sparser,
+  dimmer, brighter or offset input than the training data;
+* ``saturated``: the fraction of input pixels at the frame's maximum value (on the crops):
+  saturated data, a constant frame (the minimum is left out: photon-starved frames are full of
+  zeros that are not clipping);
+* ``outside``: the fraction of input pixels outside ``RANGE`` on the model's scale (intensities
+  the model never saw in training, where 0..1 holds 99.8 % of them: an offset, another gain);
+* ``gain``: the slope a of the least-squares fit input ~ a * blur(output) + b (input smoothed
+  by ``SMOOTH_PX``, output blurred by the calibration's LR-from-HR ``sigma``): above the
+  in-domain slope, the output flattened the input's structure; below it, the output holds
+  variance the input does not explain (invented structure);
+* ``consistency``: 1 - R^2 of the same fit: the output's structure the input does not explain;
+* ``transfer_low``, ``transfer_mid``: log10 of the output's over the input's power in the bands
+  0.02-0.04 and 0.04-0.07 cycles/px (the model's transfer function on this frame);
+* ``output_hf``: log10 of the output's high-band over mid-band power (invented fine texture).
 
 Hand-written (one line why): no library computes these per-frame statistics; scipy does the
 filtering and numpy the FFTs.
@@ -39,13 +42,17 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-#: crops of this side (px, input grid) carry every statistic; up to GRID x GRID of them
+#: crops of this side (px, input grid) carry every statistic; up to MAX_GRID per axis
 CROP = 256
-GRID = 3
+MAX_GRID = 5
+#: frames whose shorter side is below this are not scored
+MIN_SIDE = 32
 #: band edges (cycles/px): the transfer bands, then the mid and high bands of ``output_hf``
 LOW_BAND, MID_BAND = (0.02, 0.04), (0.04, 0.07)
 HF_MID, HF_HIGH = (0.06, 0.2), (0.25, 0.5)
 SMOOTH_PX = 1.0
+#: the model-scale intensities of ``outside``'s complement
+RANGE = (-0.25, 1.25)
 #: pixels left out at each crop edge in the consistency fit (blur borders), and its stride
 EDGE = 8
 STRIDE = 2
@@ -58,11 +65,11 @@ def to_unit(frame: np.ndarray, low: float, high: float) -> np.ndarray:
 
 
 def crop_corners(shape: tuple[int, ...], side: int) -> list[tuple[int, int]]:
-    """Top-left corners of up to GRID x GRID crops of ``side`` spread over ``shape`` (as many
-    per axis as cover it, at most GRID)."""
+    """Top-left corners of crops of ``side`` spread evenly over ``shape``: as many per axis as
+    cover it, at most MAX_GRID (so up to MAX_GRID^2 crops, by the frame's area)."""
     h, w = int(shape[-2]), int(shape[-1])
-    ys = np.unique(np.linspace(0, h - side, min(GRID, -(-h // side))).astype(int))
-    xs = np.unique(np.linspace(0, w - side, min(GRID, -(-w // side))).astype(int))
+    ys = np.unique(np.linspace(0, h - side, min(MAX_GRID, -(-h // side))).astype(int))
+    xs = np.unique(np.linspace(0, w - side, min(MAX_GRID, -(-w // side))).astype(int))
     return [(int(y), int(x)) for y in ys for x in xs]
 
 
@@ -102,26 +109,51 @@ def _log_ratio(a: float, b: float) -> float:
 
 @dataclass(frozen=True)
 class InputStats:
-    """What the input frame contributes: its ``level``, crop ``side``, band powers and the
-    smoothed crops (for ``gain``/``consistency``)."""
+    """What the input frame contributes: its ``level`` and ``saturated`` fraction, crop ``side``,
+    band powers and the smoothed crops (for ``gain``/``consistency``); ``scored`` False for a
+    frame too small to score (then nothing else is set)."""
 
     level: float
     side: int
     power: np.ndarray  # mean power in LOW_BAND, MID_BAND
     smoothed: list[np.ndarray]  # the unit-scale crops blurred by SMOOTH_PX
+    saturated: float = 0.0
+    outside: float = 0.0
+    scored: bool = True
 
     def scalars(self) -> dict[str, float]:
-        return {"level": self.level}
+        return {"level": self.level, "saturated": self.saturated, "outside": self.outside}
+
+
+def scorable(shape: tuple[int, ...]) -> bool:
+    """Whether a frame of ``shape`` is large enough to score (both sides >= MIN_SIDE)."""
+    return len(shape) >= 2 and min(int(shape[-2]), int(shape[-1])) >= MIN_SIDE
 
 
 def input_stats(frame: np.ndarray, low: float, high: float) -> InputStats:
     """The input's statistics (on its crops; the frame itself is not kept)."""
+    frame = np.asarray(frame)
+    if not scorable(frame.shape):
+        nan = float("nan")
+        return InputStats(nan, 0, np.zeros(2), [], nan, nan, scored=False)
     side = crop_side(frame.shape)
-    crops = [to_unit(c, low, high) for c in _crops(np.asarray(frame), side)]
-    level = float(np.median(np.stack(crops)[:, ::STRIDE, ::STRIDE]))
+    raw = np.stack(_crops(frame, side))[:, ::STRIDE, ::STRIDE]
+    saturated = float(np.mean(raw == raw.max()))
+    crops = [to_unit(c, low, high) for c in _crops(frame, side)]
+    unit = np.stack(crops)[:, ::STRIDE, ::STRIDE]
+    level = float(np.median(unit))
+    outside = float(np.mean((unit < RANGE[0]) | (unit > RANGE[1])))
     power = band_power(crops, [LOW_BAND, MID_BAND])
     smoothed = [gaussian_filter(c, SMOOTH_PX) for c in crops]
-    return InputStats(level, side, power, smoothed)
+    return InputStats(level, side, power, smoothed, saturated, outside)
+
+
+def output_crops(
+    stats: InputStats, output: np.ndarray, low: float, high: float, scale: int = 1
+) -> list[np.ndarray]:
+    """The crops of ``output`` (raw units) the statistics need, on the unit scale (copies: the
+    output frame need not be kept)."""
+    return [to_unit(c, low, high) for c in _crops(np.asarray(output), stats.side, scale)]
 
 
 def output_stats(
@@ -130,7 +162,13 @@ def output_stats(
     """``transfer_low``, ``transfer_mid``, ``gain``, ``consistency`` and ``output_hf`` of
     ``output`` (the enhanced frame, raw units) given its input's ``stats``; ``sigma``: the
     LR-from-HR blur in output px; ``scale``: the model's upscaling."""
-    crops = [to_unit(c, low, high) for c in _crops(np.asarray(output), stats.side, scale)]
+    return crop_stats(stats, output_crops(stats, output, low, high, scale), sigma, scale)
+
+
+def crop_stats(
+    stats: InputStats, crops: list[np.ndarray], sigma: float, scale: int = 1
+) -> dict[str, float]:
+    """:func:`output_stats` of the output's crops (:func:`output_crops`)."""
     p = band_power(crops, [LOW_BAND, MID_BAND, HF_MID, HF_HIGH], scale)
     values = {
         "transfer_low": _log_ratio(p[0], stats.power[0]),

@@ -7,7 +7,12 @@ development frames); the frame's trust is the smallest of them times their numbe
 (Bonferroni), capped at 1: ~1 for a frame like the calibration frames, small when any
 statistic is far outside them on its suspicious side. A frame is untrusted when its trust falls
 below the calibration's threshold (set on the calibration frames, see :mod:`.calibrate`).
-:data:`INFO` statistics are recorded with the frame, not scored.
+Which statistics are scored, and on which side, is stored in the calibration (written from
+:data:`SIDES`); the others are recorded with the frame, not scored.
+
+A frame too small to score (shorter side below :data:`.features.MIN_SIDE`, e.g. 17 x 17 or
+1 x N) gets a :class:`FrameTrust` with ``scored`` False: score 1.0, trusted, ``worst`` "not
+scored" (no evidence either way; its record says so).
 """
 
 from __future__ import annotations
@@ -22,10 +27,40 @@ from scipy.special import log_ndtr
 from cyclesr_deploy.trust.calibration import FeatureStats, TrustCalibration, read_calibration
 from cyclesr_deploy.trust.features import InputStats, input_stats, output_stats
 
-#: scored statistics and which side of the calibration is suspicious
-SIDES = {"level": "low", "gain": "high"}
-#: recorded with each frame, not scored
-INFO = ("transfer_low", "transfer_mid", "consistency", "output_hf")
+#: scored statistics and which side of the calibration is suspicious (chosen on the development
+#: split with benchmarks/ood_rules.py: see benchmarks/README.md)
+SIDES = {
+    "level": "both",
+    "gain": "both",
+    "transfer_mid": "both",
+    "consistency": "high",
+    "saturated": "high",
+    "outside": "high",
+}
+#: every statistic, recorded with each frame (and each calibration frame)
+STATISTICS = (
+    "level",
+    "saturated",
+    "outside",
+    "gain",
+    "consistency",
+    "transfer_low",
+    "transfer_mid",
+    "output_hf",
+)
+#: the smallest spread of a scored statistic: ``saturated``/``outside`` are ~0 in domain, so their
+#: floor is their resolution, as ``consistency``'s (1 - R^2); the others: 1e-6 (the MAD decides)
+FLOORS = {"saturated": 0.01, "outside": 0.01, "consistency": 0.01}
+#: a non-finite statistic or z-score is written as this (JSON has no NaN/Infinity)
+JSON_LIMIT = 1e9
+NOT_SCORED = "not scored"
+
+
+def finite(v: float) -> float | None:
+    """``v`` for JSON: None for NaN, clamped to +-JSON_LIMIT."""
+    if math.isnan(v):
+        return None
+    return float(min(JSON_LIMIT, max(-JSON_LIMIT, v)))
 
 
 @dataclass(frozen=True)
@@ -33,8 +68,8 @@ class FrameTrust:
     """One frame's trust: ``score`` in [0, 1] (1: typical of the calibration frames),
     ``trusted`` (score >= the calibration's threshold), ``worst``: the statistic that set the
     score, ``features``: the raw statistics, ``z``: their robust z-scores; ``evidence``:
-    -log10 of the unclipped score (the same ranking, without underflow far outside the domain:
-    what ROC curves are computed on)."""
+    -log10 of the unsaturated score (the same ranking, without underflow far outside the domain:
+    what ROC curves are computed on); ``scored`` False: too small to score (score 1, trusted)."""
 
     score: float
     trusted: bool
@@ -42,15 +77,19 @@ class FrameTrust:
     features: dict[str, float] = field(default_factory=dict)
     z: dict[str, float] = field(default_factory=dict)
     evidence: float = 0.0
+    scored: bool = True
 
     def record(self) -> dict[str, object]:
-        """JSON-ready summary for manifests and reports."""
-        return {
+        """JSON-ready summary for manifests and reports (finite numbers only)."""
+        out: dict[str, object] = {
             "trust": round(self.score, 6),
             "trusted": self.trusted,
             "worst": self.worst,
-            "z": {k: round(v, 3) for k, v in self.z.items()},
+            "z": {k: finite(round(v, 3)) for k, v in self.z.items()},
         }
+        if not self.scored:
+            out["scored"] = False
+        return out
 
 
 def log_tail(z: float, side: str) -> float:
@@ -95,6 +134,8 @@ class TrustScorer:
         return values
 
     def finish(self, stats: InputStats, output: np.ndarray, low: float, high: float) -> FrameTrust:
+        if not stats.scored:
+            return FrameTrust(1.0, True, NOT_SCORED, scored=False)
         return self.judge(self.features(stats, output, low, high))
 
     def judge(self, values: dict[str, float]) -> FrameTrust:
@@ -115,9 +156,14 @@ class TrustScorer:
         return FrameTrust(score, score >= cal.threshold, worst, dict(values), z, evidence)
 
 
-def robust_stats(values: list[float], side: str, floor: float = 1e-6) -> FeatureStats:
-    """Median and 1.4826 MAD (floored at ``floor`` and at 1 % of |median|) of ``values``."""
+def robust_stats(values: list[float], side: str, floor: float | None = None) -> FeatureStats:
+    """Median and 1.4826 MAD (floored at ``floor``, default 1e-6, and at 1 % of |median|) of
+    the finite ``values``."""
+    floor = 1e-6 if floor is None else floor
     a = np.asarray(values, np.float64)
+    a = a[np.isfinite(a)]
+    if a.size == 0:
+        raise ValueError("no finite values to calibrate on")
     med = float(np.median(a))
     mad = 1.4826 * float(np.median(np.abs(a - med)))
     scale = max(mad, floor, 0.01 * abs(med))

@@ -14,13 +14,18 @@ from scipy.ndimage import gaussian_filter
 
 from cyclesr_deploy.builtin import resolve_model
 from cyclesr_deploy.errors import InputError
-from cyclesr_deploy.model import ONNX_FILES, TRUST_JSON
+from cyclesr_deploy.model import MODEL_JSON, ONNX_FILES, TRUST_JSON, WEIGHTS
 from cyclesr_deploy.runtime.enhancer import Enhancer
 from cyclesr_deploy.trust import TrustScorer
-from cyclesr_deploy.trust.calibrate import MIN_FRAMES, calibrate, synthetic_frames
+from cyclesr_deploy.trust.calibrate import (
+    MIN_FRAMES,
+    calibrate,
+    conformal_threshold,
+    synthetic_frames,
+)
 from cyclesr_deploy.trust.calibration import FEATURE_VERSION, read_calibration
-from cyclesr_deploy.trust.evaluate import quality_gain, roc_auc
-from cyclesr_deploy.trust.features import CROP, GRID, input_stats
+from cyclesr_deploy.trust.evaluate import degrade, label, quality_gain, roc_auc
+from cyclesr_deploy.trust.features import CROP, MAX_GRID, crop_corners, input_stats
 
 CAL_FRAMES = 12  # in-domain calibration frames (sizes 256 and 384, fresh seeds)
 
@@ -36,7 +41,8 @@ def calibrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def _trust(folder: Path, frames: list[np.ndarray]):
+def _trust(folder: Path, frames: list[np.ndarray], edit=None):
+    """Each frame's FrameTrust; ``edit(output)``: what to score instead of the output."""
     with Enhancer(folder, backend="onnxruntime") as enhancer:
         scorer = TrustScorer.for_model(folder, enhancer.scale)
         assert scorer is not None
@@ -44,20 +50,22 @@ def _trust(folder: Path, frames: list[np.ndarray]):
         out = []
         for f in frames:
             stats = scorer.begin(f, m.low_in, m.high_in)
-            out.append(scorer.finish(stats, enhancer(f), m.low_out, m.high_out))
+            y = enhancer(f)
+            y = y if edit is None else edit(y)
+            out.append(scorer.finish(stats, y, m.low_out, m.high_out))
         return out
 
 
 def _degraded_photo() -> np.ndarray:
-    """scikit-image's camera photograph blurred like an LR acquisition, with background and
-    Poisson noise, in 16 bit: large smooth objects the model paints texture over (it hurts
-    such frames: benchmarks/results/ood_trust.json, kind ``camera``)."""
+    """scikit-image's camera photograph degraded like the benchmark's real kinds (blur,
+    background, Poisson noise, 16 bit): large smooth objects the model paints texture over (it
+    hurts such frames: benchmarks/results/ood_trust.json, kind ``camera``)."""
     from skimage import data
 
-    x = data.camera()[96:416, 96:416].astype(np.float64) / 255.0
-    rng = np.random.default_rng(5)
-    lam = 60.0 * (gaussian_filter(x, 2.9) + 0.3)
-    return np.clip(rng.poisson(lam) * 600.0, 0, 65535).astype(np.uint16)
+    lr, _ = degrade(
+        data.camera()[96:416, 96:416], np.random.default_rng(5), photons=60.0, background=0.3
+    )
+    return lr
 
 
 def _sparse_beads() -> np.ndarray:
@@ -94,11 +102,55 @@ def test_far_out_of_domain_frames_are_flagged(calibrated: Path):
         assert r.worst in r.z and r.record()["trusted"] is False
 
 
-def test_begin_is_size_independent():
-    small = input_stats(np.zeros((300, 300), np.uint16), 0.0, 1.0)
-    big = input_stats(np.zeros((2048, 1536), np.uint16), 0.0, 1.0)
-    assert len(big.smoothed) == GRID * GRID and big.smoothed[0].shape == (CROP, CROP)
+def test_input_statistics_do_not_depend_on_the_frame_size(rng: np.random.Generator):
+    """The same content at 300^2 and 2048x1536: equal statistics (noise aside); the crop count
+    grows with the area up to MAX_GRID^2."""
+    texture = gaussian_filter(rng.random((2048, 1536)), 3.0)
+    texture = (2000 + 20000 * (texture - texture.min()) / np.ptp(texture)).astype(np.uint16)
+    small = input_stats(texture[:300, :300], 0.0, 30000.0)
+    big = input_stats(texture, 0.0, 30000.0)
+    assert len(big.smoothed) == MAX_GRID**2 and big.smoothed[0].shape == (CROP, CROP)
     assert len(small.smoothed) == 4 and small.smoothed[0].shape == (CROP, CROP)
+    assert small.level == pytest.approx(big.level, abs=0.05) and 0.2 < big.level < 0.6
+    assert small.saturated < 0.01 and big.saturated < 0.001 and big.outside == 0.0
+    counts = [len(crop_corners((n, n), CROP)) for n in (256, 512, 1024, 4096)]
+    assert counts == [1, 4, 16, MAX_GRID**2]
+
+
+def test_frames_too_small_are_not_scored(calibrated: Path):
+    scorer = TrustScorer.for_model(calibrated)
+    assert scorer is not None
+    for shape in ((17, 17), (3, 300), (1, 64), (64,)):
+        frame = np.full(shape, 1000, np.uint16)
+        t = scorer.finish(scorer.begin(frame, 0.0, 1.0), frame, 0.0, 1.0)
+        assert not t.scored and t.trusted and t.score == 1.0
+        rec = t.record()
+        assert rec["scored"] is False and rec["worst"] == "not scored"
+
+
+def test_invented_structure_is_flagged(calibrated: Path, rng: np.random.Generator):
+    """An output carrying texture unrelated to its input (a hallucination) is untrusted, though
+    its input is in-domain: the output's variance the input does not explain is scored."""
+    frame = next(synthetic_frames(None, 1, sizes=(384,), seed=62_100))
+    noise = gaussian_filter(rng.standard_normal(frame.shape), 1.5)
+
+    def hallucinate(y: np.ndarray) -> np.ndarray:
+        return (y + 3 * y.std() * noise / noise.std()).astype(y.dtype)
+
+    (honest,) = _trust(calibrated, [frame])
+    (invented,) = _trust(calibrated, [frame], edit=hallucinate)
+    assert honest.trusted, honest.record()
+    assert not invented.trusted and invented.worst in ("gain", "consistency"), invented.record()
+
+
+def test_saturated_and_offset_frames_are_flagged(calibrated: Path):
+    frame = next(synthetic_frames(None, 1, sizes=(256,), seed=62_200)).astype(np.float32)
+    saturated = np.full((256, 256), 65535, np.uint16)
+    offset = frame + np.float32(1e8)
+    results = _trust(calibrated, [saturated, offset])
+    for r in results:
+        assert not r.trusted, r.record()
+        json.dumps(r.record(), allow_nan=False)  # finite numbers only
 
 
 def test_stale_calibration_names_the_renewal(calibrated: Path, tmp_path: Path):
@@ -113,6 +165,52 @@ def test_stale_calibration_names_the_renewal(calibrated: Path, tmp_path: Path):
         read_calibration(folder)
     with pytest.raises(InputError, match="cyclesr export trust"):
         TrustScorer.for_model(folder)
+
+
+def test_calibration_is_tied_to_model_json_and_survives_a_pruned_deploy_folder(
+    calibrated: Path, tmp_path: Path
+):
+    cal = read_calibration(calibrated)
+    assert cal is not None and cal.backend.startswith("onnxruntime")
+    assert {MODEL_JSON, ONNX_FILES["ab"], WEIGHTS["ab"]} <= set(cal.weights_sha256)
+    assert len(cal.recorded["gain"]) == cal.n_frames
+    deploy = tmp_path / "deploy"
+    shutil.copytree(calibrated, deploy)
+    (deploy / WEIGHTS["ab"]).unlink()  # a deploy folder: ONNX only, still the same model
+    assert read_calibration(deploy) is not None
+    meta = json.loads((deploy / MODEL_JSON).read_text(encoding="utf-8"))
+    meta["normalization"]["high_a"] = meta["normalization"]["high_a"] * 2
+    (deploy / MODEL_JSON).write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(InputError, match=r"stale: model\.json changed"):
+        read_calibration(deploy)
+
+
+def test_calibrate_refuses_a_folder_with_nothing_to_tie_to(calibrated: Path, tmp_path: Path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(calibrated / MODEL_JSON, bare / MODEL_JSON)
+    frames = synthetic_frames(None, MIN_FRAMES, sizes=(128,), seed=63_000)
+    with pytest.raises(InputError, match="no weights to tie"):
+        calibrate(bare, frames, data="nothing", backend="onnxruntime")
+
+
+def test_built_in_names_are_resolved(calibrated: Path, monkeypatch):
+    from cyclesr_deploy.trust import calibration
+
+    monkeypatch.setattr(
+        calibration, "resolve_model", lambda v: calibrated if v == "my-model" else Path(v)
+    )
+    assert read_calibration("my-model") is not None
+    assert TrustScorer.for_model("my-model") is not None
+
+
+def test_conformal_threshold():
+    scores = np.linspace(0.001, 1.0, 24)
+    threshold, bound = conformal_threshold(scores)
+    assert threshold < scores.min() and bound == pytest.approx(1 / 25)
+    assert conformal_threshold(np.ones(24))[0] == 0.01  # capped at ALPHA
+    many = conformal_threshold(np.linspace(1e-4, 1e-3, 99))
+    assert many[1] == pytest.approx(5 / 100) and 1e-4 < many[0] < 2e-4  # 5th lowest
 
 
 def test_stale_record_and_older_statistics(calibrated: Path, tmp_path: Path):
@@ -183,6 +281,12 @@ def test_roc_auc_known_answers():
         roc_auc([1, 2, 3], [0, 1])
 
 
+def test_labels_have_margins():
+    assert label(0.011, -0.0003) == "neutral" and label(-0.2, 0.05) == "hurt"
+    assert label(0.5, -0.02) == "hurt" and label(0.2, 0.02) == "helped"
+    assert label(0.2, 0.005) == "neutral"
+
+
 def test_hurt_label(rng: np.random.Generator):
     truth = gaussian_filter(rng.random((96, 96)), 2.0).astype(np.float32)
     lr = gaussian_filter(truth, 2.0) + rng.normal(0, 0.02, truth.shape)
@@ -212,7 +316,24 @@ def test_ood_benchmark_runs_and_reports(tmp_path: Path):
     assert res.returncode == 0, res.stderr[-2000:]
     result = json.loads(out.read_text(encoding="utf-8"))
     report = result["splits"]["report"]
-    assert report["n"] == 2 + 20 and 0 <= report["auc_hurt_vs_helped"] <= 1
+    assert report["n"] == 2 + 20
     assert report["kinds"]["8-bit"]["hurt"] == 1 and report["kinds"]["8-bit"]["flagged"] == 1.0
+    assert "held_out_kinds" in report and result["calibration"]["recorded"]["gain"]
+    rules = subprocess.run(
+        [
+            sys.executable,
+            str(root / "benchmarks" / "ood_rules.py"),
+            str(out),
+            "--out",
+            str(tmp_path / "rules.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=root,
+    )
+    assert rules.returncode == 0, rules.stderr[-2000:]
+    chosen = json.loads((tmp_path / "rules.json").read_text(encoding="utf-8"))["chosen"]
+    assert chosen in json.loads((tmp_path / "rules.json").read_text(encoding="utf-8"))["rules"]
     assert set(result["cost"]) == {"256x256"} and result["cost"]["256x256"]["overhead"] > 0
     assert not (resolve_model("reference-cyclegan") / TRUST_JSON).exists()  # never written
