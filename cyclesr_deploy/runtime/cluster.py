@@ -743,7 +743,7 @@ class _ClusterRun:
             )
             if reusable:
                 f.blocks_done = BlocksDone(entry.get("blocks_done", ()))
-                f.trust.absorb((entry.get("trust") or {}).get("frames", []))
+                f.trust.restore(entry.get("trust"))
             else:
                 f.zarr.create()
             blocks = range(-(-n // f.block))
