@@ -342,3 +342,19 @@ def test_watch_fail_gives_a_stack_no_output(tmp_path, calibrated, inputs):
     assert not (out / "stack.tif").exists() and not list(out.glob("*.part"))
     assert files["good.tif"]["status"] == "done" and (out / "good.tif").is_file()
     assert final.failed == 1 and not final.ok
+
+
+def test_enhancer_run_returns_each_frames_trust(calibrated):
+    """Enhancer.run: the output with its trust (per frame of a stack); trusted is all of them;
+    pycro-manager's metadata gets the call's own trust."""
+    from cyclesr_deploy.runtime.enhancer import Enhancer
+
+    model, (a, _b) = calibrated
+    with Enhancer(model) as enhancer:
+        out, trusts = enhancer.run(np.stack([far_frame(), a]))
+        assert out.shape[0] == 2 and [t.trusted for t in trusts] == [False, True]
+        assert enhancer.last_trusts == trusts and enhancer.trusted is False  # not the last only
+        y, one = enhancer.run(a)
+        assert one.trusted and enhancer.trusted and np.array_equal(y, out[1])
+        _, meta = enhancer.image_process_fn(np.stack([a, far_frame()]), {})
+        assert [r["trusted"] for r in meta["CycleSRTrust"]] == [True, False]
