@@ -294,6 +294,7 @@ def test_cluster_applies_the_policy_on_its_workers(tmp_path, calibrated, inputs,
         assert files["stack.tif"]["status"] == "failed"
         assert "untrusted" in files["stack.tif"]["error"]
         assert not (out / "stack.ome.zarr").exists()
+        assert not list(out.glob("*.part"))  # removed once no task of it writes any more
 
 
 def _watch(inputs, out, model, policy):
