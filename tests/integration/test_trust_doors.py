@@ -265,6 +265,12 @@ def test_bench_quality_reports_trust(tmp_path, calibrated):
     assert row["trust"]["flagged"] == 1 and row["trust"]["n"] == 2
     per = {it["name"]: it["trust"]["trusted"] for it in row["per_image"]}
     assert per == {"a.tif": True, "far.tif": False}
+    from cyclesr_deploy.runtime.enhancer import Enhancer
+
+    with Enhancer(model) as enhancer:  # the same frame: the same trust as enhance's runner
+        got = {it["name"]: it["trust"] for it in row["per_image"]}
+        assert got["a.tif"] == enhancer.run(a)[1].record()
+        assert got["far.tif"] == enhancer.run(far_frame())[1].record()
     assert quality_header(result)[-1] == "trust (flagged)"
 
 
