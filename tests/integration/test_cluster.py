@@ -142,24 +142,27 @@ def test_worker_killed_mid_run_gives_complete_identical_output(client, inputs, t
     assert killed[0] not in client.run(os.getpid).values()
 
 
+def _stopped_after(client, src, out, cfg, n: int) -> None:
+    """A run (blocks of 2 frames) whose client stops (KeyboardInterrupt) after ``n`` frames."""
+    frames = []
+
+    def stop(event):
+        if event.kind == "frame":
+            frames.append(1)
+            if len(frames) == n:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        enhance_on_cluster(src, out, _recipe(cfg), cfg, client=client, block=2, on_progress=stop)
+
+
 @pytest.mark.slow
 def test_client_stopped_then_rerun_computes_only_what_is_missing(client, inputs, tmp_path):
     cfg = EnhanceConfig(output_format="zarr")
     src = [inputs / "stack" / "s.tif"]
     _single(src, tmp_path / "single", cfg)
-    frames = []
-
-    def stop_after_four(event):
-        if event.kind == "frame":
-            frames.append(1)
-            if len(frames) == 4:
-                raise KeyboardInterrupt
-
     out = tmp_path / "cluster"
-    with pytest.raises(KeyboardInterrupt):
-        enhance_on_cluster(
-            src, out, _recipe(cfg), cfg, client=client, block=2, on_progress=stop_after_four
-        )
+    _stopped_after(client, src, out, cfg, 4)
     entry = next(iter(json.loads((out / MANIFEST_NAME).read_text())["files"].values()))
     assert entry["status"] == "partial" and entry["n_blocks"] == 5
     recorded = len(BlocksDone(entry["blocks_done"]))
@@ -397,19 +400,8 @@ def test_a_part_without_zarr_json_is_never_reused(client, inputs, tmp_path):
     cfg = EnhanceConfig(output_format="zarr")
     src = [inputs / "stack" / "s.tif"]
     _single(src, tmp_path / "single", cfg)
-    seen = []
-
-    def stop_after_two(event):
-        if event.kind == "frame":
-            seen.append(1)
-            if len(seen) == 2:
-                raise KeyboardInterrupt
-
     out = tmp_path / "cluster"
-    with pytest.raises(KeyboardInterrupt):
-        enhance_on_cluster(
-            src, out, _recipe(cfg), cfg, client=client, block=2, on_progress=stop_after_two
-        )
+    _stopped_after(client, src, out, cfg, 2)
     (out / "s.ome.zarr.part" / "zarr.json").unlink()
     summary = enhance_on_cluster(src, out, _recipe(cfg), cfg, client=client, block=2)
     assert summary.ok, summary.files
