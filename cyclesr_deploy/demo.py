@@ -153,7 +153,7 @@ def _trust_line(trust: dict[str, Any] | None) -> str:
     """metrics.md's line on the per-frame trust of the enhanced frames."""
     if not trust:
         return "\nTrust: not scored (the model folder has no trust calibration).\n"
-    n, bad = len(trust["frames"]), len(trust["untrusted"])
+    n, bad = trust["count"], len(trust["untrusted"])
     return (
         f"\nTrust (per frame, 1 = typical of the model's training domain): mean "
         f"{trust['mean']:.3g}, lowest {trust['min']:.3g}; {bad} of {n} frames untrusted.\n"

@@ -2,10 +2,12 @@
 
 LR and HR TIFFs are paired by file name (:func:`~cyclesr_deploy.metrics.files.pair_paths`).
 Rows (methods): ``input`` (the LR image; ``bicubic``: upsampled to the HR grid when the HR
-images are larger), each given model (whole-frame inference, the model's intensity mapping in
-and out), and ``HR`` (the ground truth against itself: its reference-free metrics, and FRC
-against ``hr_repeat``, a second HR acquisition, when given). Each row gets mean and population
-std over the images of every :class:`~cyclesr_deploy.metrics.QualityReport` field
+images are larger), each given model (the frame runner of ``cyclesr enhance`` with its default
+settings, on the LR plane as stored: the same output, in the input's dtype, and the same trust
+as ``cyclesr enhance`` gives), and ``HR`` (the ground truth against itself: its reference-free
+metrics, and FRC against ``hr_repeat``, a second HR acquisition, when given). Each row gets
+mean and population std over the images of every
+:class:`~cyclesr_deploy.metrics.QualityReport` field
 (:func:`~cyclesr_deploy.metrics.files.summarize`). A model with a trust calibration
 (``trust.json``) also gets each image's trust (``per_image[i]["trust"]``) and the row's mean
 trust and number of images flagged untrusted (``trust``: mean, flagged, n; the table's last
@@ -37,11 +39,21 @@ QUALITY_COLUMNS = [
 ]
 
 
-def _plane(path: Path) -> tuple[np.ndarray, float | None]:
+def _read(path: Path) -> tuple[np.ndarray, float | None]:
+    """One plane as stored (uint8/uint16/float32 kept: what ``cyclesr enhance`` reads; other
+    dtypes as float32) and its pixel size, um."""
     from cyclesr_deploy.images import read_image2d
 
     img = read_image2d(path)
-    return np.asarray(img.data, dtype=np.float32), img.pixel_size_um
+    data = np.asarray(img.data)
+    if data.dtype not in (np.uint8, np.uint16, np.float32):
+        data = data.astype(np.float32)
+    return data, img.pixel_size_um
+
+
+def _plane(path: Path) -> tuple[np.ndarray, float | None]:
+    data, px_um = _read(path)
+    return data.astype(np.float32), px_um
 
 
 def upsample(lr: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -49,33 +61,6 @@ def upsample(lr: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     from skimage.transform import resize
 
     return resize(lr, shape, order=3, mode="reflect", anti_aliasing=False).astype(np.float32)
-
-
-def _predict(engine: Any, model: Any, lr: np.ndarray) -> np.ndarray:
-    """Whole-frame prediction of one LR plane in raw (domain B) intensities, float32; the
-    frame is reflect-padded to the size multiple and the output cropped back."""
-    from cyclesr_deploy.normalization import IntensityMapping
-
-    m, s = model.size_multiple, model.scale
-    h, w = lr.shape
-    ph, pw = -(-h // m) * m, -(-w // m) * m
-    x = np.pad(lr, ((0, ph - h), (0, pw - w)), mode="reflect") if (ph, pw) != (h, w) else lr
-    mapping = IntensityMapping.from_config(model.normalization)
-    batch = np.repeat(mapping.before(x)[None, None], model.generator.in_channels, axis=1)
-    y = np.array(engine.infer(batch.astype(np.float32))[0, 0], copy=True)
-    return mapping.after(y[: h * s, : w * s], np.float32)
-
-
-def _trust(scorer: Any, model: Any, lr: np.ndarray, pred: np.ndarray) -> dict[str, Any] | None:
-    """The trust record of one prediction (None: the model has no trust calibration), with
-    the model's intensity mapping as the frame runner uses it."""
-    if scorer is None:
-        return None
-    from cyclesr_deploy.normalization import IntensityMapping
-
-    m = IntensityMapping.from_config(model.normalization)
-    stats = scorer.begin(lr, m.low_in, m.high_in)
-    return scorer.finish(stats, pred, m.low_out, m.high_out).record()
 
 
 def _trust_summary(items: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -113,7 +98,7 @@ def run_quality(
     from cyclesr_deploy.metrics import evaluate
     from cyclesr_deploy.metrics.files import pair_paths, summarize
     from cyclesr_deploy.model import load_model
-    from cyclesr_deploy.trust import TrustScorer
+    from cyclesr_deploy.runtime.runner import EnhanceConfig, FrameRunner
 
     say = on_progress or (lambda _msg: None)
     lr_dir, hr_dir = Path(lr_dir), Path(hr_dir)
@@ -154,31 +139,40 @@ def run_quality(
     hrs: dict[str, np.ndarray] = {}
     input_label = "input"
     for name, lr_path, hr_path in pairs:
-        lr, _ = _plane(lr_path)
+        raw, _ = _read(lr_path)  # as stored: what the frame runner takes
+        lr = raw.astype(np.float32)
         hr, hr_px_um = _plane(hr_path)
         if px_nm is None and hr_px_um is not None:
             px_nm = 1e3 * hr_px_um
-        lrs[name], hrs[name] = lr, hr
+        lrs[name], hrs[name] = raw, hr
         base = lr
         if lr.shape != hr.shape:
             input_label = "bicubic"
             base = upsample(lr, hr.shape)
         say(f"{name}: {input_label}")
         add(input_label, name, base, hr)
+    cfg = EnhanceConfig()  # enhance's defaults: the same output and trust as `cyclesr enhance`
     for method, folder in models.items():
         model = loaded[method]
-        scorer = TrustScorer.for_model(folder, model.scale)  # None: uncalibrated
-        engine = open_engine(folder, backend, device=device)  # type: ignore[arg-type]
+        engine = open_engine(
+            folder,
+            backend,  # type: ignore[arg-type]
+            device=device,  # type: ignore[arg-type]
+            tiling=cfg.engine_tiling,
+            stats=cfg.stats,
+        )
         with engine as e:
             say(f"{method}: {e.name}")
+            runner = FrameRunner(e, model, cfg)  # the one frame runner; its trust scorer
             for name, _lr_path, _hr_path in pairs:
-                pred = _predict(e, model, lrs[name])
+                out, trust = runner.run(lrs[name])
+                pred = out.astype(np.float32)
                 if pred.shape != hrs[name].shape:
                     raise InputError(
                         f"model {method!r} makes {pred.shape} from {name} but the HR image is "
                         f"{hrs[name].shape}"
                     )
-                add(method, name, pred, hrs[name], trust=_trust(scorer, model, lrs[name], pred))
+                add(method, name, pred, hrs[name], trust=trust and trust.record())
     for name, _lr_path, _hr_path in pairs:
         rep = None
         if name in repeats:

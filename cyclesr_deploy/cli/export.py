@@ -229,7 +229,12 @@ def onnx_cmd(
     trust_data: Path | None = typer.Option(
         None,
         help="In-domain LR frames (folder or stack) to calibrate the trust score on after the "
-        "export (default: the training LR folder, when it exists; else no calibration).",
+        "export; held-out frames of the training domain are better than the training frames "
+        "the model has seen (default: the training LR folder, when it exists; up to 64 "
+        "frames).",
+    ),
+    trust_calibration: bool = typer.Option(
+        True, help="Calibrate the trust score after the export (--no-trust-calibration: not)."
     ),
 ) -> None:
     """FP32 ONNX with dynamic batch/height/width, parity-checked against PyTorch; for
@@ -248,7 +253,7 @@ def onnx_cmd(
             _fp16(path, overwrite, table)
         if wants_frozen:
             _frozen(model_dir, direction, overwrite, table, frames)
-        if direction == "ab":
+        if direction == "ab" and trust_calibration:
             try:
                 _trust(model_dir, trust_data or default_data(model_dir), "auto", None, table)
             except InputError as exc:  # the exported artifacts stand; only --trust-data fails

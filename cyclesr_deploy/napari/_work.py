@@ -157,9 +157,9 @@ def enhance_into(
     yields the number done after each (a worker stops between frames when cancelled);
     ``trusts`` (when given) gets (index, the frame's FrameTrust or None) for each."""
     for done, index in enumerate(indices, 1):
-        out[index] = enhancer(as_frame(data[index]))
+        out[index], trust = enhancer.run(as_frame(data[index]))  # both under its lock
         if trusts is not None:
-            trusts.append((index, enhancer.last_trust))
+            trusts.append((index, trust))
         yield done
 
 

@@ -64,7 +64,7 @@ from cyclesr_deploy.runtime.omezarr import ZarrOutput
 from cyclesr_deploy.runtime.pipeline import EnhanceSummary, ProgressEvent, check_paths, triage
 from cyclesr_deploy.runtime.runner import EnhanceConfig, FrameRunner
 from cyclesr_deploy.runtime.tiff import StackInfo, output_info
-from cyclesr_deploy.runtime.trust_policy import FileTrust, UntrustedFile
+from cyclesr_deploy.runtime.trust_policy import FileTrust, UntrustedFile, check_trust
 
 __all__ = [
     "CLUSTER_COMMAND",
@@ -580,6 +580,7 @@ class _File:
         self.blocks_done = BlocksDone()
         self.frames = 0  # enhanced in this run
         self.error: str | None = None
+        self.refused = False  # by the trust policy: no output (its .part removed)
         self.zarr: ZarrOutput | None = None
         self.block = 1  # frames per task of a Zarr output
         self.t0 = time.perf_counter()
@@ -613,6 +614,7 @@ def enhance_on_cluster(
     if block < 1:
         raise InputError(f"--block {block}: must be at least 1")
     model = recipe.model_config()
+    check_trust(cfg, model, recipe.model)  # a stale or missing calibration: before any task
     if cfg.tile:
         cfg.tiling(model)  # bad tile/overlap: refused before any task
     if cfg.tile == "auto" and cfg.tile_budget_px is None:  # settled here: one tile on every worker
@@ -681,6 +683,10 @@ class _ClusterRun:
             for future in futures:
                 f, index = self.tasks.pop(future)
                 f.pending.discard(future)
+                if f.refused:  # by the trust policy: its other results are ignored
+                    if not f.pending and f.zarr is not None:
+                        f.zarr.abort()  # no task of it writes any more
+                    continue
                 if future.cancelled():
                     continue
                 if future.status == "error":
@@ -739,11 +745,11 @@ class _ClusterRun:
                 and entry.get("block") == f.block
                 and entry.get("input_size") == job.size
                 and entry.get("input_mtime_ns") == job.mtime_ns
-                and f.zarr.part.is_dir()
+                and (f.zarr.part / "zarr.json").is_file()  # never a half-removed .part
             )
             if reusable:
                 f.blocks_done = BlocksDone(entry.get("blocks_done", ()))
-                f.trust.absorb((entry.get("trust") or {}).get("frames", []))
+                f.trust.restore(entry.get("trust"))
             else:
                 f.zarr.create()
             blocks = range(-(-n // f.block))
@@ -820,7 +826,8 @@ class _ClusterRun:
         f.error = _named(f.job.path, exc)
         client.cancel(list(f.pending))
         if isinstance(exc, UntrustedFile):  # the trust policy refused the file (no output)
-            if f.zarr is not None:
+            f.refused = True
+            if f.zarr is not None and not f.pending:  # else once its running tasks are done
                 f.zarr.abort()
             f.trust.report()
             status = "skipped" if exc.skipped else "failed"

@@ -87,8 +87,9 @@ class Enhancer:
     engine is opened (and entered) at once; ``close()`` (or ``with``) releases it.
     ``engine=``/``model=`` inject an already created engine (not yet entered) and
     config, e.g. for tests. ``trust``: score frames against the model's trust calibration;
-    :attr:`last_trust` (a :class:`~cyclesr_deploy.trust.FrameTrust`, or None) and
-    :attr:`trusted` tell about the last frame enhanced (of a stack: its last frame).
+    :meth:`run` returns a call's output with its trust (per frame for a stack);
+    :attr:`last_trusts` (per frame of the last call), :attr:`last_trust` (its last frame) and
+    :attr:`trusted` (all of them trusted) tell about the last call.
 
     ``enhancer(frame)``: (H, W) -> (H*s, W*s); a stack (..., H, W) is enhanced frame by
     frame. ``enhancer.stream(frames)``: a generator over any iterable of frames.
@@ -139,13 +140,19 @@ class Enhancer:
             raise
         self._lock = threading.Lock()
         self._closed = False
-        self.last_trust: FrameTrust | None = None
+        self.last_trusts: list[FrameTrust | None] = []  # per frame, of the last call
+
+    @property
+    def last_trust(self) -> FrameTrust | None:
+        """The trust of the last frame enhanced (of a stack: its last frame)."""
+        return self.last_trusts[-1] if self.last_trusts else None
 
     @property
     def trusted(self) -> bool | None:
-        """Whether the last frame enhanced is trusted (None: no score, the model has no trust
-        calibration or ``trust=False``); its details: :attr:`last_trust`."""
-        return None if self.last_trust is None else self.last_trust.trusted
+        """Whether every frame of the last call is trusted (None: no score, the model has no
+        trust calibration or ``trust=False``); per frame: :attr:`last_trusts`."""
+        scored = [t for t in self.last_trusts if t is not None]
+        return all(t.trusted for t in scored) if scored else None
 
     @property
     def backend(self) -> str:
@@ -157,6 +164,13 @@ class Enhancer:
         return self.model.scale
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
+        return self.run(frame)[0]
+
+    def run(self, frame: np.ndarray) -> tuple[np.ndarray, Any]:
+        """``(enhanced, trust)`` of one call, both taken under the lock (safe where one
+        Enhancer is shared between threads, unlike reading :attr:`last_trust` afterwards):
+        ``trust`` is the frame's :class:`~cyclesr_deploy.trust.FrameTrust` (or None), for a
+        stack a list with one per frame (C order)."""
         frame = np.asarray(frame)
         if frame.ndim < 2:
             raise InputError(f"expected a frame (H, W) or a stack (..., H, W), got {frame.shape}")
@@ -166,14 +180,18 @@ class Enhancer:
             if self._closed:
                 raise RuntimeError("Enhancer is closed")
             if frame.ndim == 2:
-                y, self.last_trust = self.runner.run(frame)
-                return y
+                y, trust = self.runner.run(frame)
+                self.last_trusts = [trust]
+                return y, trust
             flat = frame.reshape(-1, *frame.shape[-2:])
             s = self.scale
             out = np.empty((flat.shape[0], flat.shape[1] * s, flat.shape[2] * s), frame.dtype)
+            trusts: list[FrameTrust | None] = []
             for i, f in enumerate(flat):
-                out[i], self.last_trust = self.runner.run(f, i)
-            return out.reshape(*frame.shape[:-2], *out.shape[-2:])
+                out[i], t = self.runner.run(f, i)
+                trusts.append(t)
+            self.last_trusts = trusts
+            return out.reshape(*frame.shape[:-2], *out.shape[-2:]), list(trusts)
 
     def stream(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """Enhance ``frames`` lazily, in order (one frame in memory at a time)."""
@@ -183,15 +201,17 @@ class Enhancer:
     def image_process_fn(self, image: np.ndarray, metadata: dict[str, Any]) -> Any:
         """pycro-manager image processor: ``(image, metadata) -> (image, metadata)``; the
         metadata gets the new size (``Width``/``Height`` when present) and ``CycleSR``."""
-        out = self(image)
+        out, trust = self.run(image)
         meta = dict(metadata)
         if "Width" in meta:
             meta["Width"] = int(out.shape[-1])
         if "Height" in meta:
             meta["Height"] = int(out.shape[-2])
         meta["CycleSR"] = f"{self.backend} x{self.scale}"
-        if self.last_trust is not None:
-            meta["CycleSRTrust"] = self.last_trust.record()
+        if isinstance(trust, list):  # a stack: one record per frame
+            meta["CycleSRTrust"] = [t.record() if t is not None else None for t in trust]
+        elif trust is not None:
+            meta["CycleSRTrust"] = trust.record()
         return out, meta
 
     def close(self) -> None:

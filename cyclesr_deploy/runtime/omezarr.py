@@ -23,6 +23,7 @@ import contextlib
 import math
 import shutil
 import sys
+import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -359,8 +360,13 @@ class ZarrOutput:
     def create(self) -> None:
         """A new, empty ``<target>.part`` (a previous one is removed)."""
         zarr = _zarr()
+        for _ in range(20):  # a task of an interrupted run may still be writing a chunk in it
+            if not self.part.exists():
+                break
+            shutil.rmtree(self.part, ignore_errors=True)
+            time.sleep(0.05)
         if self.part.exists():
-            shutil.rmtree(self.part)
+            shutil.rmtree(self.part)  # still there: its error
         _OPEN.clear()
         group = zarr.open_group(str(self.part), mode="w", zarr_format=3)
         shape = self.axes.shape

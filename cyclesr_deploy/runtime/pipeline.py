@@ -546,7 +546,7 @@ class _Run(_Stages):
         skipped = refused is not None and refused.skipped  # --untrusted skip, one frame
         failed = job.failed is not None and not skipped
         if job.trust is not None:
-            job.trust.report()
+            job.trust.report(failed=failed and refused is None)
         result = FileResult(
             input=str(job.path),
             output=str(output) if output is not None else None,

@@ -17,14 +17,18 @@ input statistics when the frame starts, its :class:`~cyclesr_deploy.trust.FrameT
 * ``fail``: the file fails like a bad input at its first untrusted frame (no output, the
   ``.part`` removed; the other files go on; exit code 1).
 
-Per-frame trust (score, trusted, worst statistic) goes into the manifest entry (``trust``).
+Per-frame trust goes into the manifest entry (``trust``, :meth:`FileTrust.summary`): frame count,
+mean and lowest score, the untrusted frames' records, the worst few, and every frame's score as
+one compact list (4 significant digits).
 A model folder without ``trust.json`` runs unscored (one info line says how to calibrate);
 every policy but ``warn`` then fails at the edge, as does a stale calibration (renewal command).
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -42,6 +46,8 @@ log = logging.getLogger(__name__)
 Policy = Literal["warn", "mark", "skip", "fail"]
 POLICIES: tuple[Policy, ...] = ("warn", "mark", "skip", "fail")
 WORST_SHOWN = 3  # frames named in a file's warning
+WORST_KEPT = 10  # worst frames kept in the manifest
+SIG_DIGITS = 4  # significant digits of the scores kept
 
 
 def resolve_scorer(
@@ -103,6 +109,11 @@ def _untrusted_file(message: str, skipped: bool) -> UntrustedFile:
     return UntrustedFile(message, skipped=skipped)
 
 
+def _sig(x: float) -> float:
+    """A score rounded to :data:`SIG_DIGITS` significant digits (far frames keep their order)."""
+    return float(f"{float(x):.{SIG_DIGITS}g}")
+
+
 def _describe(rec: dict[str, Any]) -> str:
     return f"frame {rec['index']} trust {rec['trust']:.3g} ({rec['worst']})"
 
@@ -110,26 +121,54 @@ def _describe(rec: dict[str, Any]) -> str:
 class FileTrust:
     """One output file's frames under ``policy`` (see the module docstring): :meth:`admit` each
     frame as it is written, then :meth:`metadata` (for the output), :meth:`summary` (for the
-    manifest) and :meth:`report` (the file's warning)."""
+    manifest) and :meth:`report` (the file's warning). Frames are keyed by their index: a
+    frame scored again (a page re-queued, a block recomputed) replaces its earlier record."""
 
     def __init__(self, policy: str, name: str, n_frames: int | None = None) -> None:
         if policy not in POLICIES:
             raise InputError(f"untrusted policy must be one of {', '.join(POLICIES)}: {policy!r}")
         self.policy, self.name, self.n_frames = policy, name, n_frames
-        self.records: list[dict[str, Any]] = []
-        self.untrusted: list[int] = []
+        self._frames: dict[int, dict[str, Any]] = {}
+        self._bad: dict[int, dict[str, Any]] = {}  # the untrusted frames' records
+        self._sum = 0.0  # running statistics (kept per frame: no rebuild per page)
+        self._min = math.inf
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        """Every frame's record, in index order."""
+        return [self._frames[i] for i in sorted(self._frames)]
+
+    @property
+    def untrusted(self) -> list[int]:
+        return sorted(self._bad)
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def _put(self, rec: dict[str, Any]) -> None:
+        i = int(rec["index"])
+        old = self._frames.pop(i, None)
+        self._bad.pop(i, None)
+        self._frames[i] = rec
+        if not rec["trusted"]:
+            self._bad[i] = rec
+        if old is None:
+            self._sum += rec["trust"]
+            self._min = min(self._min, rec["trust"])
+        else:  # rare (a re-scored frame): recomputed
+            self._sum = sum(r["trust"] for r in self._frames.values())
+            self._min = min(r["trust"] for r in self._frames.values())
 
     def admit(self, index: int, frame: np.ndarray, trust: FrameTrust | None) -> np.ndarray:
         """The frame to write for frame ``index`` (zeros when skipped); raises
         :class:`UntrustedFile` when the policy refuses the file."""
         if trust is None:
             return frame
-        rec = {"index": int(index), "trust": round(float(trust.score), 6)}
-        rec.update(trusted=bool(trust.trusted), worst=trust.worst)
-        self.records.append(rec)
+        rec = {"index": int(index), "trust": _sig(trust.score), "trusted": bool(trust.trusted)}
+        rec.update(worst=trust.worst, evidence=_sig(min(trust.evidence, 1e9)))  # JSON: finite
+        self._put(rec)
         if trust.trusted:
             return frame
-        self.untrusted.append(int(index))
         if self.policy == "fail":
             raise UntrustedFile(
                 f"{self.name}: {_describe(rec)} is untrusted (--untrusted fail): no output"
@@ -143,54 +182,97 @@ class FileTrust:
         return frame
 
     def absorb(self, records: list[dict[str, Any]]) -> None:
-        """Add frames scored elsewhere (a cluster worker's block, an earlier run), in order
-        of their index, the policy already applied to them."""
-        self.records = sorted([*self.records, *records], key=lambda r: r["index"])
-        self.untrusted = [r["index"] for r in self.records if not r["trusted"]]
+        """Add frames scored elsewhere (a cluster worker's block, an earlier run), the policy
+        already applied to them."""
+        for rec in records:
+            self._put(rec)
+
+    def restore(self, summary: dict[str, Any] | None, below: int | None = None) -> None:
+        """Add the frames of a manifest ``trust`` entry (:meth:`summary`) of an earlier run:
+        every frame with its score where the entry has them, the untrusted frames' records
+        (only frames ``< below`` when given: those its output holds)."""
+        if not summary:
+            return
+        scores = summary.get("scores") or []
+        indices = summary.get("indices") or range(len(scores))
+        recs = {
+            int(i): {"index": int(i), "trust": float(s), "trusted": True, "worst": None}
+            for i, s in zip(indices, scores, strict=False)
+        }
+        for rec in summary.get("flagged") or []:
+            recs[int(rec["index"])] = dict(rec)
+        self.absorb([recs[i] for i in sorted(recs) if below is None or i < below])
 
     def metadata(self) -> dict[str, str] | None:
         """What the output's metadata records (``mark``/``skip`` with untrusted frames)."""
-        if self.policy not in ("mark", "skip") or not self.untrusted:
+        if self.policy not in ("mark", "skip") or not self._bad:
             return None
-        frames = ",".join(map(str, self.untrusted))
+        bad = [self._bad[i] for i in sorted(self._bad)]
+        frames = ",".join(str(r["index"]) for r in bad)
         key = "skipped_frames" if self.policy == "skip" else "untrusted_frames"
-        scores = ",".join(f"{r['trust']:.4g}" for r in self.records if not r["trusted"])
+        scores = ",".join(f"{r['trust']:.4g}" for r in bad)
         return {"policy": self.policy, key: frames, "untrusted_trust": scores}
 
-    def summary(self) -> dict[str, Any] | None:
-        """The manifest's ``trust`` entry: policy, per-frame records, untrusted indices."""
-        if not self.records:
+    def summary(self, scores: bool = True) -> dict[str, Any] | None:
+        """The manifest's ``trust`` entry: policy, frame count, mean and lowest score, the
+        untrusted frames (indices, and their records in ``flagged``), the :data:`WORST_KEPT`
+        worst records, and with ``scores`` every frame's score (one list in index order,
+        ``indices`` when they are not 0..n-1; watch writes it at the file's end only)."""
+        if not self._frames:
             return None
-        scores = [r["trust"] for r in self.records]
-        return {
+        n = len(self._frames)
+        out: dict[str, Any] = {
             "policy": self.policy,
-            "untrusted": list(self.untrusted),
-            "mean": round(float(np.mean(scores)), 6),
-            "min": round(float(min(scores)), 6),
-            "frames": self.records,
+            "count": n,
+            "mean": _sig(self._sum / n),
+            "min": _sig(self._min),
+            "untrusted": self.untrusted,
+            "flagged": [self._bad[i] for i in sorted(self._bad)],
+            "worst": self.worst(WORST_KEPT, trusted_too=True),
         }
+        if scores:
+            order = sorted(self._frames)
+            out["scores"] = [self._frames[i]["trust"] for i in order]
+            if order != list(range(n)):
+                out["indices"] = order
+        return out
 
-    def worst(self, n: int = WORST_SHOWN) -> list[dict[str, Any]]:
-        bad = [r for r in self.records if not r["trusted"]]
-        return sorted(bad, key=lambda r: (r["trust"], r["index"]))[:n]
+    def worst(self, n: int = WORST_SHOWN, *, trusted_too: bool = False) -> list[dict[str, Any]]:
+        """The ``n`` least trusted frames (untrusted only unless ``trusted_too``), ranked by
+        their evidence (-log10 of the unclipped score: no ties where scores underflow)."""
+        pool = self._frames if trusted_too else self._bad
+        return heapq.nsmallest(n, pool.values(), key=_rank)
 
-    def report(self) -> None:
-        """One warning for the file when frames were untrusted (what the policy did)."""
-        if not self.untrusted:
+    def report(self, *, failed: bool = False) -> None:
+        """One warning for the file when frames were untrusted (what the policy did;
+        ``failed``: the file failed for another reason, e.g. a bad frame)."""
+        if not self._bad:
             return
-        did = {
-            "warn": "written as enhanced",
-            "mark": "written, listed in the output's metadata",
-            "skip": "written as zeros, listed in the output's metadata",
-            "fail": "the file failed",
-        }[self.policy]
+        if failed:
+            did = "the file failed for another reason (see its error)"
+        elif self.policy == "skip" and self.n_frames == 1:
+            did = "not written (no output)"
+        else:
+            did = {
+                "warn": "written as enhanced",
+                "mark": "written, listed in the output's metadata",
+                "skip": "written as zeros, listed in the output's metadata",
+                "fail": "the file failed (no output)",
+            }[self.policy]
         log.warning(
             "%s: %d of %d frame(s) untrusted (%s): %s; --untrusted %s: %s",
             self.name,
-            len(self.untrusted),
-            len(self.records),
+            len(self._bad),
+            len(self._frames),
             "the model may invent structure there",
             "; ".join(_describe(r) for r in self.worst()),
             self.policy,
             did,
         )
+
+
+def _rank(rec: dict[str, Any]) -> tuple[float, int]:
+    evidence = rec.get("evidence")
+    if evidence is None:  # a record without it (an earlier run's trusted frame)
+        evidence = -math.log10(max(rec["trust"], 1e-300))
+    return (-float(evidence), int(rec["index"]))

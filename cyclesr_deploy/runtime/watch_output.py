@@ -55,6 +55,8 @@ class Outputs:
         split (:data:`PHASES`) goes to the manifest (``latency_s``, the file's last page) and
         to ``on_done`` with the rule that judged it complete (``complete_by``)."""
         src = item.src
+        if src.refused:  # refused by the trust policy (fail): no more of its pages
+            return
         t0 = time.perf_counter()
         try:
             if item.frame is None:
@@ -64,13 +66,11 @@ class Outputs:
             t_read = time.perf_counter()
             result, trust = self.enhance(frame, item.page)  # the one call of the frame runner
             t_comp = time.perf_counter()
-            result, refused = self._admit(src, item.page, result, trust)
+            result = self._admit(src, item.page, result, trust)
             if info is not None:
                 self._write_frame_file(src, info, result)
             else:
                 self._append_page(src, result)
-            if refused is not None:  # a stack's page under --untrusted fail: zeros, failed
-                raise refused
         except UntrustedFile as exc:
             self._refused(src, item.page, exc)
             return
@@ -103,38 +103,52 @@ class Outputs:
 
     def _admit(
         self, src: Source, page: int, result: np.ndarray, trust: FrameTrust | None
-    ) -> tuple[np.ndarray, UntrustedFile | None]:
-        """The page to write under the trust policy (a frame file refused raises; a stack's
-        page refused by ``fail`` is written as zeros, so page indices stay aligned, and the
-        refusal returned), with the status counters and the manifest's ``trust`` updated."""
+    ) -> np.ndarray:
+        """The page to write under the trust policy (raises :class:`UntrustedFile` when the
+        policy refuses the file), with the status counters and the manifest's ``trust``
+        updated (live: without the per-frame scores, written at the file's end)."""
         if src.trust is None:
             src.trust = FileTrust(self.untrusted, src.path.name, 1 if src.frame_file else None)
-        refused = None
+            if src.done:  # pages of an earlier run in the output: their records carried on
+                with self.state.lock:
+                    entry = self.state.manifest.entry(src.path) or {}
+                src.trust.restore(entry.get("trust"), below=src.done)
         try:
             out = src.trust.admit(page, result, trust)
-        except UntrustedFile as exc:
-            if src.frame_file:
-                raise
-            out, refused = np.zeros_like(result), exc
         finally:
             with self.state.lock:
                 if trust is not None:
                     self.state.last_trust = float(trust.score)
                     self.state.untrusted += not trust.trusted
-                    self.state.manifest.update(src.path, trust=src.trust.summary())
+                    live = src.trust.summary(scores=bool(src.frame_file))
+                    self.state.manifest.update(src.path, trust=live)
         if src.frame_file:
             src.trust.report()
-        return out, refused
+        return out
 
     def _refused(self, src: Source, page: int, exc: UntrustedFile) -> None:
-        """Record a page the trust policy refused (see :meth:`_admit`)."""
+        """Record a file the trust policy refused: a frame file under skip (no output,
+        ``skipped``), or any file under fail (no output: a stack's ``.part`` removed, its
+        later pages dropped; ``failed``, the watch goes on and exits non-zero)."""
+        app, src.appender = src.appender, None
+        if app is not None:
+            app.abort()
         with self.state.lock:
             if exc.skipped:  # a frame file under skip: no output
                 log.warning("%s: %s", src.path.name, exc)
                 src.closed = True
                 self.state.record(src, "skipped", note=str(exc), output=None, error=None)
-            else:
-                self.state.fail(src, f"page {page}: {exc}", file_level=bool(src.frame_file))
+                return
+            if src.trust is not None:
+                src.trust.report()
+            src.refused = src.closed = True
+            src.done = _pages(src.out)  # an earlier run's complete output, if any, is kept
+            self.state.fail(src, f"page {page}: {exc}", file_level=True)
+            self.state.manifest.update(
+                src.path,
+                output=str(src.out) if src.done else None,
+                trust=src.trust.summary() if src.trust is not None else None,
+            )
 
     @staticmethod
     def _read(src: Source, page: int) -> tuple[np.ndarray, StackInfo | None]:
@@ -238,6 +252,8 @@ class Outputs:
         if src.trust is not None:
             src.trust.report()
             app.annotations = src.trust.metadata()
+            with self.state.lock:  # the file's end: every frame's score
+                self.state.manifest.update(src.path, trust=src.trust.summary())
         try:
             app.close()
         except Exception as exc:

@@ -50,11 +50,12 @@ class Source:
     in_memory: bool = False  # pages handed over in memory (acquisition hook): never read again
     lost: int = 0  # written pages lost with a failed .part (in_memory: cannot be redone)
     trust: Any = None  # runtime.trust_policy.FileTrust of its output (frames scored)
+    refused: bool = False  # refused by the trust policy (--untrusted fail): no output
 
     def retry(self) -> None:
         """Forget a failure of a file that changed since (nothing of it was written)."""
         self.failed, self.failures = None, 0
-        self.trust = None
+        self.trust, self.refused = None, False
         self.queued_to = self.observed = 0
         self.frame_file = self.expected = None
         self.closed = False
@@ -188,7 +189,7 @@ class Scanner:
                 src = sources[name] = self._new_source(Path(path))
                 self.state.last_activity = now
             if (st.st_size, st.st_mtime_ns) != (src.size, src.mtime_ns):
-                if src.failed and src.done == 0 and src.size >= 0:
+                if src.failed and src.done == 0 and src.size >= 0 and not src.refused:
                     log.info("%s changed: trying it again", name)
                     src.retry()
                 src.size, src.mtime_ns, src.changed_at = st.st_size, st.st_mtime_ns, now
@@ -200,7 +201,7 @@ class Scanner:
     def update(self, src: Source, now: float) -> float | None:
         """Probe ``src`` when needed and queue its complete pages; returns when it should be
         looked at again (a stability deadline) or None."""
-        if src.failed and src.frame_file is not False:
+        if src.refused or (src.failed and src.frame_file is not False):
             return None
         waited = now - src.changed_at >= self.cfg.stable
         stable = waited or src.renamed  # final: nothing more will be written

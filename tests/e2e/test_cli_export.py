@@ -153,6 +153,9 @@ def test_export_onnx_calibrates_trust(model_dir, tmp_path):
     res = runner.invoke(app, ["export", "check", str(model_dir)])
     assert "trust calibration: ok: 8 frames" in " ".join(res.output.split())
     trust_json.unlink()
+    res = runner.invoke(app, [*args, "--trust-data", str(data), "--no-trust-calibration"])
+    assert res.exit_code == 0, res.output
+    assert not trust_json.exists() and "trust" not in res.output.lower()
 
 
 def test_export_check_alone(model_dir, tmp_path):

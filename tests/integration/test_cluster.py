@@ -142,24 +142,27 @@ def test_worker_killed_mid_run_gives_complete_identical_output(client, inputs, t
     assert killed[0] not in client.run(os.getpid).values()
 
 
+def _stopped_after(client, src, out, cfg, n: int) -> None:
+    """A run (blocks of 2 frames) whose client stops (KeyboardInterrupt) after ``n`` frames."""
+    frames = []
+
+    def stop(event):
+        if event.kind == "frame":
+            frames.append(1)
+            if len(frames) == n:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        enhance_on_cluster(src, out, _recipe(cfg), cfg, client=client, block=2, on_progress=stop)
+
+
 @pytest.mark.slow
 def test_client_stopped_then_rerun_computes_only_what_is_missing(client, inputs, tmp_path):
     cfg = EnhanceConfig(output_format="zarr")
     src = [inputs / "stack" / "s.tif"]
     _single(src, tmp_path / "single", cfg)
-    frames = []
-
-    def stop_after_four(event):
-        if event.kind == "frame":
-            frames.append(1)
-            if len(frames) == 4:
-                raise KeyboardInterrupt
-
     out = tmp_path / "cluster"
-    with pytest.raises(KeyboardInterrupt):
-        enhance_on_cluster(
-            src, out, _recipe(cfg), cfg, client=client, block=2, on_progress=stop_after_four
-        )
+    _stopped_after(client, src, out, cfg, 4)
     entry = next(iter(json.loads((out / MANIFEST_NAME).read_text())["files"].values()))
     assert entry["status"] == "partial" and entry["n_blocks"] == 5
     recorded = len(BlocksDone(entry["blocks_done"]))
@@ -370,3 +373,37 @@ def test_the_client_settles_the_auto_tile_for_every_worker(monkeypatch, tmp_path
     assert seen[0].tile == "auto" and seen[0].tile_budget_px == 1024 * 1024
     header = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text("utf-8"))
     assert header["config"]["tile_budget_px"] == 1024 * 1024
+
+
+def test_the_client_checks_the_trust_calibration_before_any_task(tmp_path, inputs):
+    """--untrusted fail with an uncalibrated model: refused on the client (no cluster is
+    reached: the address is never connected to)."""
+    import shutil
+
+    from cyclesr_deploy.errors import InputError
+    from cyclesr_deploy.model import ModelFolder
+
+    model = shutil.copytree(MODEL, tmp_path / "model")
+    ModelFolder(model).trust_json.unlink(missing_ok=True)
+    cfg = EnhanceConfig(untrusted="fail")
+    recipe = EngineRecipe(str(model), tiling=cfg.engine_tiling, stats=cfg.stats, threads=1)
+    with pytest.raises(InputError, match="no trust calibration"):
+        enhance_on_cluster([inputs / "stack" / "s.tif"], tmp_path / "out", recipe, cfg,
+                           cluster="tcp://127.0.0.1:9")  # fmt: skip
+    assert not (tmp_path / "out" / MANIFEST_NAME).exists()
+
+
+@pytest.mark.slow
+def test_a_part_without_zarr_json_is_never_reused(client, inputs, tmp_path):
+    """A Zarr .part whose metadata is gone (a refused file's .part removed while a task still
+    wrote chunks): the rerun starts it afresh and gives the full output."""
+    cfg = EnhanceConfig(output_format="zarr")
+    src = [inputs / "stack" / "s.tif"]
+    _single(src, tmp_path / "single", cfg)
+    out = tmp_path / "cluster"
+    _stopped_after(client, src, out, cfg, 2)
+    (out / "s.ome.zarr.part" / "zarr.json").unlink()
+    summary = enhance_on_cluster(src, out, _recipe(cfg), cfg, client=client, block=2)
+    assert summary.ok, summary.files
+    assert summary.frames == 10  # nothing reused
+    _same_outputs(tmp_path / "single", out)

@@ -78,7 +78,7 @@ def _trust(t):
         return None
     if isinstance(t, dict):
         return (t["trust"], t["trusted"], t["worst"])
-    return (round(t.score, 6), t.trusted, t.worst)
+    return (float(f"{t.score:.4g}"), t.trusted, t.worst)  # the manifest's 4 significant digits
 
 
 def _manifest_trust(folder, names):
@@ -88,7 +88,8 @@ def _manifest_trust(folder, names):
     for key, entry in entries.items():
         name = next(n for n in names if f"{n}." in key.replace("\\", "/").rsplit("/", 1)[-1] + ".")
         trust = entry.get("trust")
-        found[name] = _trust(trust["frames"][0]) if trust else None
+        found[name] = _trust(trust["worst"][0]) if trust else None  # its one frame
+        assert not trust or trust["scores"] == [found[name][0]]
     return found
 
 

@@ -119,11 +119,13 @@ def test_policy_end_to_end_through_enhance(tmp_path, calibrated, inputs, policy)
     assert _untrusted(files["stack.tif"]) == [1]
     assert _untrusted(files["far.tif"]) == [0]
     assert _untrusted(files["good.tif"]) == []
-    frames = files["stack.tif"]["trust"]["frames"]
+    trust = files["stack.tif"]["trust"]
     n = 2 if policy == "fail" else 3  # fail stops the file at its first untrusted frame
-    assert [f["index"] for f in frames] == [0, 1, 2][:n]
-    assert [f["trusted"] for f in frames] == [True, False, True][:n]
-    assert frames[1]["worst"] and 0 <= frames[1]["trust"] < frames[0]["trust"] <= 1
+    assert trust["count"] == n and len(trust["scores"]) == n and "indices" not in trust
+    (bad,) = trust["flagged"]
+    assert bad["index"] == 1 and bad["worst"] and bad["trusted"] is False
+    assert 0 <= bad["trust"] == trust["scores"][1] < trust["scores"][0] <= 1
+    assert trust["worst"][0] == bad and trust["min"] == bad["trust"]
     assert files["good.tif"]["status"] == "done" and (out / "good.tif").is_file()
     if policy in ("warn", "mark"):
         assert res.exit_code == 0, res.output
@@ -237,8 +239,8 @@ def test_enhancer_and_watch_report_the_same_trust(tmp_path, calibrated, inputs):
     assert "untrusted 2" in final.line()
     entries = json.loads((tmp_path / "w" / MANIFEST_NAME).read_text())["files"]
     by_name = {k.replace("\\", "/").rsplit("/", 1)[-1]: v for k, v in entries.items()}
-    (rec,) = by_name["good.tif"]["trust"]["frames"]
-    assert rec["trust"] == round(good.score, 6) and rec["worst"] == good.worst
+    (rec,) = by_name["good.tif"]["trust"]["worst"]
+    assert rec["trust"] == float(f"{good.score:.4g}") and rec["worst"] == good.worst
     assert by_name["far.tif"]["status"] == "skipped"  # skip: a one-frame file is not written
     assert not (tmp_path / "w" / "far.tif").exists()
     stack = tifffile.imread(tmp_path / "w" / "stack.tif")
@@ -263,6 +265,12 @@ def test_bench_quality_reports_trust(tmp_path, calibrated):
     assert row["trust"]["flagged"] == 1 and row["trust"]["n"] == 2
     per = {it["name"]: it["trust"]["trusted"] for it in row["per_image"]}
     assert per == {"a.tif": True, "far.tif": False}
+    from cyclesr_deploy.runtime.enhancer import Enhancer
+
+    with Enhancer(model) as enhancer:  # the same frame: the same trust as enhance's runner
+        got = {it["name"]: it["trust"] for it in row["per_image"]}
+        assert got["a.tif"] == enhancer.run(a)[1].record()
+        assert got["far.tif"] == enhancer.run(far_frame())[1].record()
     assert quality_header(result)[-1] == "trust (flagged)"
 
 
@@ -292,3 +300,68 @@ def test_cluster_applies_the_policy_on_its_workers(tmp_path, calibrated, inputs,
         assert files["stack.tif"]["status"] == "failed"
         assert "untrusted" in files["stack.tif"]["error"]
         assert not (out / "stack.ome.zarr").exists()
+        assert not list(out.glob("*.part"))  # removed once no task of it writes any more
+
+
+def _watch(inputs, out, model, policy):
+    from cyclesr_deploy.engines import open_engine
+    from cyclesr_deploy.runtime.runner import EnhanceConfig
+    from cyclesr_deploy.runtime.watch import WatchConfig, watch_folder
+
+    wcfg = WatchConfig(poll=0.05, stable=0.1, exit_idle=1.0, use_events=False)
+    with open_engine(model) as engine:
+        final = watch_folder(inputs, out, engine, load_model(model), wcfg,
+                             EnhanceConfig(untrusted=policy), stop=threading.Event())  # fmt: skip
+    entries = json.loads((out / MANIFEST_NAME).read_text())["files"]
+    return final, {k.replace("\\", "/").rsplit("/", 1)[-1]: v for k, v in entries.items()}
+
+
+def test_watch_keeps_the_trust_marks_of_an_earlier_run(tmp_path, calibrated, inputs):
+    """skip, stop, restart with the stack grown: the output's marks and the manifest's trust
+    cover the pages of both runs (the earlier run's records are carried on)."""
+    _model, (a, b) = calibrated
+    model, out = calibrated[0], tmp_path / "w"
+    (inputs / "far.tif").unlink()
+    (inputs / "good.tif").unlink()
+    _watch(inputs, out, model, "skip")
+    assert read_annotations(out / "stack.tif")["skipped_frames"] == "1"
+    grown = np.stack([a, far_frame(), b, far_frame(), a])
+    tifffile.imwrite(inputs / "stack.tif", grown, photometric="minisblack",
+                     metadata={"axes": "TYX"})  # fmt: skip
+    final, files = _watch(inputs, out, model, "skip")
+    stack = tifffile.imread(out / "stack.tif")
+    assert stack.shape[0] == 5 and not stack[1].any() and not stack[3].any() and stack[4].any()
+    assert read_annotations(out / "stack.tif")["skipped_frames"] == "1,3"
+    trust = files["stack.tif"]["trust"]
+    assert trust["untrusted"] == [1, 3] and trust["count"] == 5 and len(trust["scores"]) == 5
+    assert final.untrusted == 1  # this run's frames only
+
+
+def test_watch_fail_gives_a_stack_no_output(tmp_path, calibrated, inputs):
+    """--untrusted fail in watch: the stack gets no output (no zero pages, no .part), is
+    recorded failed; the other files go on."""
+    model, _ = calibrated
+    (inputs / "far.tif").unlink()
+    out = tmp_path / "w"
+    final, files = _watch(inputs, out, model, "fail")
+    assert files["stack.tif"]["status"] == "failed" and "untrusted" in files["stack.tif"]["error"]
+    assert files["stack.tif"]["output"] is None
+    assert not (out / "stack.tif").exists() and not list(out.glob("*.part"))
+    assert files["good.tif"]["status"] == "done" and (out / "good.tif").is_file()
+    assert final.failed == 1 and not final.ok
+
+
+def test_enhancer_run_returns_each_frames_trust(calibrated):
+    """Enhancer.run: the output with its trust (per frame of a stack); trusted is all of them;
+    pycro-manager's metadata gets the call's own trust."""
+    from cyclesr_deploy.runtime.enhancer import Enhancer
+
+    model, (a, _b) = calibrated
+    with Enhancer(model) as enhancer:
+        out, trusts = enhancer.run(np.stack([far_frame(), a]))
+        assert out.shape[0] == 2 and [t.trusted for t in trusts] == [False, True]
+        assert enhancer.last_trusts == trusts and enhancer.trusted is False  # not the last only
+        y, one = enhancer.run(a)
+        assert one.trusted and enhancer.trusted and np.array_equal(y, out[1])
+        _, meta = enhancer.image_process_fn(np.stack([a, far_frame()]), {})
+        assert [r["trusted"] for r in meta["CycleSRTrust"]] == [True, False]

@@ -88,3 +88,21 @@ def test_trust_text_names_the_untrusted_frames():
     assert trust_text([((0,), good)]) == "trust: ok (lowest 0.5)"
     text = trust_text([((0,), good), ((1,), bad), ((2,), good)])
     assert text.startswith("trust: 1 of 3 frame(s) untrusted (lowest 0.0002 at (1,), spectrum)")
+
+
+def test_enhance_into_takes_each_frames_trust_from_its_own_call():
+    """The trust comes with the frame from Enhancer.run (under its lock), never from
+    last_trust, which another thread sharing the Enhancer may have set since."""
+    from cyclesr_deploy.napari._work import enhance_into
+
+    class Shared:
+        last_trust = "another thread's frame"
+
+        def run(self, frame):
+            return frame * 2, f"trust of {int(frame[0, 0])}"
+
+    data = np.arange(3, dtype=np.float32)[:, None, None] * np.ones((3, 2, 2), np.float32)
+    out, trusts = np.zeros((3, 2, 2), np.float32), []
+    assert list(enhance_into(Shared(), data, [(0,), (1,), (2,)], out, trusts)) == [1, 2, 3]
+    assert trusts == [((0,), "trust of 0"), ((1,), "trust of 1"), ((2,), "trust of 2")]
+    assert out[2].max() == 4

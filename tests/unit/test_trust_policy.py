@@ -32,7 +32,8 @@ def test_warn_and_mark_write_every_frame(policy, caplog):
     assert ft.untrusted == [1]
     summary = ft.summary()
     assert summary["untrusted"] == [1] and summary["policy"] == policy
-    assert [f["trusted"] for f in summary["frames"]] == [True, False, True]
+    assert summary["scores"] == [0.8, 2e-4, 0.8] and summary["count"] == 3
+    assert [f["index"] for f in summary["flagged"]] == [1] and "indices" not in summary
     assert summary["min"] == pytest.approx(2e-4) and summary["mean"] == pytest.approx(1.6002 / 3)
     assert (ft.metadata() is None) == (policy == "warn")
     if policy == "mark":
@@ -68,8 +69,51 @@ def test_unscored_frames_pass_and_records_absorb_in_order():
     ft.absorb([{"index": 2, "trust": 0.0, "trusted": False, "worst": "level"}])
     ft.absorb([{"index": 0, "trust": 0.5, "trusted": True, "worst": "level"}])
     assert [r["index"] for r in ft.records] == [0, 2] and ft.untrusted == [2]
+    assert ft.summary()["indices"] == [0, 2]  # not 0..n-1: the indices are kept
     with pytest.raises(InputError, match="untrusted policy"):
         FileTrust("ignore", "x.tif")
+
+
+def test_a_frame_scored_twice_is_recorded_once():
+    """A page re-queued after a lost .part (watch) or a recomputed block: keyed by index."""
+    ft, _ = _run("mark", [GOOD, BAD, GOOD])
+    ft.admit(1, np.ones((4, 4)), BAD)
+    ft.admit(2, np.ones((4, 4)), BAD)
+    assert ft.metadata()["untrusted_frames"] == "1,2" and len(ft) == 3
+    assert ft.summary()["count"] == 3 and ft.summary()["mean"] == pytest.approx(0.8004 / 3)
+
+
+def test_far_frames_are_ranked_by_evidence_with_significant_digits(caplog):
+    """Scores that underflow keep their order: ranked by evidence, written with significant
+    digits (not rounded to 0.0)."""
+    far = FrameTrust(3e-12, False, "level", evidence=11.5)
+    farther = FrameTrust(0.0, False, "spectrum", evidence=40.2)
+    ft, _ = _run("warn", [far, GOOD, farther])
+    assert [r["index"] for r in ft.worst()] == [2, 0]
+    assert ft.summary()["scores"][0] == 3e-12
+    ft.report()
+    assert "frame 2 trust 0 (spectrum); frame 0 trust 3e-12 (level)" in caplog.text
+
+
+def test_restore_carries_an_earlier_runs_frames():
+    ft, _ = _run("skip", [GOOD, BAD, GOOD, BAD])
+    again = FileTrust("skip", "x.tif")
+    again.restore(ft.summary(), below=3)  # the output holds 3 pages
+    assert again.untrusted == [1] and len(again) == 3
+    assert again.metadata()["skipped_frames"] == "1"
+    live = FileTrust("skip", "x.tif")
+    live.restore(ft.summary(scores=False))  # a live entry: the untrusted frames' records
+    assert live.untrusted == [1, 3]
+
+
+def test_report_says_what_happened_to_a_one_frame_file(caplog):
+    with pytest.raises(UntrustedFile):
+        _run("skip", [BAD])
+    ft = FileTrust("skip", "x.tif", 1)
+    with pytest.raises(UntrustedFile):
+        ft.admit(0, np.ones((4, 4)), BAD)
+    ft.report()
+    assert "not written (no output)" in caplog.text and "zeros" not in caplog.text
 
 
 def test_policies_other_than_warn_need_a_scorer():
