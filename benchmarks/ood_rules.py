@@ -59,6 +59,42 @@ RULES: dict[str, dict[str, str | tuple[str, float]]] = {
     "runtime: score.SIDES (level, gain, transfer_mid, consistency + saturated/outside guards)": {
         k: (v, FLOORS[k]) if k in FLOORS else v for k, v in SIDES.items()
     },
+    "level, gain, transfer_mid, consistency, transfer_high both": {
+        **LGT,
+        "consistency": C01,
+        "transfer_high": "both",
+    },
+    "level, gain, transfer_mid, consistency, transfer_high high": {
+        **LGT,
+        "consistency": C01,
+        "transfer_high": "high",
+    },
+    "level, gain, transfer_mid, consistency, transfer_top both": {
+        **LGT,
+        "consistency": C01,
+        "transfer_top": "both",
+    },
+    "level, gain, transfer_mid, consistency, transfer_top high": {
+        **LGT,
+        "consistency": C01,
+        "transfer_top": "high",
+    },
+    "level, gain, transfer_mid, consistency, transfer_high + transfer_top both": {
+        **LGT,
+        "consistency": C01,
+        "transfer_high": "both",
+        "transfer_top": "both",
+    },
+    "level, gain, transfer_mid, consistency floor 0.05, transfer_top high": {
+        **LGT,
+        "consistency": C05,
+        "transfer_top": "high",
+    },
+    "level, gain, transfer_mid, consistency floor 0.05, transfer_high high": {
+        **LGT,
+        "consistency": C05,
+        "transfer_high": "high",
+    },
     "every statistic, both sides": {
         k: "both"
         for k in ("level", "gain", "consistency", "transfer_low", "transfer_mid", "output_hf")

@@ -27,8 +27,10 @@ see benchmarks/README.md); every one is recorded with each frame:
   in-domain slope, the output flattened the input's structure; below it, the output holds
   variance the input does not explain (invented structure);
 * ``consistency``: 1 - R^2 of the same fit: the output's structure the input does not explain;
-* ``transfer_low``, ``transfer_mid``: log10 of the output's over the input's power in the bands
-  0.02-0.04 and 0.04-0.07 cycles/px (the model's transfer function on this frame);
+* ``transfer_low``, ``transfer_mid``, ``transfer_high``, ``transfer_top``: log10 of the output's
+  over the input's power in the bands 0.02-0.04, 0.04-0.07, 0.07-0.15 and 0.15-0.3 cycles/px
+  (the model's transfer function on this frame: the upper bands see texture painted where the
+  input has little power);
 * ``output_hf``: log10 of the output's high-band over mid-band power (invented fine texture).
 
 Hand-written (one line why): no library computes these per-frame statistics; scipy does the
@@ -49,6 +51,8 @@ MAX_GRID = 5
 MIN_SIDE = 32
 #: band edges (cycles/px): the transfer bands, then the mid and high bands of ``output_hf``
 LOW_BAND, MID_BAND = (0.02, 0.04), (0.04, 0.07)
+#: the upper transfer bands (cycles/px): ``transfer_high`` and ``transfer_top``
+HIGH_BAND, TOP_BAND = (0.07, 0.15), (0.15, 0.3)
 HF_MID, HF_HIGH = (0.06, 0.2), (0.25, 0.5)
 SMOOTH_PX = 1.0
 #: the model-scale intensities of ``outside``'s complement
@@ -115,7 +119,7 @@ class InputStats:
 
     level: float
     side: int
-    power: np.ndarray  # mean power in LOW_BAND, MID_BAND
+    power: np.ndarray  # mean power in LOW_BAND, MID_BAND, HIGH_BAND, TOP_BAND
     smoothed: list[np.ndarray]  # the unit-scale crops blurred by SMOOTH_PX
     saturated: float = 0.0
     outside: float = 0.0
@@ -135,7 +139,7 @@ def input_stats(frame: np.ndarray, low: float, high: float) -> InputStats:
     frame = np.asarray(frame)
     if not scorable(frame.shape):
         nan = float("nan")
-        return InputStats(nan, 0, np.zeros(2), [], nan, nan, scored=False)
+        return InputStats(nan, 0, np.zeros(4), [], nan, nan, scored=False)
     side = crop_side(frame.shape)
     raw = np.stack(_crops(frame, side))[:, ::STRIDE, ::STRIDE]
     saturated = float(np.mean(raw == raw.max()))
@@ -143,7 +147,7 @@ def input_stats(frame: np.ndarray, low: float, high: float) -> InputStats:
     unit = np.stack(crops)[:, ::STRIDE, ::STRIDE]
     level = float(np.median(unit))
     outside = float(np.mean((unit < RANGE[0]) | (unit > RANGE[1])))
-    power = band_power(crops, [LOW_BAND, MID_BAND])
+    power = band_power(crops, [LOW_BAND, MID_BAND, HIGH_BAND, TOP_BAND])
     smoothed = [gaussian_filter(c, SMOOTH_PX) for c in crops]
     return InputStats(level, side, power, smoothed, saturated, outside)
 
@@ -169,10 +173,12 @@ def crop_stats(
     stats: InputStats, crops: list[np.ndarray], sigma: float, scale: int = 1
 ) -> dict[str, float]:
     """:func:`output_stats` of the output's crops (:func:`output_crops`)."""
-    p = band_power(crops, [LOW_BAND, MID_BAND, HF_MID, HF_HIGH], scale)
+    p = band_power(crops, [LOW_BAND, MID_BAND, HF_MID, HF_HIGH, HIGH_BAND, TOP_BAND], scale)
     values = {
         "transfer_low": _log_ratio(p[0], stats.power[0]),
         "transfer_mid": _log_ratio(p[1], stats.power[1]),
+        "transfer_high": _log_ratio(p[4], stats.power[2]),
+        "transfer_top": _log_ratio(p[5], stats.power[3]),
         "output_hf": _log_ratio(p[3], p[2]),
     }
     blur = float(np.hypot(sigma, SMOOTH_PX * scale))

@@ -25,7 +25,13 @@ from cyclesr_deploy.trust.calibrate import (
 )
 from cyclesr_deploy.trust.calibration import FEATURE_VERSION, read_calibration
 from cyclesr_deploy.trust.evaluate import degrade, label, quality_gain, roc_auc
-from cyclesr_deploy.trust.features import CROP, MAX_GRID, crop_corners, input_stats
+from cyclesr_deploy.trust.features import (
+    CROP,
+    MAX_GRID,
+    crop_corners,
+    input_stats,
+    output_stats,
+)
 
 CAL_FRAMES = 12  # in-domain calibration frames (sizes 256 and 384, fresh seeds)
 
@@ -115,6 +121,18 @@ def test_input_statistics_do_not_depend_on_the_frame_size(rng: np.random.Generat
     assert small.saturated < 0.01 and big.saturated < 0.001 and big.outside == 0.0
     counts = [len(crop_corners((n, n), CROP)) for n in (256, 512, 1024, 4096)]
     assert counts == [1, 4, 16, MAX_GRID**2]
+
+
+def test_texture_above_the_input_band_raises_transfer_high(rng: np.random.Generator):
+    """``transfer_high`` (0.07-0.15 cycles/px) sees fine texture painted over a smooth input;
+    an output equal to the input has every transfer ratio 0."""
+    frame = gaussian_filter(rng.random((256, 256)), 4.0).astype(np.float32)
+    frame = (frame - frame.min()) / np.ptp(frame)
+    stats = input_stats(frame, 0.0, 1.0)
+    same = output_stats(stats, frame, 0.0, 1.0, 1.0)
+    assert same["transfer_high"] == pytest.approx(0.0, abs=1e-6)
+    painted = frame + gaussian_filter(rng.standard_normal(frame.shape), 1.5).astype(np.float32)
+    assert output_stats(stats, painted, 0.0, 1.0, 1.0)["transfer_high"] > 1.0
 
 
 def test_frames_too_small_are_not_scored(calibrated: Path):
