@@ -87,7 +87,8 @@ class FrameTrust:
     def record(self) -> dict[str, object]:
         """JSON-ready summary for manifests and reports (finite numbers only)."""
         out: dict[str, object] = {
-            "trust": round(self.score, 6),
+            "trust": float(f"{self.score:.4g}"),  # significant digits: far frames stay apart
+            "evidence": finite(round(self.evidence, 3)),
             "trusted": self.trusted,
             "worst": self.worst,
             "z": {k: finite(round(v, 3)) for k, v in self.z.items()},
