@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 SIGMAS = tuple(np.round(np.arange(0.0, 6.01, 0.5), 2))
 MIN_FRAMES = 8
 ALPHA = 0.01  # the highest threshold: a frame below 1 % normal-tail trust is untrusted
-FALSE_ALARM = 0.05  # conformal level: at most this fraction of in-domain frames flagged
+FALSE_ALARM = 0.02  # conformal level: at most this fraction of in-domain frames flagged
 #: fresh seeds of synthetic calibration frames (never the reference models' training seeds)
 CALIBRATION_SEED = 71_000
 CALIBRATION_SIZES = (256, 512, 1024)

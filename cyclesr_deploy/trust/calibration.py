@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION: Literal["1"] = "1"
 #: bump when a statistic's definition changes: older calibrations are then stale
-FEATURE_VERSION = 4
+FEATURE_VERSION = 5
 #: the weight files a calibration can be tied to (what the runtime may run)
 TIED_WEIGHTS = (
     ONNX_FILES["ab"],

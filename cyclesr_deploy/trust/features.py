@@ -55,6 +55,8 @@ LOW_BAND, MID_BAND = (0.02, 0.04), (0.04, 0.07)
 HIGH_BAND, TOP_BAND = (0.07, 0.15), (0.15, 0.3)
 HF_MID, HF_HIGH = (0.06, 0.2), (0.25, 0.5)
 SMOOTH_PX = 1.0
+#: white noise's variance after the SMOOTH_PX Gaussian: sum of its squared weights, 1/(4 pi s^2)
+SMOOTHED_NOISE = 1.0 / (4.0 * np.pi * SMOOTH_PX**2)
 #: the model-scale intensities of ``outside``'s complement
 RANGE = (-0.25, 1.25)
 #: pixels left out at each crop edge in the consistency fit (blur borders), and its stride
@@ -124,6 +126,7 @@ class InputStats:
     saturated: float = 0.0
     outside: float = 0.0
     scored: bool = True
+    noise: float = 0.0  # pixel noise variance of the unit-scale input (neighbour differences)
 
     def scalars(self) -> dict[str, float]:
         return {"level": self.level, "saturated": self.saturated, "outside": self.outside}
@@ -149,7 +152,15 @@ def input_stats(frame: np.ndarray, low: float, high: float) -> InputStats:
     outside = float(np.mean((unit < RANGE[0]) | (unit > RANGE[1])))
     power = band_power(crops, [LOW_BAND, MID_BAND, HIGH_BAND, TOP_BAND])
     smoothed = [gaussian_filter(c, SMOOTH_PX) for c in crops]
-    return InputStats(level, side, power, smoothed, saturated, outside)
+    return InputStats(level, side, power, smoothed, saturated, outside, noise=noise_variance(crops))
+
+
+def noise_variance(crops: list[np.ndarray]) -> float:
+    """Pixel noise variance of ``crops`` from horizontal neighbour differences (robust: 1.4826
+    MAD; an LR image's structure barely changes from one pixel to the next, its noise does)."""
+    d = np.concatenate([np.diff(c, axis=1).ravel() for c in crops]).astype(np.float64)
+    mad = float(np.median(np.abs(d - np.median(d))))
+    return (1.4826 * mad) ** 2 / 2.0
 
 
 def output_crops(
@@ -190,9 +201,17 @@ def crop_stats(
         inner = (slice(e, max(e + 1, h - e), st), slice(e, max(e + 1, w - e), st))
         backs.append(back[:h, :w][inner].ravel())
         targets.append(x[:h, :w][inner].ravel())
-    gain, r2_loss = fit_line(np.concatenate(targets), np.concatenate(backs))
+    t = np.concatenate(targets)
+    gain, r2_loss = fit_line(t, np.concatenate(backs))
     values["gain"] = gain
-    values["consistency"] = r2_loss
+    # what the output leaves unexplained beyond the input's own (smoothed) noise, as a fraction
+    # of the input's structure: a noisy in-domain frame is not "inconsistent"
+    var_t = float(np.var(t, dtype=np.float64))
+    noise = stats.noise * SMOOTHED_NOISE
+    values["consistency"] = (
+        max(0.0, r2_loss * var_t - noise) / (var_t - noise) if var_t > noise else 0.0
+    )
+    values["unexplained"] = r2_loss
     return values
 
 

@@ -45,6 +45,7 @@ STATISTICS = (
     "outside",
     "gain",
     "consistency",
+    "unexplained",
     "transfer_low",
     "transfer_mid",
     "transfer_high",
