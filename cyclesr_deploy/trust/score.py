@@ -33,7 +33,7 @@ SIDES = {
     "level": "both",
     "gain": "both",
     "transfer_mid": "both",
-    "transfer_high": "high",
+    "transfer_high": "both",
     "consistency": "high",
     "saturated": "high",
     "outside": "high",
