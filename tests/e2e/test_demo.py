@@ -50,6 +50,8 @@ def test_demo_enhances_a_small_acquisition(tmp_path):
     )
     md = (out / "metrics.md").read_text(encoding="utf-8")
     assert "| reference-cyclegan output |" in md and "(ref)" in md
+    trust = payload["trust"]  # the shipped calibration scores the demo's in-domain frames
+    assert trust["count"] == 2 and trust["untrusted"] == [] and "0 of 2 frames untrusted" in md
     from PIL import Image
 
     with Image.open(out / "comparison.png") as im:
