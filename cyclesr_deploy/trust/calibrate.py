@@ -84,7 +84,7 @@ def _fit_sigma(pairs: list[tuple[InputStats, list[np.ndarray]]], scale: int) -> 
     best, best_cost = 0.0, np.inf
     for s in SIGMAS:
         cost = float(
-            np.median([crop_stats(st, c, float(s), scale)["consistency"] for st, c in pairs])
+            np.median([crop_stats(st, c, float(s), scale)["unexplained"] for st, c in pairs])
         )
         if cost < best_cost:
             best, best_cost = float(s), cost

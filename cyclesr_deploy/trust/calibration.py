@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION: Literal["1"] = "1"
 #: bump when a statistic's definition changes: older calibrations are then stale
-FEATURE_VERSION = 5
+FEATURE_VERSION = 6
 #: the weight files a calibration can be tied to (what the runtime may run)
 TIED_WEIGHTS = (
     ONNX_FILES["ab"],
@@ -144,5 +144,9 @@ def read_calibration(model_dir: str | Path) -> TrustCalibration | None:
         raise InputError(msg) from exc
     reason = stale_reason(cal, folder)
     if reason is not None:
+        # an exported graph that no longer matches its export record was swapped or damaged:
+        # that error (re-export) comes first; renewing the calibration on it would hide it
+        graphs = [n for n in TIED_WEIGHTS if n.endswith(".onnx") and (folder.path / n).is_file()]
+        folder.verify(*graphs)
         raise InputError(f"trust calibration {path} is stale: {reason}; renew it: {hint}")
     return cal

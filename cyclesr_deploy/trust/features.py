@@ -158,8 +158,10 @@ def input_stats(frame: np.ndarray, low: float, high: float) -> InputStats:
 def noise_variance(crops: list[np.ndarray]) -> float:
     """Pixel noise variance of ``crops`` from horizontal neighbour differences (robust: 1.4826
     MAD; an LR image's structure barely changes from one pixel to the next, its noise does)."""
-    d = np.concatenate([np.diff(c, axis=1).ravel() for c in crops]).astype(np.float64)
+    d = np.concatenate([np.diff(c[::STRIDE], axis=1).ravel() for c in crops]).astype(np.float64)
     mad = float(np.median(np.abs(d - np.median(d))))
+    if mad == 0.0:  # photon-starved or sparse: most neighbours equal; the plain variance then
+        return float(np.var(d)) / 2.0
     return (1.4826 * mad) ** 2 / 2.0
 
 
@@ -201,9 +203,13 @@ def crop_stats(
         inner = (slice(e, max(e + 1, h - e), st), slice(e, max(e + 1, w - e), st))
         backs.append(back[:h, :w][inner].ravel())
         targets.append(x[:h, :w][inner].ravel())
-    t = np.concatenate(targets)
-    gain, r2_loss = fit_line(t, np.concatenate(backs))
+    t, b = np.concatenate(targets), np.concatenate(backs)
+    gain, r2_loss = fit_line(t, b)
     values["gain"] = gain
+    # the output's (blurred) structure the input does not predict, in the output's own units:
+    # invented structure, also where the input is mostly noise (var_b * (1 - R^2))
+    var_b = float(np.var(b, dtype=np.float64))
+    values["invented"] = var_b * r2_loss if np.var(t) > 0 else var_b
     # what the output leaves unexplained beyond the input's own (smoothed) noise, as a fraction
     # of the input's structure: a noisy in-domain frame is not "inconsistent"
     var_t = float(np.var(t, dtype=np.float64))

@@ -35,6 +35,7 @@ SIDES = {
     "transfer_mid": "both",
     "transfer_high": "both",
     "consistency": "high",
+    "invented": "high",
     "saturated": "high",
     "outside": "high",
 }
@@ -46,6 +47,7 @@ STATISTICS = (
     "gain",
     "consistency",
     "unexplained",
+    "invented",
     "transfer_low",
     "transfer_mid",
     "transfer_high",
@@ -56,7 +58,7 @@ STATISTICS = (
 #: floor is their resolution; ``consistency`` (1 - R^2) is heavy-tailed in domain, its floor 0.05
 #: (chosen on the development split) keeps it a guard against gross failures; the others: 1e-6
 #: (the MAD decides)
-FLOORS = {"saturated": 0.01, "outside": 0.01, "consistency": 0.05}
+FLOORS = {"saturated": 0.01, "outside": 0.01, "consistency": 0.05, "invented": 5e-4}
 #: a non-finite statistic or z-score is written as this (JSON has no NaN/Infinity)
 JSON_LIMIT = 1e9
 NOT_SCORED = "not scored"

@@ -4,6 +4,7 @@ sizes not, stale/missing/corrupt calibrations, the AUC helper, the hurt label.""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -159,7 +160,8 @@ def test_invented_structure_is_flagged(calibrated: Path, rng: np.random.Generato
     (honest,) = _trust(calibrated, [frame])
     (invented,) = _trust(calibrated, [frame], edit=hallucinate)
     assert honest.trusted, honest.record()
-    assert not invented.trusted and invented.worst in ("gain", "consistency"), invented.record()
+    assert not invented.trusted, invented.record()
+    assert invented.worst in ("gain", "consistency", "invented"), invented.record()
 
 
 def test_saturated_and_offset_frames_are_flagged(calibrated: Path):
@@ -180,6 +182,14 @@ def test_stale_calibration_names_the_renewal(calibrated: Path, tmp_path: Path):
     raw = bytearray(onnx.read_bytes())
     raw[len(raw) // 2] ^= 0xFF  # one byte of the weights changed
     onnx.write_bytes(bytes(raw))
+    # not recorded by an export: a damaged or swapped graph, refused as such (re-export)
+    with pytest.raises(InputError, match=r"sha256 differs.*cyclesr export onnx"):
+        read_calibration(folder)
+    # recorded by an export (new weights): the calibration of the old ones is stale
+    export = folder / "export.json"
+    record = json.loads(export.read_text(encoding="utf-8"))
+    record["artifacts"][ONNX_FILES["ab"]]["sha256"] = hashlib.sha256(bytes(raw)).hexdigest()
+    export.write_text(json.dumps(record), encoding="utf-8")
     with pytest.raises(InputError, match=r"stale: generator\.onnx changed.*cyclesr export trust"):
         read_calibration(folder)
     with pytest.raises(InputError, match="cyclesr export trust"):
