@@ -112,6 +112,22 @@ class Variation(_Frozen):
     lr_background: NonNegRange = (0.05, 0.6)
     hr_photons: PosRange | None = None
 
+    @model_validator(mode="after")
+    def _within_modality_limits(self) -> Variation:
+        """The drawn values must make valid configs (Modality's limits), checked here once."""
+        limits = {
+            "lr_na": 1.7,
+            "lr_pinhole_au": 50,
+            "lr_photons": 1e9,
+            "lr_background": 1e3,
+            "hr_photons": 1e9,
+        }
+        for name, top in limits.items():
+            rng = getattr(self, name)
+            if rng is not None and rng[1] > top:
+                raise ValueError(f"{name}: the range must end at or below {top}, got {rng}")
+        return self
+
 
 class SynthConfig(_Frozen):
     """Everything that determines a simulated image pair (with ``seed``, a whole dataset)."""

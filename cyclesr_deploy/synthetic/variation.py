@@ -47,7 +47,7 @@ def _structures(cfg: SynthConfig, v: Variation, rng: np.random.Generator) -> dic
     r0 = _uniform(rng, v.nucleus_radius_um)
     s["nucleus_radius_um"] = (r0, r0 * 1.5)
     lo = _uniform(rng, v.filament_brightness)
-    s["filament_brightness"] = (lo, min(1.0, lo + _uniform(rng, (0.1, 0.6))))
+    s["filament_brightness"] = (lo, max(lo, min(1.0, lo + _uniform(rng, (0.1, 0.6)))))
     return s
 
 

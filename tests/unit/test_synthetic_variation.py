@@ -44,6 +44,13 @@ def test_draws_stay_in_the_ranges_and_differ_between_samples():
     assert 0.35 < below < 0.65
 
 
+def test_filament_brightness_above_one_keeps_a_valid_range():
+    cfg = SynthConfig(size=64, vary={"filament_brightness": (1.2, 2.0)})
+    d = draw_config(cfg, np.random.default_rng(0))
+    lo, hi = d.structures.filament_brightness
+    assert 1.2 <= lo <= hi
+
+
 def test_no_vary_is_the_config_itself():
     cfg = SynthConfig(size=64)
     assert draw_config(cfg, np.random.default_rng(0)) is cfg
@@ -83,6 +90,7 @@ def test_each_sample_is_simulated_with_its_own_draw():
         {"vary": {"structure_off": 1.0}},
         {"vary": {"lr_photons": (0.0, 10.0)}},
         {"vary": {"unknown": 1}},
+        {"vary": {"lr_na": (1.5, 1.9)}},
     ],
 )
 def test_bad_variation_is_rejected(bad):
